@@ -1,0 +1,140 @@
+"""Compute budget: parsing --target-macs, the floor-implied minimum, and the controller that steers to it."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from hiap.cost import Geometry
+from hiap.errors import HiapError
+from hiap.gated import Floors
+
+
+@dataclass(frozen=True)
+class Target:
+    """A MAC target given as a fraction of dense or as an absolute count."""
+
+    text: str
+    fraction: float | None = None
+    macs: int | None = None
+
+    def resolve(self, dense_macs: int) -> int:
+        return round(self.fraction * dense_macs) if self.fraction is not None else int(self.macs)
+
+
+def parse_target(text: str) -> Target:
+    """'0.5' -> half of dense; '3.1G', '450M', '2e9' -> absolute MACs."""
+    t = str(text).strip()
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([GgMmKk]?)", t)
+    if not m:
+        raise HiapError(f"--target-macs '{text}' is not a fraction (0.5) or an absolute count (3.1G, 450M).")
+    value, unit = float(m.group(1)), m.group(2).upper()
+    if unit:
+        return Target(text=t, macs=round(value * {"G": 1e9, "M": 1e6, "K": 1e3}[unit]))
+    if 0.0 < value <= 1.0:
+        return Target(text=t, fraction=value)
+    if value > 1000:
+        return Target(text=t, macs=round(value))
+    raise HiapError(f"--target-macs '{text}' is ambiguous: give a fraction in (0, 1] or a count with a unit (3.1G).")
+
+
+def min_reachable_macs(geom: Geometry, floors: Floors) -> int:
+    """The cheapest network the floors allow: every FFN removed, k_min heads with their minimum value dims."""
+    heads = floors.heads(geom.num_heads)
+    per_block = heads * geom.head_unit_macs + heads * floors.value_dims(geom.head_dim) * geom.value_unit_macs
+    return geom.fixed_macs + geom.depth * per_block
+
+
+def check_target(geom: Geometry, floors: Floors, target_macs: int) -> None:
+    dense, low = geom.dense_macs, min_reachable_macs(geom, floors)
+    if target_macs > dense:
+        raise HiapError(
+            f"Target {target_macs / 1e9:.4f} GMACs exceeds the dense model ({dense / 1e9:.4f} GMACs): "
+            "give a fraction below 1 or a smaller count."
+        )
+    if target_macs < low:
+        raise HiapError(
+            f"Target {target_macs / 1e9:.4f} GMACs ({target_macs / dense:.1%} of dense) is below the smallest "
+            f"network the floors allow: {low / 1e9:.4f} GMACs ({low / dense:.1%}). Raise --target-macs to at least "
+            f"{low / dense:.3f} or lower k_min / min_value_frac / min_neuron_frac."
+        )
+
+
+@dataclass
+class BudgetController:
+    """Steers the common penalty strength so that the exported (hard) network lands on the target.
+
+    Three parts, each for a measured reason (see docs/budget.md):
+    - a reference that moves from the starting cost to the target along a cubic over the first `ramp` of the
+      run (gradual pruning). Gate logits under Adam move at about gate_lr per step whatever the penalty
+      strength, so a controller asked to jump straight to the target winds up and collapses the network;
+    - a PI law on the error e = measured - reference (fractions of dense MACs): scale = integral + kp * e,
+      integral += gain * e, both clamped to +-max_scale (anti-windup). The scale is signed: below the
+      reference the penalty becomes a reward for MACs and gates reopen;
+    - the measurement blends the expected cost (smooth, what the penalty differentiates) into the hard cost of
+      the export rule after the ramp, so that at the end the controller regulates exactly the number the user
+      is promised.
+    It multiplies lambda_macro and lambda_micro alike, keeping their ratio.
+    """
+
+    target_fraction: float
+    gain: float = 1.0
+    kp: float = 10.0
+    ramp: float = 0.4
+    settle: float = 0.15
+    max_scale: float = 200.0
+    integral: float = 0.0
+    last_error: float = 0.0
+    start_fraction: float | None = None
+
+    def reference(self, progress: float) -> float:
+        start = 1.0 if self.start_fraction is None else self.start_fraction
+        r = min(max(progress, 0.0) / self.ramp, 1.0) if self.ramp > 0 else 1.0
+        return start + (self.target_fraction - start) * (1.0 - (1.0 - r) ** 3)
+
+    def macro_freeze_progress(self) -> float:
+        """Macro gates (heads, FFN blocks) stop learning a quarter into the hold phase after the ramp."""
+        return self.ramp + 0.25 * (1.0 - self.ramp)
+
+    def macro_frozen(self, progress: float) -> bool:
+        return progress >= self.macro_freeze_progress()
+
+    def micro_lr_factor(self, progress: float) -> float:
+        """Micro gates learn at full rate until the last `settle` of the run, then their lr decays (cosine) to 0,
+        so the exported structure settles instead of ending on a random step of gate jitter."""
+        start = 1.0 - self.settle
+        if progress <= start:
+            return 1.0
+        frac = min((progress - start) / max(self.settle, 1e-9), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    def hard_weight(self, progress: float) -> float:
+        """0 until the macro gates freeze, then rising linearly to 1 over the next quarter of the hold phase."""
+        start = self.macro_freeze_progress()
+        return min(max((progress - start) / (0.25 * (1.0 - self.ramp) + 1e-9), 0.0), 1.0)
+
+    def update(self, expected_fraction: float, hard_fraction: float, progress: float) -> float:
+        if self.start_fraction is None:
+            self.start_fraction = expected_fraction
+        w = self.hard_weight(progress)
+        measured = (1.0 - w) * expected_fraction + w * hard_fraction
+        self.last_error = measured - self.reference(progress)
+        self.integral = _clamp(self.integral + self.gain * self.last_error, self.max_scale)
+        return self.scale
+
+    @property
+    def scale(self) -> float:
+        return _clamp(self.integral + self.kp * self.last_error, self.max_scale)
+
+    def state(self) -> dict[str, float | None]:
+        return {"integral": self.integral, "last_error": self.last_error, "start_fraction": self.start_fraction}
+
+    def load_state(self, state: dict[str, float | None]) -> None:
+        self.integral = float(state["integral"] or 0.0)
+        self.last_error = float(state["last_error"] or 0.0)
+        self.start_fraction = state.get("start_fraction")
+
+
+def _clamp(value: float, bound: float) -> float:
+    return min(max(value, -bound), bound)

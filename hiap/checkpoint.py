@@ -1,0 +1,135 @@
+"""Run checkpoints: one safetensors file (weights, gate logits, optimizer and RNG tensors) plus JSON metadata.
+
+Nothing in a checkpoint is pickled: tensors go through safetensors, everything else is JSON in the file's
+string metadata. Writes go to a temporary file in the same folder, are fsynced, then renamed over the old
+checkpoint, so a crash never leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hiap import __version__
+from hiap.errors import HiapError
+
+FORMAT = "hiap-checkpoint"
+FORMAT_VERSION = "1"
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+@dataclass
+class Checkpoint:
+    model: dict[str, torch.Tensor]
+    gates: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+    rng: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    state: dict[str, Any]  # epoch, step, controller, model name, dense figures
+
+
+def _flatten_optimizer(opt_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    tensors = {}
+    for idx, per_param in opt_state["state"].items():
+        for key, value in per_param.items():
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt_state["param_groups"]]
+    return tensors, groups
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    tensors.update({f"model.{k}": v.detach().cpu().contiguous() for k, v in ckpt.model.items()})
+    tensors.update({f"gates.{k}": v.detach().cpu().contiguous() for k, v in ckpt.gates.items()})
+    tensors.update({f"rng.{k}": v.detach().cpu().contiguous() for k, v in ckpt.rng.items()})
+    groups: list[dict[str, Any]] = []
+    if ckpt.optimizer is not None:
+        opt_tensors, groups = _flatten_optimizer(ckpt.optimizer)
+        tensors.update(opt_tensors)
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "hiap_version": __version__,
+        "config": json.dumps(ckpt.config),
+        "state": json.dumps(ckpt.state),
+        "optimizer_groups": json.dumps(groups),
+        "has_optimizer": "1" if ckpt.optimizer is not None else "0",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise HiapError(f"No checkpoint at '{path}': pass a run directory or its {CHECKPOINT_NAME}.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except Exception as exc:  # truncated or corrupted files raise various safetensors errors
+        raise HiapError(f"Checkpoint '{path}' is truncated or corrupted ({exc}).") from None
+    if meta.get("format") != FORMAT:
+        raise HiapError(f"'{path}' is a safetensors file but not a hiap checkpoint (no '{FORMAT}' metadata).")
+    try:
+        config, state = json.loads(meta["config"]), json.loads(meta["state"])
+        groups = json.loads(meta.get("optimizer_groups", "[]"))
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise HiapError(f"Checkpoint '{path}' has damaged metadata ({exc}).") from None
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    optimizer = None
+    if meta.get("has_optimizer") == "1":
+        optimizer = _unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("optim.")}, groups)
+    return Checkpoint(
+        model=part("model."), gates=part("gates."), optimizer=optimizer, rng=part("rng."), config=config, state=state
+    )
+
+
+def export_weights(checkpoint: Path, out: Path) -> None:
+    """Write a checkpoint's weights alone (timm names) with its run summary as metadata: a shippable file."""
+    from safetensors.torch import save_file
+
+    ckpt = load_checkpoint(checkpoint)
+    summary = {k: ckpt.state.get(k) for k in ("model", "epoch", "val_acc", "num_classes", "classes", "data_config")}
+    meta = {"format": "hiap-weights", "hiap_version": __version__, "model": str(ckpt.state["model"])}
+    meta["summary"] = json.dumps(summary)
+    meta["config"] = json.dumps(ckpt.config)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in ckpt.model.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    export_weights(Path(sys.argv[1]), Path(sys.argv[2]))
+    print(f"wrote {sys.argv[2]}")

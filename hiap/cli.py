@@ -1,0 +1,122 @@
+"""The `hiap` command line: the one place that ties the packages together (train, inspect; export and bench later)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from hiap.errors import HiapError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="hiap: learn which heads, FFN blocks, value dims and neurons of a timm ViT to remove under a MAC budget.",
+)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Print a HiapError as one line on stderr and exit 2; anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HiapError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: the last complete checkpoint is kept; continue with --resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@user_errors
+def train(
+    model: str = typer.Option(None, help="Built-in 'hiap_vit_fmnist' (default) or a timm ViT name."),
+    data: str = typer.Option(None, help="'builtin' (Fashion-MNIST subset, default) or an ImageFolder root."),
+    pretrained: str = typer.Option(None, help="'auto' (default), 'none', 'timm', or a .safetensors/.pt file."),
+    dense: bool = typer.Option(None, "--dense", help="Train the plain model without gates."),
+    target_macs: str = typer.Option(None, help="Fraction of dense MACs (0.5) or absolute (3.1G). Default 0.5."),
+    epochs: int = typer.Option(None),
+    batch_size: int = typer.Option(None),
+    lr: float = typer.Option(None, help="Weight learning rate (AdamW)."),
+    gate_lr: float = typer.Option(None, help="Gate-logit learning rate (no weight decay)."),
+    lambda_macro: float = typer.Option(None, help="Initial macro penalty strength (ratio kept by the controller)."),
+    lambda_micro: float = typer.Option(None, help="Initial micro penalty strength."),
+    tau_start: float = typer.Option(None),
+    tau_end: float = typer.Option(None),
+    kd: bool = typer.Option(None, "--kd/--no-kd", help="Distil from the frozen dense start (default on)."),
+    config: Path = typer.Option(None, help="YAML file of config keys (CLI flags override it)."),
+    out: str = typer.Option(None, help="Output directory (default runs/<name>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    seed: int = typer.Option(None),
+    device: str = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Train HiAP gates (or a dense model) and write checkpoint, metrics.jsonl, config.yaml and summary.json."""
+    from rich.console import Console
+
+    from hiap.config import resolve_config
+    from hiap.progress import summary_table
+    from hiap.train import Trainer
+
+    values = dict(
+        model=model, data=data, pretrained=pretrained, dense=dense, target_macs=target_macs, epochs=epochs,
+        batch_size=batch_size, lr=lr, gate_lr=gate_lr, lambda_macro=lambda_macro, lambda_micro=lambda_micro,
+        tau_start=tau_start, tau_end=tau_end, kd=kd, out=out, seed=seed, device=device,
+    )  # fmt: skip
+    cfg = resolve_config(config, values)
+    console = Console()
+    summary = Trainer(cfg, console, resume=resume).run()
+    console.print(summary_table(summary))
+
+
+@app.command()
+@user_errors
+def inspect(
+    target: str = typer.Argument(..., help="timm model name, run directory or checkpoint.safetensors."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Dense and pruned GMACs, params and the per-block structure."""
+    from hiap.inspect import inspect_target
+
+    report = inspect_target(target)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report['model']} ({report['target']})")
+    for col in ("block", "heads", "value widths", "FFN", "neurons", "MMACs"):
+        table.add_column(col, justify="right")
+    for b in report["blocks"]:
+        table.add_row(
+            str(b["block"]),
+            f"{len(b['heads'])}/{report['num_heads']}",
+            ",".join(map(str, b["value_widths"])) or "-",
+            "kept" if b["ffn"] else "removed",
+            f"{b['neurons']}/{report['hidden']}",
+            f"{b['gmacs'] * 1e3:.2f}",
+        )
+    table.caption = (
+        f"GMACs {report['gmacs']:.4f} (dense {report['dense_gmacs']:.4f}), "
+        f"params {report['params'] / 1e6:.3f} M (dense {report['dense_params'] / 1e6:.3f} M)"
+    )
+    Console().print(table)
+
+
+def main() -> None:
+    app(prog_name="hiap")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""The gated ViT: a timm VisionTransformer whose heads, FFN blocks, value dims and neurons carry HiAP gates.
+
+The timm model is held unchanged (`GatedViT.vit`), so its parameter names, `state_dict` and pretrained_cfg
+stay exactly timm's; the gate logits live beside it in `GatedViT.gates`. The forward pass reuses the model's
+own embedding, norm and head methods and re-expresses only the block computation, with the masks passed
+explicitly (no patched attributes, no monkeypatched forwards).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention, Mlp
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from hiap.cost import BlockStructure, ExpectedCost, Geometry, Structure, expected_cost
+from hiap.errors import UnsupportedModelError
+from hiap.gates import export_rule, gumbel_sigmoid, keep_probability, logistic_noise
+
+SUPPORTED = (
+    "hiap supports timm VisionTransformer models (ViT, DeiT incl. distilled, DeiT-III, register tokens, "
+    "qk-norm, LayerScale, avg/token pooling, pre-norm) whose blocks are timm Block with timm Attention and Mlp"
+)
+
+
+@dataclass(frozen=True)
+class Floors:
+    """Feasibility floors: hard constraints of the export rule and targets of the feasibility penalty."""
+
+    k_min: int = 1  # heads kept per block
+    min_value_frac: float = 0.25  # fraction of value dims kept per kept head
+    min_neuron_frac: float = 0.1  # fraction of neurons kept per kept FFN (an FFN may still be removed whole)
+
+    def heads(self, num_heads: int) -> int:
+        return max(1, min(self.k_min, num_heads))
+
+    def value_dims(self, head_dim: int) -> int:
+        return max(1, min(head_dim, math.ceil(self.min_value_frac * head_dim)))
+
+    def neurons(self, hidden: int) -> int:
+        return max(1, min(hidden, math.ceil(self.min_neuron_frac * hidden)))
+
+
+@dataclass
+class Masks:
+    """One sample of the four gate kinds; effective masks are products (value g*d, neuron b*c)."""
+
+    head: torch.Tensor  # g [L, H]
+    value: torch.Tensor  # d [L, H, Dh]
+    ffn: torch.Tensor  # b [L]
+    neuron: torch.Tensor  # c [L, K]
+
+
+class GateLogits(nn.Module):
+    """Learnable logits of the four gate kinds (one logit per gate), initialised open."""
+
+    def __init__(self, depth: int, num_heads: int, head_dim: int, hidden: int, init: float = 3.0) -> None:
+        super().__init__()
+        self.head = nn.Parameter(torch.full((depth, num_heads), init))
+        self.value = nn.Parameter(torch.full((depth, num_heads, head_dim), init))
+        self.ffn = nn.Parameter(torch.full((depth,), init))
+        self.neuron = nn.Parameter(torch.full((depth, hidden), init))
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {"head": self.head, "value": self.value, "ffn": self.ffn, "neuron": self.neuron}
+
+
+def _only(module: nn.Module, kind: type, what: str, index: int) -> None:
+    if type(module) is not kind:
+        raise UnsupportedModelError(
+            f"Unsupported model: block {index} has {what} of type {type(module).__name__}, "
+            f"expected {kind.__name__}. {SUPPORTED}."
+        )
+
+
+def _numel(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def describe_vit(vit: nn.Module) -> Geometry:
+    """Check that `vit` is a supported timm ViT and return its geometry; fail early naming what is supported."""
+    if not isinstance(vit, VisionTransformer):
+        raise UnsupportedModelError(f"Unsupported model of type {type(vit).__name__}. {SUPPORTED}.")
+    if getattr(vit, "attn_pool", None) is not None:
+        raise UnsupportedModelError(f"Unsupported model: attention pooling ('map'/'prr') is not gated. {SUPPORTED}.")
+    if not isinstance(getattr(vit.patch_embed, "proj", None), nn.Conv2d):
+        raise UnsupportedModelError(f"Unsupported model: patch embedding is not a Conv2d (hybrid?). {SUPPORTED}.")
+    blocks = list(vit.blocks)
+    if not blocks:
+        raise UnsupportedModelError("Unsupported model: it has no transformer blocks.")
+    first = blocks[0]
+    for i, blk in enumerate(blocks):
+        _only(blk, Block, "a block", i)
+        _only(blk.attn, Attention, "attention", i)
+        _only(blk.mlp, Mlp, "an MLP", i)
+        if getattr(blk.attn, "gate", None) is not None or not isinstance(blk.attn.norm, nn.Identity):
+            raise UnsupportedModelError(
+                f"Unsupported model: block {i} uses gated or scale-normed attention, whose output cannot be "
+                f"pruned per value dim. {SUPPORTED}."
+            )
+        if not isinstance(blk.mlp.norm, nn.Identity) or not isinstance(blk.mlp.fc1, nn.Linear):
+            raise UnsupportedModelError(
+                f"Unsupported model: block {i} has a normed or convolutional MLP, whose neurons cannot be "
+                f"removed exactly. {SUPPORTED}."
+            )
+        same = (
+            blk.attn.num_heads == first.attn.num_heads
+            and blk.attn.head_dim == first.attn.head_dim
+            and blk.mlp.fc1.out_features == first.mlp.fc1.out_features
+            and _numel(blk) == _numel(first)
+        )
+        if not same:
+            raise UnsupportedModelError(f"Unsupported model: block {i} differs in width from block 0.")
+    attn, mlp = first.attn, first.mlp
+    dim = first.norm1.normalized_shape[0] if hasattr(first.norm1, "normalized_shape") else attn.qkv.in_features
+    if attn.qkv.in_features != dim or attn.proj.out_features != dim or mlp.fc2.out_features != dim:
+        raise UnsupportedModelError(f"Unsupported model: attention or MLP changes the embedding width. {SUPPORTED}.")
+    conv = vit.patch_embed.proj
+    num_patches = vit.patch_embed.num_patches
+    patch_macs = num_patches * conv.out_channels * (conv.in_channels // conv.groups) * math.prod(conv.kernel_size)
+    head_macs = 0
+    for name in ("head", "head_dist"):
+        head = getattr(vit, name, None)
+        if isinstance(head, nn.Linear):
+            head_macs += head.in_features * head.out_features
+    block_params = sum(_numel(b) for b in blocks)
+    return Geometry(
+        num_tokens=num_patches + vit.num_prefix_tokens,
+        dim=dim,
+        depth=len(blocks),
+        num_heads=attn.num_heads,
+        head_dim=attn.head_dim,
+        hidden=mlp.fc1.out_features,
+        patch_macs=patch_macs,
+        head_macs=head_macs,
+        fixed_params=_numel(vit) - block_params,
+        norm1_params=_numel(first.norm1),
+        qk_norm_params=_numel(attn.q_norm) + _numel(attn.k_norm),
+        ls1_params=_numel(first.ls1),
+        norm2_params=_numel(first.norm2),
+        ls2_params=_numel(first.ls2),
+        qkv_bias=attn.qkv.bias is not None,
+        proj_bias=attn.proj.bias is not None,
+        mlp_bias=mlp.fc1.bias is not None,
+    )
+
+
+def gated_attention(attn: Attention, x: torch.Tensor, value_mask: torch.Tensor) -> torch.Tensor:
+    """timm Attention.forward with a [H, Dh] multiplier on each head's value dims (g*d).
+
+    The mask is applied to the attention output rather than to V: (A V) * m == A (V * m) column by column, so it
+    is the same gate on the value dim, and the same code serves the fused and the unfused attention paths.
+    """
+    b, n, _ = x.shape
+    qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if attn.fused_attn:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    else:
+        scores = (q * attn.scale) @ k.transpose(-2, -1)
+        out = attn.attn_drop(scores.softmax(dim=-1)) @ v
+    out = out * value_mask.to(out.dtype)[None, :, None, :]
+    out = out.transpose(1, 2).reshape(b, n, attn.attn_dim)
+    return attn.proj_drop(attn.proj(attn.norm(out)))
+
+
+def gated_mlp(mlp: Mlp, x: torch.Tensor, neuron_mask: torch.Tensor) -> torch.Tensor:
+    """timm Mlp.forward with a multiplier on each hidden neuron after the activation (c)."""
+    h = mlp.act(mlp.fc1(x)) * neuron_mask.to(x.dtype)
+    return mlp.drop2(mlp.fc2(mlp.norm(mlp.drop1(h))))
+
+
+class GatedViT(nn.Module):
+    """A supported timm ViT plus HiAP gates; `vit.state_dict()` is the plain timm state dict."""
+
+    def __init__(self, vit: VisionTransformer, floors: Floors | None = None, gate_init: float = 3.0) -> None:
+        super().__init__()
+        self.geometry = describe_vit(vit)
+        self.vit = vit
+        self.floors = floors or Floors()
+        g = self.geometry
+        self.gates = GateLogits(g.depth, g.num_heads, g.head_dim, g.hidden, init=gate_init)
+
+    # --- masks -------------------------------------------------------------------------------------------
+    def sample_masks(self, tau: float, generator: torch.Generator, hard: bool = True) -> Masks:
+        """One Gumbel-Sigmoid sample of every gate, shared by the whole batch."""
+        gates = self.gates.as_dict()
+        z = {k: gumbel_sigmoid(a, tau, logistic_noise(tuple(a.shape), generator), hard) for k, a in gates.items()}
+        return Masks(**z)
+
+    @torch.no_grad()
+    def hard_masks(self) -> Masks:
+        """The export rule (logit > 0), then the floors enforced by keeping the highest logits."""
+        g, fl = self.geometry, self.floors
+        head = _with_floor(self.gates.head, fl.heads(g.num_heads))
+        value = _with_floor(self.gates.value, fl.value_dims(g.head_dim)) & head.unsqueeze(-1)
+        ffn = export_rule(self.gates.ffn)
+        neuron = _with_floor(self.gates.neuron, fl.neurons(g.hidden)) & ffn.unsqueeze(-1)
+        return Masks(head=head.float(), value=value.float(), ffn=ffn.float(), neuron=neuron.float())
+
+    def open_masks(self) -> Masks:
+        """All gates open: the wrapped model computes exactly the timm model."""
+        return Masks(**{k: torch.ones_like(a, requires_grad=False) for k, a in self.gates.as_dict().items()})
+
+    # --- cost --------------------------------------------------------------------------------------------
+    def expected_cost(self) -> ExpectedCost:
+        p = {k: keep_probability(a) for k, a in self.gates.as_dict().items()}
+        return expected_cost(self.geometry, p["head"], p["ffn"], p["value"], p["neuron"])
+
+    def hard_macs(self) -> int:
+        m = self.hard_masks()
+        return round(float(expected_cost(self.geometry, m.head, m.ffn, m.value, m.neuron).total))
+
+    def hard_structure(self) -> Structure:
+        return masks_to_structure(self.hard_masks())
+
+    # --- forward -----------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, masks: Masks | None = None) -> torch.Tensor:
+        """Forward with the given masks; without masks, the exported network (hard rule), as in validation."""
+        if masks is None:
+            masks = self.hard_masks()
+        vit = self.vit
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        for i, blk in enumerate(vit.blocks):
+            value_mask = masks.head[i].unsqueeze(-1) * masks.value[i]
+            x = x + blk.drop_path1(blk.ls1(gated_attention(blk.attn, blk.norm1(x), value_mask)))
+            ffn_out = gated_mlp(blk.mlp, blk.norm2(x), masks.neuron[i]) * masks.ffn[i].to(x.dtype)
+            x = x + blk.drop_path2(blk.ls2(ffn_out))
+        return vit.forward_head(vit.norm(x))
+
+
+def _with_floor(logits: torch.Tensor, minimum: int) -> torch.Tensor:
+    """logit > 0 along the last axis, topped up with the highest logits to at least `minimum` kept."""
+    keep = export_rule(logits)
+    top = logits.topk(minimum, dim=-1).indices
+    return keep.scatter(-1, top, True)
+
+
+def masks_to_structure(masks: Masks) -> Structure:
+    """Kept indices per block from 0/1 masks (value dims of closed heads and neurons of removed FFNs drop out)."""
+    blocks = []
+    head, value = masks.head.bool(), (masks.value * masks.head.unsqueeze(-1)).bool()
+    ffn, neuron = masks.ffn.bool(), masks.neuron.bool()
+    for i in range(head.shape[0]):
+        heads = tuple(int(h) for h in torch.nonzero(head[i]).flatten())
+        value_dims = tuple(tuple(int(j) for j in torch.nonzero(value[i, h]).flatten()) for h in heads)
+        kept_ffn = bool(ffn[i]) and bool(neuron[i].any())
+        neurons = tuple(int(k) for k in torch.nonzero(neuron[i]).flatten()) if kept_ffn else ()
+        blocks.append(BlockStructure(heads=heads, value_dims=value_dims, ffn=kept_ffn, neurons=neurons))
+    return Structure(blocks=tuple(blocks))

@@ -1,0 +1,73 @@
+"""Terminal output of a training run: the live progress bar with MACs vs target, and the end-of-run table."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class TrainProgress:
+    """A rich progress bar over optimizer steps showing epoch, loss, tau, and expected/hard MACs vs target."""
+
+    def __init__(self, console: Console, total_steps: int, done_steps: int, target_fraction: float) -> None:
+        self.console = console
+        self.target = target_fraction
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task("train", total=total_steps, completed=done_steps, epoch="-", info="")
+
+    def __enter__(self) -> TrainProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.progress.__exit__(et, ev, tb)
+
+    def advance(self, epoch: int, epochs: int, parts: dict[str, float]) -> None:
+        info = f"loss {parts['loss']:.3f} tau {parts['tau']:.2f}"
+        if "expected_frac" in parts:
+            info += f" MACs E {parts['expected_frac']:.1%} hard {parts['hard_frac']:.1%} / target {self.target:.1%}"
+        self.progress.update(self.task, advance=1, epoch=f"{epoch}/{epochs}", info=info)
+
+    def epoch_done(self, record: dict[str, Any]) -> None:
+        self.progress.console.print(
+            f"epoch {record['epoch']}: val acc {record['val_acc']:.4f}, hard {record['hard_gmacs'] * 1e3:.2f} MMACs "
+            f"(target {record['target_gmacs'] * 1e3:.2f}), heads {sum(record['kept_heads'])}, "
+            f"neurons {sum(record['kept_neurons'])}, {record['epoch_seconds']:.1f} s"
+        )
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """Dense vs pruned side by side, then where the files are."""
+    table = Table(title=f"hiap train: {summary['model']}", show_header=True)
+    table.add_column("")
+    table.add_column("dense", justify="right")
+    table.add_column("pruned", justify="right")
+    table.add_row("GMACs", f"{summary['dense_gmacs']:.4f}", f"{summary['pruned_gmacs']:.4f}")
+    table.add_row("target GMACs", "", f"{summary['target_gmacs']:.4f} ({summary['target_error']:+.2%} off)")
+    table.add_row("params (M)", f"{summary['dense_params'] / 1e6:.3f}", f"{summary['pruned_params'] / 1e6:.3f}")
+    heads = summary["kept_heads"]
+    table.add_row("heads", f"{summary['num_heads'] * len(heads)}", f"{sum(heads)}")
+    table.add_row(
+        "value dims",
+        f"{summary['num_heads'] * summary['head_dim'] * len(heads)}",
+        f"{sum(sum(v) for v in summary['kept_value_dims'])}",
+    )
+    table.add_row("FFN blocks", f"{len(heads)}", f"{sum(summary['kept_ffn'])}")
+    table.add_row("FFN neurons", f"{summary['hidden'] * len(heads)}", f"{sum(summary['kept_neurons'])}")
+    table.add_row("val top-1", f"{summary['dense_val_acc']:.4f}", f"{summary['val_acc']:.4f}")
+    table.caption = f"run: {summary['run_dir']}  (checkpoint.safetensors, metrics.jsonl, summary.json, config.yaml)"
+    return table

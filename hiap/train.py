@@ -1,0 +1,424 @@
+"""The trainer: one budgeted single-phase run (search, adaptation and export together), resumable and seeded."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from hiap import __version__
+from hiap.budget import BudgetController, check_target, parse_target
+from hiap.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from hiap.config import TrainConfig, write_yaml
+from hiap.cost import Structure, structure_params
+from hiap.data import Dataset, create_data
+from hiap.errors import HiapError
+from hiap.gated import Floors, GatedViT, describe_vit
+from hiap.gates import TemperatureSchedule
+from hiap.loss import feasibility_loss, mac_penalty, polarization_loss, task_loss
+from hiap.models import create_model, data_config, load_pretrained
+
+# Config keys that may differ when a run is resumed (they do not change what is computed).
+RESUMABLE_CHANGES = {"device", "workers", "amp"}
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / CHECKPOINT_NAME
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    return cfg.name or (f"{cfg.model}-dense" if cfg.dense else f"{cfg.model}-macs{cfg.target_macs}")
+
+
+def resolve_run_dir(cfg: TrainConfig, resume: bool) -> Path:
+    """--out, or runs/<name>; a fresh default run never reuses a folder that holds a run (adds -2, -3, ...)."""
+    if cfg.out:
+        root = Path(cfg.out)
+        if not resume and (root / CHECKPOINT_NAME).exists():
+            raise HiapError(f"'{root}' already holds a run: pass --resume to continue it or choose another --out.")
+        return root
+    base = Path("runs") / default_run_name(cfg)
+    if resume:
+        return base
+    root, n = base, 1
+    while (root / CHECKPOINT_NAME).exists() or (root / "config.yaml").exists():
+        n += 1
+        root = base.with_name(f"{base.name}-{n}")
+    return root
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to `min_ratio` of the base lr."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    frac = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def select_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise HiapError(f"--device {spec} was asked for but CUDA is not available here: use --device cpu.")
+    return torch.device(spec)
+
+
+def structure_summary(structure: Structure) -> dict[str, list[Any]]:
+    return {
+        "kept_heads": [len(b.heads) for b in structure.blocks],
+        "kept_value_dims": [[len(v) for v in b.value_dims] for b in structure.blocks],
+        "kept_ffn": [b.ffn for b in structure.blocks],
+        "kept_neurons": [len(b.neurons) for b in structure.blocks],
+    }
+
+
+def param_groups(model: nn.Module, gates: nn.Module | None, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: decayed weights, non-decayed 1-D params and tokens, and gate logits (own lr, no decay)."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name in skip else decay).append(p)
+    groups = [
+        {"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
+        {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0, "base_lr": cfg.lr},
+    ]
+    if gates is not None:
+        # Gate logits keep a constant lr (the controller must still move them at the end), except that macro
+        # gates (heads, FFN blocks) are frozen once the budget ramp is over: see BudgetController.
+        macro = [gates.head, gates.ffn]
+        micro = [gates.value, gates.neuron]
+        groups.append({"params": macro, "lr": cfg.gate_lr, "weight_decay": 0.0, "base_lr": None, "gates": "macro"})
+        groups.append({"params": micro, "lr": cfg.gate_lr, "weight_decay": 0.0, "base_lr": None, "gates": "micro"})
+    return groups
+
+
+class Trainer:
+    """Builds everything from a TrainConfig, then runs epochs; every epoch ends in a complete checkpoint."""
+
+    def __init__(self, cfg: TrainConfig, console: Console | None = None, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.console = console or Console()
+        self.resume = resume
+        self.paths = RunPaths(resolve_run_dir(cfg, resume))
+        self.notes: list[str] = []
+
+    # --- setup -------------------------------------------------------------------------------------------
+    def _load_resume(self) -> Checkpoint | None:
+        if not self.resume:
+            return None
+        ckpt = load_checkpoint(self.paths.checkpoint)
+        stored = ckpt.config
+        changed = {
+            k: (stored.get(k), v)
+            for k, v in self.cfg.to_dict().items()
+            if k not in RESUMABLE_CHANGES | {"out", "name"} and stored.get(k) != v
+        }
+        if changed:
+            detail = ", ".join(f"{k}: run has {a!r}, command gives {b!r}" for k, (a, b) in changed.items())
+            raise HiapError(f"Cannot resume '{self.paths.root}' with a different config ({detail}).")
+        return ckpt
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.ckpt = self._load_resume()
+        torch.manual_seed(cfg.seed)
+        self.device = select_device(cfg.device)
+        vit = create_model(cfg.model, drop_path_rate=cfg.drop_path)
+        self.data_cfg = data_config(vit)
+        self.data: Dataset = create_data(cfg.data, self.data_cfg, workers=cfg.workers)
+        num_classes = len(self.data.classes)
+        if getattr(vit, "num_classes", num_classes) != num_classes:
+            vit = create_model(cfg.model, num_classes=num_classes, drop_path_rate=cfg.drop_path)
+        self.geometry = describe_vit(vit)  # fail early on unsupported models, before loading anything
+        self.weights_source, notes = load_pretrained(vit, cfg.model, cfg.pretrained)
+        self.notes += notes
+        self.vit = vit.to(self.device)
+        self.dense_macs = self.geometry.dense_macs
+        self.dense_params = self.geometry.dense_params
+        floors = Floors(cfg.k_min, cfg.min_value_frac, cfg.min_neuron_frac)
+        if cfg.dense:
+            self.gated = None
+            self.target_macs = self.dense_macs
+        else:
+            self.target_macs = parse_target(cfg.target_macs).resolve(self.dense_macs)
+            check_target(self.geometry, floors, self.target_macs)
+            self.gated = GatedViT(self.vit, floors=floors, gate_init=cfg.gate_init).to(self.device)
+        self.teacher = None
+        if cfg.kd and not cfg.dense:
+            self.teacher = copy.deepcopy(self.vit).eval().requires_grad_(False)
+        used = min(cfg.train_images, self.data.num_train) if cfg.train_images > 0 else self.data.num_train
+        self.steps_per_epoch = used // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise HiapError(f"Batch size {cfg.batch_size} exceeds the {self.data.num_train} training images.")
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.warmup_steps = int(cfg.warmup_epochs * self.steps_per_epoch)
+        self.tau = TemperatureSchedule(cfg.tau_start, cfg.tau_end, self.total_steps)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.vit, self.gated.gates if self.gated else None, cfg), lr=cfg.lr
+        )
+        self.controller = BudgetController(self.target_macs / self.dense_macs, gain=cfg.controller_gain)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.start_epoch, self.step = 0, 0
+        self.dense_val_acc: float | None = None
+        if self.ckpt is not None:
+            self._restore(self.ckpt)
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        self.vit.load_state_dict(ckpt.model)
+        if self.gated is not None:
+            self.gated.gates.load_state_dict(ckpt.gates)
+        if ckpt.optimizer is not None:
+            self.optimizer.load_state_dict(ckpt.optimizer)
+        if "torch" in ckpt.rng:
+            torch.set_rng_state(ckpt.rng["torch"])
+        st = ckpt.state
+        self.start_epoch, self.step = int(st["epoch"]), int(st["step"])
+        self.controller.load_state(st["controller"])
+        self.dense_val_acc = st.get("dense_val_acc")
+        # Metrics of epochs after the checkpoint (a crash between writing both) are dropped, then rewritten.
+        if self.paths.metrics.exists():
+            lines = [ln for ln in self.paths.metrics.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in lines if json.loads(ln)["epoch"] <= self.start_epoch]
+            self.paths.metrics.write_text("".join(ln + "\n" for ln in keep))
+
+    # --- one step, one epoch ---------------------------------------------------------------------------------
+    def _autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    def _set_lr(self) -> None:
+        f = lr_factor(self.step, self.total_steps, self.warmup_steps, self.cfg.min_lr_ratio)
+        macro_frozen = self.gated is not None and self.controller.macro_frozen(self.step / self.total_steps)
+        for g in self.optimizer.param_groups:
+            if g.get("base_lr") is not None:
+                g["lr"] = g["base_lr"] * f
+            elif g.get("gates") == "macro":
+                g["lr"] = 0.0 if macro_frozen else self.cfg.gate_lr
+            elif g.get("gates") == "micro":
+                g["lr"] = self.cfg.gate_lr * self.controller.micro_lr_factor(self.step / self.total_steps)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        cfg = self.cfg
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        self._set_lr()
+        tau = self.tau(self.step)
+        parts: dict[str, float] = {"tau": tau}
+        with self._autocast():
+            if self.gated is None:
+                logits, teacher_logits = self.vit(x), None
+            else:
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)  # noise keyed by step
+                masks = self.gated.sample_masks(tau, gen, hard=cfg.gate_mode == "hard")
+                masks = type(masks)(**{k: v.to(self.device) for k, v in vars(masks).items()})
+                logits = self.gated(x, masks)
+                teacher_logits = None
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = self.teacher(x)
+        loss, task_parts = task_loss(logits, y, cfg.label_smoothing, teacher_logits, cfg.kd_alpha, cfg.kd_temperature)
+        parts.update(task_parts)
+        if self.gated is not None:
+            cost = self.gated.expected_cost()
+            penalty, pen_parts = mac_penalty(
+                cost, self.dense_macs, cfg.lambda_macro, cfg.lambda_micro, self.controller.scale
+            )
+            feas = feasibility_loss(self.gated)
+            polar_weight = cfg.polarization * self.controller.hard_weight(self.step / self.total_steps)
+            polar = polarization_loss(self.gated)
+            loss = loss + penalty + feas + polar_weight * polar
+            parts["polarization"] = float(polar.detach())
+            parts.update(pen_parts, feasibility=float(feas.detach()), penalty_scale=self.controller.scale)
+        if not torch.isfinite(loss):
+            raise HiapError(
+                f"Loss became non-finite at step {self.step}; the last good checkpoint is '{self.paths.checkpoint}'. "
+                "Lower --lr or --gate-lr and resume."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        parts["loss"] = float(loss.detach())
+        if self.gated is not None:
+            with torch.no_grad():
+                expected = float(self.gated.expected_cost().total) / self.dense_macs
+            hard = self.gated.hard_macs() / self.dense_macs
+            self.controller.update(expected, hard, (self.step + 1) / self.total_steps)
+            parts.update(expected_frac=expected, hard_frac=hard)
+        self.step += 1
+        return parts
+
+    @torch.no_grad()
+    def evaluate(self, open_gates: bool = False) -> tuple[float, float]:
+        """Top-1 accuracy and loss on the validation split with hard gates (the exported network)."""
+        model: nn.Module = self.gated if self.gated is not None else self.vit
+        model.eval()
+        correct, total, loss_sum = 0, 0, 0.0
+        for x, y in self.data.val_batches(256):
+            x, y = x.to(self.device), y.to(self.device)
+            with self._autocast():
+                if self.gated is not None:
+                    logits = self.gated(x, self.gated.open_masks() if open_gates else None)
+                else:
+                    logits = self.vit(x)
+            loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+            correct += int((logits.argmax(-1) == y).sum())
+            total += int(y.numel())
+        model.train()
+        return correct / total, loss_sum / total
+
+    # --- outputs -----------------------------------------------------------------------------------------
+    def _structure(self) -> Structure:
+        return self.gated.hard_structure() if self.gated is not None else self.geometry.dense_structure()
+
+    def _save(self, epoch: int, val_acc: float) -> None:
+        state = {
+            "epoch": epoch,
+            "step": self.step,
+            "controller": self.controller.state(),
+            "dense_val_acc": self.dense_val_acc,
+            "val_acc": val_acc,
+            "model": self.cfg.model,
+            "num_classes": len(self.data.classes),
+            "classes": self.data.classes,
+            "data_config": self.data_cfg,
+            "dense_macs": self.dense_macs,
+            "target_macs": self.target_macs,
+            "floors": vars(self.gated.floors) if self.gated is not None else None,
+            "weights_source": self.weights_source,
+        }
+        gates = {k: v.detach() for k, v in self.gated.gates.as_dict().items()} if self.gated is not None else {}
+        ckpt = Checkpoint(
+            model=self.vit.state_dict(),
+            gates=gates,
+            optimizer=self.optimizer.state_dict(),
+            rng={"torch": torch.get_rng_state()},
+            config=self.cfg.to_dict(),
+            state=state,
+        )
+        save_checkpoint(self.paths.checkpoint, ckpt)
+
+    def _epoch_record(
+        self, epoch: int, sums: dict[str, float], count: int, val: tuple[float, float], secs: float
+    ) -> dict[str, Any]:
+        means = {k: v / max(count, 1) for k, v in sums.items()}
+        structure = self._structure()
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "step": self.step,
+            "tau": self.tau(self.step),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "loss": means.get("loss"),
+            "ce": means.get("ce"),
+            "kd": means.get("kd"),
+            "macro": means.get("macro"),
+            "micro": means.get("micro"),
+            "feasibility": means.get("feasibility"),
+            "penalty_scale": self.controller.scale if self.gated is not None else None,
+            "expected_gmacs": (float(self.gated.expected_cost().total) if self.gated else self.dense_macs) / 1e9,
+            "hard_gmacs": (self.gated.hard_macs() if self.gated else self.dense_macs) / 1e9,
+            "target_gmacs": self.target_macs / 1e9,
+            "val_acc": val[0],
+            "val_loss": val[1],
+            "epoch_seconds": secs,
+        }
+        record.update(structure_summary(structure))
+        return record
+
+    # --- the run -----------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from hiap.progress import TrainProgress
+
+        self.setup()
+        cfg, paths = self.cfg, self.paths
+        paths.root.mkdir(parents=True, exist_ok=True)
+        write_yaml(paths.config, cfg.to_dict())
+        for note in self.notes:
+            self.console.print(f"[yellow]note:[/] {note}")
+        t_start = time.perf_counter()
+        if self.dense_val_acc is None:
+            self.dense_val_acc = self.evaluate(open_gates=True)[0]
+        self.vit.train()
+        if self.gated is not None:
+            self.gated.train()
+        with TrainProgress(self.console, self.total_steps, self.step, self.target_macs / self.dense_macs) as progress:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                t0 = time.perf_counter()
+                sums: dict[str, float] = {}
+                count = 0
+                for i, (x, y) in enumerate(self.data.train_batches(epoch, cfg.batch_size, cfg.seed)):
+                    if i == self.steps_per_epoch:
+                        break
+                    parts = self._train_step(x, y)
+                    for k, v in parts.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                    progress.advance(epoch + 1, cfg.epochs, parts)
+                val = self.evaluate()
+                record = self._epoch_record(epoch + 1, sums, count, val, time.perf_counter() - t0)
+                self._save(epoch + 1, val[0])  # checkpoint first: metrics never run ahead of it
+                with open(paths.metrics, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                progress.epoch_done(record)
+        summary = self._summary(time.perf_counter() - t_start)
+        tmp = paths.summary.with_name("summary.json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, paths.summary)
+        return summary
+
+    def _summary(self, seconds: float) -> dict[str, Any]:
+        structure = self._structure()
+        val_acc, _ = self.evaluate()
+        pruned_macs = self.gated.hard_macs() if self.gated is not None else self.dense_macs
+        return {
+            "hiap_version": __version__,
+            "model": self.cfg.model,
+            "data": self.data.description,
+            "weights_source": self.weights_source,
+            "dense": self.cfg.dense,
+            "epochs": self.cfg.epochs,
+            "dense_gmacs": self.dense_macs / 1e9,
+            "pruned_gmacs": pruned_macs / 1e9,
+            "target_gmacs": self.target_macs / 1e9,
+            "target_error": (pruned_macs - self.target_macs) / self.target_macs,
+            "dense_params": self.dense_params,
+            "pruned_params": structure_params(self.geometry, structure),
+            "val_acc": val_acc,
+            "dense_val_acc": self.dense_val_acc,
+            "seconds": seconds,
+            "num_heads": self.geometry.num_heads,
+            "head_dim": self.geometry.head_dim,
+            "hidden": self.geometry.hidden,
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "torch_version": torch.__version__,
+            "run_dir": str(self.paths.root),
+            "checkpoint": str(self.paths.checkpoint),
+            **structure_summary(structure),
+        }

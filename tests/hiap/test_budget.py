@@ -1,0 +1,75 @@
+import pytest
+from vit_zoo import make_vit
+
+from hiap.budget import BudgetController, check_target, min_reachable_macs, parse_target
+from hiap.errors import HiapError
+from hiap.gated import Floors, describe_vit
+
+
+@pytest.mark.parametrize(
+    "text, fraction, macs",
+    [
+        ("0.5", 0.5, None),
+        ("1", 1.0, None),
+        (".3", 0.3, None),
+        ("3.1G", None, 3_100_000_000),
+        ("450M", None, 450_000_000),
+        ("12k", None, 12_000),
+        ("2e9", None, 2_000_000_000),
+    ],
+)
+def test_parse_target(text: str, fraction: float | None, macs: int | None) -> None:
+    t = parse_target(text)
+    assert (t.fraction, t.macs) == (fraction, macs)
+
+
+@pytest.mark.parametrize("text", ["", "half", "-0.5", "0", "1.5", "3.1T", "50%"])
+def test_parse_target_rejects_bad_values(text: str) -> None:
+    with pytest.raises(HiapError, match="target-macs"):
+        parse_target(text)
+
+
+def test_fraction_resolves_against_dense() -> None:
+    assert parse_target("0.5").resolve(1000) == 500
+    assert parse_target("3.1G").resolve(10) == 3_100_000_000
+
+
+def test_min_reachable_is_k_min_heads_with_min_value_dims_and_no_ffn() -> None:
+    geom = describe_vit(make_vit("plain"))  # 3 heads of 16, 2 blocks
+    floors = Floors(k_min=1, min_value_frac=0.25)
+    expected = geom.fixed_macs + geom.depth * (geom.head_unit_macs + 4 * geom.value_unit_macs)
+    assert min_reachable_macs(geom, floors) == expected
+
+
+def test_impossible_target_is_refused_with_the_smallest_reachable_value() -> None:
+    geom = describe_vit(make_vit("plain"))
+    floors = Floors()
+    low = min_reachable_macs(geom, floors)
+    check_target(geom, floors, low)  # exactly reachable: accepted
+    with pytest.raises(HiapError) as err:
+        check_target(geom, floors, low - 1)
+    assert f"{low / geom.dense_macs:.3f}" in str(err.value)
+    with pytest.raises(HiapError, match="exceeds the dense model"):
+        check_target(geom, floors, geom.dense_macs + 1)
+
+
+def test_controller_raises_strength_above_target_and_lowers_it_below() -> None:
+    c = BudgetController(target_fraction=0.5, gain=0.5, kp=0.0, integral=1.0)
+    for _ in range(10):
+        c.update(0.8, 0.8, 0.0)
+    assert c.scale == pytest.approx(1.0 + 10 * 0.5 * 0.3)
+    for _ in range(40):
+        c.update(0.3, 0.3, 0.0)
+    assert c.scale < 0  # two-sided: below target it rewards MACs so gates reopen
+
+
+def test_controller_regulates_the_hard_cost_at_the_end() -> None:
+    c = BudgetController(target_fraction=0.5, gain=1.0, kp=0.0, integral=0.0)
+    c.update(expected_fraction=0.5, hard_fraction=0.6, progress=0.0)
+    assert c.last_error == pytest.approx(0.0)
+    c.update(expected_fraction=0.5, hard_fraction=0.6, progress=1.0)
+    assert c.last_error == pytest.approx(0.1)
+    state = c.state()
+    d = BudgetController(target_fraction=0.5, gain=1.0, kp=0.0)
+    d.load_state(state)
+    assert d.scale == c.scale

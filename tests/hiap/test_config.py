@@ -1,0 +1,40 @@
+from pathlib import Path
+
+import pytest
+
+from hiap.config import TrainConfig, resolve_config
+from hiap.errors import HiapError
+
+
+def test_precedence_defaults_then_file_then_flags(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("epochs: 3\nlr: 0.001\ntarget_macs: 0.4\n")
+    cfg = resolve_config(f, {"lr": 0.002, "epochs": None})
+    assert (cfg.epochs, cfg.lr, cfg.target_macs, cfg.batch_size) == (3, 0.002, "0.4", TrainConfig().batch_size)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("epoch: 3\n", "unknown key 'epoch'. Did you mean 'epochs'?"),
+        ("epochs: three\n", "'epochs' must be int"),
+        ("kd: 1\n", "'kd' must be bool"),
+        ("- 1\n- 2\n", "must hold a mapping"),
+        ("epochs: [\n", "not valid YAML"),
+        ("gate_mode: medium\n", "'gate_mode' must be 'hard' or 'soft'"),
+        ("k_min: 0\n", "'k_min' must be >= 1"),
+        ("min_value_frac: 1.5\n", "'min_value_frac' must lie in [0, 1]"),
+    ],
+)
+def test_bad_config_files_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(HiapError) as err:
+        resolve_config(f, {})
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(HiapError, match="does not exist"):
+        resolve_config(tmp_path / "nope.yaml", {})

@@ -1,0 +1,134 @@
+import pytest
+import torch
+from timm.layers import SwiGLUPacked
+from timm.models.vision_transformer import ResPostBlock, VisionTransformer
+from vit_zoo import VARIANTS, make_distilled, make_vit
+
+from hiap.errors import UnsupportedModelError
+from hiap.gated import Floors, GatedViT, masks_to_structure
+
+
+def _parity(vit: torch.nn.Module) -> float:
+    x = torch.randn(3, *vit.pretrained_cfg.get("input_size", (3, 32, 32))) if False else None
+    c = vit.patch_embed.proj.in_channels
+    h, w = vit.patch_embed.img_size
+    x = torch.randn(3, c, h, w)
+    gated = GatedViT(vit).eval()
+    with torch.no_grad():
+        ref = vit(x)
+        out = gated(x)  # eval: hard rule, every logit starts at +3 so every gate is open
+        out_open = gated(x, gated.open_masks())
+    assert torch.equal(out, out_open)
+    return float((out - ref).abs().max())
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("fused", [True, False])
+def test_open_gates_reproduce_timm(variant: str, fused: bool) -> None:
+    assert _parity(make_vit(variant, fused=fused)) <= 1e-6
+
+
+def test_open_gates_reproduce_timm_distilled() -> None:
+    assert _parity(make_distilled()) <= 1e-6
+
+
+def test_state_dict_keeps_timm_names_and_round_trips() -> None:
+    vit = make_vit("layerscale")
+    names = list(vit.state_dict())
+    gated = GatedViT(vit)
+    assert list(gated.vit.state_dict()) == names
+    assert {n for n in gated.state_dict() if not n.startswith("vit.")} == {
+        "gates.head",
+        "gates.value",
+        "gates.ffn",
+        "gates.neuron",
+    }
+    other = make_vit("layerscale")
+    gated.vit.load_state_dict(other.state_dict())
+    for k, v in other.state_dict().items():
+        assert torch.equal(gated.vit.state_dict()[k], v)
+
+
+def test_closed_head_equals_zeroed_proj_columns() -> None:
+    vit = make_vit("plain", fused=False)
+    gated = GatedViT(vit).eval()
+    dh = vit.blocks[0].attn.head_dim
+    with torch.no_grad():
+        gated.gates.head[1, 2] = -5.0  # close head 2 of block 1
+        gated.gates.value[0, 0, :5] = -5.0  # close 5 value dims of head 0 in block 0 (floor 25% of 16 = 4)
+        gated.gates.neuron[0, 10:20] = -5.0
+        gated.gates.ffn[1] = -5.0  # remove FFN of block 1
+    ref = make_vit("plain", fused=False)
+    ref.load_state_dict(vit.state_dict())
+    with torch.no_grad():
+        ref.blocks[1].attn.proj.weight[:, 2 * dh : 3 * dh] = 0
+        ref.blocks[0].attn.proj.weight[:, :5] = 0
+        ref.blocks[0].mlp.fc2.weight[:, 10:20] = 0
+        ref.blocks[1].mlp.fc2.weight.zero_()
+        ref.blocks[1].mlp.fc2.bias.zero_()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(gated(x), ref(x), atol=1e-5)
+    s = masks_to_structure(gated.hard_masks())
+    assert s.blocks[1].heads == (0, 1) and not s.blocks[1].ffn and s.blocks[1].neurons == ()
+    assert s.blocks[0].value_dims[0] == tuple(range(5, dh))
+    assert len(s.blocks[0].neurons) == vit.blocks[0].mlp.fc1.out_features - 10
+
+
+def test_hard_masks_enforce_floors() -> None:
+    vit = make_vit("wide_heads")  # 8 heads of 8 dims, hidden 256
+    gated = GatedViT(vit, floors=Floors(k_min=2, min_value_frac=0.5, min_neuron_frac=0.25))
+    with torch.no_grad():
+        for p in gated.gates.parameters():
+            p.fill_(-4.0)
+        gated.gates.head[0, 5] = -1.0  # the two highest logits are kept
+        gated.gates.head[0, 3] = -2.0
+        gated.gates.ffn.fill_(1.0)  # FFN kept, so its neuron floor applies
+    s = masks_to_structure(gated.hard_masks())
+    block = s.blocks[0]
+    assert block.heads == (3, 5)
+    assert [len(v) for v in block.value_dims] == [4, 4]
+    assert block.ffn and len(block.neurons) == 64
+
+
+def test_sampled_masks_are_shared_by_the_batch_and_reproducible() -> None:
+    gated = GatedViT(make_vit("plain"))
+    m1 = gated.sample_masks(1.0, torch.Generator().manual_seed(5))
+    m2 = gated.sample_masks(1.0, torch.Generator().manual_seed(5))
+    for k in ("head", "value", "ffn", "neuron"):
+        assert torch.equal(getattr(m1, k), getattr(m2, k))
+    assert m1.head.shape == (2, 3) and m1.value.shape == (2, 3, 16) and m1.neuron.shape == (2, 192)
+
+
+def _res_post() -> VisionTransformer:
+    return VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, block_fn=ResPostBlock)
+
+
+@pytest.mark.parametrize(
+    "build, fragment",
+    [
+        (_res_post, "ResPostBlock"),
+        (lambda: torch.nn.Sequential(torch.nn.Linear(3, 3)), "Sequential"),
+        (
+            lambda: VisionTransformer(
+                img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3, mlp_layer=SwiGLUPacked, mlp_ratio=2
+            ),
+            "MLP",
+        ),
+        (
+            lambda: VisionTransformer(
+                img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3, scale_attn_norm=True
+            ),
+            "scale-normed",
+        ),
+        (
+            lambda: VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3, global_pool="map"),
+            "attention pooling",
+        ),
+    ],
+)
+def test_unsupported_models_fail_early_naming_what_is_supported(build, fragment: str) -> None:
+    with pytest.raises(UnsupportedModelError) as err:
+        GatedViT(build())
+    assert fragment in str(err.value)
+    assert "timm VisionTransformer" in str(err.value) or "block" in str(err.value)

@@ -1,0 +1,216 @@
+"""End-to-end training on the built-in data at tiny size, resume, budget landing and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hiap.checkpoint import load_checkpoint
+from hiap.cli import app
+from hiap.config import TrainConfig
+from hiap.train import Trainer
+
+runner = CliRunner()
+TINY = ["--model", "hiap_vit_fmnist_tiny", "--pretrained", "none", "--batch-size", "64"]
+
+
+def _config(tmp_path: Path, **values: object) -> Path:
+    f = tmp_path / "tiny.yaml"
+    f.write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
+    return f
+
+
+def _run(args: list[str]) -> tuple[int, str]:
+    result = runner.invoke(app, args)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def test_cli_train_end_to_end_writes_every_output(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = _config(tmp_path, train_images=512)
+    code, text = _run(
+        ["train", *TINY, "--epochs", "2", "--config", str(cfg), "--out", str(out), "--target-macs", "0.6"]
+    )
+    assert code == 0, text
+    assert "val top-1" in text and "GMACs" in text
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.safetensors"):
+        assert (out / name).is_file()
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    for key in (
+        "loss",
+        "ce",
+        "kd",
+        "macro",
+        "micro",
+        "tau",
+        "expected_gmacs",
+        "hard_gmacs",
+        "val_acc",
+        "kept_heads",
+        "kept_value_dims",
+        "kept_neurons",
+    ):
+        assert key in lines[-1]
+    assert len(lines[-1]["kept_heads"]) == 4
+    assert lines[0]["tau"] > lines[1]["tau"] >= 0.5
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("dense_gmacs", "pruned_gmacs", "target_gmacs", "val_acc", "dense_val_acc"):
+        assert isinstance(summary[key], float)
+    assert summary["target_gmacs"] == pytest.approx(0.6 * summary["dense_gmacs"], rel=1e-6)
+    assert 0.0 <= summary["val_acc"] <= 1.0
+    ckpt = load_checkpoint(out)
+    assert set(ckpt.gates) == {"head", "value", "ffn", "neuron"}
+    assert "blocks.0.attn.qkv.weight" in ckpt.model
+    assert ckpt.state["epoch"] == 2 and ckpt.optimizer is not None
+    code, text = _run(["inspect", str(out), "--json"])
+    report = json.loads(text)
+    assert report["gmacs"] == pytest.approx(summary["pruned_gmacs"])
+    assert report["params"] == summary["pruned_params"]
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = dict(
+        model="hiap_vit_fmnist_tiny",
+        pretrained="none",
+        epochs=3,
+        batch_size=64,
+        train_images=384,
+        target_macs="0.6",
+        drop_path=0.1,
+    )
+    full = Trainer(TrainConfig(**base, out=str(tmp_path / "full")))
+    full.run()
+
+    original = Trainer._save
+
+    def crash_after_first_epoch(self: Trainer, epoch: int, val_acc: float) -> None:
+        original(self, epoch, val_acc)
+        if epoch == 1:
+            raise _Crash
+
+    monkeypatch.setattr(Trainer, "_save", crash_after_first_epoch)
+    with pytest.raises(_Crash):
+        Trainer(TrainConfig(**base, out=str(tmp_path / "cut"))).run()
+    monkeypatch.setattr(Trainer, "_save", original)
+    Trainer(TrainConfig(**base, out=str(tmp_path / "cut")), resume=True).run()
+
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    for k in a.gates:
+        assert torch.equal(a.gates[k], b.gates[k]), k
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k
+    def strip(p):
+        return [
+            {k: v for k, v in json.loads(ln).items() if k != "epoch_seconds"}
+            for ln in (p / "metrics.jsonl").read_text().splitlines()
+        ]
+    assert strip(tmp_path / "full") == strip(tmp_path / "cut")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "deit_smal_patch16_224"], "Did you mean 'deit_small_patch16_224'?"),
+        (["--model", "resnet18"], "hiap supports timm VisionTransformer"),
+        (["--data", "/nonexistent/data"], "does not exist"),
+        (["--target-macs", "half"], "is not a fraction"),
+        (["--target-macs", "0.01"], "below the smallest network the floors allow"),
+        (["--pretrained", "/nonexistent.safetensors"], "does not exist"),
+        (["--device", "tpu"], "'device' must be"),
+        (["--epochs", "0"], "'epochs' must be > 0"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    code, text = _run(["train", *TINY, "--out", str(tmp_path / "r"), *args])
+    assert code == 2
+    assert message in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "r" / "checkpoint.safetensors").exists()
+
+
+def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    cfg = _config(tmp_path, train_images=128)
+    assert _run(["train", *TINY, "--epochs", "1", "--config", str(cfg), "--out", str(out)])[0] == 0
+    before = (out / "checkpoint.safetensors").read_bytes()
+    code, text = _run(["train", *TINY, "--epochs", "1", "--config", str(cfg), "--out", str(out)])
+    assert code == 2 and "already holds a run" in text
+    assert (out / "checkpoint.safetensors").read_bytes() == before
+    code, text = _run(["train", *TINY, "--resume", "--out", str(tmp_path / "empty")])
+    assert code == 2 and "No checkpoint" in text
+    code, text = _run(
+        ["train", *TINY, "--epochs", "2", "--config", str(cfg), "--out", str(out), "--resume", "--target-macs", "0.4"]
+    )
+    assert code == 2 and "different config" in text and "target_macs" in text
+
+
+def test_truncated_checkpoint_and_wrong_weights_are_clear_errors(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    cfg = _config(tmp_path, train_images=128)
+    assert _run(["train", *TINY, "--epochs", "1", "--config", str(cfg), "--out", str(out)])[0] == 0
+    data = (out / "checkpoint.safetensors").read_bytes()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(data[: len(data) // 2])
+    code, text = _run(["inspect", str(bad)])
+    assert code == 2 and "truncated or corrupted" in text
+    # weights of the tiny model given to the full-size model
+    code, text = _run(["train", "--pretrained", str(out / "checkpoint.safetensors"), "--out", str(tmp_path / "x")])
+    assert code == 2 and "do not fit model 'hiap_vit_fmnist'" in text
+
+
+def _image_tree(root: Path, split_counts: dict[str, int]) -> None:
+    from PIL import Image
+
+    for split, n in split_counts.items():
+        for cls in ("cat", "dog"):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(torch.randint(0, 255, (28, 28), dtype=torch.uint8).numpy()).save(d / f"{i}.png")
+
+
+def test_imagefolder_data_trains_and_reports_bad_trees(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    _image_tree(root, {"train": 8, "val": 2})
+    code, text = _run(
+        ["train", *TINY[:4], "--batch-size", "4", "--epochs", "1", "--data", str(root), "--out", str(tmp_path / "r")]
+    )
+    assert code == 0, text
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["data"].startswith("ImageFolder")
+    (root / "train" / "cat" / "broken.png").write_bytes(b"not an image")
+    code, text = _run(
+        ["train", *TINY[:4], "--batch-size", "4", "--epochs", "1", "--data", str(root), "--out", str(tmp_path / "r2")]
+    )
+    assert code == 2 and "broken.png" in text and "could not be read" in text
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    (empty / "val").mkdir()
+    code, text = _run(["train", *TINY, "--data", str(empty), "--out", str(tmp_path / "r3")])
+    assert code == 2 and "no classes" in text
+    code, text = _run(["train", *TINY, "--data", str(tmp_path / "data" / "train"), "--out", str(tmp_path / "r4")])
+    assert code == 2 and "has no 'train/' folder" in text
+
+
+def test_inspect_deit_small_json() -> None:
+    code, text = _run(["inspect", "deit_small_patch16_224", "--json"])
+    assert code == 0
+    report = json.loads(text)
+    assert report["gmacs"] == pytest.approx(4.6, rel=0.02)
+    assert report["params"] == 22_050_664
+    assert len(report["blocks"]) == 12
+
+
+def test_inspect_unknown_target() -> None:
+    code, text = _run(["inspect", "deit_smal_patch16_224"])
+    assert code == 2 and "Did you mean" in text
