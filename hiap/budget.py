@@ -79,10 +79,10 @@ class BudgetController:
     """
 
     target_fraction: float
-    gain: float = 1.0
-    kp: float = 10.0
+    gain: float = 0.5
+    kp: float = 30.0
     ramp: float = 0.4
-    settle: float = 0.15
+    settle: float = 0.3
     max_scale: float = 200.0
     integral: float = 0.0
     last_error: float = 0.0
@@ -97,8 +97,11 @@ class BudgetController:
         """Macro gates (heads, FFN blocks) stop learning a quarter into the hold phase after the ramp."""
         return self.ramp + 0.25 * (1.0 - self.ramp)
 
-    def macro_frozen(self, progress: float) -> bool:
-        return progress >= self.macro_freeze_progress()
+    def macro_frozen(self, progress: float, hard_fraction: float) -> bool:
+        """Frozen after the freeze point while the hard cost is within 10 % of the target; a network that has
+        collapsed below (or stayed far above) the target keeps its macro gates learning so it can recover."""
+        near = abs(hard_fraction - self.target_fraction) <= 0.10 * self.target_fraction
+        return progress >= self.macro_freeze_progress() and near
 
     def micro_lr_factor(self, progress: float) -> float:
         """Micro gates learn at full rate until the last `settle` of the run, then their lr decays (cosine) to 0,

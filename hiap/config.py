@@ -35,7 +35,7 @@ class TrainConfig:
     lambda_macro: float = 2.0  # initial penalty strengths; the budget controller scales both together,
     lambda_micro: float = 1.0  # so their ratio (paper: 2:1) is kept
     controller_gain: float = 0.5  # integral gain of the budget controller, per step per unit of MAC error
-    polarization: float = 1.0  # weight of the gate-entropy term after the budget ramp (see loss.polarization_loss)
+    polarization: float = 0.0  # weight of the gate-entropy term after the budget ramp (see loss.polarization_loss)
     tau_start: float = 2.0
     tau_end: float = 0.5
     gate_mode: str = "hard"  # 'hard' (0/1 forward, straight-through gradient) or 'soft'

@@ -52,10 +52,12 @@ class TrainProgress:
 
 def summary_table(summary: dict[str, Any]) -> Table:
     """Dense vs pruned side by side, then where the files are."""
-    table = Table(title=f"hiap train: {summary['model']}", show_header=True)
+    dense_run = bool(summary.get("dense"))
+    title = f"hiap train{' --dense' if dense_run else ''}: {summary['model']}"
+    table = Table(title=title, show_header=True)
     table.add_column("")
-    table.add_column("dense", justify="right")
-    table.add_column("pruned", justify="right")
+    table.add_column("start" if dense_run else "dense", justify="right")
+    table.add_column("trained" if dense_run else "pruned", justify="right")
     table.add_row("GMACs", f"{summary['dense_gmacs']:.4f}", f"{summary['pruned_gmacs']:.4f}")
     table.add_row("target GMACs", "", f"{summary['target_gmacs']:.4f} ({summary['target_error']:+.2%} off)")
     table.add_row("params (M)", f"{summary['dense_params'] / 1e6:.3f}", f"{summary['pruned_params'] / 1e6:.3f}")

@@ -216,7 +216,9 @@ class Trainer:
 
     def _set_lr(self) -> None:
         f = lr_factor(self.step, self.total_steps, self.warmup_steps, self.cfg.min_lr_ratio)
-        macro_frozen = self.gated is not None and self.controller.macro_frozen(self.step / self.total_steps)
+        macro_frozen = self.gated is not None and self.controller.macro_frozen(
+            self.step / self.total_steps, self.gated.hard_macs() / self.dense_macs
+        )
         for g in self.optimizer.param_groups:
             if g.get("base_lr") is not None:
                 g["lr"] = g["base_lr"] * f
@@ -341,7 +343,8 @@ class Trainer:
             "micro": means.get("micro"),
             "feasibility": means.get("feasibility"),
             "penalty_scale": self.controller.scale if self.gated is not None else None,
-            "expected_gmacs": (float(self.gated.expected_cost().total) if self.gated else self.dense_macs) / 1e9,
+            "expected_gmacs": (float(self.gated.expected_cost().total.detach()) if self.gated else self.dense_macs)
+            / 1e9,
             "hard_gmacs": (self.gated.hard_macs() if self.gated else self.dense_macs) / 1e9,
             "target_gmacs": self.target_macs / 1e9,
             "val_acc": val[0],
@@ -382,9 +385,11 @@ class Trainer:
                     progress.advance(epoch + 1, cfg.epochs, parts)
                 val = self.evaluate()
                 record = self._epoch_record(epoch + 1, sums, count, val, time.perf_counter() - t0)
-                self._save(epoch + 1, val[0])  # checkpoint first: metrics never run ahead of it
+                # Metrics line first, then the checkpoint: a crash in between leaves a line ahead of the
+                # checkpoint, which --resume drops and rewrites; never a checkpoint without its line.
                 with open(paths.metrics, "a") as f:
                     f.write(json.dumps(record) + "\n")
+                self._save(epoch + 1, val[0])
                 progress.epoch_done(record)
         summary = self._summary(time.perf_counter() - t_start)
         tmp = paths.summary.with_name("summary.json.tmp")

@@ -53,23 +53,47 @@ def test_impossible_target_is_refused_with_the_smallest_reachable_value() -> Non
         check_target(geom, floors, geom.dense_macs + 1)
 
 
-def test_controller_raises_strength_above_target_and_lowers_it_below() -> None:
-    c = BudgetController(target_fraction=0.5, gain=0.5, kp=0.0, integral=1.0)
+def test_reference_moves_from_the_start_to_the_target_along_a_cubic() -> None:
+    c = BudgetController(target_fraction=0.5, ramp=0.4)
+    c.update(0.9, 1.0, 0.0)  # the first measurement fixes the start
+    assert c.reference(0.0) == pytest.approx(0.9)
+    assert c.reference(0.2) == pytest.approx(0.9 - 0.4 * (1 - 0.5**3))
+    assert c.reference(0.4) == pytest.approx(0.5)
+    assert c.reference(1.0) == pytest.approx(0.5)
+
+
+def test_controller_raises_strength_above_the_reference_and_turns_negative_below() -> None:
+    c = BudgetController(target_fraction=0.5, gain=0.5, kp=0.0, ramp=0.0, start_fraction=1.0)
     for _ in range(10):
         c.update(0.8, 0.8, 0.0)
-    assert c.scale == pytest.approx(1.0 + 10 * 0.5 * 0.3)
+    assert c.scale == pytest.approx(10 * 0.5 * 0.3)
     for _ in range(40):
         c.update(0.3, 0.3, 0.0)
     assert c.scale < 0  # two-sided: below target it rewards MACs so gates reopen
+    for _ in range(10_000):
+        c.update(1.0, 1.0, 0.0)
+    assert c.scale == c.max_scale  # anti-windup clamp
 
 
-def test_controller_regulates_the_hard_cost_at_the_end() -> None:
-    c = BudgetController(target_fraction=0.5, gain=1.0, kp=0.0, integral=0.0)
-    c.update(expected_fraction=0.5, hard_fraction=0.6, progress=0.0)
+def test_measurement_moves_from_expected_to_hard_cost_after_the_macro_freeze() -> None:
+    c = BudgetController(target_fraction=0.5, ramp=0.4, kp=0.0, start_fraction=0.5)
+    freeze = c.macro_freeze_progress()
+    assert freeze == pytest.approx(0.55)
+    assert c.hard_weight(0.3) == 0.0 and c.hard_weight(freeze) == 0.0 and c.hard_weight(0.7) == pytest.approx(1.0)
+    c.update(expected_fraction=0.5, hard_fraction=0.6, progress=0.2)
     assert c.last_error == pytest.approx(0.0)
-    c.update(expected_fraction=0.5, hard_fraction=0.6, progress=1.0)
+    c.update(expected_fraction=0.5, hard_fraction=0.6, progress=0.9)
     assert c.last_error == pytest.approx(0.1)
-    state = c.state()
-    d = BudgetController(target_fraction=0.5, gain=1.0, kp=0.0)
-    d.load_state(state)
-    assert d.scale == c.scale
+    d = BudgetController(target_fraction=0.5)
+    d.load_state(c.state())
+    assert (d.integral, d.last_error, d.start_fraction) == (c.integral, c.last_error, c.start_fraction)
+
+
+def test_macro_freeze_only_near_the_target_and_micro_lr_settles() -> None:
+    c = BudgetController(target_fraction=0.5, ramp=0.4, settle=0.3)
+    assert not c.macro_frozen(0.5, 0.5)  # before the freeze point
+    assert c.macro_frozen(0.6, 0.52)  # within 10 % of the target
+    assert not c.macro_frozen(0.6, 0.2)  # collapsed: macro gates keep learning to recover
+    assert c.micro_lr_factor(0.5) == 1.0
+    assert c.micro_lr_factor(0.85) == pytest.approx(0.5)
+    assert c.micro_lr_factor(1.0) == pytest.approx(0.0)

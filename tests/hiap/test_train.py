@@ -110,11 +110,13 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path: Path, monkey
         assert torch.equal(a.gates[k], b.gates[k]), k
     for k in a.model:
         assert torch.equal(a.model[k], b.model[k]), k
+
     def strip(p):
         return [
             {k: v for k, v in json.loads(ln).items() if k != "epoch_seconds"}
             for ln in (p / "metrics.jsonl").read_text().splitlines()
         ]
+
     assert strip(tmp_path / "full") == strip(tmp_path / "cut")
 
 
@@ -188,7 +190,7 @@ def test_imagefolder_data_trains_and_reports_bad_trees(tmp_path: Path) -> None:
     )
     assert code == 0, text
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["data"].startswith("ImageFolder")
-    (root / "train" / "cat" / "broken.png").write_bytes(b"not an image")
+    (root / "val" / "cat" / "broken.png").write_bytes(b"not an image")  # val is read whole
     code, text = _run(
         ["train", *TINY[:4], "--batch-size", "4", "--epochs", "1", "--data", str(root), "--out", str(tmp_path / "r2")]
     )
@@ -214,3 +216,15 @@ def test_inspect_deit_small_json() -> None:
 def test_inspect_unknown_target() -> None:
     code, text = _run(["inspect", "deit_smal_patch16_224"])
     assert code == 2 and "Did you mean" in text
+
+
+@pytest.mark.parametrize("target", ["0.5", "0.7"])
+def test_budget_lands_within_one_percent_on_builtin_data(tmp_path: Path, target: str) -> None:
+    """The controller alone (no threshold search afterwards) lands the hard network on the target."""
+    cfg = TrainConfig(
+        model="hiap_vit_fmnist_tiny", pretrained="none", epochs=6, batch_size=64, train_images=3200,
+        target_macs=target, kd=False, out=str(tmp_path / "r"),
+    )  # fmt: skip
+    summary = Trainer(cfg).run()
+    assert abs(summary["pruned_gmacs"] / summary["target_gmacs"] - 1) <= 0.01
+    assert summary["target_gmacs"] == pytest.approx(float(target) * summary["dense_gmacs"], rel=1e-6)
