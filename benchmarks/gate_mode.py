@@ -10,20 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import tempfile
-import time
-from pathlib import Path
 
-import torch
-from rich.console import Console
-
-from hiap import __version__
-from hiap.config import TrainConfig
-from hiap.train import Trainer
-
-RESULTS = Path(__file__).parent / "results"
+from common import environment, train_run, write_results
 
 
 def main() -> None:
@@ -33,50 +22,21 @@ def main() -> None:
     parser.add_argument("--target", default="0.5")
     args = parser.parse_args()
     runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            for mode in ("hard", "soft"):
-                cfg = TrainConfig(
-                    gate_mode=mode, seed=seed, epochs=args.epochs, target_macs=args.target, out=f"{tmp}/{mode}-{seed}"
-                )
-                t0 = time.perf_counter()
-                summary = Trainer(cfg, Console(quiet=True)).run()
-                runs.append(
-                    {
-                        "gate_mode": mode,
-                        "seed": seed,
-                        "val_acc": summary["val_acc"],
-                        "dense_val_acc": summary["dense_val_acc"],
-                        "pruned_gmacs": summary["pruned_gmacs"],
-                        "target_gmacs": summary["target_gmacs"],
-                        "target_error": summary["target_error"],
-                        "seconds": time.perf_counter() - t0,
-                    }
-                )
-                print(json.dumps(runs[-1]))
-    env = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "hiap": __version__,
-        "recipe": f"hiap train defaults, --epochs {args.epochs} --target-macs {args.target}",
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gate_mode.json").write_text(json.dumps({"environment": env, "runs": runs}, indent=2) + "\n")
+    for seed in args.seeds:
+        for mode in ("hard", "soft"):
+            s = train_run(gate_mode=mode, seed=seed, epochs=args.epochs, target_macs=args.target)
+            keys = ("val_acc", "dense_val_acc", "pruned_gmacs", "target_gmacs", "target_error", "wall_seconds")
+            runs.append({"gate_mode": mode, "seed": seed} | {k: s[k] for k in keys})
+            print(json.dumps(runs[-1]), flush=True)
+    env = environment(f"hiap train defaults, --epochs {args.epochs} --target-macs {args.target}")
     lines = [
-        "# Gate forward mode: hard (straight-through) vs soft",
-        "",
-        f"{env['recipe']}; {env['machine']}, {env['threads']} threads, torch {env['torch']}, {env['date']}.",
-        "",
         "| mode | seed | val acc | dense val acc | pruned GMACs | target error | seconds |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         lines.append(
             f"| {r['gate_mode']} | {r['seed']} | {r['val_acc']:.4f} | {r['dense_val_acc']:.4f} | "
-            f"{r['pruned_gmacs']:.5f} | {r['target_error']:+.2%} | {r['seconds']:.0f} |"
+            f"{r['pruned_gmacs']:.5f} | {r['target_error']:+.2%} | {r['wall_seconds']:.0f} |"
         )
     for mode in ("hard", "soft"):
         accs = [r["val_acc"] for r in runs if r["gate_mode"] == mode]
@@ -84,8 +44,7 @@ def main() -> None:
         lines.append(
             f"\n{mode}: mean val acc {statistics.mean(accs):.4f}, mean |target error| {statistics.mean(errs):.2%}"
         )
-    (RESULTS / "gate_mode.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("gate_mode", "Gate forward mode: hard (straight-through) vs soft", env, runs, lines)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,51 @@
+"""Shared pieces of the benchmark scripts: the environment record and one in-process training run."""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from hiap import __version__
+from hiap.config import TrainConfig
+from hiap.train import Trainer
+
+
+def environment(recipe: str) -> dict[str, Any]:
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": __import__("os").cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "hiap": __version__,
+        "recipe": recipe,
+    }
+
+
+def train_run(**overrides: Any) -> dict[str, Any]:
+    """Run `hiap train` in-process with `overrides` on the defaults; return the summary plus wall time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(**overrides, out=f"{tmp}/run")
+        t0 = time.perf_counter()
+        summary = Trainer(cfg, Console(quiet=True)).run()
+        summary["wall_seconds"] = time.perf_counter() - t0
+    return summary
+
+
+def write_results(name: str, title: str, env: dict[str, Any], runs: list[dict[str, Any]], table: list[str]) -> None:
+    """benchmarks/results/<name>.json (environment and every run) and <name>.md (title, environment, table)."""
+    results = Path(__file__).parent / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps({"environment": env, "runs": runs}, indent=2) + "\n")
+    head = [f"# {title}", "", f"{env['recipe']}; {env['machine']}, {env['threads']} threads, "
+            f"torch {env['torch']}, hiap {env['hiap']}, {env['date']}.", ""]  # fmt: skip
+    (results / f"{name}.md").write_text("\n".join(head + table) + "\n")
+    print("\n".join(head + table))
