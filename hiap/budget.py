@@ -46,17 +46,22 @@ def min_reachable_macs(geom: Geometry, floors: Floors) -> int:
     return geom.fixed_macs + geom.depth * per_block
 
 
+def format_macs(macs: float) -> str:
+    """'4.599 GMACs' or '10.30 MMACs': enough digits for ViTs of any size."""
+    return f"{macs / 1e9:.3f} GMACs" if macs >= 1e8 else f"{macs / 1e6:.2f} MMACs"
+
+
 def check_target(geom: Geometry, floors: Floors, target_macs: int) -> None:
     dense, low = geom.dense_macs, min_reachable_macs(geom, floors)
     if target_macs > dense:
         raise HiapError(
-            f"Target {target_macs / 1e9:.4f} GMACs exceeds the dense model ({dense / 1e9:.4f} GMACs): "
+            f"Target {format_macs(target_macs)} exceeds the dense model ({format_macs(dense)}): "
             "give a fraction below 1 or a smaller count."
         )
     if target_macs < low:
         raise HiapError(
-            f"Target {target_macs / 1e9:.4f} GMACs ({target_macs / dense:.1%} of dense) is below the smallest "
-            f"network the floors allow: {low / 1e9:.4f} GMACs ({low / dense:.1%}). Raise --target-macs to at least "
+            f"Target {format_macs(target_macs)} ({target_macs / dense:.1%} of dense) is below the smallest "
+            f"network the floors allow: {format_macs(low)} ({low / dense:.1%}). Raise --target-macs to at least "
             f"{low / dense:.3f} or lower k_min / min_value_frac / min_neuron_frac."
         )
 

@@ -46,19 +46,23 @@ def train(
     pretrained: str = typer.Option(None, help="'auto' (default), 'none', 'timm', or a .safetensors/.pt file."),
     dense: bool = typer.Option(None, "--dense", help="Train the plain model without gates."),
     target_macs: str = typer.Option(None, help="Fraction of dense MACs (0.5) or absolute (3.1G). Default 0.5."),
-    epochs: int = typer.Option(None),
-    batch_size: int = typer.Option(None),
+    epochs: int = typer.Option(None, help="Training epochs. Default 6."),
+    batch_size: int = typer.Option(None, help="Images per step. Default 128."),
     lr: float = typer.Option(None, help="Weight learning rate (AdamW)."),
     gate_lr: float = typer.Option(None, help="Gate-logit learning rate (no weight decay)."),
-    lambda_macro: float = typer.Option(None, help="Initial macro penalty strength (ratio kept by the controller)."),
-    lambda_micro: float = typer.Option(None, help="Initial micro penalty strength."),
-    tau_start: float = typer.Option(None),
-    tau_end: float = typer.Option(None),
+    lambda_macro: float = typer.Option(
+        None, help="Weight of the macro (head) MAC penalty; the controller scales both weights together. Default 2."
+    ),
+    lambda_micro: float = typer.Option(
+        None, help="Weight of the micro (value dim, neuron) MAC penalty. Default 1 (paper: macro:micro = 2:1)."
+    ),
+    tau_start: float = typer.Option(None, help="Gumbel-Sigmoid temperature at step 0. Default 2.0."),
+    tau_end: float = typer.Option(None, help="Temperature at the last step (exponential). Default 0.5."),
     kd: bool = typer.Option(None, "--kd/--no-kd", help="Distil from the frozen dense start (default on)."),
     config: Path = typer.Option(None, help="YAML file of config keys (CLI flags override it)."),
     out: str = typer.Option(None, help="Output directory (default runs/<name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    seed: int = typer.Option(None),
+    seed: int = typer.Option(None, help="Seed of data order, augmentation, gate noise and init. Default 0."),
     device: str = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Train HiAP gates (or a dense model) and write checkpoint, metrics.jsonl, config.yaml and summary.json."""

@@ -32,8 +32,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.01
     label_smoothing: float = 0.1
     drop_path: float = 0.0
-    lambda_macro: float = 2.0  # initial penalty strengths; the budget controller scales both together,
-    lambda_micro: float = 1.0  # so their ratio (paper: 2:1) is kept
+    lambda_macro: float = 2.0  # weights of the decoupled MAC penalties; the budget controller scales both
+    lambda_micro: float = 1.0  # together, so their ratio (paper's best: 2:1) is kept
     controller_gain: float = 0.5  # integral gain of the budget controller, per step per unit of MAC error
     polarization: float = 0.0  # weight of the gate-entropy term after the budget ramp (see loss.polarization_loss)
     tau_start: float = 2.0

@@ -228,3 +228,18 @@ def test_budget_lands_within_one_percent_on_builtin_data(tmp_path: Path, target:
     summary = Trainer(cfg).run()
     assert abs(summary["pruned_gmacs"] / summary["target_gmacs"] - 1) <= 0.01
     assert summary["target_gmacs"] == pytest.approx(float(target) * summary["dense_gmacs"], rel=1e-6)
+
+
+@pytest.mark.gpu
+def test_cuda_training_with_bfloat16_autocast(tmp_path: Path) -> None:
+    """Opt-in (-m gpu): the CUDA path with autocast trains and lands in a valid state."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cfg = TrainConfig(
+        model="hiap_vit_fmnist_tiny", pretrained="none", epochs=2, batch_size=64, train_images=1024,
+        target_macs="0.6", device="cuda", out=str(tmp_path / "r"),
+    )  # fmt: skip
+    summary = Trainer(cfg).run()
+    assert summary["device"].startswith("cuda")
+    assert 0.0 <= summary["val_acc"] <= 1.0
+    assert summary["pruned_gmacs"] <= summary["dense_gmacs"]
