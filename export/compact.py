@@ -1,0 +1,158 @@
+"""The compact network: fresh modules of exactly the planned sizes, holding the sliced weights of the timm model.
+
+Layout: every kept head of a block keeps its full q/k width (softmax scale stays 1/sqrt(head_dim)); value widths
+of one block are padded with zero weights to the block's widest kept width, rounded up to a multiple of `align`,
+so a block's heads stay uniform (one reshape, one batched matmul; what fused attention kernels require). Zero V
+rows give zero output columns, whose proj columns are zero too: the padding changes no output, only MACs, and
+`padded_structure` gives the cost model that exact layout. A block without an FFN runs attention only; a block
+without heads runs its FFN only; nothing of width zero is built.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from hiap.cost import BlockStructure, Structure
+from hiap.errors import HiapError
+
+
+def padded_width(block: BlockStructure, align: int) -> int:
+    widest = max((len(v) for v in block.value_dims), default=0)
+    return int(math.ceil(widest / align) * align) if widest else 0
+
+
+def padded_structure(structure: Structure, head_dim: int, align: int) -> Structure:
+    """The structure the exporter emits (value widths padded), for counting its MACs and parameters."""
+    blocks = []
+    for b in structure.blocks:
+        width = padded_width(b, align)
+        if width > head_dim and align > 1:
+            width = max(len(v) for v in b.value_dims)  # never pad past the original head width
+        dims = tuple(tuple(range(width)) for _ in b.heads)
+        blocks.append(BlockStructure(heads=b.heads, value_dims=dims, ffn=b.ffn, neurons=b.neurons))
+    return Structure(blocks=tuple(blocks))
+
+
+class CompactAttention(nn.Module):
+    """Multi-head attention with `num_heads` heads of q/k width `head_dim` and value width `value_dim`."""
+
+    def __init__(
+        self, dim: int, num_heads: int, head_dim: int, value_dim: int, qkv_bias: bool, proj_bias: bool,
+        q_norm: nn.Module, k_norm: nn.Module,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.num_heads, self.head_dim, self.value_dim = num_heads, head_dim, value_dim
+        self.scale = head_dim**-0.5
+        self.qkv = nn.Linear(dim, num_heads * (2 * head_dim + value_dim), bias=qkv_bias)
+        self.q_norm, self.k_norm = q_norm, k_norm
+        self.proj = nn.Linear(num_heads * value_dim, dim, bias=proj_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        h, dq, dv = self.num_heads, self.head_dim, self.value_dim
+        q, k, v = self.qkv(x).split([h * dq, h * dq, h * dv], dim=-1)
+        q = self.q_norm(q.reshape(b, n, h, dq).transpose(1, 2))
+        k = self.k_norm(k.reshape(b, n, h, dq).transpose(1, 2))
+        v = v.reshape(b, n, h, dv).transpose(1, 2)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, h * dv))
+
+
+class CompactMlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: nn.Module, bias: bool) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.act = act
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class CompactBlock(nn.Module):
+    """A pre-norm block whose attention or FFN branch may be absent (residual only)."""
+
+    def __init__(
+        self, norm1: nn.Module | None, attn: CompactAttention | None, ls1: nn.Module | None,
+        norm2: nn.Module | None, mlp: CompactMlp | None, ls2: nn.Module | None,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.norm1, self.attn, self.ls1 = norm1, attn, ls1
+        self.norm2, self.mlp, self.ls2 = norm2, mlp, ls2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attn is not None:
+            x = x + self.ls1(self.attn(self.norm1(x)))
+        if self.mlp is not None:
+            x = x + self.ls2(self.mlp(self.norm2(x)))
+        return x
+
+
+@torch.no_grad()
+def _compact_block(blk: nn.Module, plan: BlockStructure, align: int) -> CompactBlock:
+    attn_src, mlp_src = blk.attn, blk.mlp
+    dim = attn_src.qkv.in_features
+    big_h, dh = attn_src.num_heads, attn_src.head_dim
+    attn = None
+    if plan.heads:
+        width = min(padded_width(plan, align), dh) if align > 1 else padded_width(plan, align)
+        width = max(width, max(len(v) for v in plan.value_dims))
+        attn = CompactAttention(
+            dim, len(plan.heads), dh, width, attn_src.qkv.bias is not None, attn_src.proj.bias is not None,
+            copy.deepcopy(attn_src.q_norm), copy.deepcopy(attn_src.k_norm),
+        )  # fmt: skip
+        w_src, b_src = attn_src.qkv.weight, attn_src.qkv.bias
+        rows_q = [h * dh + j for h in plan.heads for j in range(dh)]
+        rows_k = [big_h * dh + r for r in rows_q]
+        attn.qkv.weight.zero_()
+        if attn.qkv.bias is not None:
+            attn.qkv.bias.zero_()
+        attn.proj.weight.zero_()
+        nq = len(plan.heads) * dh
+        attn.qkv.weight[:nq] = w_src[rows_q]
+        attn.qkv.weight[nq : 2 * nq] = w_src[rows_k]
+        for slot, (h, dims) in enumerate(zip(plan.heads, plan.value_dims, strict=True)):
+            src_rows = [2 * big_h * dh + h * dh + j for j in dims]
+            dst = 2 * nq + slot * width
+            attn.qkv.weight[dst : dst + len(dims)] = w_src[src_rows]
+            attn.proj.weight[:, slot * width : slot * width + len(dims)] = attn_src.proj.weight[
+                :, [h * dh + j for j in dims]
+            ]
+            if b_src is not None:
+                attn.qkv.bias[dst : dst + len(dims)] = b_src[src_rows]
+        if b_src is not None:
+            attn.qkv.bias[:nq] = b_src[rows_q]
+            attn.qkv.bias[nq : 2 * nq] = b_src[rows_k]
+        if attn.proj.bias is not None:
+            attn.proj.bias.copy_(attn_src.proj.bias)
+    mlp = None
+    if plan.ffn and plan.neurons:
+        keep = list(plan.neurons)
+        mlp = CompactMlp(dim, len(keep), copy.deepcopy(mlp_src.act), mlp_src.fc1.bias is not None)
+        mlp.fc1.weight.copy_(mlp_src.fc1.weight[keep])
+        mlp.fc2.weight.copy_(mlp_src.fc2.weight[:, keep])
+        if mlp.fc1.bias is not None:
+            mlp.fc1.bias.copy_(mlp_src.fc1.bias[keep])
+            mlp.fc2.bias.copy_(mlp_src.fc2.bias)
+    return CompactBlock(
+        copy.deepcopy(blk.norm1) if attn else None, attn, copy.deepcopy(blk.ls1) if attn else None,
+        copy.deepcopy(blk.norm2) if mlp else None, mlp, copy.deepcopy(blk.ls2) if mlp else None,
+    )  # fmt: skip
+
+
+def build_compact(vit: VisionTransformer, structure: Structure, align: int = 8) -> VisionTransformer:
+    """A copy of `vit` (embeddings, norms, heads) whose blocks are fresh compact blocks of the planned sizes."""
+    if align < 1:
+        raise HiapError(f"--align must be >= 1, got {align}.")
+    if len(structure.blocks) != len(vit.blocks):
+        raise HiapError(f"Plan has {len(structure.blocks)} blocks, the model {len(vit.blocks)}.")
+    compact = copy.deepcopy(vit).eval()
+    compact.blocks = nn.Sequential(
+        *(_compact_block(b, p, align) for b, p in zip(vit.blocks, structure.blocks, strict=True))
+    )
+    return compact

@@ -1,0 +1,142 @@
+"""Plans: the frozen structure of a pruned ViT as versioned, hashable, hand-editable JSON, and its validation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hiap.cost import BlockStructure, Geometry, Structure, structure_macs, structure_params
+from hiap.errors import HiapError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Plan:
+    """What to keep of a timm ViT (kept indices, sorted) plus the facts a device needs to use the result."""
+
+    model: str
+    num_classes: int
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    structure: Structure
+    class_names: list[str] = field(default_factory=list)
+    dense_gmacs: float = 0.0
+    gmacs: float = 0.0
+    dense_params: int = 0
+    params: int = 0
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        body = {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "num_classes": self.num_classes,
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "class_names": list(self.class_names),
+            "source": self.source,
+            "dense_gmacs": self.dense_gmacs,
+            "gmacs": self.gmacs,
+            "dense_params": self.dense_params,
+            "params": self.params,
+            "blocks": [
+                {
+                    "heads": list(b.heads),
+                    "value_dims": [list(v) for v in b.value_dims],
+                    "ffn": b.ffn,
+                    "neurons": list(b.neurons),
+                }
+                for b in self.structure.blocks
+            ],
+        }
+        body["hash"] = plan_hash(body)
+        return body
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        tmp.replace(path)
+
+
+def plan_hash(body: dict[str, Any]) -> str:
+    """sha256 over the structure and the model identity (not the figures derived from them), first 16 hex."""
+    keyed = {k: body[k] for k in ("schema_version", "model", "num_classes", "input_size", "blocks")}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_plan(
+    model: str, geom: Geometry, structure: Structure, data_cfg: dict[str, Any], num_classes: int, **extra: Any
+) -> Plan:
+    return Plan(
+        model=model,
+        num_classes=num_classes,
+        input_size=tuple(data_cfg["input_size"]),
+        mean=tuple(data_cfg["mean"]),
+        std=tuple(data_cfg["std"]),
+        structure=structure,
+        dense_gmacs=geom.dense_macs / 1e9,
+        gmacs=structure_macs(geom, structure) / 1e9,
+        dense_params=geom.dense_params,
+        params=structure_params(geom, structure),
+        **extra,
+    )
+
+
+def _indices(value: Any, limit: int, where: str, allow_empty: bool) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+        raise HiapError(f"Plan {where}: expected a list of integers, got {value!r:.60}.")
+    if not value and not allow_empty:
+        raise HiapError(f"Plan {where}: must keep at least one index.")
+    if any(i < 0 or i >= limit for i in value):
+        raise HiapError(f"Plan {where}: indices must lie in [0, {limit}), got {value!r:.60}.")
+    if len(set(value)) != len(value):
+        raise HiapError(f"Plan {where}: duplicate indices in {value!r:.60}.")
+    if value != sorted(value):
+        raise HiapError(f"Plan {where}: indices must be sorted ascending.")
+    return tuple(value)
+
+
+def structure_from_dict(blocks: Any, geom: Geometry) -> Structure:
+    """Validate a plan's `blocks` against the model geometry; errors name the block and the field."""
+    if not isinstance(blocks, list) or len(blocks) != geom.depth:
+        got = len(blocks) if isinstance(blocks, list) else type(blocks).__name__
+        raise HiapError(f"Plan 'blocks': expected {geom.depth} blocks for this model, got {got}.")
+    out = []
+    for i, b in enumerate(blocks):
+        if not isinstance(b, dict) or set(b) != {"heads", "value_dims", "ffn", "neurons"}:
+            raise HiapError(f"Plan block {i}: expected the fields heads, value_dims, ffn, neurons.")
+        heads = _indices(b["heads"], geom.num_heads, f"block {i} 'heads'", allow_empty=True)
+        vd = b["value_dims"]
+        if not isinstance(vd, list) or len(vd) != len(heads):
+            raise HiapError(f"Plan block {i} 'value_dims': expected one list per kept head ({len(heads)}).")
+        value_dims = tuple(
+            _indices(v, geom.head_dim, f"block {i} 'value_dims'[{j}]", allow_empty=False) for j, v in enumerate(vd)
+        )
+        if not isinstance(b["ffn"], bool):
+            raise HiapError(f"Plan block {i} 'ffn': expected true or false.")
+        neurons = _indices(b["neurons"], geom.hidden, f"block {i} 'neurons'", allow_empty=not b["ffn"])
+        if not b["ffn"] and neurons:
+            raise HiapError(f"Plan block {i} 'neurons': must be empty when 'ffn' is false.")
+        out.append(BlockStructure(heads=heads, value_dims=value_dims, ffn=b["ffn"], neurons=neurons))
+    return Structure(blocks=tuple(out))
+
+
+def read_plan_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise HiapError(f"Plan '{path}' does not exist.")
+    try:
+        body = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HiapError(f"Plan '{path}' is not valid JSON ({exc}).") from None
+    if not isinstance(body, dict) or body.get("schema_version") != SCHEMA_VERSION:
+        raise HiapError(f"Plan '{path}': expected a JSON object with schema_version {SCHEMA_VERSION}.")
+    for key in ("model", "num_classes", "input_size", "mean", "std", "blocks"):
+        if key not in body:
+            raise HiapError(f"Plan '{path}': missing field '{key}'.")
+    return body

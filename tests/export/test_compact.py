@@ -1,0 +1,98 @@
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from vit_zoo import VARIANTS, make_distilled, make_vit
+
+from export.compact import build_compact, padded_structure
+from hiap.cost import BlockStructure, Structure, structure_macs, structure_params
+from hiap.gated import GatedViT, Masks, masks_to_structure
+
+
+def _masks_for(gated: GatedViT, structure: Structure) -> Masks:
+    m = gated.open_masks()
+    head, value, ffn, neuron = (torch.zeros_like(t) for t in (m.head, m.value, m.ffn, m.neuron))
+    for i, b in enumerate(structure.blocks):
+        for h, dims in zip(b.heads, b.value_dims, strict=True):
+            head[i, h] = 1
+            value[i, h, list(dims)] = 1
+        ffn[i] = float(b.ffn)
+        neuron[i, list(b.neurons)] = 1
+    return Masks(head=head, value=value, ffn=ffn, neuron=neuron)
+
+
+def _input(vit: torch.nn.Module) -> torch.Tensor:
+    h, w = vit.patch_embed.img_size
+    return torch.randn(2, vit.patch_embed.proj.in_channels, h, w)
+
+
+def _check(vit: torch.nn.Module, structure: Structure, align: int) -> None:
+    compact = build_compact(vit, structure, align=align)
+    # A block without heads drops its whole attention branch, proj's bias included (the gated model never has
+    # one: k_min >= 1), so the reference gets that bias removed.
+    vit = copy.deepcopy(vit)
+    with torch.no_grad():
+        for blk, b in zip(vit.blocks, structure.blocks, strict=True):
+            if not b.heads and blk.attn.proj.bias is not None:
+                blk.attn.proj.bias.zero_()
+    gated = GatedViT(vit).eval()
+    x = _input(vit)
+    with torch.no_grad():
+        ref = gated(x, _masks_for(gated, structure))
+        out = compact(x)
+    assert float((out - ref).abs().max()) <= 1e-5
+    emitted = padded_structure(structure, gated.geometry.head_dim, align)
+    assert sum(p.numel() for p in compact.parameters()) == structure_params(gated.geometry, emitted)
+    assert structure_macs(gated.geometry, emitted) >= structure_macs(gated.geometry, structure)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    variant=st.sampled_from(sorted(VARIANTS)),
+    seed=st.integers(0, 2**31 - 1),
+    align=st.sampled_from([1, 8]),
+)
+def test_random_plans_compact_parity(variant: str, seed: int, align: int) -> None:
+    vit = make_vit(variant, fused=False)
+    gated = GatedViT(vit)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in gated.gates.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 2)
+    _check(vit, masks_to_structure(gated.hard_masks()), align)
+
+
+def test_distilled_compact_parity() -> None:
+    vit = make_distilled()
+    geom = GatedViT(vit).geometry
+    block = BlockStructure(heads=(1,), value_dims=((0, 5, 9),), ffn=True, neurons=(3, 4, 100))
+    _check(vit, Structure(blocks=(block,) * geom.depth), align=8)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        BlockStructure(heads=(0, 1, 2), value_dims=(tuple(range(16)),) * 3, ffn=False, neurons=()),  # FFN removed
+        BlockStructure(heads=(2,), value_dims=((7,),), ffn=True, neurons=tuple(range(0, 192, 3))),  # one head, width 1
+        BlockStructure(heads=(), value_dims=(), ffn=True, neurons=(0, 1)),  # no heads: FFN only
+        BlockStructure(heads=(), value_dims=(), ffn=False, neurons=()),  # empty block: residual only
+    ],
+)
+@pytest.mark.parametrize("align", [1, 8])
+def test_edge_plans(block: BlockStructure, align: int) -> None:
+    vit = make_vit("layerscale", fused=False)
+    _check(vit, Structure(blocks=(block, block)), align)
+
+
+def test_padding_is_recorded_in_macs() -> None:
+    vit = make_vit("plain")
+    geom = GatedViT(vit).geometry
+    block = BlockStructure(heads=(0, 1), value_dims=((0,), (0, 1, 2)), ffn=True, neurons=(0,))
+    s = Structure(blocks=(block, block))
+    assert (
+        structure_macs(geom, padded_structure(s, geom.head_dim, 1))
+        == structure_macs(geom, s) + 2 * 2 * geom.value_unit_macs
+    )
+    assert padded_structure(s, geom.head_dim, 8).blocks[0].value_total == 16
