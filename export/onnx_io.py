@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,22 @@ def torch2onnx(
     model = model.eval()
     x = torch.zeros(1, *input_size)
     buf = io.BytesIO()
+    # The TorchScript exporter (dynamo=False: it keeps the compact graph's MatMul/Gemm shapes static and needs no
+    # onnxscript rewrite) warns about traced Python branches in timm's forward that are constant for a fixed
+    # model; those warnings say nothing to a user.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _export(model, x, buf, opset, dynamic_batch)
+    proto = onnx.load_from_string(buf.getvalue())
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(proto, str(tmp))
+    tmp.replace(path)
+
+
+def _export(model: torch.nn.Module, x: torch.Tensor, buf: io.BytesIO, opset: int, dynamic_batch: bool) -> None:
     torch.onnx.export(
         model,
         (x,),
@@ -36,13 +53,6 @@ def torch2onnx(
         dynamo=False,
         dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
     )
-    proto = onnx.load_from_string(buf.getvalue())
-    for key, value in (metadata or {}).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
 
 
 def _dims(info: Any) -> list[int]:

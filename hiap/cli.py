@@ -118,6 +118,35 @@ def inspect(
     Console().print(table)
 
 
+@app.command()
+@user_errors
+def export(
+    run: Path = typer.Argument(..., help="Run directory or checkpoint.safetensors."),
+    format: str = typer.Option("onnx", "--format", help="onnx (engine: see the note printed)."),
+    out: Path = typer.Option(None, help="Output directory (default RUN/export)."),
+    opset: int = typer.Option(17, help="ONNX opset."),
+    align: int = typer.Option(8, help="Pad value widths of a block to a multiple of this (1: no rounding)."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Batch axis dynamic instead of 1."),
+    dense: bool = typer.Option(False, "--dense", help="Export the unpruned model the same way."),
+) -> None:
+    """Freeze the gates into plan.json and write the compact model.onnx, golden.npz and export_report.json."""
+    from export.pipeline import export_run
+
+    if format != "onnx":
+        raise HiapError(
+            f"--format {format}: only onnx is built so far; build an engine on the device with "
+            "'trtexec --onnx=model.onnx --saveEngine=model.engine --fp16' (TensorRT path not yet validated)."
+        )
+    target = out or (run if run.is_dir() else run.parent) / ("export-dense" if dense else "export")
+    report = export_run(run, target, opset=opset, align=align, dynamic_batch=dynamic_batch, dense=dense)
+    typer.echo(
+        f"wrote {target}: {report['gmacs']:.5f} GMACs (ONNX {report['onnx_gmacs']:.5f}), "
+        f"{report['params']} params (ONNX {report['onnx_params']}), parity max abs "
+        f"{report['parity']['max_abs_diff']:.2e}, top-1 agreement {report['parity']['top1_agreement']:.0%}, "
+        f"{report['file_bytes'] / 1e6:.2f} MB"
+    )
+
+
 def main() -> None:
     app(prog_name="hiap")
 

@@ -31,3 +31,31 @@ def test_compact_onnx_parity_and_counts(tmp_path: Path) -> None:
     assert macs == structure_macs(geom, emitted)
     assert params == structure_params(geom, emitted)
     assert {p.key: p.value for p in onnx.load(str(path)).metadata_props}["plan_hash"] == "abc"
+
+
+def test_hiap_export_of_a_trained_run(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from hiap.cli import app
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train_images: 256\nbatch_size: 64\n")
+    args = ["train", "--model", "hiap_vit_fmnist_tiny", "--pretrained", "none", "--epochs", "1"]
+    assert runner.invoke(app, [*args, "--config", str(cfg), "--out", str(run), "--target-macs", "0.6"]).exit_code == 0
+    result = runner.invoke(app, ["export", str(run)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "export" / "export_report.json").read_text())
+    assert report["parity"]["passed"] and report["parity"]["max_abs_diff"] <= 1e-4
+    assert report["counts_match"]
+    assert report["onnx_gmacs"] == report["gmacs"] and report["onnx_params"] == report["params"]
+    plan = json.loads((run / "export" / "plan.json").read_text())
+    meta = {p.key: p.value for p in onnx.load(str(run / "export" / "model.onnx")).metadata_props}
+    assert meta["plan_hash"] == plan["hash"] == report["plan_hash"]
+    assert json.loads(meta["class_names"])[0] == "t-shirt/top"
+    golden = np.load(run / "export" / "golden.npz")
+    assert golden["inputs"].shape == (8, 1, 28, 28) and golden["logits"].shape == (8, 10)
+    assert runner.invoke(app, ["export", str(run), "--format", "engine"]).exit_code == 2
