@@ -22,7 +22,7 @@ import torch
 from common import environment, write_results
 
 from export.compact import build_compact, padded_structure
-from export.onnx_io import onnx_cost, ort_run, torch2onnx
+from export.onnx_io import onnx_cost, ort_run, simplify_onnx, torch2onnx
 from hiap.cost import BlockStructure, Structure, structure_macs, structure_params
 from hiap.gated import describe_vit
 from hiap.models import create_model
@@ -65,7 +65,10 @@ def main() -> None:
         compact = build_compact(vit, structure, align=args.align)
         torch2onnx(compact, (3, 224, 224), pruned_path)
         export_s = time.perf_counter() - t0
+        nodes = simplify_onnx(pruned_path)
+        export_simplify_s = time.perf_counter() - t0
         torch2onnx(build_compact(vit, geom.dense_structure(), align=1), (3, 224, 224), dense_path)
+        simplify_onnx(dense_path)  # both models go through the same pipeline, or the comparison is unfair
         with torch.no_grad():
             ref = compact(torch.from_numpy(x)).numpy()
         max_abs = float(np.abs(ort_run(pruned_path, x) - ref).max())
@@ -90,6 +93,9 @@ def main() -> None:
         "plan_params": structure_params(geom, emitted),
         "onnx_params": onnx_params,
         "export_seconds_no_simplify": export_s,
+        "export_seconds_with_simplify": export_simplify_s,
+        "nodes_before_simplify": nodes[0],
+        "nodes_after_simplify": nodes[1],
         "max_abs_diff": max_abs,
         "dense_ms_median": dense_ms,
         "pruned_ms_median": pruned_ms,

@@ -55,6 +55,24 @@ def _export(model: torch.nn.Module, x: torch.Tensor, buf: io.BytesIO, opset: int
     )
 
 
+def simplify_onnx(path: Path) -> tuple[int, int]:
+    """onnxsim in place (metadata kept); returns (nodes before, nodes after). The caller re-validates the file."""
+    import onnx
+    import onnxsim
+
+    model = onnx.load(str(path))
+    before = len(model.graph.node)
+    simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise HiapError(f"onnxsim could not validate its simplification of '{path}': rerun with --no-simplify.")
+    del simplified.metadata_props[:]
+    simplified.metadata_props.extend(model.metadata_props)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(simplified, str(tmp))
+    tmp.replace(path)
+    return before, len(simplified.graph.node)
+
+
 def _dims(info: Any) -> list[int]:
     return [d.dim_value for d in info.type.tensor_type.shape.dim]
 

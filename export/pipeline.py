@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from export.compact import build_compact, padded_structure
-from export.onnx_io import onnx_cost, ort_run, torch2onnx
+from export.onnx_io import onnx_cost, ort_run, simplify_onnx, torch2onnx
 from export.plan import make_plan
 from hiap import __version__
 from hiap.checkpoint import load_checkpoint
@@ -45,7 +45,7 @@ def _compare(name: str, ref: np.ndarray, out: np.ndarray) -> dict[str, Any]:
 
 
 def export_run(run: Path, out: Path, opset: int = 17, align: int = 8, dynamic_batch: bool = False,
-               dense: bool = False) -> dict[str, Any]:  # fmt: skip
+               dense: bool = False, simplify: bool = True) -> dict[str, Any]:  # fmt: skip
     t0 = time.perf_counter()
     ckpt = load_checkpoint(run)
     state, config = ckpt.state, ckpt.config
@@ -81,6 +81,7 @@ def export_run(run: Path, out: Path, opset: int = 17, align: int = 8, dynamic_ba
     }
     onnx_path = out / "model.onnx"
     torch2onnx(compact, tuple(state["data_config"]["input_size"]), onnx_path, opset, dynamic_batch, meta)
+    nodes = simplify_onnx(onnx_path) if simplify else None  # the checks below run on the final file
     checks, golden = [], {}
     for kind, x in _inputs(state, config).items():
         with torch.no_grad():
@@ -107,6 +108,8 @@ def export_run(run: Path, out: Path, opset: int = 17, align: int = 8, dynamic_ba
         "onnx_gmacs": onnx_macs / 1e9,
         "onnx_params": onnx_params,
         "file_bytes": onnx_path.stat().st_size,
+        "simplified": simplify,
+        "nodes_before_after_simplify": list(nodes) if nodes else None,
         "parity": {
             "max_abs_diff": max(c["max_abs_diff"] for c in checks),
             "top1_agreement": min(c["top1_agreement"] for c in checks),

@@ -128,6 +128,7 @@ def export(
     align: int = typer.Option(8, help="Pad value widths of a block to a multiple of this (1: no rounding)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Batch axis dynamic instead of 1."),
     dense: bool = typer.Option(False, "--dense", help="Export the unpruned model the same way."),
+    simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxsim (re-validated after)."),
 ) -> None:
     """Freeze the gates into plan.json and write the compact model.onnx, golden.npz and export_report.json."""
     from export.pipeline import export_run
@@ -138,7 +139,9 @@ def export(
             "'trtexec --onnx=model.onnx --saveEngine=model.engine --fp16' (TensorRT path not yet validated)."
         )
     target = out or (run if run.is_dir() else run.parent) / ("export-dense" if dense else "export")
-    report = export_run(run, target, opset=opset, align=align, dynamic_batch=dynamic_batch, dense=dense)
+    report = export_run(
+        run, target, opset=opset, align=align, dynamic_batch=dynamic_batch, dense=dense, simplify=simplify
+    )
     typer.echo(
         f"wrote {target}: {report['gmacs']:.5f} GMACs (ONNX {report['onnx_gmacs']:.5f}), "
         f"{report['params']} params (ONNX {report['onnx_params']}), parity max abs "

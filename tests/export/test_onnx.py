@@ -58,4 +58,10 @@ def test_hiap_export_of_a_trained_run(tmp_path: Path) -> None:
     assert json.loads(meta["class_names"])[0] == "t-shirt/top"
     golden = np.load(run / "export" / "golden.npz")
     assert golden["inputs"].shape == (8, 1, 28, 28) and golden["logits"].shape == (8, 10)
+    assert report["simplified"] and report["nodes_before_after_simplify"][1] < report["nodes_before_after_simplify"][0]
     assert runner.invoke(app, ["export", str(run), "--format", "engine"]).exit_code == 2
+    result = runner.invoke(app, ["export", str(run), "--no-simplify", "--align", "1", "--out", str(tmp_path / "e1")])
+    assert result.exit_code == 0, result.output
+    plain = json.loads((tmp_path / "e1" / "export_report.json").read_text())
+    assert not plain["simplified"] and plain["parity"]["passed"] and plain["counts_match"]
+    assert plain["padding_gmacs"] <= report["padding_gmacs"] and plain["gmacs"] <= report["gmacs"]
