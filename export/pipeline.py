@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,27 +13,26 @@ import torch
 
 from export.compact import build_compact, padded_structure
 from export.onnx_io import onnx_cost, ort_run, simplify_onnx, torch2onnx
-from export.plan import make_plan
+from export.plan import make_plan, read_plan_json, structure_from_dict
 from hiap import __version__
 from hiap.checkpoint import load_checkpoint
-from hiap.cost import structure_macs, structure_params
+from hiap.cost import Structure, structure_macs, structure_params
 from hiap.errors import HiapError
-from hiap.gated import Floors, GatedViT
-from hiap.models import create_model, load_weights
+from hiap.gated import Floors, GatedViT, Masks, masks_to_structure, structure_to_masks
+from hiap.models import BUILTIN_MODELS, create_model, data_config, load_pretrained, load_weights
 
 PARITY_TOL = 1e-4
 
 
-def _inputs(state: dict[str, Any], config: dict[str, Any], n_random: int = 4, n_real: int = 8) -> dict[str, np.ndarray]:
-    """Random inputs, plus real validation images when the run used the built-in data."""
-    c, h, w = state["data_config"]["input_size"]
+def _inputs(dcfg: dict[str, Any], builtin_data: bool, n_random: int = 4, n_real: int = 8) -> dict[str, np.ndarray]:
+    """Random inputs, plus real validation images when the model was trained on the built-in data."""
+    c, h, w = dcfg["input_size"]
     rng = np.random.default_rng(0)
     inputs = {"random": rng.standard_normal((n_random, c, h, w)).astype(np.float32)}
-    if config.get("data") == "builtin":
+    if builtin_data:
         from hiap.data import BuiltinData
 
-        data = BuiltinData(tuple(state["data_config"]["input_size"]), state["data_config"]["mean"],
-                           state["data_config"]["std"], augment=False)  # fmt: skip
+        data = BuiltinData(tuple(dcfg["input_size"]), tuple(dcfg["mean"]), tuple(dcfg["std"]), augment=False)
         x, _ = next(data.val_batches(n_real))
         inputs["validation"] = x.numpy().astype(np.float32)
     return inputs
@@ -44,9 +44,24 @@ def _compare(name: str, ref: np.ndarray, out: np.ndarray) -> dict[str, Any]:
     return {"pair": name, "max_abs_diff": diff, "top1_agreement": agree, "passed": diff <= PARITY_TOL and agree == 1.0}
 
 
-def export_run(run: Path, out: Path, opset: int = 17, align: int = 8, dynamic_batch: bool = False,
-               dense: bool = False, simplify: bool = True) -> dict[str, Any]:  # fmt: skip
-    t0 = time.perf_counter()
+@dataclass
+class Source:
+    """What an export starts from: the dense timm model, the reference (gated, eval) and the structure."""
+
+    vit: torch.nn.Module
+    gated: GatedViT
+    masks: Masks
+    structure: Structure
+    model: str
+    num_classes: int
+    classes: list[str]
+    data_config: dict[str, Any]
+    val_acc: float | None
+    builtin_data: bool
+    origin: str
+
+
+def source_from_run(run: Path, dense: bool = False) -> Source:
     ckpt = load_checkpoint(run)
     state, config = ckpt.state, ckpt.config
     vit = create_model(state["model"], num_classes=state["num_classes"]).eval()
@@ -54,38 +69,60 @@ def export_run(run: Path, out: Path, opset: int = 17, align: int = 8, dynamic_ba
     gated = GatedViT(vit, floors=Floors(**state["floors"]) if state.get("floors") else Floors()).eval()
     if ckpt.gates and not dense:
         gated.gates.load_state_dict(ckpt.gates)
-        structure = gated.hard_structure()
+        masks = gated.hard_masks()
     else:
-        structure = gated.geometry.dense_structure()
-        with torch.no_grad():
-            for p in gated.gates.parameters():
-                p.fill_(3.0)  # all gates open: the reference is the dense network
+        masks = gated.open_masks()
+    return Source(vit, gated, masks, masks_to_structure(masks), state["model"], state["num_classes"],
+                  list(state.get("classes", [])), state["data_config"], state.get("val_acc"),
+                  config.get("data") == "builtin", str(run))  # fmt: skip
+
+
+def source_from_plan(model: str, plan_path: Path, pretrained: str = "auto") -> Source:
+    """A timm (or built-in) model and a plan, without a training run: edited plans, latency studies."""
+    body = read_plan_json(plan_path)
+    if body["model"] != model:
+        raise HiapError(f"Plan '{plan_path}' is for model '{body['model']}', not '{model}'.")
+    vit = create_model(model, num_classes=int(body["num_classes"])).eval()
+    load_pretrained(vit, model, pretrained)
+    gated = GatedViT(vit).eval()
+    structure = structure_from_dict(body["blocks"], gated.geometry)
+    cfg = data_config(vit)
+    return Source(vit, gated, structure_to_masks(structure, gated.open_masks()), structure, model,
+                  int(body["num_classes"]), list(body.get("class_names", [])), cfg, None,
+                  model in BUILTIN_MODELS, str(plan_path))  # fmt: skip
+
+
+def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynamic_batch: bool = False,
+                  simplify: bool = True) -> dict[str, Any]:  # fmt: skip
+    t0 = time.perf_counter()
+    vit, gated, structure = src.vit, src.gated, src.structure
     geom = gated.geometry
     emitted = padded_structure(structure, geom.head_dim, align)
-    plan = make_plan(state["model"], geom, structure, state["data_config"], state["num_classes"],
-                     class_names=list(state.get("classes", [])), source=str(run))  # fmt: skip
+    plan = make_plan(src.model, geom, structure, src.data_config, src.num_classes,
+                     class_names=src.classes, source=src.origin)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     plan.write(out / "plan.json")
     body = plan.to_dict()
     compact = build_compact(vit, structure, align=align)
+    dcfg = src.data_config
     meta = {
         "hiap_version": __version__,
         "plan_hash": body["hash"],
-        "model": state["model"],
-        "input_size": json.dumps(list(state["data_config"]["input_size"])),
-        "mean": json.dumps(list(state["data_config"]["mean"])),
-        "std": json.dumps(list(state["data_config"]["std"])),
-        "class_names": json.dumps(list(state.get("classes", []))),
-        "reference_val_acc": json.dumps(state.get("val_acc")),
+        "model": src.model,
+        "input_size": json.dumps(list(dcfg["input_size"])),
+        "mean": json.dumps(list(dcfg["mean"])),
+        "std": json.dumps(list(dcfg["std"])),
+        "class_names": json.dumps(src.classes),
+        "reference_val_acc": json.dumps(src.val_acc),
         "gmacs": json.dumps(structure_macs(geom, emitted) / 1e9),
     }
     onnx_path = out / "model.onnx"
-    torch2onnx(compact, tuple(state["data_config"]["input_size"]), onnx_path, opset, dynamic_batch, meta)
+    torch2onnx(compact, tuple(dcfg["input_size"]), onnx_path, opset, dynamic_batch, meta)
     nodes = simplify_onnx(onnx_path) if simplify else None  # the checks below run on the final file
     checks, golden = [], {}
-    for kind, x in _inputs(state, config).items():
+    for kind, x in _inputs(dcfg, src.builtin_data).items():
         with torch.no_grad():
-            ref = gated(torch.from_numpy(x)).numpy()
+            ref = gated(torch.from_numpy(x), src.masks).numpy()
             mid = compact(torch.from_numpy(x)).numpy()
         onnx_out = np.concatenate([ort_run(onnx_path, x[i : i + 1]) for i in range(len(x))]) if not dynamic_batch \
             else ort_run(onnx_path, x)  # fmt: skip

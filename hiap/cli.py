@@ -121,7 +121,10 @@ def inspect(
 @app.command()
 @user_errors
 def export(
-    run: Path = typer.Argument(..., help="Run directory or checkpoint.safetensors."),
+    run: Path = typer.Argument(None, help="Run directory or checkpoint.safetensors (or use --model and --plan)."),
+    model: str = typer.Option(None, help="With --plan: a timm ViT name or the built-in model."),
+    plan: Path = typer.Option(None, help="With --model: a plan.json to build the compact network from."),
+    pretrained: str = typer.Option("auto", help="With --model: 'auto', 'none', 'timm' or a weights file."),
     format: str = typer.Option("onnx", "--format", help="onnx (engine: see the note printed)."),
     out: Path = typer.Option(None, help="Output directory (default RUN/export)."),
     opset: int = typer.Option(17, help="ONNX opset."),
@@ -131,17 +134,22 @@ def export(
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxsim (re-validated after)."),
 ) -> None:
     """Freeze the gates into plan.json and write the compact model.onnx, golden.npz and export_report.json."""
-    from export.pipeline import export_run
+    from export.pipeline import export_source, source_from_plan, source_from_run
 
     if format != "onnx":
         raise HiapError(
             f"--format {format}: only onnx is built so far; build an engine on the device with "
             "'trtexec --onnx=model.onnx --saveEngine=model.engine --fp16' (TensorRT path not yet validated)."
         )
-    target = out or (run if run.is_dir() else run.parent) / ("export-dense" if dense else "export")
-    report = export_run(
-        run, target, opset=opset, align=align, dynamic_batch=dynamic_batch, dense=dense, simplify=simplify
-    )
+    if (run is None) == (model is None or plan is None):
+        raise HiapError("Give either RUN (a run directory or checkpoint) or both --model and --plan.")
+    if run is not None:
+        src = source_from_run(run, dense=dense)
+        target = out or (run if run.is_dir() else run.parent) / ("export-dense" if dense else "export")
+    else:
+        src = source_from_plan(model, plan, pretrained)
+        target = out or plan.parent / "export"
+    report = export_source(src, target, opset=opset, align=align, dynamic_batch=dynamic_batch, simplify=simplify)
     typer.echo(
         f"wrote {target}: {report['gmacs']:.5f} GMACs (ONNX {report['onnx_gmacs']:.5f}), "
         f"{report['params']} params (ONNX {report['onnx_params']}), parity max abs "

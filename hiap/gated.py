@@ -228,7 +228,10 @@ class GatedViT(nn.Module):
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
         for i, blk in enumerate(vit.blocks):
             value_mask = masks.head[i].unsqueeze(-1) * masks.value[i]
-            x = x + blk.drop_path1(blk.ls1(gated_attention(blk.attn, blk.norm1(x), value_mask)))
+            # In eval a block with every head closed contributes nothing (proj's bias included), as the exported
+            # network does; the floors make this happen only in hand-edited plans, never in training.
+            if self.training or bool(masks.head[i].any()):
+                x = x + blk.drop_path1(blk.ls1(gated_attention(blk.attn, blk.norm1(x), value_mask)))
             ffn_out = gated_mlp(blk.mlp, blk.norm2(x), masks.neuron[i]) * masks.ffn[i].to(x.dtype)
             x = x + blk.drop_path2(blk.ls2(ffn_out))
         return vit.forward_head(vit.norm(x))
@@ -239,6 +242,18 @@ def _with_floor(logits: torch.Tensor, minimum: int) -> torch.Tensor:
     keep = export_rule(logits)
     top = logits.topk(minimum, dim=-1).indices
     return keep.scatter(-1, top, True)
+
+
+def structure_to_masks(structure: Structure, like: Masks) -> Masks:
+    """0/1 masks that keep exactly `structure` (shapes taken from `like`)."""
+    head, value, ffn, neuron = (torch.zeros_like(t) for t in (like.head, like.value, like.ffn, like.neuron))
+    for i, b in enumerate(structure.blocks):
+        for h, dims in zip(b.heads, b.value_dims, strict=True):
+            head[i, h] = 1
+            value[i, h, list(dims)] = 1
+        ffn[i] = float(b.ffn)
+        neuron[i, list(b.neurons)] = 1
+    return Masks(head=head, value=value, ffn=ffn, neuron=neuron)
 
 
 def masks_to_structure(masks: Masks) -> Structure:

@@ -65,3 +65,38 @@ def test_hiap_export_of_a_trained_run(tmp_path: Path) -> None:
     plain = json.loads((tmp_path / "e1" / "export_report.json").read_text())
     assert not plain["simplified"] and plain["parity"]["passed"] and plain["counts_match"]
     assert plain["padding_gmacs"] <= report["padding_gmacs"] and plain["gmacs"] <= report["gmacs"]
+
+
+def test_export_from_model_and_hand_edited_plan(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from hiap.cli import app
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train_images: 128\nbatch_size: 64\n")
+    train = ["train", "--model", "hiap_vit_fmnist_tiny", "--pretrained", "none", "--epochs", "1", "--config", str(cfg)]
+    assert runner.invoke(app, [*train, "--out", str(run)]).exit_code == 0
+    assert runner.invoke(app, ["export", str(run), "--no-simplify"]).exit_code == 0
+    plan = json.loads((run / "export" / "plan.json").read_text())
+    plan["blocks"][1].update(heads=[], value_dims=[])  # hand edit: block 1 runs its FFN only
+    plan["blocks"][2].update(ffn=False, neurons=[])  # block 2 runs attention only
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(plan))
+    ckpt = str(run / "checkpoint.safetensors")
+    args = ["export", "--model", "hiap_vit_fmnist_tiny", "--plan", str(edited), "--pretrained", ckpt]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "e" / "export_report.json").read_text())
+    assert report["parity"]["passed"] and report["counts_match"]
+    assert report["plan_hash"] != plan["hash"]
+    result = runner.invoke(app, ["export", "--model", "deit_tiny_patch16_224", "--plan", str(edited)])
+    assert result.exit_code == 2 and "is for model 'hiap_vit_fmnist_tiny'" in result.output
+    plan["blocks"][0]["neurons"] = [5, 3]
+    edited.write_text(json.dumps(plan))
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "e2")])
+    assert result.exit_code == 2 and "block 0 'neurons': indices must be sorted" in result.output
+    assert runner.invoke(app, ["export"]).exit_code == 2
