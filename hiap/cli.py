@@ -86,13 +86,26 @@ def train(
 @app.command()
 @user_errors
 def inspect(
-    target: str = typer.Argument(..., help="timm model name, run directory or checkpoint.safetensors."),
+    target: str = typer.Argument(..., help="timm model name, run directory, checkpoint, plan.json or .onnx."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Dense and pruned GMACs, params and the per-block structure."""
     from hiap.inspect import inspect_target
 
-    report = inspect_target(target)
+    if target.endswith(".onnx"):
+        from export.inspect import inspect_onnx
+
+        report = inspect_onnx(Path(target))
+        typer.echo(json.dumps(report, indent=2) if as_json else
+                   f"{report['model']} ({target}): {report['gmacs']:.5f} GMACs, {report['params']} params counted from "
+                   f"the graph, {report['file_bytes'] / 1e6:.2f} MB, plan {report['plan_hash']}")  # fmt: skip
+        return
+    if target.endswith(".json"):
+        from export.inspect import inspect_plan
+
+        report = inspect_plan(Path(target))
+    else:
+        report = inspect_target(target)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return

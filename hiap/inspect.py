@@ -12,7 +12,7 @@ from hiap.gated import Floors, GatedViT, describe_vit
 from hiap.models import check_model_name, create_model, data_config
 
 
-def _report(name: str, source: str, model: Any, structure: Structure) -> dict[str, Any]:
+def structure_report(name: str, source: str, model: Any, structure: Structure) -> dict[str, Any]:
     geom = describe_vit(model)
     blocks = []
     for i, b in enumerate(structure.blocks):
@@ -54,7 +54,7 @@ def inspect_target(target: str) -> dict[str, Any]:
         name = ckpt.state["model"]
         model = create_model(name, num_classes=ckpt.state.get("num_classes"), meta=True)
         if not ckpt.gates:
-            return _report(name, str(path), model, describe_vit(model).dense_structure())
+            return structure_report(name, str(path), model, describe_vit(model).dense_structure())
         floors = Floors(**ckpt.state["floors"]) if ckpt.state.get("floors") else Floors()
         gated = GatedViT(model, floors=floors)
         try:
@@ -63,7 +63,7 @@ def inspect_target(target: str) -> dict[str, Any]:
             raise HiapError(
                 f"Checkpoint '{path}' gates do not fit model '{name}' ({str(exc).splitlines()[0]})."
             ) from None
-        return _report(name, str(path), model, gated.hard_structure())
+        return structure_report(name, str(path), model, gated.hard_structure())
     check_model_name(target)
     model = create_model(target, meta=True)
-    return _report(target, target, model, describe_vit(model).dense_structure())
+    return structure_report(target, target, model, describe_vit(model).dense_structure())

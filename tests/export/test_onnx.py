@@ -3,12 +3,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from vit_zoo import make_vit
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from vit_zoo import VARIANTS, make_vit
 
 from export.compact import build_compact, padded_structure
 from export.onnx_io import onnx_cost, ort_run, torch2onnx
 from hiap.cost import BlockStructure, Structure, structure_macs, structure_params
-from hiap.gated import GatedViT
+from hiap.gated import GatedViT, masks_to_structure
 
 
 def test_compact_onnx_parity_and_counts(tmp_path: Path) -> None:
@@ -59,6 +61,10 @@ def test_hiap_export_of_a_trained_run(tmp_path: Path) -> None:
     golden = np.load(run / "export" / "golden.npz")
     assert golden["inputs"].shape == (8, 1, 28, 28) and golden["logits"].shape == (8, 10)
     assert report["simplified"] and report["nodes_before_after_simplify"][1] < report["nodes_before_after_simplify"][0]
+    from_onnx = json.loads(runner.invoke(app, ["inspect", str(run / "export" / "model.onnx"), "--json"]).output)
+    from_plan = json.loads(runner.invoke(app, ["inspect", str(run / "export" / "plan.json"), "--json"]).output)
+    assert from_onnx["gmacs"] == report["gmacs"] and from_onnx["plan_hash"] == report["plan_hash"]
+    assert from_plan["params"] == json.loads((run / "summary.json").read_text())["pruned_params"]
     assert runner.invoke(app, ["export", str(run), "--format", "engine"]).exit_code == 2
     result = runner.invoke(app, ["export", str(run), "--no-simplify", "--align", "1", "--out", str(tmp_path / "e1")])
     assert result.exit_code == 0, result.output
@@ -100,3 +106,36 @@ def test_export_from_model_and_hand_edited_plan(tmp_path: Path) -> None:
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "e2")])
     assert result.exit_code == 2 and "block 0 'neurons': indices must be sorted" in result.output
     assert runner.invoke(app, ["export"]).exit_code == 2
+
+
+@settings(max_examples=12, deadline=None)
+@given(variant=st.sampled_from(sorted(VARIANTS)), seed=st.integers(0, 2**31 - 1), align=st.sampled_from([1, 8]))
+def test_random_plans_onnx_parity_and_counts(tmp_path_factory, variant: str, seed: int, align: int) -> None:
+    vit = make_vit(variant, fused=False)
+    gated = GatedViT(vit).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in gated.gates.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 2)
+    masks = gated.hard_masks()
+    structure = masks_to_structure(masks)
+    path = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    c, (h, w) = vit.patch_embed.proj.in_channels, vit.patch_embed.img_size
+    torch2onnx(build_compact(vit, structure, align=align), (c, h, w), path)
+    x = np.random.default_rng(seed).standard_normal((1, c, h, w)).astype(np.float32)
+    with torch.no_grad():
+        ref = gated(torch.from_numpy(x), masks).numpy()
+    assert np.abs(ort_run(path, x) - ref).max() <= 1e-4
+    emitted = padded_structure(structure, gated.geometry.head_dim, align)
+    assert onnx_cost(path) == (structure_macs(gated.geometry, emitted), structure_params(gated.geometry, emitted))
+
+
+def test_all_kept_plan_equals_timms_own_onnx_export(tmp_path: Path) -> None:
+    vit = make_vit("layerscale", fused=False)
+    structure = GatedViT(vit).geometry.dense_structure()
+    ours, theirs = tmp_path / "ours.onnx", tmp_path / "timm.onnx"
+    torch2onnx(build_compact(vit, structure, align=1), (3, 32, 32), ours)
+    torch2onnx(vit, (3, 32, 32), theirs)
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert np.abs(ort_run(ours, x) - ort_run(theirs, x)).max() <= 1e-5
+    assert onnx_cost(ours) == onnx_cost(theirs)
