@@ -83,16 +83,22 @@ def onnx_cost(path: Path) -> tuple[int, int]:
     from onnx import numpy_helper, shape_inference
 
     try:
-        proto = shape_inference.infer_shapes(onnx.load(str(path)))
+        proto = onnx.load(str(path))
+        # Count at batch 1: pin a dynamic batch axis so shape inference yields static shapes everywhere.
+        pinned = False
+        for value in [*proto.graph.input, *proto.graph.output]:
+            dims = value.type.tensor_type.shape.dim
+            if dims and not dims[0].dim_value:
+                dims[0].dim_value, pinned = 1, True
+        if pinned:  # the exporter's own shapes carry the symbolic batch: infer again from the pinned input
+            del proto.graph.value_info[:]
+        proto = shape_inference.infer_shapes(proto, data_prop=True)
     except Exception as exc:
         raise HiapError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}).") from None
     graph = proto.graph
     shapes = {v.name: _dims(v) for v in [*graph.value_info, *graph.input, *graph.output]}
     inits = {i.name: list(i.dims) for i in graph.initializer}
     shapes.update(inits)
-    for s in shapes.values():  # batch 1 for dynamic axes
-        if s and s[0] == 0:
-            s[0] = 1
     macs = 0
     for node in graph.node:
         if node.op_type == "MatMul":

@@ -71,6 +71,10 @@ def test_hiap_export_of_a_trained_run(tmp_path: Path) -> None:
     plain = json.loads((tmp_path / "e1" / "export_report.json").read_text())
     assert not plain["simplified"] and plain["parity"]["passed"] and plain["counts_match"]
     assert plain["padding_gmacs"] <= report["padding_gmacs"] and plain["gmacs"] <= report["gmacs"]
+    result = runner.invoke(app, ["export", str(run), "--dynamic-batch", "--out", str(tmp_path / "dyn")])
+    assert result.exit_code == 0, result.output
+    x = np.random.default_rng(3).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    assert ort_run(tmp_path / "dyn" / "model.onnx", x).shape == (3, 10)
 
 
 def test_export_from_model_and_hand_edited_plan(tmp_path: Path) -> None:
