@@ -21,19 +21,18 @@ from hiap.cost import BlockStructure, Structure
 from hiap.errors import HiapError
 
 
-def padded_width(block: BlockStructure, align: int) -> int:
+def emitted_width(block: BlockStructure, head_dim: int, align: int) -> int:
+    """The value width every kept head of `block` gets: the widest kept width rounded up to `align`, but never
+    past the original head width (padding beyond it would only add zero columns)."""
     widest = max((len(v) for v in block.value_dims), default=0)
-    return int(math.ceil(widest / align) * align) if widest else 0
+    return min(int(math.ceil(widest / align) * align), head_dim) if widest else 0
 
 
 def padded_structure(structure: Structure, head_dim: int, align: int) -> Structure:
     """The structure the exporter emits (value widths padded), for counting its MACs and parameters."""
     blocks = []
     for b in structure.blocks:
-        width = padded_width(b, align)
-        if width > head_dim and align > 1:
-            width = max(len(v) for v in b.value_dims)  # never pad past the original head width
-        dims = tuple(tuple(range(width)) for _ in b.heads)
+        dims = tuple(tuple(range(emitted_width(b, head_dim, align))) for _ in b.heads)
         blocks.append(BlockStructure(heads=b.heads, value_dims=dims, ffn=b.ffn, neurons=b.neurons))
     return Structure(blocks=tuple(blocks))
 
@@ -100,8 +99,7 @@ def _compact_block(blk: nn.Module, plan: BlockStructure, align: int) -> CompactB
     big_h, dh = attn_src.num_heads, attn_src.head_dim
     attn = None
     if plan.heads:
-        width = min(padded_width(plan, align), dh) if align > 1 else padded_width(plan, align)
-        width = max(width, max(len(v) for v in plan.value_dims))
+        width = emitted_width(plan, dh, align)
         attn = CompactAttention(
             dim, len(plan.heads), dh, width, attn_src.qkv.bias is not None, attn_src.proj.bias is not None,
             copy.deepcopy(attn_src.q_norm), copy.deepcopy(attn_src.k_norm),

@@ -122,8 +122,13 @@ def onnx_cost(path: Path) -> tuple[int, int]:
     return macs, params
 
 
-def ort_run(path: Path, x: np.ndarray) -> np.ndarray:
+def ort_session(path: Path) -> Any:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def ort_run(model: Path | Any, x: np.ndarray) -> np.ndarray:
+    """Run an ONNX file (or an open session) on the CPU provider; first output."""
+    session = ort_session(model) if isinstance(model, (str, Path)) else model
     return session.run(None, {session.get_inputs()[0].name: x})[0]

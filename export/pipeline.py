@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from export.compact import build_compact, padded_structure
-from export.onnx_io import onnx_cost, ort_run, simplify_onnx, torch2onnx
+from export.onnx_io import onnx_cost, ort_run, ort_session, simplify_onnx, torch2onnx
 from export.plan import make_plan, read_plan_json, structure_from_dict
 from hiap import __version__
 from hiap.checkpoint import load_checkpoint
@@ -120,12 +120,13 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     torch2onnx(compact, tuple(dcfg["input_size"]), onnx_path, opset, dynamic_batch, meta)
     nodes = simplify_onnx(onnx_path) if simplify else None  # the checks below run on the final file
     checks, golden = [], {}
+    session = ort_session(onnx_path)
     for kind, x in _inputs(dcfg, src.builtin_data).items():
         with torch.no_grad():
             ref = gated(torch.from_numpy(x), src.masks).numpy()
             mid = compact(torch.from_numpy(x)).numpy()
-        onnx_out = np.concatenate([ort_run(onnx_path, x[i : i + 1]) for i in range(len(x))]) if not dynamic_batch \
-            else ort_run(onnx_path, x)  # fmt: skip
+        onnx_out = ort_run(session, x) if dynamic_batch else np.concatenate([ort_run(session, x[i : i + 1])
+                                                                             for i in range(len(x))])  # fmt: skip
         checks += [{"inputs": kind} | _compare("gated-vs-compact", ref, mid),
                    {"inputs": kind} | _compare("gated-vs-onnx", ref, onnx_out)]  # fmt: skip
         if kind == "validation":

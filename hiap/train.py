@@ -191,6 +191,9 @@ class Trainer:
         self.dense_val_acc: float | None = None
         if self.ckpt is not None:
             self._restore(self.ckpt)
+        # Hard MACs of the current gates, refreshed after every optimizer step (computed once per step).
+        self.hard_fraction = self.gated.hard_macs() / self.dense_macs if self.gated is not None else 1.0
+        self.last_val_acc: float | None = None
 
     def _restore(self, ckpt: Checkpoint) -> None:
         self.vit.load_state_dict(ckpt.model)
@@ -217,7 +220,7 @@ class Trainer:
     def _set_lr(self) -> None:
         f = lr_factor(self.step, self.total_steps, self.warmup_steps, self.cfg.min_lr_ratio)
         macro_frozen = self.gated is not None and self.controller.macro_frozen(
-            self.step / self.total_steps, self.gated.hard_macs() / self.dense_macs
+            self.step / self.total_steps, self.hard_fraction
         )
         for g in self.optimizer.param_groups:
             if g.get("base_lr") is not None:
@@ -270,7 +273,7 @@ class Trainer:
         if self.gated is not None:
             with torch.no_grad():
                 expected = float(self.gated.expected_cost().total) / self.dense_macs
-            hard = self.gated.hard_macs() / self.dense_macs
+            hard = self.hard_fraction = self.gated.hard_macs() / self.dense_macs  # also read by the next _set_lr
             self.controller.update(expected, hard, (self.step + 1) / self.total_steps)
             parts.update(expected_frac=expected, hard_frac=hard)
         self.step += 1
@@ -384,6 +387,7 @@ class Trainer:
                     count += 1
                     progress.advance(epoch + 1, cfg.epochs, parts)
                 val = self.evaluate()
+                self.last_val_acc = val[0]
                 record = self._epoch_record(epoch + 1, sums, count, val, time.perf_counter() - t0)
                 # Metrics line first, then the checkpoint: a crash in between leaves a line ahead of the
                 # checkpoint, which --resume drops and rewrites; never a checkpoint without its line.
@@ -399,7 +403,8 @@ class Trainer:
 
     def _summary(self, seconds: float) -> dict[str, Any]:
         structure = self._structure()
-        val_acc, _ = self.evaluate()
+        # The last epoch already validated this exact network; a resumed run with nothing left evaluates once.
+        val_acc = self.last_val_acc if self.last_val_acc is not None else self.evaluate()[0]
         pruned_macs = self.gated.hard_macs() if self.gated is not None else self.dense_macs
         return {
             "hiap_version": __version__,

@@ -75,3 +75,11 @@ def test_padding_is_recorded_in_macs() -> None:
         == structure_macs(geom, s) + 2 * 2 * geom.value_unit_macs
     )
     assert padded_structure(s, geom.head_dim, 8).blocks[0].value_total == 16
+
+
+def test_padding_never_exceeds_a_head_width_that_is_not_a_multiple_of_align() -> None:
+    vit = make_vit("plain", embed_dim=60, num_heads=3, fused=False)  # head_dim 20
+    block = BlockStructure(heads=(0, 1), value_dims=(tuple(range(18)), (4,)), ffn=True, neurons=(0, 1))
+    structure = Structure(blocks=(block, block))
+    assert padded_structure(structure, 20, 8).blocks[0].value_total == 2 * 20
+    _check(vit, structure, align=8)
