@@ -143,6 +143,8 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
         "unpadded_gmacs": structure_macs(geom, structure) / 1e9,
         "padding_gmacs": (structure_macs(geom, emitted) - structure_macs(geom, structure)) / 1e9,
         "params": structure_params(geom, emitted),
+        "dense_gmacs": geom.dense_macs / 1e9,
+        "dense_params": geom.dense_params,
         "onnx_gmacs": onnx_macs / 1e9,
         "onnx_params": onnx_params,
         "file_bytes": onnx_path.stat().st_size,

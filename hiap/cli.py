@@ -163,12 +163,22 @@ def export(
         src = source_from_plan(model, plan, pretrained)
         target = out or plan.parent / "export"
     report = export_source(src, target, opset=opset, align=align, dynamic_batch=dynamic_batch, simplify=simplify)
-    typer.echo(
-        f"wrote {target}: {report['gmacs']:.5f} GMACs (ONNX {report['onnx_gmacs']:.5f}), "
-        f"{report['params']} params (ONNX {report['onnx_params']}), parity max abs "
-        f"{report['parity']['max_abs_diff']:.2e}, top-1 agreement {report['parity']['top1_agreement']:.0%}, "
-        f"{report['file_bytes'] / 1e6:.2f} MB"
-    )
+    from rich.console import Console
+    from rich.table import Table
+
+    parity = report["parity"]
+    table = Table(title=f"hiap export: {src.model} -> {target}")
+    for col in ("", "dense", "exported"):
+        table.add_column(col, justify="right")
+    table.add_row("GMACs (plan)", f"{report['dense_gmacs']:.5f}", f"{report['gmacs']:.5f}")
+    table.add_row("GMACs (ONNX graph)", "", f"{report['onnx_gmacs']:.5f}")
+    table.add_row("padding GMACs", "", f"{report['padding_gmacs']:.5f} (--align {align})")
+    table.add_row("params", f"{report['dense_params']:,}", f"{report['onnx_params']:,}")
+    table.add_row("file MB", "", f"{report['file_bytes'] / 1e6:.2f}")
+    table.add_row("parity max abs", "", f"{parity['max_abs_diff']:.2e} ({'passed' if parity['passed'] else 'FAILED'})")
+    table.add_row("top-1 agreement", "", f"{parity['top1_agreement']:.0%}")
+    table.caption = "plan.json, model.onnx, golden.npz, export_report.json; TensorRT path not yet validated"
+    Console().print(table)
 
 
 def main() -> None:
