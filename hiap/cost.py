@@ -21,6 +21,7 @@ pruned value dim (N*D MACs each). `paper_block_macs` below implements the paper'
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -77,11 +78,12 @@ class Geometry:
         )
         return Structure(blocks=tuple(block for _ in range(self.depth)))
 
-    @property
+    # Cached: the penalties divide by dense MACs every step, and building the dense structure is not free.
+    @cached_property
     def dense_macs(self) -> int:
         return structure_macs(self, self.dense_structure())
 
-    @property
+    @cached_property
     def dense_params(self) -> int:
         return structure_params(self, self.dense_structure())
 

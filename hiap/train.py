@@ -285,13 +285,13 @@ class Trainer:
         model: nn.Module = self.gated if self.gated is not None else self.vit
         model.eval()
         correct, total, loss_sum = 0, 0, 0.0
+        masks = None
+        if self.gated is not None:  # once per evaluation, not per batch
+            masks = self.gated.open_masks() if open_gates else self.gated.hard_masks()
         for x, y in self.data.val_batches(256):
             x, y = x.to(self.device), y.to(self.device)
             with self._autocast():
-                if self.gated is not None:
-                    logits = self.gated(x, self.gated.open_masks() if open_gates else None)
-                else:
-                    logits = self.vit(x)
+                logits = self.gated(x, masks) if self.gated is not None else self.vit(x)
             loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
             correct += int((logits.argmax(-1) == y).sum())
             total += int(y.numel())
