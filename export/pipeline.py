@@ -20,6 +20,7 @@ from hiap.cost import Structure, structure_macs, structure_params
 from hiap.errors import HiapError
 from hiap.gated import Floors, GatedViT, Masks, masks_to_structure, structure_to_masks
 from hiap.models import BUILTIN_MODELS, create_model, data_config, load_pretrained, load_weights
+from runtime.trt_runner import write_json_atomic
 
 PARITY_TOL = 1e-4
 
@@ -59,22 +60,37 @@ class Source:
     val_acc: float | None
     builtin_data: bool
     origin: str
+    dense_val_acc: float | None = None
 
 
 def source_from_run(run: Path, dense: bool = False) -> Source:
+    """The run's pruned network; with `dense`, the network the run started from (its pretrained weights, all gates
+    open), which is the baseline a user compares against. A run from random init has no such baseline: its dense
+    export is the trained weights with every gate open, and the metadata says so."""
     ckpt = load_checkpoint(run)
     state, config = ckpt.state, ckpt.config
     vit = create_model(state["model"], num_classes=state["num_classes"]).eval()
-    load_weights(vit, ckpt.model, str(run))
+    origin = str(run)
+    pretrained = str(config.get("pretrained", "none"))
+    if dense and not config.get("dense", False) and pretrained != "none":
+        described, _ = load_pretrained(vit, state["model"], pretrained)
+        if described == "random init":
+            load_weights(vit, ckpt.model, str(run))
+        else:
+            origin = f"{run} (dense start: {described})"
+    else:
+        load_weights(vit, ckpt.model, str(run))
     gated = GatedViT(vit, floors=Floors(**state["floors"]) if state.get("floors") else Floors()).eval()
     if ckpt.gates and not dense:
         gated.gates.load_state_dict(ckpt.gates)
         masks = gated.hard_masks()
     else:
         masks = gated.open_masks()
+    start = origin != str(run)
+    val_acc = state.get("dense_val_acc") if start else state.get("val_acc")
     return Source(vit, gated, masks, masks_to_structure(masks), state["model"], state["num_classes"],
-                  list(state.get("classes", [])), state["data_config"], state.get("val_acc"),
-                  config.get("data") == "builtin", str(run))  # fmt: skip
+                  list(state.get("classes", [])), state["data_config"], val_acc,
+                  config.get("data") == "builtin", origin, state.get("dense_val_acc"))  # fmt: skip
 
 
 def source_from_plan(model: str, plan_path: Path, pretrained: str = "auto") -> Source:
@@ -92,9 +108,21 @@ def source_from_plan(model: str, plan_path: Path, pretrained: str = "auto") -> S
                   model in BUILTIN_MODELS, str(plan_path))  # fmt: skip
 
 
+def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
 def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynamic_batch: bool = False,
-                  simplify: bool = True) -> dict[str, Any]:  # fmt: skip
+                  simplify: bool = True, target: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Write plan.json, model.onnx, golden.npz and export_report.json into `out` (each file atomically)."""
     t0 = time.perf_counter()
+    profile = None
+    if target is not None:  # fail on an unknown device before spending time on the export
+        from devices.profile import load_profile
+
+        profile = load_profile(target)
     vit, gated, structure = src.vit, src.gated, src.structure
     geom = gated.geometry
     emitted = padded_structure(structure, geom.head_dim, align)
@@ -112,9 +140,17 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
         "input_size": json.dumps(list(dcfg["input_size"])),
         "mean": json.dumps(list(dcfg["mean"])),
         "std": json.dumps(list(dcfg["std"])),
+        "interpolation": json.dumps(dcfg.get("interpolation", "bicubic")),
+        "crop_pct": json.dumps(dcfg.get("crop_pct", 1.0)),
         "class_names": json.dumps(src.classes),
         "reference_val_acc": json.dumps(src.val_acc),
+        "dense_val_acc": json.dumps(src.dense_val_acc),
         "gmacs": json.dumps(structure_macs(geom, emitted) / 1e9),
+        "dense_gmacs": json.dumps(geom.dense_macs / 1e9),
+        "params": json.dumps(structure_params(geom, emitted)),
+        "opset": json.dumps(opset),
+        "align": json.dumps(align),
+        "dynamic_batch": json.dumps(dynamic_batch),
     }
     onnx_path = out / "model.onnx"
     torch2onnx(compact, tuple(dcfg["input_size"]), onnx_path, opset, dynamic_batch, meta)
@@ -132,7 +168,7 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
         if kind == "validation":
             golden = {"inputs": x, "logits": mid}
     if golden:
-        np.savez(out / "golden.npz", **golden)
+        _save_npz_atomic(out / "golden.npz", golden)
     onnx_macs, onnx_params = onnx_cost(onnx_path)
     report = {
         "hiap_version": __version__,
@@ -158,8 +194,13 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
         },
         "counts_match": onnx_macs == structure_macs(geom, emitted) and onnx_params == structure_params(geom, emitted),
         "seconds": time.perf_counter() - t0,
+        "metadata": meta,
     }
-    (out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if profile is not None:
+        from export.device_check import check_onnx
+
+        report["device_check"] = check_onnx(onnx_path, profile)
+    write_json_atomic(out / "export_report.json", report)
     if not report["parity"]["passed"] or not report["counts_match"]:
         failed = [f"{c['pair']} on {c['inputs']}: max abs {c['max_abs_diff']:.2e}, top-1 {c['top1_agreement']:.2%}"
                   for c in checks if not c["passed"]]  # fmt: skip

@@ -85,6 +85,52 @@ def train(
 
 @app.command()
 @user_errors
+def pipeline(
+    config: Path = typer.Option(None, help="YAML of training keys (default: the built-in recipe)."),
+    target_macs: str = typer.Option(None, help="Fraction of dense MACs (0.5) or absolute (3.1G). Default 0.5."),
+    epochs: int = typer.Option(None, help="Training epochs. Default 6."),
+    out: str = typer.Option(None, help="Run directory (default runs/<name>)."),
+    device: str = typer.Option(None, "--bench-device", help="Device profile to bench on (default: this host's)."),
+    budget_ms: float = typer.Option(None, help="p50 latency budget in ms for the bench (default: the profile's)."),
+) -> None:
+    """The main job: train the gates, export pruned and dense ONNX, and bench both on this host (exit 1 on a
+    missed budget). With no options it runs the built-in model on the built-in data, offline."""
+    from rich.console import Console
+
+    from export.pipeline import export_source, source_from_run
+    from hiap.config import resolve_config
+    from hiap.progress import summary_table
+    from hiap.train import Trainer
+    from runtime.bench import BenchOptions, run_bench
+    from runtime.trt_runner import write_json_atomic
+
+    bench_device = device or _host_device()  # before training: an unknown device must not cost a training run
+    cfg = resolve_config(config, {"target_macs": target_macs, "epochs": epochs, "out": out})
+    console = Console()
+    console.rule("1/3 train")
+    summary = Trainer(cfg, console).run()
+    console.print(summary_table(summary))
+    run = Path(summary["run_dir"])
+    console.rule("2/3 export")
+    reports = {}
+    for dense in (False, True):
+        src = source_from_run(run, dense=dense)
+        out_dir = run / ("export-dense" if dense else "export")
+        reports[dense] = export_source(src, out_dir)
+        _print_export(reports[dense], src.model, out_dir, 8)
+    console.rule(f"3/3 bench on {bench_device}")
+    opts = BenchOptions(device=bench_device, data="builtin" if cfg.data == "builtin" else None,
+                        compare=run / "export-dense" / "model.onnx", budget_ms=budget_ms)  # fmt: skip
+    report = run_bench(run / "export" / "model.onnx", opts)
+    write_json_atomic(run / "bench.json", report)
+    print_bench(report)
+    console.print(f"run, exports and bench.json in {run}")
+    if not report["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
 def inspect(
     target: str = typer.Argument(..., help="timm model name, run directory, checkpoint, plan.json or .onnx."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -138,36 +184,77 @@ def export(
     model: str = typer.Option(None, help="With --plan: a timm ViT name or the built-in model."),
     plan: Path = typer.Option(None, help="With --model: a plan.json to build the compact network from."),
     pretrained: str = typer.Option("auto", help="With --model: 'auto', 'none', 'timm' or a weights file."),
-    format: str = typer.Option("onnx", "--format", help="onnx (engine: see the note printed)."),
+    format: str = typer.Option("onnx", "--format", help="onnx, or engine (TensorRT, built where it will run)."),
     out: Path = typer.Option(None, help="Output directory (default RUN/export)."),
     opset: int = typer.Option(17, help="ONNX opset."),
     align: int = typer.Option(8, help="Pad value widths of a block to a multiple of this (1: no rounding)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Batch axis dynamic instead of 1."),
     dense: bool = typer.Option(False, "--dense", help="Export the unpruned model the same way."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxsim (re-validated after)."),
+    target: str = typer.Option(None, help="Device profile to check the ONNX against (opset, operators, attention)."),
 ) -> None:
     """Freeze the gates into plan.json and write the compact model.onnx, golden.npz and export_report.json."""
     from export.pipeline import export_source, source_from_plan, source_from_run
 
-    if format != "onnx":
-        raise HiapError(
-            f"--format {format}: only onnx is built so far; build an engine on the device with "
-            "'trtexec --onnx=model.onnx --saveEngine=model.engine --fp16' (TensorRT path not yet validated)."
-        )
+    if format not in ("onnx", "engine"):
+        raise HiapError(f"--format {format}: choose onnx or engine.")
     if (run is None) == (model is None or plan is None):
         raise HiapError("Give either RUN (a run directory or checkpoint) or both --model and --plan.")
     if run is not None:
         src = source_from_run(run, dense=dense)
-        target = out or (run if run.is_dir() else run.parent) / ("export-dense" if dense else "export")
+        out_dir = out or (run if run.is_dir() else run.parent) / ("export-dense" if dense else "export")
     else:
         src = source_from_plan(model, plan, pretrained)
-        target = out or plan.parent / "export"
-    report = export_source(src, target, opset=opset, align=align, dynamic_batch=dynamic_batch, simplify=simplify)
+        out_dir = out or plan.parent / "export"
+    device_name = target or ("cuda-gpu" if format == "engine" else None)
+    report = export_source(src, out_dir, opset=opset, align=align, dynamic_batch=dynamic_batch, simplify=simplify,
+                           target=device_name)  # fmt: skip
+    _print_export(report, src.model, out_dir, align)
+    check = report.get("device_check")
+    if check is not None:
+        for line in check["lines"] or [
+            f"no findings (opset {check['opset']}, {len(check['operators'])} operator types)"
+        ]:
+            typer.echo(f"device check {check['device']}: {line}")
+    if format == "engine":
+        _export_engine(out_dir, report, device_name, dynamic_batch)
+    if check is not None and not check["passed"]:
+        typer.echo(f"error: model.onnx will not run on {check['device']} as exported (see above).", err=True)
+        raise typer.Exit(1)
+
+
+def _export_engine(out_dir: Path, report: dict[str, Any], device_name: str, dynamic_batch: bool) -> None:
+    """Build model.engine here when TensorRT is installed; otherwise say how to build it on the device."""
+    from devices.profile import load_profile
+    from export.device_check import layernorm_node_names
+    from runtime.trt_runner import NOT_VALIDATED, build_engine, import_tensorrt, trtexec_command
+
+    profile = load_profile(device_name)
+    onnx_path, engine_path = out_dir / "model.onnx", out_dir / "model.engine"
+    fp16 = profile.precision == "fp16"
+    layernorm_fp32 = bool(profile.trt.get("layernorm_fp32", True))
+    if import_tensorrt() is None:
+        chw = tuple(json.loads(report["metadata"]["input_size"])) if dynamic_batch else None
+        cmd = trtexec_command(onnx_path, engine_path, fp16, layernorm_fp32, layernorm_node_names(onnx_path), chw)
+        raise HiapError(
+            f"TensorRT is not installed here and engines only run where they are built ({NOT_VALIDATED}); "
+            f"{out_dir} holds model.onnx, plan.json and golden.npz. On the device run "
+            f"'hiap bench {onnx_path} --device {profile.name}' (builds and caches the engine) or '{cmd}'."
+        )
+    sidecar = build_engine(onnx_path, engine_path, fp16=fp16, layernorm_fp32=layernorm_fp32,
+                           workspace_mb=int(profile.trt.get("workspace_mb", 1024)),
+                           timing_cache=out_dir / "timing.cache", metadata=report["metadata"])  # fmt: skip
+    size_mb = engine_path.stat().st_size / 1e6
+    typer.echo(f"wrote {engine_path} ({size_mb:.2f} MB, TensorRT {sidecar['tensorrt_version']} "
+               f"on {sidecar['gpu']}, {sidecar['precision']}); {NOT_VALIDATED}")  # fmt: skip
+
+
+def _print_export(report: dict[str, Any], model: str, out_dir: Path, align: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
     parity = report["parity"]
-    table = Table(title=f"hiap export: {src.model} -> {target}")
+    table = Table(title=f"hiap export: {model} -> {out_dir}")
     for col in ("", "dense", "exported"):
         table.add_column(col, justify="right")
     table.add_row("GMACs (plan)", f"{report['dense_gmacs']:.5f}", f"{report['gmacs']:.5f}")
@@ -179,6 +266,113 @@ def export(
     table.add_row("top-1 agreement", "", f"{parity['top1_agreement']:.0%}")
     table.caption = "plan.json, model.onnx, golden.npz, export_report.json; TensorRT path not yet validated"
     Console().print(table)
+
+
+@app.command()
+@user_errors
+def bench(
+    artifact: Path = typer.Argument(..., help="model.onnx or model.engine written by hiap export."),
+    device: str = typer.Option(None, help="Device profile name or .yaml (default: the one matching this host)."),
+    data: str = typer.Option(None, help="'builtin' or an ImageFolder root: also measure top-1 accuracy."),
+    golden: Path = typer.Option(None, help="golden.npz for fidelity (default: the one next to ARTIFACT)."),
+    budget_ms: float = typer.Option(None, help="p50 latency budget in ms (p99 keeps the profile's p99/p50 ratio)."),
+    max_acc_drop: float = typer.Option(None, help="Largest top-1 drop (percentage points) vs the reference."),
+    compare: Path = typer.Option(None, help="Dense artifact to run the same way, alternating with ARTIFACT."),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Measure another device's profile here."),
+    iterations: int = typer.Option(None, help="Timed calls (default: the profile's protocol)."),
+    warmup: int = typer.Option(None, help="Untimed calls first (default: the profile's protocol)."),
+    min_seconds: float = typer.Option(None, help="Keep timing until this many seconds have passed."),
+    limit: int = typer.Option(None, help="Evaluate only the first N images of --data."),
+    json_out: Path = typer.Option(None, "--json", help="Write the full report here (JSON)."),
+) -> None:
+    """Measure latency, fidelity and accuracy on this device and check its budgets (exit 1 when one fails)."""
+    from runtime.bench import BenchOptions, run_bench
+
+    if device is None:
+        device = _host_device()
+    opts = BenchOptions(device=device, data=data, golden=golden, budget_ms=budget_ms, max_acc_drop=max_acc_drop,
+                        compare=compare, allow_mismatch=allow_mismatch, iterations=iterations, warmup=warmup,
+                        min_seconds=min_seconds, limit=limit)  # fmt: skip
+    report = run_bench(artifact, opts)
+    if json_out is not None:
+        from runtime.trt_runner import write_json_atomic
+
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(json_out, report)
+    print_bench(report)
+    if not report["passed"]:
+        parts = [f"{b['budget']} {_fmt(b['value'])} vs limit {_fmt(b['limit'])} (over by {_fmt(abs(b['margin']))})"
+                 for b in report["budgets"] if b["passed"] is False]  # fmt: skip
+        typer.echo("budget failed: " + "; ".join(parts), err=True)
+        raise typer.Exit(1)
+
+
+def _host_device() -> str:
+    from devices.host import detect_host, guess_profile
+    from devices.profile import all_profiles
+
+    host = detect_host()
+    order = [n for n in all_profiles() if n != "cuda-gpu"] + ["cuda-gpu"]  # prefer the CPU profile on a GPU box
+    name = guess_profile(host, order)
+    if name is None:
+        raise HiapError(f"No device profile matches this host ({host.describe()}): pass --device NAME.")
+    return name
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e-2 and value != 0 else f"{value:.3f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def print_bench(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    lat, acc = report["latency"], report["accuracy"]
+    env = report["environment"]["runner"]
+    title = f"hiap bench on {report['device']}: {report['artifact']}"
+    table = Table(title=title)
+    for col in ("model", "format", "size MB", "top-1 %", "p50 ms", "p99 ms", "FPS"):
+        table.add_column(col, justify="right")
+    rows = [("pruned" if "dense" in lat else "model", "model", report["size_mb"])]
+    if "dense" in lat:
+        rows.append(("dense", "dense", report["compare"]["dense_size_mb"]))
+    for label, key, size in rows:
+        top1 = acc.get(key, {}).get("top1")
+        top1_text = "-" if top1 is None else f"{top1:.2f}"
+        table.add_row(label, report["format"], f"{size:.2f}", top1_text, f"{lat[key]['p50']:.3f}",
+                      f"{lat[key]['p99']:.3f}", f"{lat[key]['throughput_fps']:.1f}")  # fmt: skip
+    budgets = Table(title="budgets")
+    for col in ("budget", "limit", "measured", "result"):
+        budgets.add_column(col, justify="right")
+    for b in report["budgets"]:
+        if b["passed"] is None:
+            verdict = "not measured"
+        else:
+            verdict = f"{'passed' if b['passed'] else 'FAILED'} by {_fmt(abs(b['margin']))}"
+        budgets.add_row(b["budget"], _fmt(b["limit"]), _fmt(b["value"]), verdict)
+    notes = [f"{env['runtime']} {env['version']}, batch {report['batch']}, "
+             f"{env.get('intra_op_threads', '-')} threads, {env.get('precision')}"]  # fmt: skip
+    if "compare" in report:
+        c = report["compare"]
+        notes.append(f"speedup p50 {c['speedup_p50']:.2f}x for {_fmt(c['mac_ratio'])}x fewer MACs "
+                     f"(realisation {_fmt(c['realisation'])})")  # fmt: skip
+    if report["fidelity"]:
+        f = report["fidelity"]
+        notes.append(f"fidelity vs golden ({f['images']} images): max abs {f['max_abs_diff']:.2e}, "
+                     f"top-1 agreement {f['top1_agreement']:.0%}")  # fmt: skip
+    if report.get("label"):
+        notes.append(report["label"])
+    if report.get("note"):
+        notes.append(report["note"])
+    table.caption = "\n".join(notes)
+    console = Console()
+    console.print(table)
+    console.print(budgets)
+    console.print("all budgets met" if report["passed"] else "[bold red]a budget failed[/]")
 
 
 def main() -> None:

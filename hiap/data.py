@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -13,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from hiap.errors import HiapError
+from runtime.data import load_builtin_arrays
 
-BUILTIN_FILE = "fashion_mnist_subset.npz"
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -27,17 +26,6 @@ class Dataset(Protocol):
     def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]: ...
 
     def val_batches(self, batch_size: int) -> Iterator[Batch]: ...
-
-
-def builtin_path() -> Path:
-    return Path(str(resources.files("hiap") / "assets" / BUILTIN_FILE))
-
-
-def load_builtin_arrays(path: Path | None = None) -> dict[str, Any]:
-    """The built-in split as numpy arrays: x_train/x_val uint8 [n, 28, 28], y_* uint8, classes, provenance."""
-    path = path or builtin_path()
-    with np.load(path, allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
 
 
 @dataclass

@@ -1,1 +1,5 @@
-"""Runtime: ONNX Runtime and TensorRT runners behind one interface, latency harnesses (issue 4; not built yet)."""
+"""Runtime: ONNX Runtime and TensorRT runners behind one contract, and the latency/fidelity/accuracy harnesses.
+
+Everything here imports with the base install only (numpy, onnxruntime, typer, rich, pyyaml, pillow): no torch,
+no timm, no onnx tools, so it runs on a board that only has `pip install hiap`.
+"""

@@ -13,3 +13,38 @@ import pytest
 def _deterministic_torch() -> None:
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def exported_pair(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A pruned and a dense export of the tiny built-in model (random weights): model.onnx, golden.npz, plan."""
+    import json
+
+    from export.pipeline import export_source, source_from_plan
+    from export.plan import make_plan
+    from hiap.cost import BlockStructure, Structure
+    from hiap.gated import GatedViT
+    from hiap.models import create_model, data_config
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("exported")
+    vit = create_model("hiap_vit_fmnist_tiny", num_classes=10).eval()
+    geom = GatedViT(vit).geometry
+    hd, k = geom.head_dim, geom.hidden
+    blocks = []
+    for i in range(geom.depth):
+        heads = (0, 2, 3) if i % 2 == 0 else (1,)
+        blocks.append(BlockStructure(heads=heads, value_dims=tuple(tuple(range(hd - 4 * j)) for j in range(len(heads))),
+                                     ffn=i != 1, neurons=tuple(range(0, k, 3)) if i != 1 else ()))  # fmt: skip
+    out = {}
+    for name, structure in (("pruned", Structure(blocks=tuple(blocks))), ("dense", None)):
+        structure = structure or geom.dense_structure()
+        plan = make_plan("hiap_vit_fmnist_tiny", geom, structure, data_config(vit), 10)
+        plan_path = root / f"{name}-plan.json"
+        plan_path.write_text(json.dumps(plan.to_dict()))
+        torch.manual_seed(0)  # the same random weights for both
+        src = source_from_plan("hiap_vit_fmnist_tiny", plan_path, pretrained="none")
+        export_source(src, root / name, simplify=False)
+        out[name] = root / name / "model.onnx"
+    return out

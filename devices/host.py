@@ -1,0 +1,124 @@
+"""Host detection: what this machine is (Jetson, Raspberry Pi, aarch64, x86-64, emulated) and whether a profile fits."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devices.profile import DeviceProfile
+
+DT_MODEL = Path("/proc/device-tree/model")
+TEGRA_RELEASE = Path("/etc/nv_tegra_release")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@dataclass
+class Host:
+    """Facts read off the machine; `notes` explains anything that could not be read."""
+
+    arch: str
+    board: str  # "jetson", "raspberry-pi", "nvidia-gpu" or "generic"
+    model: str = ""
+    l4t: str = ""
+    cpu: str = ""
+    emulated: str = ""  # non-empty when the architecture is emulated (qemu-user): latency is meaningless
+    nvidia_gpu: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        what = self.model or {"x86_64": "x86-64 machine", "aarch64": "aarch64 machine"}.get(self.arch, self.arch)
+        extra = f", L4T R{self.l4t}" if self.l4t else ""
+        return f"{what} ({self.arch}{extra}{', emulated by ' + self.emulated if self.emulated else ''})"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").replace("\x00", "").strip()
+    except OSError:
+        return ""
+
+
+def detect_host(root: Path = Path("/")) -> Host:
+    """Read the machine; `root` lets tests point at a fake filesystem."""
+    arch = platform.machine().lower()
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+    dt_model = _read(root / DT_MODEL.relative_to("/"))
+    tegra = _read(root / TEGRA_RELEASE.relative_to("/"))
+    cpuinfo = _read(root / CPUINFO.relative_to("/"))
+    host = Host(arch=arch, board="generic", model=dt_model)
+    names = re.findall(r"^(?:model name|Hardware|Model)\s*:\s*(.+)$", cpuinfo, flags=re.M)
+    host.cpu = names[0].strip() if names else platform.processor()
+    if tegra or "jetson" in dt_model.lower() or "nvidia" in dt_model.lower():
+        host.board = "jetson"
+        match = re.search(r"R(\d+)", tegra)
+        host.l4t = match.group(1) if match else ""
+        if not tegra:
+            host.notes.append(f"{TEGRA_RELEASE} not readable: L4T/JetPack release unknown")
+    elif "raspberry pi" in dt_model.lower():
+        host.board = "raspberry-pi"
+    elif shutil.which("nvidia-smi") or Path(root / "proc/driver/nvidia/version").exists():
+        host.board = "nvidia-gpu"
+        host.nvidia_gpu = True
+    # qemu-user passes the host's /proc/cpuinfo through, so an aarch64 process that sees x86 vendor lines is
+    # emulated; the ARM check also says so explicitly through HIAP_EMULATION.
+    if os.environ.get("HIAP_EMULATION"):
+        host.emulated = os.environ["HIAP_EMULATION"]
+    elif arch == "aarch64" and re.search(r"^vendor_id\s*:\s*(GenuineIntel|AuthenticAMD)", cpuinfo, flags=re.M):
+        host.emulated = "qemu-user (x86 host)"
+    return host
+
+
+def profile_mismatch(profile: DeviceProfile, host: Host) -> str:
+    """Why this host is not the profile's device, or '' when it is."""
+    want = profile.host
+    if host.emulated:  # first: whatever else matches, an emulated CPU's timings say nothing about the device
+        return f"this {host.arch} host is emulated ({host.emulated}): its timings are not the device's"
+    if want["arch"] != "any" and want["arch"] != host.arch:
+        return f"profile '{profile.name}' is for {want['arch']} but this host is {host.arch}"
+    board = want.get("board")
+    if board == "nvidia-gpu" and not (host.nvidia_gpu or host.board == "jetson"):
+        return f"profile '{profile.name}' needs an NVIDIA GPU and none was found (no nvidia-smi)"
+    if board in ("jetson", "raspberry-pi") and host.board != board:
+        return f"profile '{profile.name}' is for a {board} but this host is a {host.board} {host.arch} machine"
+    contains = want.get("model_contains") or []
+    if contains and not any(c.lower() in host.model.lower() for c in contains):
+        return f"profile '{profile.name}' is for a {' or '.join(contains)} but this board reports '{host.model}'"
+    if want.get("l4t") and host.l4t and host.l4t != want["l4t"]:
+        return f"profile '{profile.name}' is for L4T R{want['l4t']} but this Jetson runs R{host.l4t}"
+    return ""
+
+
+def guess_profile(host: Host, names: list[str]) -> str | None:
+    """The shipped profile that matches this host, for the main job's 'bench on this machine' step."""
+    from devices.profile import load_profile
+
+    for name in names:
+        if not profile_mismatch(load_profile(name), host):
+            return name
+    return None
+
+
+def power_state(host: Host) -> dict[str, str]:
+    """What the measurement protocol asks to report: CPU governor, and on a Jetson the nvpmodel mode and clocks."""
+    import subprocess
+
+    state = {"governor": _read(Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")) or "unreadable"}
+    if host.board == "jetson":
+        for key, cmd in (("power_mode", ["nvpmodel", "-q"]), ("jetson_clocks", ["jetson_clocks", "--show"])):
+            if shutil.which(cmd[0]) is None:
+                state[key] = f"{cmd[0]} not found"
+                continue
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+                state[key] = " ".join(done.stdout.split())[:300] or done.stderr.strip()[:300]
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                state[key] = f"unreadable ({exc})"
+    return state

@@ -1,0 +1,175 @@
+"""Static check of an ONNX file against a device profile: opset, operators, and TensorRT's fused-attention rules.
+
+It runs anywhere (no TensorRT needed) and says, before anything is copied to a board, what the board's runtime
+would refuse or run slowly. Sources for the rules (also in ../shared/docs/deployment.md):
+- TensorRT 10.x parses ONNX opsets 9..20 (onnx-tensorrt docs/operators.md); TensorRT 8.5 (JetPack 5) has no
+  LayerNormalization op, which came with 8.6.
+- TensorRT fused attention takes Q [B, N, S, H] and K, V [B, N, S, H]: one head size H for Q, K and V
+  (TensorRT developer guide, "Fused Attention"), with 16 <= H <= 256 and H % 8 == 0 for FP16 (TensorRT #2981,
+  #3243). A pruned block whose value width differs from its Q/K head width therefore runs unfused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from devices.profile import DeviceProfile, parse_range
+from hiap.errors import HiapError
+
+# Operators a hiap ViT export can contain, all in TensorRT's ONNX support matrix since 8.x (LayerNormalization
+# since 8.6). An operator outside this list is not necessarily unsupported, only not verified by hiap: a warning.
+TRT_VERIFIED_OPS = frozenset(
+    [
+        "Add",
+        "Cast",
+        "Concat",
+        "Constant",
+        "ConstantOfShape",
+        "Conv",
+        "Div",
+        "Equal",
+        "Erf",
+        "Expand",
+        "Flatten",
+        "Gather",
+        "Gemm",
+        "GlobalAveragePool",
+        "Identity",
+        "LayerNormalization",
+        "MatMul",
+        "Mul",
+        "Pow",
+        "Range",
+        "ReduceMean",
+        "Relu",
+        "Reshape",
+        "Shape",
+        "Sigmoid",
+        "Slice",
+        "Softmax",
+        "Split",
+        "Sqrt",
+        "Squeeze",
+        "Sub",
+        "Tanh",
+        "Transpose",
+        "Unsqueeze",
+        "Where",
+    ]
+)
+# Operators TensorRT's support matrix lists as unsupported (a subset that exporters can emit).
+TRT_UNSUPPORTED_OPS = frozenset(
+    ["NonZero", "Unique", "StringNormalizer", "SequenceConstruct", "SequenceAt", "Det", "Hardmax"]
+)
+
+
+@dataclass
+class Finding:
+    level: str  # "error": the runtime refuses it; "warning": it runs, but slower or unverified
+    where: str
+    what: str
+    fix: str = ""
+
+    def line(self) -> str:
+        return f"{self.level}: {self.where}: {self.what}" + (f" Fix: {self.fix}" if self.fix else "")
+
+
+def _attention_pairs(graph: Any, shapes: dict[str, list[int]]) -> list[tuple[int, int]]:
+    """(Q/K head size, V head size) per attention, from MatMul pairs whose both operands are activations:
+    scores = Q @ K^T ([.., S, H] x [.., H, S]) followed by out = P @ V ([.., S, S] x [.., S, Hv])."""
+    params = {i.name for i in graph.initializer}
+    pairs, pending = [], None
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.input[0] in params or node.input[1] in params:
+            continue
+        a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
+        if not a or not b or len(a) != 4 or len(b) != 4:
+            continue
+        if pending is None:
+            pending = a[-1]  # Q @ K^T: contracted dim is the Q/K head size
+        else:
+            pairs.append((pending, b[-1]))  # P @ V: V's last dim is its head size
+            pending = None
+    return pairs
+
+
+def check_onnx(path: Path, profile: DeviceProfile) -> dict[str, Any]:
+    """Findings for this file on this device; `passed` is False when any finding is an error."""
+    import onnx
+    from onnx import shape_inference
+
+    try:
+        proto = onnx.load(str(path))
+        for value in [*proto.graph.input, *proto.graph.output]:  # count at batch 1 like onnx_cost
+            dims = value.type.tensor_type.shape.dim
+            if dims and not dims[0].dim_value:
+                dims[0].dim_value = 1
+        del proto.graph.value_info[:]
+        proto = shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception as exc:
+        raise HiapError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}).") from None
+    graph = proto.graph
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    ops = sorted({n.op_type for n in graph.node})
+    findings: list[Finding] = []
+    if opset > profile.max_opset:
+        findings.append(Finding("error", "opset", f"the model uses opset {opset}; {profile.name} takes at most "
+                                f"{profile.max_opset}.", f"export with --opset {profile.max_opset}."))  # fmt: skip
+    if profile.runtime == "trt":
+        trt_range = profile.software.get("tensorrt", ">=10")
+        if opset < 9:
+            findings.append(Finding("error", "opset", f"opset {opset} is below TensorRT's minimum 9.", "--opset 17"))
+        floors = [bound for op, bound in parse_range(trt_range) if op in (">=", "==", ">")]
+        no_layernorm = bool(floors) and max(floors) < (8, 6)  # the oldest TensorRT the profile admits
+        if no_layernorm and "LayerNormalization" in ops:
+            findings.append(Finding("error", "LayerNormalization", f"TensorRT {trt_range} ({profile.name}) cannot "
+                                    "parse the opset-17 LayerNormalization op (native support came with 8.6).",
+                                    "export with --opset 16 (LayerNorm decomposed into primitive ops)."))  # fmt: skip
+        for op in ops:
+            if op in TRT_UNSUPPORTED_OPS:
+                findings.append(Finding("error", op, "TensorRT's ONNX parser does not support this operator."))
+            elif op not in TRT_VERIFIED_OPS:
+                findings.append(Finding("warning", op, "operator not verified by hiap for TensorRT; check "
+                                        "onnx-tensorrt's operators.md for your version."))  # fmt: skip
+        if "LayerNormalization" not in ops and profile.precision == "fp16" and profile.trt.get("layernorm_fp32"):
+            findings.append(Finding("warning", "LayerNorm", "LayerNorm is decomposed (opset < 17), so it cannot be "
+                                    "pinned to FP32 as one layer; FP16 overflow risk (TensorRT #2564).",
+                                    "use opset 17 where the device's TensorRT has LayerNormalization."))  # fmt: skip
+        shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+                  for v in [*graph.value_info, *graph.input, *graph.output]}  # fmt: skip
+        for i, (hq, hv) in enumerate(_attention_pairs(graph, shapes)):
+            where = f"attention {i}"
+            if hq != hv:
+                findings.append(Finding("warning", where, f"value head width {hv} differs from the Q/K head width "
+                                        f"{hq}: TensorRT fuses attention only when Q, K and V share one head size, "
+                                        "so this block runs as separate MatMul/Softmax kernels.",
+                                        f"export with --align {hq} to pad V to the Q/K width (costs MACs; "
+                                        "measure both on the device)."))  # fmt: skip
+            if not 16 <= hq <= 256:
+                findings.append(Finding("warning", where, f"head size {hq} is outside 16..256, where TensorRT's "
+                                        "fused attention kernels exist."))  # fmt: skip
+            if profile.precision == "fp16" and hq % 8:
+                findings.append(Finding("warning", where, f"head size {hq} is not a multiple of 8, which FP16 "
+                                        "fused attention needs."))  # fmt: skip
+    return {
+        "device": profile.name,
+        "model": str(path),
+        "opset": opset,
+        "operators": ops,
+        "findings": [asdict(f) for f in findings],
+        "errors": sum(f.level == "error" for f in findings),
+        "warnings": sum(f.level == "warning" for f in findings),
+        "passed": not any(f.level == "error" for f in findings),
+        "lines": [f.line() for f in findings],
+    }
+
+
+def layernorm_node_names(path: Path) -> list[str]:
+    """Names of the LayerNormalization nodes (TensorRT names its layers after them), for trtexec's precisions."""
+    import onnx
+
+    return [
+        n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type == "LayerNormalization"
+    ]

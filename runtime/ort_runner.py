@@ -1,0 +1,106 @@
+"""ONNX Runtime runner: providers, intra/inter-op threads and graph optimisation level come from the device profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hiap.errors import HiapError
+from runtime.base import TensorSpec
+
+_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+def _spec(arg: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
+    return TensorSpec(arg.name, shape, _TYPES.get(arg.type, arg.type))
+
+
+def check_model_file(path: Path, suffixes: tuple[str, ...]) -> None:
+    if not path.exists():
+        raise HiapError(f"Model '{path}' does not exist: pass the model.onnx or model.engine that hiap export wrote.")
+    if not path.is_file():
+        raise HiapError(f"Model '{path}' is not a file.")
+    if path.suffix not in suffixes:
+        raise HiapError(f"Model '{path}' should end in {' or '.join(suffixes)}.")
+    if path.stat().st_size == 0:
+        raise HiapError(f"Model '{path}' is empty (0 bytes): export it again.")
+
+
+class OrtRunner:
+    """One InferenceSession with pinned threads; `metadata` is the model's metadata_props."""
+
+    def __init__(
+        self,
+        path: Path,
+        providers: list[str] | None = None,
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+        graph_optimization_level: str = "all",
+    ) -> None:
+        self.path = Path(path)
+        check_model_file(self.path, (".onnx",))
+        self.providers = list(providers or ["CPUExecutionProvider"])
+        self.intra_op_threads = intra_op_threads
+        self.inter_op_threads = inter_op_threads
+        self.graph_optimization_level = graph_optimization_level
+        self.session: Any = None
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+        self.metadata: dict[str, str] = {}
+
+    def __enter__(self) -> OrtRunner:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        missing = [p for p in self.providers if p not in available]
+        if missing:
+            raise HiapError(f"ONNX Runtime here lacks {missing} (it has {available}); install the matching build.")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.intra_op_threads
+        opts.inter_op_num_threads = self.inter_op_threads
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.graph_optimization_level]
+        opts.log_severity_level = 3  # warnings about unused initializers etc. say nothing to a bench user
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise HiapError(
+                f"Model '{self.path}' is corrupt or truncated: ONNX Runtime cannot load it ({first})."
+            ) from None
+        self.inputs = [_spec(a) for a in self.session.get_inputs()]
+        self.outputs = [_spec(a) for a in self.session.get_outputs()]
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.session = None
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for spec in self.inputs:
+            if spec.name not in feeds:
+                raise HiapError(f"Missing input '{spec.name}' (the model takes {[s.name for s in self.inputs]}).")
+            spec.check(feeds[spec.name])
+        values = self.session.run(None, feeds)
+        return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
+
+    def describe(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        return {
+            "runtime": "onnxruntime",
+            "version": ort.__version__,
+            "providers": self.session.get_providers() if self.session else self.providers,
+            "intra_op_threads": self.intra_op_threads,
+            "inter_op_threads": self.inter_op_threads,
+            "graph_optimization_level": self.graph_optimization_level,
+            "precision": "fp32",
+        }

@@ -1,0 +1,101 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devices.host import detect_host, profile_mismatch
+from devices.profile import all_profiles, load_profile, profiles_dir, read_profile, version_in_range
+from hiap.errors import HiapError
+
+REQUIRED = {"jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "rpi5", "rpi4", "x86-cpu", "cuda-gpu"}
+
+
+def test_every_shipped_profile_loads_and_names_are_unique() -> None:
+    profiles = all_profiles()
+    assert set(profiles) >= REQUIRED
+    names = [a for p in profiles.values() for a in (p.name, *p.aliases)]
+    assert len(names) == len(set(names))
+    assert load_profile("jetson-orin").name == "jetson-agx-orin"
+    for p in profiles.values():
+        assert p.budgets.latency_p99_ms >= p.budgets.latency_p50_ms > 0
+        assert (p.runtime == "trt") == (p.precision == "fp16")
+        assert p.max_opset >= 17 or p.name.endswith("jp5")
+
+
+def _write(tmp_path: Path, edit: dict) -> Path:
+    body = yaml.safe_load((profiles_dir() / "x86-cpu.yaml").read_text())
+    for dotted, value in edit.items():
+        node = body
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        if value is KeyError:
+            del node[last]
+        else:
+            node[last] = value
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"budgets.latency_p50": 5}, "Did you mean 'latency_p50_ms'"),
+        ({"budgets.latency_p50_ms": "fast"}, "'budgets.latency_p50_ms' must be a number"),
+        ({"budgets.latency_p99_ms": 1}, "is below latency_p50_ms"),
+        ({"runtime": "tflite"}, "'runtime' must be 'ort' or 'trt'"),
+        ({"ort": KeyError}, "'ort' section is required"),
+        ({"precision": "fp16"}, "must be 'fp32' with runtime 'ort'"),
+        ({"software.onnxruntime": "1.17"}, "expected a comparison"),
+        ({"budgets.min_top1_agreement": 2}, "fraction"),
+        ({"batch": True}, "'batch' must be an integer"),
+        ({"schema_version": 9}, "this hiap reads version 1"),
+    ],
+)
+def test_bad_profiles_name_the_key(tmp_path: Path, edit: dict, message: str) -> None:
+    with pytest.raises(HiapError, match=message.replace("(", r"\(")):
+        read_profile(_write(tmp_path, edit))
+
+
+def test_unknown_device_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(HiapError, match="Did you mean 'rpi5'"):
+        load_profile("rpi6")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(HiapError, match="not valid YAML at line"):
+        load_profile(str(bad))
+
+
+def test_version_ranges() -> None:
+    assert version_in_range("10.3.0.30", ">=10.3,<10.4")
+    assert not version_in_range("10.4.0", ">=10.3,<10.4")
+    assert not version_in_range("8.5.2", ">=10.3,<10.4")
+    assert version_in_range("1.32.0", ">=1.16")
+    assert version_in_range("10.3.1", "==10.3")
+
+
+def _fake_root(tmp_path: Path, model: str = "", tegra: str = "", cpuinfo: str = "") -> Path:
+    for rel, text in (("proc/device-tree/model", model + "\x00"), ("etc/nv_tegra_release", tegra),
+                      ("proc/cpuinfo", cpuinfo)):  # fmt: skip
+        if text.strip("\x00"):
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).write_text(text)
+    return tmp_path
+
+
+def test_host_detection_jetson_pi_and_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HIAP_EMULATION", raising=False)
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    jetson = detect_host(_fake_root(tmp_path / "j", "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",
+                                    "# R36 (release), REVISION: 4.3, GCID: 38968081"))  # fmt: skip
+    assert (jetson.board, jetson.l4t) == ("jetson", "36")
+    assert profile_mismatch(load_profile("jetson-orin-nano"), jetson) == ""
+    assert "L4T R35" in profile_mismatch(load_profile("jetson-orin-nano-jp5"), jetson)
+    assert "AGX Orin" in profile_mismatch(load_profile("jetson-agx-orin"), jetson)
+    assert "is for x86_64" in profile_mismatch(load_profile("x86-cpu"), jetson)
+    pi = detect_host(_fake_root(tmp_path / "p", "Raspberry Pi 5 Model B Rev 1.0"))
+    assert pi.board == "raspberry-pi" and profile_mismatch(load_profile("rpi5"), pi) == ""
+    assert "Raspberry Pi 4" in profile_mismatch(load_profile("rpi4"), pi)
+    emulated = detect_host(_fake_root(tmp_path / "q", cpuinfo="vendor_id\t: GenuineIntel\nmodel name\t: Xeon\n"))
+    assert emulated.emulated and "emulated" in profile_mismatch(load_profile("rpi5"), emulated)

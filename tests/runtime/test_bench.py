@@ -1,0 +1,109 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from hiap.cli import app
+from runtime.harness import latency_stats
+
+FAST = ["--iterations", "20", "--warmup", "2", "--min-seconds", "0"]
+
+
+def test_bench_pruned_vs_dense_meets_and_fails_budgets(exported_pair: dict, tmp_path: Path) -> None:
+    pruned, dense = exported_pair["pruned"], exported_pair["dense"]
+    out = tmp_path / "bench.json"
+    args = ["bench", str(pruned), "--device", "x86-cpu", "--data", "builtin", "--limit", "256", "--compare",
+            str(dense), "--max-acc-drop", "100", *FAST]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "budgets" in result.output and "speedup p50" in result.output
+    report = json.loads(out.read_text())
+    assert report["passed"] and report["measured_on_target"]
+    assert report["fidelity"]["images"] == 8
+    assert report["fidelity"]["max_abs_diff"] <= 1e-4 and report["fidelity"]["top1_agreement"] == 1.0
+    assert report["accuracy"]["model"]["images"] == report["accuracy"]["dense"]["images"] == 256
+    assert report["accuracy"]["reference"] == "dense model measured here on the same data"
+    meta = report["model"]
+    dense_gmacs = json.loads(meta["dense_gmacs"])
+    assert report["compare"]["mac_ratio"] == pytest.approx(dense_gmacs / json.loads(meta["gmacs"]))
+    assert report["latency"]["model"]["runs"] >= 20 and report["latency"]["dense"]["runs"] >= 20
+    env = report["environment"]
+    assert env["runner"]["runtime"] == "onnxruntime" and env["runner"]["intra_op_threads"] == 2
+    failing = CliRunner().invoke(app, [*args, "--budget-ms", "0.001"])
+    assert failing.exit_code == 1
+    assert "latency_p50_ms" in failing.output and "over by" in failing.output
+
+
+def test_latency_stats_values() -> None:
+    stats = latency_stats([float(v) for v in range(1, 101)], batch=2, warmup=0)
+    assert stats.p50 == pytest.approx(50.5) and stats.p99 == pytest.approx(99.01)
+    assert stats.mean == pytest.approx(50.5) and stats.throughput_fps == pytest.approx(2000 / 50.5)
+    assert (stats.min, stats.max, stats.runs) == (1.0, 100.0, 100)
+
+
+@pytest.mark.parametrize(
+    ("make", "extra", "message"),
+    [
+        (lambda d: d / "missing.onnx", [], "does not exist"),
+        (lambda d: (d / "r.onnx").write_bytes(b"\x08\x07garbage" * 50) and d / "r.onnx", [], "corrupt or truncated"),
+        (lambda d: d / "t.onnx", [], "corrupt or truncated"),
+        (lambda d: (d / "e.engine").write_bytes(b"x" * 64) and d / "e.engine", [], "runs ONNX Runtime"),
+        (lambda d: d / "pruned.onnx", ["--device", "rpi6"], "Did you mean 'rpi5'"),
+        (lambda d: d / "pruned.onnx", ["--device", "rpi5"], "is for aarch64 but this host is x86_64"),
+        (lambda d: d / "pruned.onnx", ["--golden", "GOLD"], "Golden inputs are"),
+    ],
+)
+def test_bench_bad_input_is_one_line_exit_2(exported_pair: dict, tmp_path: Path, make, extra, message) -> None:
+    pruned = exported_pair["pruned"]
+    (tmp_path / "t.onnx").write_bytes(pruned.read_bytes()[: pruned.stat().st_size // 2])
+    (tmp_path / "pruned.onnx").write_bytes(pruned.read_bytes())
+    gold = tmp_path / "gold.npz"
+    np.savez(gold, inputs=np.zeros((2, 3, 9, 9), np.float32), logits=np.zeros((2, 10), np.float32))
+    extra = [str(gold) if e == "GOLD" else e for e in extra]
+    device = [] if "--device" in extra else ["--device", "x86-cpu"]
+    result = CliRunner().invoke(app, ["bench", str(make(tmp_path)), *device, *extra, *FAST])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_allow_mismatch_labels_every_figure(exported_pair: dict, tmp_path: Path) -> None:
+    out = tmp_path / "b.json"
+    args = ["bench", str(exported_pair["pruned"]), "--device", "rpi5", "--allow-mismatch", "--json", str(out), *FAST]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert not report["measured_on_target"] and report["label"].startswith("NOT MEASURED ON rpi5")
+    assert "NOT MEASURED ON rpi5" in result.output.replace("\n", " ")
+
+
+BLOCK_HEAVY_IMPORTS = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'timm', 'onnx', 'onnxsim', 'onnxscript', 'torchvision', 'safetensors'):
+            raise ImportError('blocked for this test: ' + name)
+sys.meta_path.insert(0, _Block())
+sys.argv = ['hiap'] + sys.argv[1:]
+from hiap.cli import main
+main()
+"""
+
+
+def test_runtime_devices_and_bench_run_without_torch(exported_pair: dict, tmp_path: Path) -> None:
+    """The device install has no torch, timm or onnx: importing any of them anywhere on this path fails the run."""
+    out = tmp_path / "b.json"
+    cmd = [sys.executable, "-c", BLOCK_HEAVY_IMPORTS, "bench", str(exported_pair["pruned"]), "--data", "builtin",
+           "--limit", "64", "--compare", str(exported_pair["dense"]), "--max-acc-drop", "100", "--json", str(out),
+           *FAST]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["device"] == "x86-cpu" and report["fidelity"]["max_abs_diff"] <= 1e-4
+    probe = "import runtime.bench, runtime.trt_runner, devices.host, devices.profile, sys; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch','timm','onnx')))"  # noqa: E501
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert done.stdout.strip() == "[]", done.stderr[-1000:]

@@ -1,0 +1,32 @@
+"""TensorRT build and run: opt-in (`-m tensorrt`), needs tensorrt, cuda-python and an NVIDIA GPU."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.tensorrt
+pytest.importorskip("tensorrt", exc_type=ImportError)
+pytest.importorskip("cuda", exc_type=ImportError)
+
+
+def test_engine_build_sidecar_and_fidelity(exported_pair: dict, tmp_path: Path) -> None:
+    from runtime.harness import fidelity
+    from runtime.trt_runner import TrtRunner, build_engine, read_sidecar
+
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(exported_pair["pruned"].read_bytes())
+    engine = tmp_path / "model.engine"
+    sidecar = build_engine(onnx_path, engine, fp16=True, timing_cache=tmp_path / "timing.cache",
+                           metadata={"plan_hash": "x"})  # fmt: skip
+    assert engine.is_file() and (tmp_path / "timing.cache").is_file()
+    assert read_sidecar(engine)["plan_hash"] == "x" and sidecar["layernorm_fp32_layers"]
+    with TrtRunner(engine) as runner:
+        result = fidelity(runner, exported_pair["pruned"].with_name("golden.npz"), 1)
+    assert result["max_abs_diff"] < 5e-2 and result["top1_agreement"] == 1.0
+    bad = json.loads((tmp_path / "model.engine.json").read_text()) | {"tensorrt_version": "0.0"}
+    (tmp_path / "model.engine.json").write_text(json.dumps(bad))
+    from hiap.errors import HiapError
+
+    with pytest.raises(HiapError, match="Engines are not portable"), TrtRunner(engine):
+        pass
