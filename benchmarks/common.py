@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 
@@ -28,6 +29,15 @@ def environment(recipe: str) -> dict[str, Any]:
         "hiap": __version__,
         "recipe": recipe,
     }
+
+
+def latency_ms(session: Any, x: np.ndarray, iters: int) -> float:
+    """Mean milliseconds of `iters` ONNX Runtime calls on input x (callers alternate models between calls)."""
+    name = session.get_inputs()[0].name
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        session.run(None, {name: x})
+    return (time.perf_counter() - t0) / iters * 1e3
 
 
 def train_run(**overrides: Any) -> dict[str, Any]:

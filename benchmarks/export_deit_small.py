@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from common import environment, write_results
+from common import environment, latency_ms, write_results
 
 from export.compact import build_compact, padded_structure
 from export.onnx_io import onnx_cost, ort_run, simplify_onnx, torch2onnx
@@ -37,14 +37,6 @@ def plan_near(geom, target_gmacs: float) -> Structure:
         if structure_macs(geom, s) / 1e9 <= target_gmacs:
             return s
     raise SystemExit("no plan reaches the target")
-
-
-def latency_ms(session: ort.InferenceSession, x: np.ndarray, iters: int) -> float:
-    name = session.get_inputs()[0].name
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        session.run(None, {name: x})
-    return (time.perf_counter() - t0) / iters * 1e3
 
 
 def main() -> None:

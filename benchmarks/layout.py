@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from common import environment, write_results
+from common import environment, latency_ms, write_results
 from torch import nn
 
 from export.compact import build_compact, padded_structure
@@ -98,14 +97,6 @@ def grouped_model(vit: nn.Module, structure: Structure) -> nn.Module:
         if blk.attn is not None:
             blk.attn = GroupedAttention(src.attn, plan)
     return compact
-
-
-def latency_ms(session: ort.InferenceSession, x: np.ndarray, iters: int) -> float:
-    name = session.get_inputs()[0].name
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        session.run(None, {name: x})
-    return (time.perf_counter() - t0) / iters * 1e3
 
 
 def main() -> None:

@@ -92,6 +92,7 @@ def pipeline(
     out: str = typer.Option(None, help="Run directory (default runs/<name>)."),
     device: str = typer.Option(None, "--bench-device", help="Device profile to bench on (default: this host's)."),
     budget_ms: float = typer.Option(None, help="p50 latency budget in ms for the bench (default: the profile's)."),
+    max_acc_drop: float = typer.Option(None, help="Largest top-1 drop vs dense, percentage points (default: 1)."),
 ) -> None:
     """The main job: train the gates, export pruned and dense ONNX, and bench both on this host (exit 1 on a
     missed budget). With no options it runs the built-in model on the built-in data, offline."""
@@ -120,7 +121,8 @@ def pipeline(
         _print_export(reports[dense], src.model, out_dir, 8)
     console.rule(f"3/3 bench on {bench_device}")
     opts = BenchOptions(device=bench_device, data="builtin" if cfg.data == "builtin" else None,
-                        compare=run / "export-dense" / "model.onnx", budget_ms=budget_ms)  # fmt: skip
+                        compare=run / "export-dense" / "model.onnx", budget_ms=budget_ms,
+                        max_acc_drop=max_acc_drop)  # fmt: skip
     report = run_bench(run / "export" / "model.onnx", opts)
     write_json_atomic(run / "bench.json", report)
     print_bench(report)

@@ -143,3 +143,31 @@ def test_all_kept_plan_equals_timms_own_onnx_export(tmp_path: Path) -> None:
     x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
     assert np.abs(ort_run(ours, x) - ort_run(theirs, x)).max() <= 1e-5
     assert onnx_cost(ours) == onnx_cost(theirs)
+
+
+def test_dense_export_of_a_run_is_the_model_it_started_from(tmp_path: Path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from hiap.cli import app
+    from hiap.models import create_model
+
+    start = create_model("hiap_vit_fmnist_tiny", num_classes=10).eval()
+    weights = tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in start.state_dict().items()}, str(weights))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train_images: 256\nbatch_size: 64\n")
+    run = tmp_path / "run"
+    args = ["train", "--model", "hiap_vit_fmnist_tiny", "--pretrained", str(weights), "--epochs", "1"]
+    assert CliRunner().invoke(app, [*args, "--config", str(cfg), "--out", str(run)]).exit_code == 0
+    result = CliRunner().invoke(app, ["export", str(run), "--dense", "--no-simplify"])
+    assert result.exit_code == 0, result.output
+    x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        ref = start(torch.from_numpy(x)).numpy()
+    assert np.abs(ort_run(run / "export-dense" / "model.onnx", x) - ref).max() <= 1e-4
+    meta = {p.key: p.value for p in onnx.load(str(run / "export-dense" / "model.onnx")).metadata_props}
+    summary = json.loads((run / "summary.json").read_text())
+    assert json.loads(meta["reference_val_acc"]) == summary["dense_val_acc"]

@@ -107,3 +107,18 @@ def test_runtime_devices_and_bench_run_without_torch(exported_pair: dict, tmp_pa
     probe = "import runtime.bench, runtime.trt_runner, devices.host, devices.profile, sys; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch','timm','onnx')))"  # noqa: E501
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
     assert done.stdout.strip() == "[]", done.stderr[-1000:]
+
+
+def test_pipeline_trains_exports_and_benches(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: hiap_vit_fmnist_tiny\npretrained: none\ntrain_images: 256\nbatch_size: 64\n")
+    run = tmp_path / "run"
+    args = ["pipeline", "--config", str(cfg), "--epochs", "1", "--out", str(run), "--max-acc-drop", "100"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for name in ("checkpoint.safetensors", "export/model.onnx", "export/golden.npz", "export-dense/model.onnx"):
+        assert (run / name).is_file(), name
+    report = json.loads((run / "bench.json").read_text())
+    assert report["device"] == "x86-cpu" and report["accuracy"]["model"]["images"] == 3000
+    assert report["fidelity"]["max_abs_diff"] <= 1e-4 and report["compare"]["mac_ratio"] >= 1
+    assert "all budgets met" in result.output
