@@ -38,7 +38,6 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "trt": (dict, False),
     "trt.workspace_mb": (int, True),
     "trt.layernorm_fp32": (bool, True),
-    "trt.cuda_graph": (bool, False),
     "software": (dict, True),
     "software.onnxruntime": (str, False),
     "software.tensorrt": (str, False),
@@ -139,6 +138,13 @@ def validate(body: Any, source: str) -> DeviceProfile:
             raise fail(key, f"must be {_type_name(kind)}, got {value!r}")
         if not isinstance(value, kind):
             raise fail(key, f"must be {_type_name(kind)}, got {value!r}")
+    for key in ("aliases", "host.model_contains", "ort.providers"):
+        present, value = _get(body, key)
+        if present and not all(isinstance(v, str) for v in value):
+            raise fail(key, f"must be a list of strings, got {value!r}")
+    present, threads = _get(body, "ort.intra_op_threads")
+    if present and threads > 256:
+        raise fail("ort.intra_op_threads", f"is {threads}; at most 256 (0 lets ONNX Runtime choose)")
     if body["schema_version"] != SCHEMA_VERSION:
         raise fail("schema_version", f"is {body['schema_version']}; this hiap reads version {SCHEMA_VERSION}")
     if body["runtime"] not in ("ort", "trt"):
@@ -203,9 +209,11 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 
 def read_profile(path: Path) -> DeviceProfile:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise HiapError(f"Device profile '{path}' cannot be read: {exc.strerror}.") from None
+    except UnicodeDecodeError:
+        raise HiapError(f"Device profile '{path}' is not UTF-8 text.") from None
     try:
         body = yaml.safe_load(text)
     except yaml.YAMLError as exc:

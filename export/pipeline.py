@@ -72,9 +72,10 @@ def source_from_run(run: Path, dense: bool = False) -> Source:
     vit = create_model(state["model"], num_classes=state["num_classes"]).eval()
     origin = str(run)
     pretrained = str(config.get("pretrained", "none"))
-    if dense and not config.get("dense", False) and pretrained != "none":
-        described, _ = load_pretrained(vit, state["model"], pretrained)
-        if described == "random init":
+    reference_valid = bool(state.get("dense_reference_valid", True))
+    if dense and not config.get("dense", False) and pretrained != "none" and reference_valid:
+        described, notes = load_pretrained(vit, state["model"], pretrained)
+        if described == "random init" or notes:
             load_weights(vit, ckpt.model, str(run))
         else:
             origin = f"{run} (dense start: {described})"
@@ -90,7 +91,8 @@ def source_from_run(run: Path, dense: bool = False) -> Source:
     val_acc = state.get("dense_val_acc") if start else state.get("val_acc")
     return Source(vit, gated, masks, masks_to_structure(masks), state["model"], state["num_classes"],
                   list(state.get("classes", [])), state["data_config"], val_acc,
-                  config.get("data") == "builtin", origin, state.get("dense_val_acc"))  # fmt: skip
+                  config.get("data") == "builtin", origin,
+                  state.get("dense_val_acc") if reference_valid else None)  # fmt: skip
 
 
 def source_from_plan(model: str, plan_path: Path, pretrained: str = "auto") -> Source:

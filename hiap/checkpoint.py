@@ -2,11 +2,13 @@
 
 Nothing in a checkpoint is pickled: tensors go through safetensors, everything else is JSON in the file's
 string metadata. Writes go to a temporary file in the same folder, are fsynced, then renamed over the old
-checkpoint, so a crash never leaves a half-written file under the real name.
+checkpoint, so a crash never leaves a half-written file under the real name; a sha256 of every tensor's bytes in
+the metadata catches a file damaged after it was written (disk, copy), which safetensors alone may load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from typing import Any
 
 import torch
 
-from hiap import __version__
+from hiap import __version__, faults
 from hiap.errors import HiapError
 
 FORMAT = "hiap-checkpoint"
@@ -53,6 +55,16 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict[str
     return {"state": state, "param_groups": groups}
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of every tensor, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     from safetensors.torch import save_file
 
@@ -72,13 +84,38 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         "state": json.dumps(ckpt.state),
         "optimizer_groups": json.dumps(groups),
         "has_optimizer": "1" if ckpt.optimizer is not None else "0",
+        "tensors_sha256": tensors_digest(tensors),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, str(tmp), metadata=metadata)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    faults.point("checkpoint-write")
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename durable (the directory entry), where the platform allows opening a directory."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Temporary checkpoint files a killed process left behind (never loaded: they may be partial)."""
+    stale = sorted(folder.glob(f".{CHECKPOINT_NAME}.tmp-*"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -97,6 +134,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise HiapError(f"Checkpoint '{path}' is truncated or corrupted ({exc}).") from None
     if meta.get("format") != FORMAT:
         raise HiapError(f"'{path}' is a safetensors file but not a hiap checkpoint (no '{FORMAT}' metadata).")
+    digest = meta.get("tensors_sha256")
+    if digest is not None and digest != tensors_digest(tensors):
+        raise HiapError(f"Checkpoint '{path}' fails its checksum: its tensors were damaged after it was written.")
     try:
         config, state = json.loads(meta["config"]), json.loads(meta["state"])
         groups = json.loads(meta.get("optimizer_groups", "[]"))

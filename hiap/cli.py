@@ -79,8 +79,10 @@ def train(
     )  # fmt: skip
     cfg = resolve_config(config, values)
     console = Console()
-    summary = Trainer(cfg, console, resume=resume).run()
-    console.print(summary_table(summary))
+    trainer = Trainer(cfg, console, resume=resume)
+    summary = trainer.run()
+    if trainer.dist.is_main:  # under torchrun, one table
+        console.print(summary_table(summary))
 
 
 @app.command()
@@ -98,6 +100,8 @@ def pipeline(
     missed budget). With no options it runs the built-in model on the built-in data, offline."""
     from rich.console import Console
 
+    from devices.host import detect_host, profile_mismatch
+    from devices.profile import load_profile
     from export.pipeline import export_source, source_from_run
     from hiap.config import resolve_config
     from hiap.progress import summary_table
@@ -105,7 +109,12 @@ def pipeline(
     from runtime.bench import BenchOptions, run_bench
     from runtime.trt_runner import write_json_atomic
 
-    bench_device = device or _host_device()  # before training: an unknown device must not cost a training run
+    # Before training: an unknown or mismatched device must not cost a training run.
+    bench_device = device or _host_device()
+    mismatch = profile_mismatch(load_profile(bench_device), detect_host())
+    if mismatch:
+        raise HiapError(f"{mismatch}: the pipeline benches on this host; pick its profile or run hiap bench on the "
+                        "device with the exported model.")  # fmt: skip
     cfg = resolve_config(config, {"target_macs": target_macs, "epochs": epochs, "out": out})
     console = Console()
     console.rule("1/3 train")
@@ -200,6 +209,13 @@ def export(
 
     if format not in ("onnx", "engine"):
         raise HiapError(f"--format {format}: choose onnx or engine.")
+    if format == "engine" and target is not None:
+        from devices.profile import load_profile
+
+        if load_profile(target).runtime != "trt":
+            raise HiapError(
+                f"--format engine: device '{target}' runs ONNX Runtime, not TensorRT; export --format onnx."
+            )
     if (run is None) == (model is None or plan is None):
         raise HiapError("Give either RUN (a run directory or checkpoint) or both --model and --plan.")
     if run is not None:
@@ -218,7 +234,7 @@ def export(
             f"no findings (opset {check['opset']}, {len(check['operators'])} operator types)"
         ]:
             typer.echo(f"device check {check['device']}: {line}")
-    if format == "engine":
+    if format == "engine" and (check is None or check["passed"]):
         _export_engine(out_dir, report, device_name, dynamic_batch)
     if check is not None and not check["passed"]:
         typer.echo(f"error: model.onnx will not run on {check['device']} as exported (see above).", err=True)
@@ -292,6 +308,13 @@ def bench(
 
     if device is None:
         device = _host_device()
+    if json_out is not None:  # checked before the bench runs, not after minutes of measuring
+        if json_out.is_dir():
+            raise HiapError(f"--json '{json_out}' is a directory: give a file name such as {json_out / 'bench.json'}.")
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HiapError(f"--json '{json_out}': cannot create its folder ({exc.strerror}).") from None
     opts = BenchOptions(device=device, data=data, golden=golden, budget_ms=budget_ms, max_acc_drop=max_acc_drop,
                         compare=compare, allow_mismatch=allow_mismatch, iterations=iterations, warmup=warmup,
                         min_seconds=min_seconds, limit=limit)  # fmt: skip
@@ -299,7 +322,6 @@ def bench(
     if json_out is not None:
         from runtime.trt_runner import write_json_atomic
 
-        json_out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(json_out, report)
     print_bench(report)
     if not report["passed"]:
@@ -368,6 +390,7 @@ def print_bench(report: dict[str, Any]) -> None:
                      f"top-1 agreement {f['top1_agreement']:.0%}")  # fmt: skip
     if report.get("label"):
         notes.append(report["label"])
+    notes += [f"protocol: {w}" for w in report.get("protocol_warnings", [])]
     if report.get("note"):
         notes.append(report["note"])
     table.caption = "\n".join(notes)

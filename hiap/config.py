@@ -50,6 +50,7 @@ class TrainConfig:
     device: str = "auto"  # 'auto', 'cpu', 'cuda' or 'cuda:N'
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU, where runs stay deterministic)
     workers: int = 2  # DataLoader workers for ImageFolder data
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: 'stop' (name the step and last good checkpoint) or 'skip'
     out: str = ""  # output directory; default runs/<name>
     name: str = ""  # run name; default derived from model and target
 
@@ -61,6 +62,8 @@ class TrainConfig:
         for key in ("min_value_frac", "min_neuron_frac", "kd_alpha", "label_smoothing", "drop_path", "min_lr_ratio"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise HiapError(f"Config '{key}' must lie in [0, 1], got {getattr(self, key)}.")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise HiapError(f"Config 'on_nonfinite' must be 'stop' or 'skip', got '{self.on_nonfinite}'.")
         if self.gate_mode not in ("hard", "soft"):
             raise HiapError(f"Config 'gate_mode' must be 'hard' or 'soft', got '{self.gate_mode}'.")
         if self.k_min < 1:

@@ -23,7 +23,9 @@ class Dataset(Protocol):
     num_val: int
     description: str
 
-    def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]: ...
+    def train_batches(
+        self, epoch: int, batch_size: int, seed: int, rank: int = 0, world: int = 1
+    ) -> Iterator[Batch]: ...
 
     def val_batches(self, batch_size: int) -> Iterator[Batch]: ...
 
@@ -78,15 +80,22 @@ class BuiltinData:
         flip = torch.rand(b, generator=generator) < 0.5
         return torch.where(flip[:, None, None], out.flip(-1), out)
 
-    def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
-        # The order and augmentation of an epoch depend only on (seed, epoch): resume replays them exactly.
+    def train_batches(self, epoch: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        """Global batches of `batch_size`; under DDP each rank gets its contiguous 1/world share of every one.
+
+        The order and augmentation of an epoch depend only on (seed, epoch): resume replays them exactly, and a
+        2-rank run sees the same images per step as a 1-rank run with the same global batch. Every rank draws the
+        whole batch's augmentation (cheap for in-memory 28x28 images) so the generator stays in step."""
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(self.num_train, generator=gen)
+        share = batch_size // world
         for start in range(0, self.num_train - batch_size + 1, batch_size):  # drop the last partial batch
             idx = order[start : start + batch_size]
             images = self.x_train[idx]
             if self.augment:
                 images = self._augment(images, gen)
+            if world > 1:
+                images, idx = images[rank * share : (rank + 1) * share], idx[rank * share : (rank + 1) * share]
             yield self._prepare(images), self.y_train[idx]
 
     def val_batches(self, batch_size: int) -> Iterator[Batch]:
@@ -138,8 +147,19 @@ class ImageFolderData:
         )
         yield from loader
 
-    def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
-        return self._loader(self.train_set, batch_size, True, seed * 100_003 + epoch)
+    def train_batches(self, epoch: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        if world == 1:
+            return self._loader(self.train_set, batch_size, True, seed * 100_003 + epoch)
+        # DDP: each rank reads only its shard (DistributedSampler), batch_size / world images per step.
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            self.train_set, batch_size=batch_size // world, sampler=sampler, drop_last=True,
+            num_workers=self.workers,
+        )  # fmt: skip
+        return iter(loader)
 
     def val_batches(self, batch_size: int) -> Iterator[Batch]:
         return self._loader(self.val_set, batch_size, False, 0)

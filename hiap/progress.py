@@ -37,6 +37,9 @@ class TrainProgress:
         self.progress.__exit__(et, ev, tb)
 
     def advance(self, epoch: int, epochs: int, parts: dict[str, float]) -> None:
+        if "skipped" in parts:  # a non-finite step dropped under on_nonfinite: skip
+            self.progress.update(self.task, advance=1, epoch=f"{epoch}/{epochs}", info="step skipped (non-finite)")
+            return
         info = f"loss {parts['loss']:.3f} tau {parts['tau']:.2f}"
         if "expected_frac" in parts:
             info += f" MACs E {parts['expected_frac']:.1%} hard {parts['hard_frac']:.1%} / target {self.target:.1%}"
@@ -47,6 +50,7 @@ class TrainProgress:
             f"epoch {record['epoch']}: val acc {record['val_acc']:.4f}, hard {record['hard_gmacs'] * 1e3:.2f} MMACs "
             f"(target {record['target_gmacs'] * 1e3:.2f}), heads {sum(record['kept_heads'])}, "
             f"neurons {sum(record['kept_neurons'])}, {record['epoch_seconds']:.1f} s"
+            + (f", {record['skipped_steps']} non-finite steps skipped so far" if record.get("skipped_steps") else "")
         )
 
 

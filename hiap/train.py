@@ -16,9 +16,10 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from hiap import __version__
+from hiap import __version__, faults
+from hiap import distributed as dd
 from hiap.budget import BudgetController, check_target, parse_target
-from hiap.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from hiap.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from hiap.config import TrainConfig, write_yaml
 from hiap.cost import Structure, structure_params
 from hiap.data import Dataset, create_data
@@ -29,7 +30,7 @@ from hiap.loss import feasibility_loss, mac_penalty, polarization_loss, task_los
 from hiap.models import create_model, data_config, load_pretrained
 
 # Config keys that may differ when a run is resumed (they do not change what is computed).
-RESUMABLE_CHANGES = {"device", "workers", "amp"}
+RESUMABLE_CHANGES = {"device", "workers", "amp", "on_nonfinite"}
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,14 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) 
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
 
 
-def select_device(spec: str) -> torch.device:
+def select_device(spec: str, local_rank: int | None = None) -> torch.device:
+    """The device for `spec`; under torchrun with CUDA each process takes the GPU of its LOCAL_RANK."""
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise HiapError(f"--device {spec} was asked for but CUDA is not available here: use --device cpu.")
+    if spec == "cuda" and local_rank is not None:
+        spec = f"cuda:{local_rank}"
     return torch.device(spec)
 
 
@@ -126,10 +130,25 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, console: Console | None = None, resume: bool = False) -> None:
         self.cfg = cfg
-        self.console = console or Console()
+        self.dist = dd.from_env()
+        # Under torchrun only rank 0 talks and writes; the others compute the same steps in silence.
+        self.console = (console or Console()) if self.dist.is_main else Console(quiet=True)
         self.resume = resume
-        self.paths = RunPaths(resolve_run_dir(cfg, resume))
+        self.device = select_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
+        dd.init(self.dist, self.device)
+        self.paths = RunPaths(self._agree_on_run_dir(resolve_run_dir(cfg, resume) if self.dist.is_main else Path()))
         self.notes: list[str] = []
+        self.skipped_steps = 0
+
+    def _agree_on_run_dir(self, mine: Path) -> Path:
+        """Rank 0 picks the run directory (a default name may get a -2 suffix); every rank uses that one."""
+        if not self.dist.enabled:
+            return mine
+        encoded = torch.zeros(4096, dtype=torch.uint8, device=self.device)
+        raw = str(mine).encode()[:4096]
+        encoded[: len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
+        torch.distributed.broadcast(encoded, src=0)
+        return Path(bytes(encoded.cpu().tolist()).rstrip(b"\x00").decode())
 
     # --- setup -------------------------------------------------------------------------------------------
     def _load_resume(self) -> Checkpoint | None:
@@ -151,7 +170,8 @@ class Trainer:
         cfg = self.cfg
         self.ckpt = self._load_resume()
         torch.manual_seed(cfg.seed)
-        self.device = select_device(cfg.device)
+        if cfg.batch_size % self.dist.world:
+            raise HiapError(f"Batch size {cfg.batch_size} must divide evenly over {self.dist.world} processes.")
         vit = create_model(cfg.model, drop_path_rate=cfg.drop_path)
         self.data_cfg = data_config(vit)
         self.data: Dataset = create_data(cfg.data, self.data_cfg, workers=cfg.workers)
@@ -161,6 +181,8 @@ class Trainer:
         self.geometry = describe_vit(vit)  # fail early on unsupported models, before loading anything
         self.weights_source, notes = load_pretrained(vit, cfg.model, cfg.pretrained)
         self.notes += notes
+        # A classifier that starts fresh makes the dense start chance-level: not a reference for accuracy drops.
+        self.dense_reference_valid = not any("starts fresh" in n for n in notes)
         self.vit = vit.to(self.device)
         self.dense_macs = self.geometry.dense_macs
         self.dense_params = self.geometry.dense_params
@@ -191,6 +213,15 @@ class Trainer:
         self.dense_val_acc: float | None = None
         if self.ckpt is not None:
             self._restore(self.ckpt)
+        # What the training forward calls: the model itself, or its DistributedDataParallel wrapper under
+        # torchrun (gradients of weights and gate logits are averaged, so every rank keeps the same gates).
+        core: nn.Module = self.gated if self.gated is not None else self.vit
+        self.forward_model: nn.Module = core
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = DistributedDataParallel(core, device_ids=ids)
         # Hard MACs of the current gates, refreshed after every optimizer step (computed once per step).
         self.hard_fraction = self.gated.hard_macs() / self.dense_macs if self.gated is not None else 1.0
         self.last_val_acc: float | None = None
@@ -207,8 +238,9 @@ class Trainer:
         self.start_epoch, self.step = int(st["epoch"]), int(st["step"])
         self.controller.load_state(st["controller"])
         self.dense_val_acc = st.get("dense_val_acc")
+        self.skipped_steps = int(st.get("skipped_steps", 0))
         # Metrics of epochs after the checkpoint (a crash between writing both) are dropped, then rewritten.
-        if self.paths.metrics.exists():
+        if self.paths.metrics.exists() and self.dist.is_main:
             lines = [ln for ln in self.paths.metrics.read_text().splitlines() if ln.strip()]
             keep = [ln for ln in lines if json.loads(ln)["epoch"] <= self.start_epoch]
             self.paths.metrics.write_text("".join(ln + "\n" for ln in keep))
@@ -238,12 +270,12 @@ class Trainer:
         parts: dict[str, float] = {"tau": tau}
         with self._autocast():
             if self.gated is None:
-                logits, teacher_logits = self.vit(x), None
+                logits, teacher_logits = self.forward_model(x), None
             else:
                 gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)  # noise keyed by step
                 masks = self.gated.sample_masks(tau, gen, hard=cfg.gate_mode == "hard")
                 masks = type(masks)(**{k: v.to(self.device) for k, v in vars(masks).items()})
-                logits = self.gated(x, masks)
+                logits = self.forward_model(x, masks)
                 teacher_logits = None
                 if self.teacher is not None:
                     with torch.no_grad():
@@ -261,13 +293,15 @@ class Trainer:
             loss = loss + penalty + feas + polar_weight * polar
             parts["polarization"] = float(polar.detach())
             parts.update(pen_parts, feasibility=float(feas.detach()), penalty_scale=self.controller.scale)
-        if not torch.isfinite(loss):
-            raise HiapError(
-                f"Loss became non-finite at step {self.step}; the last good checkpoint is '{self.paths.checkpoint}'. "
-                "Lower --lr or --gate-lr and resume."
-            )
+        # Every rank must take the same branch, or the others would wait in the next all-reduce forever.
+        if not dd.all_ranks_true(self.dist, bool(torch.isfinite(loss.detach())), self.device):
+            return self._nonfinite("loss", tau)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # After DDP's all-reduce the gradients are equal on every rank, so this decision is too.
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            return self._nonfinite("gradient", tau)
         self.optimizer.step()
         parts["loss"] = float(loss.detach())
         if self.gated is not None:
@@ -279,6 +313,20 @@ class Trainer:
         self.step += 1
         return parts
 
+    def _nonfinite(self, what: str, tau: float) -> dict[str, float]:
+        """Stop with the step and the last good checkpoint named, or (on_nonfinite: skip) drop the step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.on_nonfinite == "skip":
+            self.skipped_steps += 1
+            self.step += 1  # schedules move on; the batch is simply not learned from
+            return {"tau": tau, "skipped": 1.0}
+        last = self.paths.checkpoint
+        where = f"'{last}' (resume with --resume)" if last.exists() else "none yet (no epoch has completed)"
+        raise HiapError(
+            f"Non-finite {what} at step {self.step} (epoch {self.step // self.steps_per_epoch + 1}); the last good "
+            f"checkpoint is {where}. Lower --lr or --gate-lr, or set on_nonfinite: skip to drop such batches."
+        )
+
     @torch.no_grad()
     def evaluate(self, open_gates: bool = False) -> tuple[float, float]:
         """Top-1 accuracy and loss on the validation split with hard gates (the exported network)."""
@@ -288,7 +336,9 @@ class Trainer:
         masks = None
         if self.gated is not None:  # once per evaluation, not per batch
             masks = self.gated.open_masks() if open_gates else self.gated.hard_masks()
-        for x, y in self.data.val_batches(256):
+        for i, (x, y) in enumerate(self.data.val_batches(256)):
+            if i % self.dist.world != self.dist.rank:  # under torchrun each rank validates every world-th batch
+                continue
             x, y = x.to(self.device), y.to(self.device)
             with self._autocast():
                 logits = self.gated(x, masks) if self.gated is not None else self.vit(x)
@@ -296,11 +346,21 @@ class Trainer:
             correct += int((logits.argmax(-1) == y).sum())
             total += int(y.numel())
         model.train()
+        correct, total, loss_sum = dd.sum_across(self.dist, [correct, total, loss_sum], self.device)
         return correct / total, loss_sum / total
 
     # --- outputs -----------------------------------------------------------------------------------------
     def _structure(self) -> Structure:
         return self.gated.hard_structure() if self.gated is not None else self.geometry.dense_structure()
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        """Never write a poisoned checkpoint (weights are equal on every rank, so every rank decides alike)."""
+        tensors = [*self.vit.parameters(), *(self.gated.gates.parameters() if self.gated is not None else [])]
+        if not all(bool(torch.isfinite(t).all()) for t in tensors):
+            raise HiapError(
+                f"Weights or gates became non-finite in epoch {epoch}; not writing a poisoned checkpoint. The last "
+                f"good one is '{self.paths.checkpoint}': resume from it with a lower --lr."
+            )
 
     def _save(self, epoch: int, val_acc: float) -> None:
         state = {
@@ -317,6 +377,8 @@ class Trainer:
             "target_macs": self.target_macs,
             "floors": vars(self.gated.floors) if self.gated is not None else None,
             "weights_source": self.weights_source,
+            "skipped_steps": self.skipped_steps,
+            "dense_reference_valid": self.dense_reference_valid,
         }
         gates = {k: v.detach() for k, v in self.gated.gates.as_dict().items()} if self.gated is not None else {}
         ckpt = Checkpoint(
@@ -330,9 +392,12 @@ class Trainer:
         save_checkpoint(self.paths.checkpoint, ckpt)
 
     def _epoch_record(
-        self, epoch: int, sums: dict[str, float], count: int, val: tuple[float, float], secs: float
+        self, epoch: int, sums: dict[str, float], counts: dict[str, int], val: tuple[float, float], secs: float
     ) -> dict[str, Any]:
-        means = {k: v / max(count, 1) for k, v in sums.items()}
+        # Under torchrun the epoch's sums and counts are summed over ranks: the record is the global mean.
+        keys = sorted(sums)
+        totals = dd.sum_across(self.dist, [sums[k] for k in keys] + [counts.get(k, 0) for k in keys], self.device)
+        means = {k: totals[i] / max(totals[len(keys) + i], 1) for i, k in enumerate(keys)}
         structure = self._structure()
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -353,18 +418,28 @@ class Trainer:
             "val_acc": val[0],
             "val_loss": val[1],
             "epoch_seconds": secs,
+            "skipped_steps": self.skipped_steps,
         }
         record.update(structure_summary(structure))
         return record
 
     # --- the run -----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        finally:
+            dd.shutdown(self.dist)
+
+    def _run(self) -> dict[str, Any]:
         from hiap.progress import TrainProgress
 
         self.setup()
-        cfg, paths = self.cfg, self.paths
-        paths.root.mkdir(parents=True, exist_ok=True)
-        write_yaml(paths.config, cfg.to_dict())
+        cfg, paths, main = self.cfg, self.paths, self.dist.is_main
+        if main:
+            paths.root.mkdir(parents=True, exist_ok=True)
+            write_yaml(paths.config, cfg.to_dict())
+            for stale in remove_stale_temporaries(paths.root):
+                self.console.print(f"[yellow]note:[/] removed {stale.name}, left by a process that was killed")
         for note in self.notes:
             self.console.print(f"[yellow]note:[/] {note}")
         t_start = time.perf_counter()
@@ -377,28 +452,41 @@ class Trainer:
             for epoch in range(self.start_epoch, cfg.epochs):
                 t0 = time.perf_counter()
                 sums: dict[str, float] = {}
-                count = 0
-                for i, (x, y) in enumerate(self.data.train_batches(epoch, cfg.batch_size, cfg.seed)):
+                counts: dict[str, int] = {}
+                batches = self.data.train_batches(epoch, cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world)
+                for i, (x, y) in enumerate(batches):
                     if i == self.steps_per_epoch:
                         break
                     parts = self._train_step(x, y)
+                    faults.point("step")
                     for k, v in parts.items():
                         sums[k] = sums.get(k, 0.0) + v
-                    count += 1
+                        counts[k] = counts.get(k, 0) + 1
                     progress.advance(epoch + 1, cfg.epochs, parts)
                 val = self.evaluate()
                 self.last_val_acc = val[0]
-                record = self._epoch_record(epoch + 1, sums, count, val, time.perf_counter() - t0)
-                # Metrics line first, then the checkpoint: a crash in between leaves a line ahead of the
-                # checkpoint, which --resume drops and rewrites; never a checkpoint without its line.
-                with open(paths.metrics, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                self._save(epoch + 1, val[0])
+                record = self._epoch_record(epoch + 1, sums, counts, val, time.perf_counter() - t0)
+                self._check_finite_weights(epoch + 1)
+                if main:
+                    # Metrics line first, then the checkpoint: a crash in between leaves a line ahead of the
+                    # checkpoint, which --resume drops and rewrites; never a checkpoint without its line.
+                    with open(paths.metrics, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    faults.point("metrics-written")
+                    self._save(epoch + 1, val[0])
                 progress.epoch_done(record)
         summary = self._summary(time.perf_counter() - t_start)
-        tmp = paths.summary.with_name("summary.json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, paths.summary)
+        if self.dist.enabled:
+            gates = list(self.gated.gates.parameters()) if self.gated is not None else list(self.vit.parameters())
+            spread = dd.max_spread(self.dist, gates)
+            summary["distributed"] = {"world_size": self.dist.world, "backend": torch.distributed.get_backend(),
+                                      "gate_max_abs_diff_across_ranks": spread}  # fmt: skip
+            if spread != 0.0:
+                raise HiapError(f"Ranks ended with different gates (max abs diff {spread:.3g}): report this as a bug.")
+        if main:
+            tmp = paths.summary.with_name("summary.json.tmp")
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            os.replace(tmp, paths.summary)
         return summary
 
     def _summary(self, seconds: float) -> dict[str, Any]:

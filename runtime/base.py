@@ -51,7 +51,7 @@ def batch_of(spec: TensorSpec, requested: int) -> int:
     fixed = spec.shape[0] if spec.shape else None
     if fixed is not None and requested != fixed:
         raise HiapError(
-            f"The model's batch is fixed at {fixed}; the profile or --batch asks for {requested} "
+            f"The model's batch is fixed at {fixed}; the device profile asks for {requested} "
             "(export with --dynamic-batch to choose the batch at run time)."
         )
     return fixed or requested

@@ -40,24 +40,36 @@ class BenchOptions:
 
 def _engine_for(onnx_path: Path, profile: DeviceProfile) -> Path:
     """On a TensorRT device an .onnx is built into an engine first, cached beside it per TensorRT version and GPU."""
-    from runtime.trt_runner import build_engine, gpu_name, import_tensorrt
+    from devices.profile import version_in_range
+    from runtime.trt_runner import build_engine, gpu_name, import_tensorrt, read_sidecar, sha256_file, sidecar_path
 
     trt = import_tensorrt()
     if trt is None:
         raise HiapError(f"Device '{profile.name}' runs TensorRT, which is not installed on this host; bench on the "
                         "device, or pick an ONNX Runtime profile (x86-cpu, rpi5, ...).")  # fmt: skip
+    wanted = profile.software.get("tensorrt")
+    if wanted and not version_in_range(trt.__version__, wanted):
+        raise HiapError(f"Device '{profile.name}' expects TensorRT {wanted} but this host has {trt.__version__}: "
+                        "use the profile of this JetPack/TensorRT, or pass your own profile file.")  # fmt: skip
     slug = "".join(ch if ch.isalnum() else "-" for ch in gpu_name()).strip("-").lower()
-    engine = onnx_path.with_name(f"{onnx_path.stem}.trt{trt.__version__}.{slug}.{profile.precision}.engine")
-    sidecar = engine.with_name(engine.name + ".json")
-    if not (engine.is_file() and sidecar.is_file()):
-        from runtime.ort_runner import OrtRunner
+    key = f"trt{trt.__version__}.{slug}"
+    engine = onnx_path.with_name(f"{onnx_path.stem}.{key}.{profile.precision}.engine")
+    build = {
+        "fp16": profile.precision == "fp16",
+        "layernorm_fp32": bool(profile.trt.get("layernorm_fp32", True)),
+        "workspace_mb": int(profile.trt.get("workspace_mb", 1024)),
+        "max_batch": max(32, profile.batch),
+    }
+    if engine.is_file() and sidecar_path(engine).is_file():
+        # A cached engine is reused only if it was built from this very ONNX with these settings.
+        old = read_sidecar(engine)
+        if old.get("onnx_sha256") == sha256_file(onnx_path) and old.get("build") == build:
+            return engine
+    from runtime.ort_runner import OrtRunner
 
-        with OrtRunner(onnx_path) as probe:
-            meta = dict(probe.metadata)
-        build_engine(onnx_path, engine, fp16=profile.precision == "fp16",
-                     layernorm_fp32=bool(profile.trt.get("layernorm_fp32", True)),
-                     workspace_mb=int(profile.trt.get("workspace_mb", 1024)),
-                     timing_cache=onnx_path.with_name("timing.cache"), metadata=meta)  # fmt: skip
+    with OrtRunner(onnx_path) as probe:
+        meta = dict(probe.metadata)
+    build_engine(onnx_path, engine, **build, timing_cache=onnx_path.with_name(f"timing.{key}.cache"), metadata=meta)
     return engine
 
 
@@ -76,7 +88,7 @@ def open_runner(path: Path, profile: DeviceProfile) -> Runner:
 
     check_model_file(path, (".onnx", ".engine", ".plan"))
     engine = _engine_for(path, profile) if path.suffix == ".onnx" else path
-    return TrtRunner(engine, batch=profile.batch, cuda_graph=bool(profile.trt.get("cuda_graph", False)))
+    return TrtRunner(engine, batch=profile.batch)
 
 
 def _meta_float(meta: dict[str, str], key: str) -> float | None:
@@ -118,6 +130,24 @@ def environment(host: Host, runner: Runner, profile: DeviceProfile) -> dict[str,
     }
 
 
+def protocol_warnings(profile: DeviceProfile, host: Host, power: dict[str, str]) -> list[str]:
+    """The measurement protocol's host settings that do not hold (reported, not failed: the figures stand)."""
+    out = []
+    mode = profile.protocol.get("power_mode")
+    if mode and host.board == "jetson" and mode.lower() not in power.get("power_mode", "").lower():
+        out.append(f"power mode is not {mode} (nvpmodel -q: {power.get('power_mode')!r}); run 'sudo nvpmodel -m 0'")
+    if (
+        profile.protocol.get("jetson_clocks")
+        and host.board == "jetson"
+        and "not found" in power.get("jetson_clocks", "")
+    ):
+        out.append("jetson_clocks not found: clocks may scale during the run")
+    governor = profile.protocol.get("governor")
+    if governor and power.get("governor") not in (governor, "unreadable"):
+        out.append(f"CPU governor is {power.get('governor')!r}, the protocol asks for {governor!r}")
+    return out
+
+
 def run_bench(artifact: Path, opts: BenchOptions) -> dict[str, Any]:
     """Everything `hiap bench` reports, as one dict; `passed` is False when a measured budget fails."""
     profile = load_profile(opts.device)
@@ -126,6 +156,9 @@ def run_bench(artifact: Path, opts: BenchOptions) -> dict[str, Any]:
     if mismatch and not opts.allow_mismatch:
         raise HiapError(f"{mismatch}. Bench on the device itself, or pass --allow-mismatch to measure here (every "
                         f"figure is then labelled as not measured on {profile.name}).")  # fmt: skip
+    for name, value, low in (("iterations", opts.iterations, 1), ("warmup", opts.warmup, 0), ("limit", opts.limit, 1)):
+        if value is not None and value < low:
+            raise HiapError(f"--{name} must be >= {low}, got {value}.")
     proto = profile.protocol
     warmup = opts.warmup if opts.warmup is not None else int(proto["warmup"])
     iterations = opts.iterations if opts.iterations is not None else int(proto["iterations"])
@@ -192,7 +225,9 @@ def run_bench(artifact: Path, opts: BenchOptions) -> dict[str, Any]:
     ]
     report: dict[str, Any] = {
         "artifact": str(artifact),
-        "format": artifact.suffix.lstrip("."),
+        "format": artifact.suffix.lstrip(".")
+        if profile.runtime == "ort" or artifact.suffix != ".onnx"
+        else "engine (built from onnx)",
         "size_mb": artifact.stat().st_size / 1e6,
         "device": profile.name,
         "measured_on_target": not mismatch,
@@ -213,6 +248,7 @@ def run_bench(artifact: Path, opts: BenchOptions) -> dict[str, Any]:
         )
     if profile.runtime == "trt":
         report["note"] = "TensorRT path not yet validated on hardware"
+    report["protocol_warnings"] = protocol_warnings(profile, host, env["power"])
     if "dense" in lat:
         gm, dgm = _meta_float(meta, "gmacs"), _meta_float(dense_meta, "gmacs")
         speedup = lat["dense"].p50 / lat["model"].p50

@@ -147,12 +147,15 @@ def image_folder_batches(root: Path, pre: Preprocessing, batch_size: int = 32,
     if not folders:
         raise HiapError(f"Data '{root}' has no class folders: expected ROOT/<class>/<image>.")
     names = [p.name for p in folders]
-    if pre.class_names and set(names) <= set(pre.class_names):
-        index = {n: pre.class_names.index(n) for n in names}
-    elif pre.class_names and len(pre.class_names) != len(names):
-        raise HiapError(f"Data '{root}' has {len(names)} class folders but the model has {len(pre.class_names)} "
-                        f"classes whose names ({list(pre.class_names)[:5]}...) do not match the folders.")  # fmt: skip
-    else:
+    if pre.class_names:
+        # Folder names cannot hold '/', so 't-shirt/top' matches a folder 't-shirt_top'.
+        known = {c.replace("/", "_"): i for i, c in enumerate(pre.class_names)}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise HiapError(f"Data '{root}' has class folders the model does not know: {unknown[:5]} (the model's "
+                            f"classes: {list(pre.class_names)[:10]}); name the folders after them.")  # fmt: skip
+        index = {n: known[n] for n in names}
+    else:  # no names in the metadata: the training convention, sorted folder order
         index = {n: i for i, n in enumerate(names)}
     files = [(f, index[d.name]) for d in folders for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if limit is not None:

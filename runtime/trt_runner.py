@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -73,14 +74,19 @@ def trtexec_command(
     layernorm_fp32: bool = True,
     layer_names: list[str] | None = None,
     dynamic_chw: tuple[int, ...] | None = None,
+    workspace_mb: int = 1024,
 ) -> str:
-    """The trtexec line equivalent to build_engine, for devices where a user prefers NVIDIA's own tool."""
-    parts = [f"trtexec --onnx={onnx_path} --saveEngine={engine_path}",
-             f"--timingCacheFile={engine_path.with_name('timing.cache')}"]  # fmt: skip
+    """The trtexec line equivalent to build_engine, for NVIDIA's own timing on the device. Its engine has no hiap
+    sidecar, so `hiap bench` takes the .onnx (and builds its own engine) rather than that file."""
+    q = shlex.quote
+    cache = engine_path.with_name("timing.cache")
+    parts = [f"trtexec --onnx={q(str(onnx_path))} --saveEngine={q(str(engine_path))}",
+             f"--timingCacheFile={q(str(cache))} --memPoolSize=workspace:{workspace_mb}M"]  # fmt: skip
     if fp16:
         parts.append("--fp16")
         if layernorm_fp32 and layer_names:
-            parts.append("--precisionConstraints=obey --layerPrecisions=" + ",".join(f"{n}:fp32" for n in layer_names))
+            pinned = ",".join(f"{n}:fp32" for n in layer_names)
+            parts.append(f"--precisionConstraints=obey --layerPrecisions={q(pinned)} --layerOutputTypes={q(pinned)}")
     if dynamic_chw:  # same optimisation profile as build_engine: batch 1..32, tuned for 1
         chw = "x".join(str(d) for d in dynamic_chw)
         parts.append(f"--minShapes=input:1x{chw} --optShapes=input:1x{chw} --maxShapes=input:32x{chw}")
@@ -105,7 +111,10 @@ def build_engine(
     t0 = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    major = int(trt.__version__.split(".")[0])
+    # TensorRT 10 has only explicit batch (flag 0); 8.x needs the flag, or the ONNX parser refuses the network.
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -119,9 +128,10 @@ def build_engine(
             # FP16 LayerNorm overflows on ViT activations (TensorRT #2564/#3656): keep those layers, and the
             # tensors they emit, in FP32 and make the builder obey it instead of treating it as a hint.
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+            norm = getattr(trt.LayerType, "NORMALIZATION", None)  # absent before 8.6 (LayerNorm decomposed)
             for i in range(network.num_layers):
                 layer = network.get_layer(i)
-                if layer.type == trt.LayerType.NORMALIZATION:
+                if norm is not None and layer.type == norm:
                     layer.precision = trt.float32
                     layer.set_output_type(0, trt.float32)
                     pinned_fp32.append(layer.name)
@@ -131,18 +141,20 @@ def build_engine(
         rest = tuple(inp.shape)[1:]
         profile.set_shape(inp.name, (1, *rest), (1, *rest), (max_batch, *rest))
         config.add_optimization_profile(profile)
+    # A cache from another GPU or TensorRT version is refused (ignore_mismatch=False): start an empty one then.
     cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False):
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise HiapError(f"TensorRT could not build an engine from '{onnx_path}' (see the TensorRT log above).")
     tmp = engine_path.with_name(engine_path.name + ".tmp")
     tmp.write_bytes(bytes(serialized))
     os.replace(tmp, engine_path)
-    if timing_cache is not None:
+    cache_out = config.get_timing_cache()
+    if timing_cache is not None and cache_out is not None:
         tmp_cache = timing_cache.with_name(timing_cache.name + ".tmp")
-        tmp_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        tmp_cache.write_bytes(bytes(cache_out.serialize()))
         os.replace(tmp_cache, timing_cache)
     sidecar = {
         **(metadata or {}),
@@ -152,6 +164,7 @@ def build_engine(
         "precision": "fp16" if fp16 else "fp32",
         "layernorm_fp32_layers": pinned_fp32,
         "onnx_sha256": sha256_file(onnx_path),
+        "build": {"fp16": fp16, "layernorm_fp32": layernorm_fp32, "workspace_mb": workspace_mb, "max_batch": max_batch},
         "engine_sha256": sha256_file(engine_path),
         "build_seconds": round(time.perf_counter() - t0, 3),
         "validated_on_hardware": False,
@@ -165,12 +178,17 @@ def sidecar_path(engine_path: Path) -> Path:
 
 
 def write_json_atomic(path: Path, body: dict[str, Any]) -> None:
+    """tmp + fsync + rename: a reader sees the old file or the whole new one, never half of it."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(json.dumps(body, indent=2) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(body, indent=2) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise HiapError(f"Cannot write '{path}': {exc.strerror or exc}.") from None
 
 
 def read_sidecar(engine_path: Path) -> dict[str, Any]:
@@ -190,11 +208,10 @@ def read_sidecar(engine_path: Path) -> dict[str, Any]:
 class TrtRunner:
     """A deserialised engine with device buffers sized for the fixed (or chosen) batch; TensorRT 10 tensor API."""
 
-    def __init__(self, path: Path, batch: int = 1, cuda_graph: bool = False) -> None:
+    def __init__(self, path: Path, batch: int = 1) -> None:
         self.path = Path(path)
         check_model_file(self.path, (".engine", ".plan"))
         self.batch = batch
-        self.cuda_graph = cuda_graph  # recorded for the report; the launch below is a plain enqueue
         self.metadata: dict[str, str] = {}
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
@@ -227,6 +244,8 @@ class TrtRunner:
         if self._engine is None:
             raise HiapError(f"TensorRT cannot deserialise '{self.path}': corrupt, or built for another GPU/version.")
         self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise HiapError(f"TensorRT could not create an execution context for '{self.path}' (out of GPU memory?).")
         self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
@@ -235,8 +254,9 @@ class TrtRunner:
             is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             if shape and shape[0] == -1:
                 shape[0] = self.batch
-                if is_input:
-                    self._context.set_input_shape(name, tuple(shape))
+                if is_input and not self._context.set_input_shape(name, tuple(shape)):
+                    raise HiapError(f"Engine '{self.path}' does not accept batch {self.batch} (outside the batch "
+                                    "range it was built for).")  # fmt: skip
             spec = TensorSpec(name, tuple(shape), dtype.name)
             (self.inputs if is_input else self.outputs).append(spec)
         for spec in [*self.inputs, *self.outputs]:
@@ -280,5 +300,6 @@ class TrtRunner:
             "gpu": self.metadata.get("gpu", ""),
             "precision": self.metadata.get("precision", ""),
             "batch": self.batch,
+            "launch": "enqueue per call (execute_async_v3), host-device copies included",
             "validated_on_hardware": False,
         }
