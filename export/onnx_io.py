@@ -96,11 +96,19 @@ def onnx_cost(path: Path) -> tuple[int, int]:
     except Exception as exc:
         raise HiapError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}).") from None
     graph = proto.graph
+    if not graph.node or not graph.input or not graph.output:
+        raise HiapError(f"'{path}' holds no model graph: the file is empty or truncated.")
     shapes = {v.name: _dims(v) for v in [*graph.value_info, *graph.input, *graph.output]}
     inits = {i.name: list(i.dims) for i in graph.initializer}
     shapes.update(inits)
     macs = 0
     for node in graph.node:
+        if node.op_type in ("MatMul", "Gemm", "Conv") and not all(
+            name in shapes and all(d > 0 for d in shapes[name])
+            for name in (node.input[0], node.input[1], node.output[0])
+        ):
+            raise HiapError(f"'{path}': the shapes around {node.op_type} node '{node.name}' are not static, so its "
+                            "MACs cannot be counted (is this an ONNX file from hiap export?).")  # fmt: skip
         if node.op_type == "MatMul":
             a, out = shapes[node.input[0]], shapes[node.output[0]]
             macs += int(np.prod(out)) * a[-1]

@@ -120,6 +120,10 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
                   simplify: bool = True, target: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Write plan.json, model.onnx, golden.npz and export_report.json into `out` (each file atomically)."""
     t0 = time.perf_counter()
+    if align < 1:
+        raise HiapError(f"--align must be >= 1, got {align} (1: no rounding).")
+    if not 9 <= opset <= 20:  # torch's TorchScript exporter writes up to 20; TensorRT parses from 9
+        raise HiapError(f"--opset {opset}: hiap exports opsets 9 to 20 (17 recommended: native LayerNormalization).")
     profile = None
     if target is not None:  # fail on an unknown device before spending time on the export
         from devices.profile import load_profile

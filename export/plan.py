@@ -139,4 +139,25 @@ def read_plan_json(path: Path) -> dict[str, Any]:
     for key in ("model", "num_classes", "input_size", "mean", "std", "blocks"):
         if key not in body:
             raise HiapError(f"Plan '{path}': missing field '{key}'.")
+
+    def bad(key: str, want: str) -> HiapError:
+        return HiapError(f"Plan '{path}': field '{key}' must be {want}, got {body[key]!r:.80}.")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(body["model"], str) or not body["model"]:
+        raise bad("model", "a model name")
+    if not is_int(body["num_classes"]) or body["num_classes"] < 1:
+        raise bad("num_classes", "a positive integer")
+    size = body["input_size"]
+    if not isinstance(size, list) or len(size) != 3 or not all(is_int(v) and v > 0 for v in size):
+        raise bad("input_size", "[C, H, W] of positive integers")
+    for key in ("mean", "std"):
+        v = body[key]
+        if not isinstance(v, list) or len(v) != size[0] or not all(isinstance(x, (int, float)) for x in v):
+            raise bad(key, f"a list of {size[0]} numbers (one per input channel)")
+    names = body.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise bad("class_names", "a list of strings")
     return body

@@ -55,9 +55,12 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict[str
     return {"state": state, "param_groups": groups}
 
 
-def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and bytes of every tensor, in name order."""
+def tensors_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """sha256 over the metadata entries and the names, dtypes, shapes and bytes of every tensor, in name order."""
     h = hashlib.sha256()
+    for key in sorted(metadata or {}):
+        if key != "tensors_sha256":
+            h.update(f"{key}={metadata[key]}|".encode())  # type: ignore[index]
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -84,8 +87,8 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         "state": json.dumps(ckpt.state),
         "optimizer_groups": json.dumps(groups),
         "has_optimizer": "1" if ckpt.optimizer is not None else "0",
-        "tensors_sha256": tensors_digest(tensors),
     }
+    metadata["tensors_sha256"] = tensors_digest(tensors, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, str(tmp), metadata=metadata)
@@ -135,8 +138,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if meta.get("format") != FORMAT:
         raise HiapError(f"'{path}' is a safetensors file but not a hiap checkpoint (no '{FORMAT}' metadata).")
     digest = meta.get("tensors_sha256")
-    if digest is not None and digest != tensors_digest(tensors):
-        raise HiapError(f"Checkpoint '{path}' fails its checksum: its tensors were damaged after it was written.")
+    if digest is not None and digest != tensors_digest(tensors, meta):
+        raise HiapError(f"Checkpoint '{path}' fails its checksum: it was damaged after it was written.")
     try:
         config, state = json.loads(meta["config"]), json.loads(meta["state"])
         groups = json.loads(meta.get("optimizer_groups", "[]"))

@@ -96,6 +96,8 @@ def apply_overrides(cfg: TrainConfig, values: dict[str, Any], source: str) -> Tr
     names = {f.name: f for f in fields(cfg)}
     updates = {}
     for key, value in values.items():
+        if not isinstance(key, str):
+            raise HiapError(f"{source}: key {key!r} is not a name; keys are config field names such as 'epochs'.")
         key = key.replace("-", "_")
         if key not in names:
             raise HiapError(f"{source}: unknown key '{key}'." + did_you_mean(key, names))
@@ -107,7 +109,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise HiapError(f"Config file '{path}' does not exist.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise HiapError(f"Config file '{path}' is not UTF-8 text.") from None
     except yaml.YAMLError as exc:
         raise HiapError(f"Config file '{path}' is not valid YAML ({str(exc).splitlines()[0]}).") from None
     if data is None:
