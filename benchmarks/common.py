@@ -15,6 +15,7 @@ from rich.console import Console
 
 from hiap import __version__
 from hiap.config import TrainConfig
+from hiap.cost import BlockStructure, Geometry, Structure, structure_macs
 from hiap.train import Trainer
 
 
@@ -38,6 +39,22 @@ def latency_ms(session: Any, x: np.ndarray, iters: int) -> float:
     for _ in range(iters):
         session.run(None, {name: x})
     return (time.perf_counter() - t0) / iters * 1e3
+
+
+def learned_like_plan(geom: Geometry, seed: int, target_gmacs: float) -> Structure:
+    """A plan shaped like a learned one (some heads removed per block, uneven value widths 16..head_dim), FFN
+    neurons trimmed uniformly until the exact plan is at or below `target_gmacs`."""
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for _ in range(geom.depth):
+        heads = tuple(sorted(rng.choice(geom.num_heads, size=int(rng.integers(4, geom.num_heads + 1)), replace=False)))
+        dims = tuple(tuple(range(int(rng.integers(16, geom.head_dim + 1)))) for _ in heads)
+        blocks.append((heads, dims))
+    for k in range(geom.hidden, 0, -8):
+        s = Structure(blocks=tuple(BlockStructure(h, d, True, tuple(range(k))) for h, d in blocks))
+        if structure_macs(geom, s) / 1e9 <= target_gmacs:
+            return s
+    raise SystemExit("no plan reaches the target")
 
 
 def train_run(**overrides: Any) -> dict[str, Any]:

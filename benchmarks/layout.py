@@ -22,28 +22,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from common import environment, latency_ms, write_results
+from common import environment, latency_ms, learned_like_plan, write_results
 from torch import nn
 
 from export.compact import build_compact, padded_structure
 from export.onnx_io import onnx_cost, ort_run, simplify_onnx, torch2onnx
-from hiap.cost import BlockStructure, Geometry, Structure, structure_macs
+from hiap.cost import BlockStructure, Structure, structure_macs
 from hiap.gated import describe_vit
 from hiap.models import create_model
-
-
-def learned_like_plan(geom: Geometry, seed: int, target_gmacs: float) -> Structure:
-    rng = np.random.default_rng(seed)
-    blocks = []
-    for _ in range(geom.depth):
-        heads = tuple(sorted(rng.choice(geom.num_heads, size=int(rng.integers(4, geom.num_heads + 1)), replace=False)))
-        dims = tuple(tuple(range(int(rng.integers(16, geom.head_dim + 1)))) for _ in heads)
-        blocks.append((heads, dims))
-    for k in range(geom.hidden, 0, -8):
-        s = Structure(blocks=tuple(BlockStructure(h, d, True, tuple(range(k))) for h, d in blocks))
-        if structure_macs(geom, s) / 1e9 <= target_gmacs:
-            return s
-    raise SystemExit("no plan reaches the target")
 
 
 class GroupedAttention(nn.Module):

@@ -142,6 +142,19 @@ def pipeline(
 
 @app.command()
 @user_errors
+def report(
+    run: Path = typer.Argument(..., help="Run directory written by hiap train."),
+    out: Path = typer.Option(None, help="Folder for the PNGs (default RUN/report)."),
+) -> None:
+    """Plot a run: pruned topology per block, temperature and gate polarisation, MACs vs target over training."""
+    from hiap.report import make_report
+
+    for path in make_report(run, out):
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+@user_errors
 def inspect(
     target: str = typer.Argument(..., help="timm model name, run directory, checkpoint, plan.json or .onnx."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),

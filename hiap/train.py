@@ -103,6 +103,17 @@ def structure_summary(structure: Structure) -> dict[str, list[Any]]:
     }
 
 
+def gate_histogram(gates: nn.Module, bins: int = 10) -> dict[str, list[int]]:
+    """Counts of keep probabilities sigmoid(logit) in `bins` equal bins of [0, 1], per gate kind (for hiap report:
+    how the gates polarise towards 0 and 1 as the temperature falls)."""
+    out = {}
+    with torch.no_grad():
+        for kind, logits in gates.as_dict().items():
+            p = torch.sigmoid(logits.detach().float().flatten().cpu())
+            out[kind] = torch.histc(p, bins=bins, min=0.0, max=1.0).long().tolist()
+    return out
+
+
 def param_groups(model: nn.Module, gates: nn.Module | None, cfg: TrainConfig) -> list[dict[str, Any]]:
     """AdamW groups: decayed weights, non-decayed 1-D params and tokens, and gate logits (own lr, no decay)."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
@@ -139,6 +150,7 @@ class Trainer:
         self.paths = RunPaths(self._agree_on_run_dir(resolve_run_dir(cfg, resume) if self.dist.is_main else Path()))
         self.notes: list[str] = []
         self.skipped_steps = 0
+        self.trace: list[list[float]] = []  # [step, tau, expected, hard, reference] (fractions of dense)
 
     def _agree_on_run_dir(self, mine: Path) -> Path:
         """Rank 0 picks the run directory (a default name may get a -2 suffix); every rank uses that one."""
@@ -202,6 +214,7 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise HiapError(f"Batch size {cfg.batch_size} exceeds the {self.data.num_train} training images.")
         self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.trace_every = max(1, self.steps_per_epoch // 20)
         self.warmup_steps = int(cfg.warmup_epochs * self.steps_per_epoch)
         self.tau = TemperatureSchedule(cfg.tau_start, cfg.tau_end, self.total_steps)
         self.optimizer = torch.optim.AdamW(
@@ -310,6 +323,9 @@ class Trainer:
             hard = self.hard_fraction = self.gated.hard_macs() / self.dense_macs  # also read by the next _set_lr
             self.controller.update(expected, hard, (self.step + 1) / self.total_steps)
             parts.update(expected_frac=expected, hard_frac=hard)
+            if self.step % self.trace_every == 0:  # a few points per epoch for hiap report's curves
+                ref = self.controller.reference((self.step + 1) / self.total_steps)
+                self.trace.append([self.step, round(tau, 5), expected, hard, ref])
         self.step += 1
         return parts
 
@@ -421,6 +437,9 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
         }
         record.update(structure_summary(structure))
+        if self.gated is not None:
+            record["gate_histogram"] = gate_histogram(self.gated.gates)
+            record["trace"], self.trace = self.trace, []
         return record
 
     # --- the run -----------------------------------------------------------------------------------------

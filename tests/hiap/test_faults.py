@@ -53,8 +53,17 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     target = [str(script)] if script.is_file() else ["-m", "hiap"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *target,
            "train", "--config", str(cfg), "--out", str(tmp_path / "ddp")]  # fmt: skip
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # Own process group: if the ranks hang, the whole group is killed, not only torchrun (no orphans).
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("torchrun with 2 gloo ranks did not finish in 240 s")
+    assert proc.returncode == 0, err[-3000:]
+    done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     assert done.stdout.count("val top-1") == 1  # one summary table: only rank 0 prints
     single = _hiap(["train", "--config", str(cfg), "--out", str(tmp_path / "one")])
     assert single.returncode == 0, single.stderr[-3000:]

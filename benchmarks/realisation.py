@@ -1,0 +1,108 @@
+"""Real speedup against MAC reduction: DeiT-Tiny/Small shapes, several plan sizes, ONNX Runtime and PyTorch eager.
+
+    python benchmarks/realisation.py [--rounds 5] [--iters 4] [--levels 0.8 0.65 0.5]
+
+Random weights (latency does not depend on them). For each shape, plans shaped like learned ones (heads removed,
+uneven value widths; see common.learned_like_plan) at each MAC level are exported with --align 1 and --align 8.
+Every model of one (shape, batch, runtime) group is timed in one process, alternating model by model, at batch 1
+and batch 8: ONNX Runtime CPU (2 intra-op threads, full graph optimisation) and PyTorch eager (the compact module,
+no_grad). realisation = measured speedup / MAC reduction. Writes benchmarks/results/realisation.json / .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from common import environment, latency_ms, learned_like_plan, write_results
+
+from export.compact import build_compact, padded_structure
+from export.onnx_io import simplify_onnx, torch2onnx
+from hiap.cost import structure_macs
+from hiap.gated import describe_vit
+from hiap.models import create_model
+
+SHAPES = ["deit_tiny_patch16_224", "deit_small_patch16_224"]
+
+
+def torch_ms(model: torch.nn.Module, x: torch.Tensor, iters: int) -> float:
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            model(x)
+    return (time.perf_counter() - t0) / iters * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=4)
+    parser.add_argument("--levels", type=float, nargs="+", default=[0.8, 0.65, 0.5])
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
+    runs, summary = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape in SHAPES:
+            torch.manual_seed(0)
+            vit = create_model(shape).eval()
+            geom = describe_vit(vit)
+            models = {"dense": (build_compact(vit, geom.dense_structure(), 1), geom.dense_macs)}
+            for level in args.levels:
+                plan = learned_like_plan(geom, 0, level * geom.dense_macs / 1e9)
+                for align in (1, 8):
+                    macs = structure_macs(geom, padded_structure(plan, geom.head_dim, align))
+                    models[f"{level:.2f} align {align}"] = (build_compact(vit, plan, align), macs)
+            sessions = {}
+            for i, (name, (module, _)) in enumerate(models.items()):
+                path = Path(tmp) / f"{shape}-{i}.onnx"
+                torch2onnx(module, (3, 224, 224), path, dynamic_batch=True)
+                simplify_onnx(path)
+                sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            for batch in (1, 8):
+                x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+                xt = torch.from_numpy(x)
+                for runtime in ("onnxruntime", "torch eager"):
+                    times: dict[str, list[float]] = {n: [] for n in models}
+                    for name in models:  # warm-up
+                        (latency_ms(sessions[name], x, 1) if runtime == "onnxruntime"
+                         else torch_ms(models[name][0], xt, 1))  # fmt: skip
+                    for r in range(args.rounds):  # alternate models so drift hits all alike
+                        for name in models:
+                            ms = (latency_ms(sessions[name], x, args.iters) if runtime == "onnxruntime"
+                                  else torch_ms(models[name][0], xt, args.iters))  # fmt: skip
+                            times[name].append(ms)
+                            runs.append({"shape": shape, "batch": batch, "runtime": runtime, "model": name,
+                                         "round": r, "latency_ms": ms})  # fmt: skip
+                    dense_ms = statistics.median(times["dense"])
+                    for name, (_, macs) in models.items():
+                        if name == "dense":
+                            continue
+                        ms = statistics.median(times[name])
+                        mac_ratio = geom.dense_macs / macs
+                        summary.append({"shape": shape, "batch": batch, "runtime": runtime, "model": name,
+                                        "gmacs": macs / 1e9, "dense_gmacs": geom.dense_macs / 1e9,
+                                        "dense_ms": dense_ms, "ms": ms, "speedup": dense_ms / ms,
+                                        "mac_ratio": mac_ratio, "realisation": dense_ms / ms / mac_ratio})  # fmt: skip
+    table = ["| shape | batch | runtime | plan | GMACs | dense ms | pruned ms | speedup | MAC ratio | realisation |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for s in summary:
+        table.append(f"| {s['shape'].split('_')[0] + '-' + s['shape'].split('_')[1]} | {s['batch']} | {s['runtime']} "
+                     f"| {s['model']} | {s['gmacs']:.3f} | {s['dense_ms']:.1f} | {s['ms']:.1f} | {s['speedup']:.3f} "
+                     f"| {s['mac_ratio']:.3f} | {s['realisation']:.3f} |")  # fmt: skip
+    env = environment(
+        f"random weights, learned-like plans at {args.levels} of dense MACs, ORT {ort.__version__} CPU (2 intra-op "
+        f"threads) and torch eager (2 threads), {args.rounds} rounds x {args.iters} calls, alternating, medians"
+    )
+    write_results("realisation", "Real speedup vs MAC reduction (CPU)", env, [*runs, *summary], table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""`hiap report RUN`: the per-run plots (pruned topology, temperature and gate polarisation, MACs vs target)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hiap.errors import HiapError
+
+
+def _records(run: Path) -> list[dict[str, Any]]:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise HiapError(f"'{run}' has no metrics.jsonl: pass a run directory written by hiap train.")
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise HiapError(f"'{path}' line {i} is not JSON.") from None
+    if not records:
+        raise HiapError(f"'{path}' is empty: the run has not finished an epoch yet.")
+    return records
+
+
+def run_structure(run: Path) -> tuple[Any, Any]:
+    """(structure, geometry) of the run's last checkpoint with the export rule applied."""
+    from hiap.checkpoint import load_checkpoint
+    from hiap.gated import Floors, GatedViT
+    from hiap.models import create_model
+
+    ckpt = load_checkpoint(run)
+    vit = create_model(ckpt.state["model"], num_classes=ckpt.state["num_classes"])
+    floors = ckpt.state.get("floors")
+    gated = GatedViT(vit, floors=Floors(**floors) if floors else Floors())
+    if ckpt.gates:
+        gated.gates.load_state_dict(ckpt.gates)
+        return gated.hard_structure(), gated.geometry
+    return gated.geometry.dense_structure(), gated.geometry
+
+
+def plot_topology(structure: Any, geom: Any, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    depth, heads = geom.depth, geom.num_heads
+    widths = np.zeros((heads, depth))
+    for b, block in enumerate(structure.blocks):
+        for h, dims in zip(block.heads, block.value_dims, strict=True):
+            widths[h, b] = len(dims)
+    neurons = [len(b.neurons) if b.ffn else 0 for b in structure.blocks]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, depth * 0.7), 6.5), sharex=True,
+                                   gridspec_kw={"height_ratios": [heads, max(3, heads // 2)]})  # fmt: skip
+    im = ax1.imshow(widths, aspect="auto", cmap="viridis", vmin=0, vmax=geom.head_dim, origin="lower",
+                    extent=(-0.5, depth - 0.5, -0.5, heads - 0.5))  # fmt: skip
+    for b in range(depth):
+        for h in range(heads):
+            w = int(widths[h, b])
+            ax1.text(b, h, str(w) if w else "x", ha="center", va="center", fontsize=7,
+                     color="white" if w < geom.head_dim * 0.6 else "black")  # fmt: skip
+    ax1.set_ylabel("head")
+    ax1.set_yticks(range(heads))
+    ax1.set_title(f"{title}\nvalue width kept per head (x: head removed) of {geom.head_dim}")
+    fig.colorbar(im, ax=ax1, label="value dims kept")
+    colors = ["tab:blue" if n else "tab:red" for n in neurons]
+    ax2.bar(range(depth), [n if n else geom.hidden * 0.02 for n in neurons], color=colors)
+    for b, n in enumerate(neurons):
+        ax2.text(b, (n or 0) + geom.hidden * 0.03, str(n) if n else "FFN removed", ha="center", fontsize=7,
+                 rotation=0 if n else 90)  # fmt: skip
+    ax2.axhline(geom.hidden, color="gray", lw=0.8, ls="--", label=f"dense {geom.hidden}")
+    ax2.set_ylim(0, geom.hidden * 1.25)
+    ax2.set_ylabel("FFN neurons kept")
+    ax2.set_xlabel("block")
+    ax2.set_xticks(range(depth))
+    ax2.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_annealing(records: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    epochs = [r["epoch"] for r in records]
+    hists = [r.get("gate_histogram") for r in records]
+    kinds = [k for k in ("head", "ffn", "value", "neuron") if hists and hists[-1] and k in hists[-1]]
+    fig, axes = plt.subplots(1, 1 + len(kinds), figsize=(3.2 * (1 + len(kinds)), 3.4))
+    axes = np.atleast_1d(axes)
+    trace = [t for r in records for t in r.get("trace", [])]
+    steps_per_epoch = records[0]["step"] / records[0]["epoch"] if records[0].get("step") else 1
+    if trace:
+        axes[0].plot([t[0] / steps_per_epoch for t in trace], [t[1] for t in trace])
+    else:
+        axes[0].plot(epochs, [r["tau"] for r in records], marker="o")
+    axes[0].set_title("Gumbel-Sigmoid temperature")
+    axes[0].set_xlabel("epoch")
+    for ax, kind in zip(axes[1:], kinds, strict=True):
+        grid = np.array([h[kind] for h in hists], dtype=float).T  # bins x epochs
+        grid = grid / np.maximum(grid.sum(axis=0, keepdims=True), 1)
+        ax.imshow(grid, aspect="auto", origin="lower", cmap="magma", extent=(epochs[0] - 0.5, epochs[-1] + 0.5, 0, 1))
+        ax.set_title(f"{kind} gates: keep probability")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("sigmoid(logit)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_macs(records: list[dict[str, Any]], dense_gmacs: float, path: Path) -> None:
+    """Per-step trace (a few points an epoch) when the run recorded one, else one point per epoch."""
+    import matplotlib.pyplot as plt
+
+    scale, unit = (1e3, "MMACs") if dense_gmacs < 0.1 else (1.0, "GMACs")
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    trace = [t for r in records for t in r.get("trace", [])]
+    steps_per_epoch = records[0]["step"] / records[0]["epoch"] if records[0].get("step") else 1
+    if trace:
+        x = [t[0] / steps_per_epoch for t in trace]
+        ax.plot(x, [t[2] * dense_gmacs * scale for t in trace], label="expected (gate probabilities)")
+        ax.plot(x, [t[3] * dense_gmacs * scale for t in trace], label="hard (export rule)")
+        ax.plot(x, [t[4] * dense_gmacs * scale for t in trace], ls=":", color="gray", label="controller reference")
+    else:
+        epochs = [r["epoch"] for r in records]
+        ax.plot(
+            epochs, [r["expected_gmacs"] * scale for r in records], marker="o", label="expected (gate probabilities)"
+        )
+        ax.plot(epochs, [r["hard_gmacs"] * scale for r in records], marker="s", label="hard (export rule)")
+    ax.axhline(records[-1]["target_gmacs"] * scale, ls="--", color="black", label="target")
+    ax.axhline(dense_gmacs * scale, color="gray", lw=0.8, label="dense")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(unit)
+    ax.set_title("MACs over training")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def make_report(run: Path, out: Path | None = None) -> list[Path]:
+    """Write topology.png, annealing.png and macs.png for a run; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and boards
+    if not run.is_dir():
+        raise HiapError(f"'{run}' is not a run directory (hiap train writes one under runs/).")
+    records = _records(run)
+    structure, geom = run_structure(run)
+    out = out or run / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = run / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    model = summary.get("model") or run.name
+    paths = [out / "topology.png", out / "annealing.png", out / "macs.png"]
+    plot_topology(structure, geom, f"{model}: {records[-1]['hard_gmacs']:.4g} of {geom.dense_macs / 1e9:.4g} GMACs",
+                  paths[0])  # fmt: skip
+    plot_annealing(records, paths[1])
+    plot_macs(records, geom.dense_macs / 1e9, paths[2])
+    return paths
