@@ -1,6 +1,6 @@
 """Target vs achieved hard MACs of the default recipe at several targets (no threshold search afterwards).
 
-    python benchmarks/budget_precision.py [--targets 0.3 0.5 0.7 0.9] [--seed 0]
+    python benchmarks/budget_precision.py [--targets 0.3 0.4 0.5 0.6 0.7 0.9] [--seed 0]
 
 Writes benchmarks/results/budget_precision.json (every run) and benchmarks/results/budget_precision.md.
 """
@@ -15,7 +15,7 @@ from common import environment, train_run, write_results
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", nargs="+", default=["0.3", "0.5", "0.7", "0.9"])
+    parser.add_argument("--targets", nargs="+", default=["0.3", "0.4", "0.5", "0.6", "0.7", "0.9"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     env = environment(f"hiap train defaults (built-in model and data, 6 epochs), seed {args.seed}")

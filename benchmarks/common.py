@@ -47,7 +47,15 @@ def learned_like_plan(geom: Geometry, seed: int, target_gmacs: float) -> Structu
     rng = np.random.default_rng(seed)
     blocks = []
     for _ in range(geom.depth):
-        heads = tuple(sorted(rng.choice(geom.num_heads, size=int(rng.integers(4, geom.num_heads + 1)), replace=False)))
+        heads = tuple(
+            sorted(
+                rng.choice(
+                    geom.num_heads,
+                    size=int(rng.integers(-(-2 * geom.num_heads // 3), geom.num_heads + 1)),
+                    replace=False,
+                )
+            )
+        )
         dims = tuple(tuple(range(int(rng.integers(16, geom.head_dim + 1)))) for _ in heads)
         blocks.append((heads, dims))
     for k in range(geom.hidden, 0, -8):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,15 +43,23 @@ def make_trainer(model: str, batch: int, mode: str, out: Path) -> Trainer:
     return trainer
 
 
+def _vm(field: str) -> int:
+    """kB from /proc/self/status. VmHWM is this process image's peak; getrusage's ru_maxrss is not usable here
+    because Linux carries it across execve, so a child would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def child(model: str, batch: int, mode: str, steps: int, out: str) -> None:
-    """One mode in a fresh process: RSS after setup and the peak after `steps` training steps (kB)."""
+    """One mode in a fresh process: resident memory after setup, and the peak over `steps` training steps (kB)."""
     trainer = make_trainer(model, batch, mode, Path(out))
     x, y = next(trainer.data.train_batches(0, batch, 0))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _vm("VmRSS")
     for _ in range(steps):
         trainer._train_step(x, y)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"rss_after_setup_kb": base, "peak_rss_kb": peak}))
+    print(json.dumps({"rss_after_setup_kb": base, "peak_rss_kb": _vm("VmHWM")}))
 
 
 def main() -> None:
@@ -67,10 +74,21 @@ def main() -> None:
         return
     import tempfile
 
-    runs, table = [], ["| model | batch | mode | step ms (median) | ratio to plain | peak RSS MB | ratio to plain |",
-                       "|---|---|---|---|---|---|---|"]  # fmt: skip
+    runs: list[dict] = []
+    table = [
+        "| model | batch | mode | step ms (median) | ratio to plain | peak RSS MB | ratio to plain | "
+        "training memory MB (peak - after setup) | ratio to plain |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         for model, batch in MODELS:
+            memory = {}  # first, while this process is small (the children are separate processes anyway)
+            for m in MODES:
+                cmd = [sys.executable, __file__, "--child", model, str(batch), m, str(args.steps),
+                       str(Path(tmp) / f"mem-{model}-{m}")]  # fmt: skip
+                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                memory[m] = json.loads(done.stdout.strip().splitlines()[-1])
+                runs.append({"model": model, "batch": batch, "mode": m, **memory[m]})
             torch.manual_seed(0)
             trainers = {m: make_trainer(model, batch, m, Path(tmp) / f"{model}-{m}") for m in MODES}
             x, y = next(trainers["plain"].data.train_batches(0, batch, 0))
@@ -86,19 +104,14 @@ def main() -> None:
                     times[m].append(ms)
                     runs.append({"model": model, "batch": batch, "mode": m, "round": r, "step_ms": ms})
             del trainers
-            memory = {}
-            for m in MODES:
-                cmd = [sys.executable, __file__, "--child", model, str(batch), m, str(args.steps),
-                       str(Path(tmp) / f"mem-{model}-{m}")]  # fmt: skip
-                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                memory[m] = json.loads(done.stdout.strip().splitlines()[-1])
-                runs.append({"model": model, "batch": batch, "mode": m, **memory[m]})
             base_ms = statistics.median(times["plain"])
             base_mb = memory["plain"]["peak_rss_kb"] / 1024
+            base_train = (memory["plain"]["peak_rss_kb"] - memory["plain"]["rss_after_setup_kb"]) / 1024
             for m in MODES:
                 ms, mb = statistics.median(times[m]), memory[m]["peak_rss_kb"] / 1024
+                train_mb = (memory[m]["peak_rss_kb"] - memory[m]["rss_after_setup_kb"]) / 1024
                 table.append(f"| {model} | {batch} | {m} | {ms:.1f} | {ms / base_ms:.2f} | {mb:.0f} | "
-                             f"{mb / base_mb:.2f} |")  # fmt: skip
+                             f"{mb / base_mb:.2f} | {train_mb:.0f} | {train_mb / base_train:.2f} |")  # fmt: skip
     env = environment(
         f"trainer steps on the built-in data (resized for 224-px models), {args.rounds} rounds x {args.steps} steps "
         "per mode, alternating; peak RSS of one process per mode; random weights except the built-in model"
