@@ -130,6 +130,20 @@ def onnx_cost(path: Path) -> tuple[int, int]:
     return macs, params
 
 
+def zero_params(path: Path) -> int:
+    """Parameters (per consuming node, like onnx_cost) held in float initializers that are entirely zero."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    zeros = {}
+    for init in graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype.kind == "f" and arr.size > 1 and not arr.any():
+            zeros[init.name] = arr.size
+    return sum(zeros.get(name, 0) for node in graph.node for name in node.input)
+
+
 def ort_session(path: Path) -> Any:
     import onnxruntime as ort
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from export.compact import build_compact, padded_structure
-from export.onnx_io import onnx_cost, ort_run, ort_session, simplify_onnx, torch2onnx
+from export.onnx_io import onnx_cost, ort_run, ort_session, simplify_onnx, torch2onnx, zero_params
 from export.plan import make_plan, read_plan_json, structure_from_dict
 from hiap import __version__
 from hiap.checkpoint import load_checkpoint
@@ -160,6 +160,11 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     }
     onnx_path = out / "model.onnx"
     torch2onnx(compact, tuple(dcfg["input_size"]), onnx_path, opset, dynamic_batch, meta)
+    # Counted on the exporter's own file first: there every planned weight is an initializer, so its MACs and
+    # parameters must equal the plan exactly. onnxsim may then drop constants that are all zeros (the zero biases
+    # of randomly initialised weights, added as no-ops), so after it the parameter count may only go down.
+    raw_macs, raw_params = onnx_cost(onnx_path)
+    raw_zero_params = zero_params(onnx_path)
     nodes = simplify_onnx(onnx_path) if simplify else None  # the checks below run on the final file
     checks, golden = [], {}
     session = ort_session(onnx_path)
@@ -189,6 +194,8 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
         "dense_params": geom.dense_params,
         "onnx_gmacs": onnx_macs / 1e9,
         "onnx_params": onnx_params,
+        "onnx_params_before_simplify": raw_params,
+        "zero_params_removed_by_onnxsim": raw_params - onnx_params,
         "file_bytes": onnx_path.stat().st_size,
         "simplified": simplify,
         "nodes_before_after_simplify": list(nodes) if nodes else None,
@@ -198,7 +205,9 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
             "passed": all(c["passed"] for c in checks),
             "checks": checks,
         },
-        "counts_match": onnx_macs == structure_macs(geom, emitted) and onnx_params == structure_params(geom, emitted),
+        "counts_match": raw_macs == onnx_macs == structure_macs(geom, emitted)
+        and raw_params == structure_params(geom, emitted)
+        and 0 <= raw_params - onnx_params <= raw_zero_params,
         "seconds": time.perf_counter() - t0,
         "metadata": meta,
     }

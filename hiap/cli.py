@@ -109,6 +109,9 @@ def pipeline(
     from runtime.bench import BenchOptions, run_bench
     from runtime.trt_runner import write_json_atomic
 
+    if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
+        raise HiapError("hiap pipeline runs in one process (it benches on this host); under torchrun use hiap train, "
+                        "then hiap export and hiap bench once.")  # fmt: skip
     # Before training: an unknown or mismatched device must not cost a training run.
     bench_device = device or _host_device()
     mismatch = profile_mismatch(load_profile(bench_device), detect_host())

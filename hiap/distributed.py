@@ -34,6 +34,12 @@ def from_env() -> DistInfo:
         local = int(os.environ.get("LOCAL_RANK", "0"))
     except ValueError:
         raise HiapError("RANK / WORLD_SIZE / LOCAL_RANK must be integers (set by torchrun).") from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise HiapError(
+            f"RANK={rank} / WORLD_SIZE={world} / LOCAL_RANK={local} are inconsistent: launch with torchrun."
+        )
+    if world > 1 and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+        raise HiapError("WORLD_SIZE > 1 but MASTER_ADDR / MASTER_PORT are not set: launch with torchrun.")
     return DistInfo(rank, world, local)
 
 
@@ -42,6 +48,8 @@ def init(info: DistInfo, device: torch.device) -> None:
     if not info.enabled or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL binds each process to its own GPU
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world)
 
 

@@ -21,5 +21,5 @@ def point(name: str) -> None:
     if want != name:
         return
     _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] == int(count or 1):
+    if _hits[name] == (int(count) if count.isdigit() else 1):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -14,12 +14,16 @@ def _records(run: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise HiapError(f"'{run}' has no metrics.jsonl: pass a run directory written by hiap train.")
     records = []
+    needed = {"epoch", "step", "tau", "expected_gmacs", "hard_gmacs", "target_gmacs"}
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 raise HiapError(f"'{path}' line {i} is not JSON.") from None
+            if not isinstance(record, dict) or not needed <= set(record):
+                raise HiapError(f"'{path}' line {i} is not a hiap metrics record (needs {sorted(needed)}).")
+            records.append(record)
     if not records:
         raise HiapError(f"'{path}' is empty: the run has not finished an epoch yet.")
     return records
@@ -84,9 +88,12 @@ def plot_annealing(records: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    # Only epochs that recorded a histogram (a run resumed from an older hiap has none for its first epochs).
+    with_hist = [r for r in records if isinstance(r.get("gate_histogram"), dict)]
     epochs = [r["epoch"] for r in records]
-    hists = [r.get("gate_histogram") for r in records]
-    kinds = [k for k in ("head", "ffn", "value", "neuron") if hists and hists[-1] and k in hists[-1]]
+    hist_epochs = [r["epoch"] for r in with_hist]
+    hists = [r["gate_histogram"] for r in with_hist]
+    kinds = [k for k in ("head", "ffn", "value", "neuron") if hists and all(k in h for h in hists)]
     fig, axes = plt.subplots(1, 1 + len(kinds), figsize=(3.2 * (1 + len(kinds)), 3.4))
     axes = np.atleast_1d(axes)
     trace = [t for r in records for t in r.get("trace", [])]
@@ -100,7 +107,8 @@ def plot_annealing(records: list[dict[str, Any]], path: Path) -> None:
     for ax, kind in zip(axes[1:], kinds, strict=True):
         grid = np.array([h[kind] for h in hists], dtype=float).T  # bins x epochs
         grid = grid / np.maximum(grid.sum(axis=0, keepdims=True), 1)
-        ax.imshow(grid, aspect="auto", origin="lower", cmap="magma", extent=(epochs[0] - 0.5, epochs[-1] + 0.5, 0, 1))
+        ax.imshow(grid, aspect="auto", origin="lower", cmap="magma",
+                  extent=(hist_epochs[0] - 0.5, hist_epochs[-1] + 0.5, 0, 1))  # fmt: skip
         ax.set_title(f"{kind} gates: keep probability")
         ax.set_xlabel("epoch")
         ax.set_ylabel("sigmoid(logit)")
@@ -141,7 +149,10 @@ def plot_macs(records: list[dict[str, Any]], dense_gmacs: float, path: Path) -> 
 
 def make_report(run: Path, out: Path | None = None) -> list[Path]:
     """Write topology.png, annealing.png and macs.png for a run; return their paths."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise HiapError("hiap report needs matplotlib: pip install 'hiap[train]'.") from None
 
     matplotlib.use("Agg")  # files only: no display on servers and boards
     if not run.is_dir():
@@ -151,7 +162,12 @@ def make_report(run: Path, out: Path | None = None) -> list[Path]:
     out = out or run / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary_path = run / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except json.JSONDecodeError:
+        summary = {}  # only the model name is read from it
+    if not isinstance(summary, dict):
+        summary = {}
     model = summary.get("model") or run.name
     paths = [out / "topology.png", out / "annealing.png", out / "macs.png"]
     plot_topology(structure, geom, f"{model}: {records[-1]['hard_gmacs']:.4g} of {geom.dense_macs / 1e9:.4g} GMACs",

@@ -89,6 +89,9 @@ def select_device(spec: str, local_rank: int | None = None) -> torch.device:
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise HiapError(f"--device {spec} was asked for but CUDA is not available here: use --device cpu.")
+    if local_rank is not None and spec.startswith("cuda:"):
+        raise HiapError(f"--device {spec} under torchrun would put every process on one GPU: use --device cuda "
+                        "(each process takes the GPU of its LOCAL_RANK).")  # fmt: skip
     if spec == "cuda" and local_rank is not None:
         spec = f"cuda:{local_rank}"
     return torch.device(spec)
@@ -147,25 +150,53 @@ class Trainer:
         self.resume = resume
         self.device = select_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
         dd.init(self.dist, self.device)
-        self.paths = RunPaths(self._agree_on_run_dir(resolve_run_dir(cfg, resume) if self.dist.is_main else Path()))
+        self.paths = RunPaths(self._agree_on_run_dir(cfg, resume))
         self.notes: list[str] = []
         self.skipped_steps = 0
         self.trace: list[list[float]] = []  # [step, tau, expected, hard, reference] (fractions of dense)
 
-    def _agree_on_run_dir(self, mine: Path) -> Path:
-        """Rank 0 picks the run directory (a default name may get a -2 suffix); every rank uses that one."""
+    def _agree_on_run_dir(self, cfg: TrainConfig, resume: bool) -> Path:
+        """Rank 0 picks the run directory (a default name may get a -2 suffix); every rank uses that one, and if
+        rank 0 refuses (a run is already there) every rank stops with it instead of waiting."""
         if not self.dist.enabled:
-            return mine
+            return resolve_run_dir(cfg, resume)
+        mine, error = Path(), ""
+        if self.dist.is_main:
+            try:
+                mine = resolve_run_dir(cfg, resume)
+            except HiapError as exc:
+                error = str(exc)
         encoded = torch.zeros(4096, dtype=torch.uint8, device=self.device)
-        raw = str(mine).encode()[:4096]
+        raw = (f"\x01{error}" if error else str(mine)).encode()[:4096]
         encoded[: len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
         torch.distributed.broadcast(encoded, src=0)
-        return Path(bytes(encoded.cpu().tolist()).rstrip(b"\x00").decode())
+        text = bytes(encoded.cpu().tolist()).rstrip(b"\x00").decode(errors="replace")
+        if text.startswith("\x01"):
+            raise HiapError(text[1:])
+        return Path(text)
+
+    def _on_main(self, what: str, fn: Any, *args: Any) -> None:
+        """Run fn on rank 0 only; if it fails there, every rank stops (no rank is left waiting in a collective)."""
+        error = None
+        if self.dist.is_main:
+            try:
+                fn(*args)
+            except (HiapError, OSError, ValueError, KeyError) as exc:
+                error = exc
+        if not dd.all_ranks_true(self.dist, error is None, self.device):
+            if isinstance(error, HiapError):
+                raise error
+            if error is not None:
+                raise HiapError(f"{what} failed in '{self.paths.root}': {error}") from None
+            raise HiapError(f"{what} failed on rank 0 (its message says why); every rank stops.")
 
     # --- setup -------------------------------------------------------------------------------------------
     def _load_resume(self) -> Checkpoint | None:
         if not self.resume:
             return None
+        if self.dist.enabled and not dd.all_ranks_true(self.dist, self.paths.checkpoint.is_file(), self.device):
+            raise HiapError(f"No checkpoint at '{self.paths.checkpoint}' for every process: --resume needs one, and "
+                            "with several nodes --out must be on a filesystem all nodes share.")  # fmt: skip
         ckpt = load_checkpoint(self.paths.checkpoint)
         stored = ckpt.config
         changed = {
@@ -252,11 +283,22 @@ class Trainer:
         self.controller.load_state(st["controller"])
         self.dense_val_acc = st.get("dense_val_acc")
         self.skipped_steps = int(st.get("skipped_steps", 0))
-        # Metrics of epochs after the checkpoint (a crash between writing both) are dropped, then rewritten.
-        if self.paths.metrics.exists() and self.dist.is_main:
-            lines = [ln for ln in self.paths.metrics.read_text().splitlines() if ln.strip()]
+        self._on_main("Trimming metrics.jsonl", self._trim_metrics)
+
+    def _trim_metrics(self) -> None:
+        """Metrics of epochs after the checkpoint (a crash between writing both) are dropped, then rewritten."""
+        if not self.paths.metrics.exists():
+            return
+        lines = [ln for ln in self.paths.metrics.read_text().splitlines() if ln.strip()]
+        try:
             keep = [ln for ln in lines if json.loads(ln)["epoch"] <= self.start_epoch]
-            self.paths.metrics.write_text("".join(ln + "\n" for ln in keep))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise HiapError(
+                f"'{self.paths.metrics}' is damaged: move it away to resume (the checkpoint is intact)."
+            ) from None
+        tmp = self.paths.metrics.with_name("metrics.jsonl.tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, self.paths.metrics)
 
     # --- one step, one epoch ---------------------------------------------------------------------------------
     def _autocast(self) -> Any:
@@ -454,11 +496,7 @@ class Trainer:
 
         self.setup()
         cfg, paths, main = self.cfg, self.paths, self.dist.is_main
-        if main:
-            paths.root.mkdir(parents=True, exist_ok=True)
-            write_yaml(paths.config, cfg.to_dict())
-            for stale in remove_stale_temporaries(paths.root):
-                self.console.print(f"[yellow]note:[/] removed {stale.name}, left by a process that was killed")
+        self._on_main("Preparing the run directory", self._prepare_run_dir)
         for note in self.notes:
             self.console.print(f"[yellow]note:[/] {note}")
         t_start = time.perf_counter()
@@ -486,13 +524,7 @@ class Trainer:
                 self.last_val_acc = val[0]
                 record = self._epoch_record(epoch + 1, sums, counts, val, time.perf_counter() - t0)
                 self._check_finite_weights(epoch + 1)
-                if main:
-                    # Metrics line first, then the checkpoint: a crash in between leaves a line ahead of the
-                    # checkpoint, which --resume drops and rewrites; never a checkpoint without its line.
-                    with open(paths.metrics, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    faults.point("metrics-written")
-                    self._save(epoch + 1, val[0])
+                self._on_main("Writing metrics and checkpoint", self._write_epoch, record, epoch + 1, val[0])
                 progress.epoch_done(record)
         summary = self._summary(time.perf_counter() - t_start)
         if self.dist.enabled:
@@ -507,6 +539,24 @@ class Trainer:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
             os.replace(tmp, paths.summary)
         return summary
+
+    def _prepare_run_dir(self) -> None:
+        paths = self.paths
+        paths.root.mkdir(parents=True, exist_ok=True)
+        if not self.resume:  # a folder without a checkpoint may hold lines of a run killed in its first epoch
+            for stale_file in (paths.metrics, paths.summary):
+                stale_file.unlink(missing_ok=True)
+        write_yaml(paths.config, self.cfg.to_dict())
+        for stale in remove_stale_temporaries(paths.root):
+            self.console.print(f"[yellow]note:[/] removed {stale.name}, left by a process that was killed")
+
+    def _write_epoch(self, record: dict[str, Any], epoch: int, val_acc: float) -> None:
+        # Metrics line first, then the checkpoint: a crash in between leaves a line ahead of the checkpoint,
+        # which --resume drops and rewrites; never a checkpoint without its line.
+        with open(self.paths.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        faults.point("metrics-written")
+        self._save(epoch, val_acc)
 
     def _summary(self, seconds: float) -> dict[str, Any]:
         structure = self._structure()

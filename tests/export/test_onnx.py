@@ -171,3 +171,24 @@ def test_dense_export_of_a_run_is_the_model_it_started_from(tmp_path: Path) -> N
     meta = {p.key: p.value for p in onnx.load(str(run / "export-dense" / "model.onnx")).metadata_props}
     summary = json.loads((run / "summary.json").read_text())
     assert json.loads(meta["reference_val_acc"]) == summary["dense_val_acc"]
+
+
+def test_random_init_export_with_onnxsim_counts_zero_constants_it_drops(tmp_path: Path) -> None:
+    """Random-init timm weights have all-zero biases; onnxsim folds some of those no-op adds away. The exporter's
+    own file must still hold exactly the plan's parameters, and the simplified one may only lose zeros."""
+    import json
+
+    from export.pipeline import export_source, source_from_plan
+    from export.plan import make_plan
+    from hiap.models import create_model, data_config
+
+    vit = create_model("deit_tiny_patch16_224", num_classes=10)
+    geom = GatedViT(vit).geometry
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(make_plan("deit_tiny_patch16_224", geom, geom.dense_structure(), data_config(vit), 10)
+                               .to_dict()))  # fmt: skip
+    report = export_source(source_from_plan("deit_tiny_patch16_224", plan, "none"), tmp_path / "out")
+    assert report["counts_match"] and report["parity"]["passed"]
+    assert report["onnx_params_before_simplify"] == report["params"] == geom.dense_params
+    assert report["zero_params_removed_by_onnxsim"] > 0  # onnxsim did drop zero biases here (1,344 measured)
+    assert report["onnx_gmacs"] == report["gmacs"]

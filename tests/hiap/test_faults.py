@@ -80,6 +80,10 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
             assert a[key] == pytest.approx(b[key], rel=1e-5), key
     gd, g1 = load_checkpoint(tmp_path / "ddp").gates, load_checkpoint(tmp_path / "one").gates
     assert all(torch.allclose(gd[k], g1[k], atol=1e-5) for k in g1)
+    # Rank 0 refusing (a run is already there, no --resume) stops every rank at once instead of leaving one waiting.
+    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120, check=False,
+                           start_new_session=True)  # fmt: skip
+    assert again.returncode != 0 and "already holds a run" in again.stderr + again.stdout
 
 
 @pytest.fixture(scope="module")
