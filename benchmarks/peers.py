@@ -1,0 +1,221 @@
+"""Pruning quality against peers on the built-in data, from the shipped dense checkpoint, at equal MACs and epochs.
+
+    python benchmarks/peers.py [--budgets 0.67 0.5] [--seeds 0] [--epochs 6]
+
+Methods, each ending at the same MACs (counted by torch's FlopCounterMode on the pruned network, matmuls of the
+attention included; the peers are pruned to the MACs of HiAP's exported network for that budget and seed, which
+includes its value-width padding, so no method gets more compute than HiAP) and trained for the same epochs x
+images with the same recipe as HiAP's default (AdamW 5e-4, cosine, label smoothing 0.1, KD from the frozen dense
+start, alpha 0.7, T 4):
+- hiap: the default `hiap train` recipe at the target;
+- torch-pruning: Torch-Pruning's ViT recipe (PyPI torch-pruning; Taylor importance from 10 batches, global
+  ranking, whole heads and FFN neurons), pruning ratio searched to the target MACs, then fine-tuned;
+- uniform: the same ratio in every layer (l1-magnitude, heads' dims and FFN neurons), then fine-tuned;
+- l1-ffn: FFN neurons only (l1-magnitude, uniform ratio), then fine-tuned;
+- dense: the dense start fine-tuned for the same epochs (the control).
+Writes benchmarks/results/peers.json / .md (every run, mean and spread per method and budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from common import environment, write_results
+from timm.models.vision_transformer import Attention, Mlp
+from torch.utils.flop_counter import FlopCounterMode
+
+from hiap.data import BuiltinData
+from hiap.loss import task_loss
+from hiap.models import create_model, data_config, load_pretrained
+
+MODEL = "hiap_vit_fmnist"
+
+
+def macs_of(model: torch.nn.Module) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 1, 28, 28))
+    return counter.get_total_flops() // 2
+
+
+def _attn_forward(self: Attention, x: torch.Tensor, **_: Any) -> torch.Tensor:
+    """timm's Attention reshaped with -1 instead of C, so pruned head dims still fit (Torch-Pruning's own patch)."""
+    b, n, _ = x.shape
+    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = self.q_norm(q), self.k_norm(k)
+    attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, -1)
+    return self.proj(x)
+
+
+def prune(dense: torch.nn.Module, method: str, ratio: float, data: BuiltinData) -> torch.nn.Module:
+    import torch_pruning as tp
+
+    model = copy.deepcopy(dense).eval()
+    num_heads, ignored = {}, [model.head]
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.forward = _attn_forward.__get__(m, Attention)
+            num_heads[m.qkv] = m.num_heads
+            if method == "l1-ffn":
+                ignored += [m.qkv, m.proj]
+        if isinstance(m, Mlp):
+            ignored.append(m.fc2)  # prune inside the FFN (fc1 rows / fc2 columns), never the residual width
+    for m in model.modules():
+        if isinstance(m, Attention) and method != "l1-ffn":
+            ignored.append(m.proj)  # keep the residual width; heads / head dims go through qkv
+    taylor = method == "torch-pruning"
+    imp = tp.importance.GroupTaylorImportance() if taylor else tp.importance.GroupMagnitudeImportance(p=1)
+    pruner = tp.pruner.MetaPruner(
+        model, torch.zeros(1, 1, 28, 28), importance=imp, global_pruning=taylor, pruning_ratio=ratio,
+        ignored_layers=ignored, num_heads=num_heads, prune_num_heads=taylor,
+        prune_head_dims=not taylor, head_pruning_ratio=min(ratio, 0.5) if taylor else 0.0, round_to=None,
+    )  # fmt: skip
+    if taylor:
+        model.zero_grad()
+        for i, (x, y) in enumerate(data.train_batches(0, 64, 0)):
+            if i == 10:
+                break
+            F.cross_entropy(model(x), y).backward()
+    pruner.step()
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.num_heads = pruner.num_heads[m.qkv]
+            if m.num_heads == 0 or m.qkv.out_features == 0:
+                raise ValueError("a layer lost every head")  # the ratio is too aggressive for this method
+            m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+    model.zero_grad(set_to_none=True)
+    return model
+
+
+def prune_to(dense: torch.nn.Module, method: str, target_macs: float, data: BuiltinData) -> tuple[Any, float]:
+    """Bisect the pruning ratio until the pruned MACs are within 1 % of the target (or the closest found)."""
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        try:
+            model = prune(dense, method, mid, data)
+            macs = macs_of(model)
+        except ValueError:  # emptied a layer: prune less
+            hi = mid
+            continue
+        if best is None or abs(macs - target_macs) < abs(best[1] - target_macs):
+            best = (model, macs, mid)
+        if abs(macs - target_macs) / target_macs < 0.01:
+            break
+        lo, hi = (mid, hi) if macs > target_macs else (lo, mid)
+    return best[0], best[2]  # type: ignore[index]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: BuiltinData) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in data.val_batches(256):
+        correct += int((model(x).argmax(-1) == y).sum())
+        total += len(y)
+    return correct / total
+
+
+def finetune(model: torch.nn.Module, teacher: torch.nn.Module, data: BuiltinData, epochs: int, seed: int) -> float:
+    """The default recipe's weight training: AdamW 5e-4 (wd 0.05), cosine to 1 %, LS 0.1, KD alpha 0.7 T 4."""
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+    steps = epochs * (data.num_train // 128)
+    step = 0
+    for epoch in range(epochs):
+        model.train()
+        for x, y in data.train_batches(epoch, 128, seed):
+            for g in opt.param_groups:
+                g["lr"] = 5e-4 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            with torch.no_grad():
+                t = teacher(x)
+            loss, _ = task_loss(model(x), y, 0.1, t, 0.7, 4.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return evaluate(model, data)
+
+
+def hiap_run(budget: float, seed: int, epochs: int) -> tuple[float, torch.nn.Module]:
+    """The default `hiap train` at the target; returns its validation accuracy and the compact network (counted
+    with the same FlopCounterMode as the peers)."""
+    import tempfile
+
+    from rich.console import Console
+
+    from export.compact import build_compact
+    from hiap.config import TrainConfig
+    from hiap.train import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(TrainConfig(target_macs=str(budget), seed=seed, epochs=epochs, out=f"{tmp}/run"),
+                          Console(quiet=True))  # fmt: skip
+        summary = trainer.run()
+        compact = build_compact(trainer.vit.eval(), trainer.gated.hard_structure(), align=1)
+    return summary["val_acc"], compact
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.67, 0.5])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--methods", nargs="+", default=["hiap", "torch-pruning", "uniform", "l1-ffn", "dense"])
+    args = parser.parse_args()
+    dense = create_model(MODEL, num_classes=10).eval()
+    load_pretrained(dense, MODEL, "auto")
+    cfg = data_config(dense)
+    data = BuiltinData(cfg["input_size"], cfg["mean"], cfg["std"])
+    dense_macs = macs_of(dense)
+    dense_acc = evaluate(dense, data)
+    runs = []
+    hiap_macs: dict[tuple[int, float], int] = {}
+    for seed in args.seeds:
+        for method in args.methods:
+            for budget in [1.0] if method == "dense" else args.budgets:
+                t0 = time.perf_counter()
+                if method == "hiap":
+                    acc, model = hiap_run(budget, seed, args.epochs)
+                    macs, params, ratio = macs_of(model), sum(p.numel() for p in model.parameters()), None
+                    hiap_macs[(seed, budget)] = macs
+                else:
+                    teacher = copy.deepcopy(dense).eval().requires_grad_(False)
+                    target = hiap_macs.get((seed, budget), budget * dense_macs)
+                    model, ratio = (copy.deepcopy(dense), 0.0) if method == "dense" else prune_to(
+                        dense, method, target, data)  # fmt: skip
+                    macs, params = macs_of(model), sum(p.numel() for p in model.parameters())
+                    acc = finetune(model, teacher, data, args.epochs, seed)
+                run = {"method": method, "budget": budget, "seed": seed, "val_acc": acc, "macs": int(macs),
+                       "mac_fraction": macs / dense_macs, "params": int(params), "prune_ratio": ratio,
+                       "seconds": time.perf_counter() - t0}  # fmt: skip
+                print(run, flush=True)
+                runs.append(run)
+    table = [
+        "| method | budget | seeds | val top-1 % (mean +- sd) | MACs (of dense) | params (M) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method in args.methods:
+        for budget in [1.0] if method == "dense" else args.budgets:
+            rs = [r for r in runs if r["method"] == method and r["budget"] == budget]
+            accs = [100 * r["val_acc"] for r in rs]
+            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            table.append(f"| {method} | {budget} | {len(rs)} | {statistics.mean(accs):.2f} +- {sd:.2f} | "
+                         f"{statistics.mean(r['mac_fraction'] for r in rs):.3f} | "
+                         f"{statistics.mean(r['params'] for r in rs) / 1e6:.3f} |")  # fmt: skip
+    table.append(f"\nDense start (no fine-tuning): {100 * dense_acc:.2f} %, {dense_macs / 1e6:.2f} MMACs.")
+    env = environment(f"{MODEL} from the shipped dense checkpoint, built-in data, {args.epochs} epochs per method, "
+                      f"seeds {args.seeds}, budgets {args.budgets}")  # fmt: skip
+    write_results("peers", "Pruning quality against peers (built-in data)", env, runs, table)
+
+
+if __name__ == "__main__":
+    main()
