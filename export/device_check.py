@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from devices.profile import DeviceProfile, parse_range
-from hiap.errors import HiapError
+from export.onnx_io import load_shaped
 
 # Operators a hiap ViT export can contain, all in TensorRT's ONNX support matrix since 8.x (LayerNormalization
 # since 8.6). An operator outside this list is not necessarily unsupported, only not verified by hiap: a warning.
@@ -97,19 +97,7 @@ def _attention_pairs(graph: Any, shapes: dict[str, list[int]]) -> list[tuple[int
 
 def check_onnx(path: Path, profile: DeviceProfile) -> dict[str, Any]:
     """Findings for this file on this device; `passed` is False when any finding is an error."""
-    import onnx
-    from onnx import shape_inference
-
-    try:
-        proto = onnx.load(str(path))
-        for value in [*proto.graph.input, *proto.graph.output]:  # count at batch 1 like onnx_cost
-            dims = value.type.tensor_type.shape.dim
-            if dims and not dims[0].dim_value:
-                dims[0].dim_value = 1
-        del proto.graph.value_info[:]
-        proto = shape_inference.infer_shapes(proto, data_prop=True)
-    except Exception as exc:
-        raise HiapError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}).") from None
+    proto, shapes = load_shaped(path)
     graph = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     ops = sorted({n.op_type for n in graph.node})
@@ -137,8 +125,6 @@ def check_onnx(path: Path, profile: DeviceProfile) -> dict[str, Any]:
             findings.append(Finding("warning", "LayerNorm", "LayerNorm is decomposed (opset < 17), so it cannot be "
                                     "pinned to FP32 as one layer; FP16 overflow risk (TensorRT #2564).",
                                     "use opset 17 where the device's TensorRT has LayerNormalization."))  # fmt: skip
-        shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-                  for v in [*graph.value_info, *graph.input, *graph.output]}  # fmt: skip
         for i, (hq, hv) in enumerate(_attention_pairs(graph, shapes)):
             where = f"attention {i}"
             if hq != hv:

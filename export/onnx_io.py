@@ -77,10 +77,10 @@ def _dims(info: Any) -> list[int]:
     return [d.dim_value for d in info.type.tensor_type.shape.dim]
 
 
-def onnx_cost(path: Path) -> tuple[int, int]:
-    """(MACs, parameters) of an ONNX model at batch 1: MatMul/Gemm/Conv from inferred shapes, float initializers."""
+def load_shaped(path: Path) -> tuple[Any, dict[str, list[int]]]:
+    """(model, shape of every tensor) at batch 1: a dynamic batch axis is pinned so inference gives static shapes."""
     import onnx
-    from onnx import numpy_helper, shape_inference
+    from onnx import shape_inference
 
     try:
         proto = onnx.load(str(path))
@@ -99,8 +99,16 @@ def onnx_cost(path: Path) -> tuple[int, int]:
     if not graph.node or not graph.input or not graph.output:
         raise HiapError(f"'{path}' holds no model graph: the file is empty or truncated.")
     shapes = {v.name: _dims(v) for v in [*graph.value_info, *graph.input, *graph.output]}
-    inits = {i.name: list(i.dims) for i in graph.initializer}
-    shapes.update(inits)
+    shapes.update({i.name: list(i.dims) for i in graph.initializer})
+    return proto, shapes
+
+
+def onnx_cost(path: Path) -> tuple[int, int]:
+    """(MACs, parameters) of an ONNX model at batch 1: MatMul/Gemm/Conv from inferred shapes, float initializers."""
+    from onnx import numpy_helper
+
+    proto, shapes = load_shaped(path)
+    graph = proto.graph
     macs = 0
     for node in graph.node:
         if node.op_type in ("MatMul", "Gemm", "Conv") and not all(

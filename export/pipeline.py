@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -15,12 +16,12 @@ from export.compact import build_compact, padded_structure
 from export.onnx_io import onnx_cost, ort_run, ort_session, simplify_onnx, torch2onnx, zero_params
 from export.plan import make_plan, read_plan_json, structure_from_dict
 from hiap import __version__
+from hiap.atomic import write_bytes_atomic, write_json_atomic
 from hiap.checkpoint import load_checkpoint
 from hiap.cost import Structure, structure_macs, structure_params
 from hiap.errors import HiapError
 from hiap.gated import Floors, GatedViT, Masks, masks_to_structure, structure_to_masks
 from hiap.models import BUILTIN_MODELS, create_model, data_config, load_pretrained, load_weights
-from runtime.trt_runner import write_json_atomic
 
 PARITY_TOL = 1e-4
 
@@ -111,9 +112,9 @@ def source_from_plan(model: str, plan_path: Path, pretrained: str = "auto") -> S
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynamic_batch: bool = False,
@@ -135,8 +136,8 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     plan = make_plan(src.model, geom, structure, src.data_config, src.num_classes,
                      class_names=src.classes, source=src.origin)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    plan.write(out / "plan.json")
     body = plan.to_dict()
+    plan.write(out / "plan.json", body)
     compact = build_compact(vit, structure, align=align)
     dcfg = src.data_config
     meta = {

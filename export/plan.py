@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hiap.atomic import write_json_atomic
 from hiap.cost import BlockStructure, Geometry, Structure, structure_macs, structure_params
 from hiap.errors import HiapError
 
@@ -58,10 +59,9 @@ class Plan:
         body["hash"] = plan_hash(body)
         return body
 
-    def write(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        tmp.replace(path)
+    def write(self, path: Path, body: dict[str, Any] | None = None) -> None:
+        """Write the plan; pass `body` when its to_dict() is already at hand (it hashes the structure)."""
+        write_json_atomic(path, body or self.to_dict(), indent=1)
 
 
 def plan_hash(body: dict[str, Any]) -> str:

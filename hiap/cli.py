@@ -103,11 +103,11 @@ def pipeline(
     from devices.host import detect_host, profile_mismatch
     from devices.profile import load_profile
     from export.pipeline import export_source, source_from_run
+    from hiap.atomic import write_json_atomic
     from hiap.config import resolve_config
     from hiap.progress import summary_table
     from hiap.train import Trainer
     from runtime.bench import BenchOptions, run_bench
-    from runtime.trt_runner import write_json_atomic
 
     if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
         raise HiapError("hiap pipeline runs in one process (it benches on this host); under torchrun use hiap train, "
@@ -336,7 +336,7 @@ def bench(
                         min_seconds=min_seconds, limit=limit)  # fmt: skip
     report = run_bench(artifact, opts)
     if json_out is not None:
-        from runtime.trt_runner import write_json_atomic
+        from hiap.atomic import write_json_atomic
 
         write_json_atomic(json_out, report)
     print_bench(report)

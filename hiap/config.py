@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from hiap.atomic import write_text_atomic
 from hiap.errors import HiapError, did_you_mean
 
 
@@ -131,6 +132,4 @@ def resolve_config(config_file: Path | None, cli_values: dict[str, Any]) -> Trai
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from torch import nn
 
 from hiap import __version__, faults
 from hiap import distributed as dd
+from hiap.atomic import write_json_atomic, write_text_atomic
 from hiap.budget import BudgetController, check_target, parse_target
 from hiap.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from hiap.config import TrainConfig, write_yaml
@@ -296,9 +296,7 @@ class Trainer:
             raise HiapError(
                 f"'{self.paths.metrics}' is damaged: move it away to resume (the checkpoint is intact)."
             ) from None
-        tmp = self.paths.metrics.with_name("metrics.jsonl.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, self.paths.metrics)
+        write_text_atomic(self.paths.metrics, "".join(ln + "\n" for ln in keep))
 
     # --- one step, one epoch ---------------------------------------------------------------------------------
     def _autocast(self) -> Any:
@@ -535,9 +533,7 @@ class Trainer:
             if spread != 0.0:
                 raise HiapError(f"Ranks ended with different gates (max abs diff {spread:.3g}): report this as a bug.")
         if main:
-            tmp = paths.summary.with_name("summary.json.tmp")
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
-            os.replace(tmp, paths.summary)
+            write_json_atomic(paths.summary, summary)
         return summary
 
     def _prepare_run_dir(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shlex
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from hiap import __version__
+from hiap.atomic import write_bytes_atomic, write_json_atomic
 from hiap.errors import HiapError
 from runtime.base import TensorSpec
 from runtime.ort_runner import check_model_file
@@ -148,14 +148,10 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise HiapError(f"TensorRT could not build an engine from '{onnx_path}' (see the TensorRT log above).")
-    tmp = engine_path.with_name(engine_path.name + ".tmp")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, engine_path)
+    write_bytes_atomic(engine_path, bytes(serialized))
     cache_out = config.get_timing_cache()
     if timing_cache is not None and cache_out is not None:
-        tmp_cache = timing_cache.with_name(timing_cache.name + ".tmp")
-        tmp_cache.write_bytes(bytes(cache_out.serialize()))
-        os.replace(tmp_cache, timing_cache)
+        write_bytes_atomic(timing_cache, bytes(cache_out.serialize()))
     sidecar = {
         **(metadata or {}),
         "engine_hiap_version": __version__,
@@ -175,20 +171,6 @@ def build_engine(
 
 def sidecar_path(engine_path: Path) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
-
-
-def write_json_atomic(path: Path, body: dict[str, Any]) -> None:
-    """tmp + fsync + rename: a reader sees the old file or the whole new one, never half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(json.dumps(body, indent=2) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise HiapError(f"Cannot write '{path}': {exc.strerror or exc}.") from None
 
 
 def read_sidecar(engine_path: Path) -> dict[str, Any]:
