@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import tempfile
 import time
@@ -24,7 +25,7 @@ def environment(recipe: str) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         "machine": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "hiap": __version__,
@@ -75,10 +76,17 @@ def train_run(**overrides: Any) -> dict[str, Any]:
     return summary
 
 
-def write_results(name: str, title: str, env: dict[str, Any], runs: list[dict[str, Any]], table: list[str]) -> None:
-    """benchmarks/results/<name>.json (environment and every run) and <name>.md (title, environment, table)."""
-    results = Path(__file__).parent / "results"
+def results_dir() -> Path:
+    """benchmarks/results, or $HIAP_BENCH_RESULTS (run_all.py's reduced runs write there, not over the committed
+    results)."""
+    results = Path(os.environ.get("HIAP_BENCH_RESULTS") or Path(__file__).parent / "results")
     results.mkdir(parents=True, exist_ok=True)
+    return results
+
+
+def write_results(name: str, title: str, env: dict[str, Any], runs: list[dict[str, Any]], table: list[str]) -> None:
+    """<results>/<name>.json (environment and every run) and <name>.md (title, environment, table)."""
+    results = results_dir()
     (results / f"{name}.json").write_text(json.dumps({"environment": env, "runs": runs}, indent=2) + "\n")
     head = [f"# {title}", "", f"{env['recipe']}; {env['machine']}, {env['threads']} threads, "
             f"torch {env['torch']}, hiap {env['hiap']}, {env['date']}.", ""]  # fmt: skip

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from common import environment, write_results
@@ -31,10 +32,11 @@ MODELS = [("hiap_vit_fmnist", 128), ("deit_tiny_patch16_224", 16), ("deit_small_
 MODES = {"plain": {"dense": True, "kd": False}, "gated": {"kd": False}, "gated+kd": {"kd": True}}
 
 
-def make_trainer(model: str, batch: int, mode: str, out: Path) -> Trainer:
+def make_trainer(model: str, batch: int, mode: str, out: Path, **extra: Any) -> Trainer:
+    """A set-up trainer for one mode (`extra`: more TrainConfig fields, e.g. device and amp)."""
     pretrained = "auto" if model == "hiap_vit_fmnist" else "none"
     cfg = TrainConfig(model=model, pretrained=pretrained, batch_size=batch, epochs=1, train_images=batch * 50,
-                      out=str(out), **MODES[mode])  # fmt: skip
+                      out=str(out), **MODES[mode], **extra)  # fmt: skip
     trainer = Trainer(cfg, Console(quiet=True))
     trainer.setup()
     trainer.vit.train()
