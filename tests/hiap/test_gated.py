@@ -32,6 +32,51 @@ def test_open_gates_reproduce_timm_distilled() -> None:
     assert _parity(make_distilled()) <= 1e-6
 
 
+def _reference_forward(gated: GatedViT, x: torch.Tensor, masks) -> torch.Tensor:
+    """The gates as activation multipliers, written out from timm's modules: what the weight-folded forward in
+    hiap.gated must equal (value/head gates on the attention output, neuron gates on the hidden activations, the
+    FFN gate on the block's FFN output)."""
+    vit = gated.vit
+    x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+    for i, blk in enumerate(vit.blocks):
+        attn, mlp = blk.attn, blk.mlp
+        h = blk.norm1(x)
+        b, n, _ = h.shape
+        q, k, v = attn.qkv(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        a = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1) @ v
+        a = a * (masks.head[i].unsqueeze(-1) * masks.value[i])[None, :, None, :]
+        x = x + blk.ls1(attn.proj(a.transpose(1, 2).reshape(b, n, -1)))
+        hidden = mlp.act(mlp.fc1(blk.norm2(x))) * masks.neuron[i]
+        x = x + blk.ls2(mlp.fc2(hidden) * masks.ffn[i])
+    return vit.forward_head(vit.norm(x))
+
+
+@pytest.mark.parametrize("variant", ["plain", "layerscale"])
+def test_weight_folded_gates_equal_activation_gates_with_gradients(variant: str) -> None:
+    """Folding the gates into proj/fc2 weights is exact: outputs and every gradient (weights and gate logits) match
+    the activation-masked formulation in float64, for soft masks strictly between 0 and 1."""
+    torch.manual_seed(0)
+    vit = make_vit(variant, fused=False).double().train()
+    gated = GatedViT(vit).double().train()
+    with torch.no_grad():
+        for logits in gated.gates.as_dict().values():
+            logits.normal_(0.0, 1.5)
+    x = torch.randn(2, vit.patch_embed.proj.in_channels, *vit.patch_embed.img_size, dtype=torch.float64)
+    grads = []
+    for forward in (lambda m: gated(x, m), lambda m: _reference_forward(gated, x, m)):
+        gated.zero_grad(set_to_none=True)
+        masks = gated.sample_masks(0.7, torch.Generator().manual_seed(3), hard=False)
+        out = forward(masks)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)).sum().backward()
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in gated.named_parameters() if p.grad is not None}))
+    (out_a, g_a), (out_b, g_b) = grads
+    assert torch.allclose(out_a, out_b, rtol=1e-10, atol=1e-12)
+    assert g_a.keys() == g_b.keys() and {"gates.head", "gates.value", "gates.ffn", "gates.neuron"} <= g_a.keys()
+    for name in g_a:
+        assert torch.allclose(g_a[name], g_b[name], rtol=1e-9, atol=1e-12), name
+
+
 def test_state_dict_keeps_timm_names_and_round_trips() -> None:
     vit = make_vit("layerscale")
     names = list(vit.state_dict())
