@@ -223,9 +223,13 @@ class GatedViT(nn.Module):
         p = {k: keep_probability(a) for k, a in self.gates.as_dict().items()}
         return expected_cost(self.geometry, p["head"], p["ffn"], p["value"], p["neuron"])
 
-    def hard_macs(self) -> int:
+    def hard_cost(self) -> torch.Tensor:
+        """MACs of the exported network as a tensor on the gates' device (no host read-back)."""
         m = self.hard_masks()
-        return round(float(expected_cost(self.geometry, m.head, m.ffn, m.value, m.neuron).total))
+        return expected_cost(self.geometry, m.head, m.ffn, m.value, m.neuron).total
+
+    def hard_macs(self) -> int:
+        return round(float(self.hard_cost()))
 
     def hard_structure(self) -> Structure:
         return masks_to_structure(self.hard_masks())

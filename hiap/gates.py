@@ -29,7 +29,8 @@ def gumbel_sigmoid(
     The hard sample is 1 exactly when (a + eps) > 0, so its keep probability is sigmoid(a) whatever tau is;
     tau only shapes the straight-through gradient (and the soft sample).
     """
-    y = logits if noise is None else logits + noise.to(logits.device, logits.dtype)
+    # non_blocking: a blocking host-to-device copy would synchronise the stream once per gate tensor and step.
+    y = logits if noise is None else logits + noise.to(logits.device, logits.dtype, non_blocking=True)
     soft = torch.sigmoid(y / tau)
     if not hard:
         return soft

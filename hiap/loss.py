@@ -16,11 +16,12 @@ def task_loss(
     teacher_logits: torch.Tensor | None = None,
     alpha: float = 0.7,
     temperature: float = 4.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy, or (1 - alpha) * CE + alpha * T^2 * KL(teacher || student) at temperature T (Hinton)."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy, or (1 - alpha) * CE + alpha * T^2 * KL(teacher || student) at temperature T (Hinton); the
+    parts come back as detached tensors (reading them is the caller's choice: on a GPU it synchronises)."""
     ce = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
     if teacher_logits is None:
-        return ce, {"ce": float(ce.detach())}
+        return ce, {"ce": ce.detach()}
     t = temperature
     kl = F.kl_div(
         F.log_softmax(logits.float() / t, dim=-1),
@@ -29,17 +30,17 @@ def task_loss(
         log_target=True,
     )
     loss = (1.0 - alpha) * ce + alpha * t * t * kl
-    return loss, {"ce": float(ce.detach()), "kd": float(kl.detach())}
+    return loss, {"ce": ce.detach(), "kd": kl.detach()}
 
 
 def mac_penalty(
     cost: ExpectedCost, dense_macs: int, lambda_macro: float, lambda_micro: float, scale: float
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """scale * (lambda_macro * E[macro MACs] + lambda_micro * E[micro MACs]) / dense MACs."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """scale * (lambda_macro * E[macro MACs] + lambda_micro * E[micro MACs]) / dense MACs (parts detached)."""
     macro = cost.macro / dense_macs
     micro = cost.micro / dense_macs
     loss = scale * (lambda_macro * macro + lambda_micro * micro)
-    return loss, {"macro": float(macro.detach()), "micro": float(micro.detach())}
+    return loss, {"macro": macro.detach(), "micro": micro.detach()}
 
 
 def feasibility_loss(model: GatedViT) -> torch.Tensor:

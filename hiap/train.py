@@ -320,21 +320,23 @@ class Trainer:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         self._set_lr()
         tau = self.tau(self.step)
-        parts: dict[str, float] = {"tau": tau}
+        # The logged scalars stay tensors until one read-back at the end of the step: on a GPU each float() is a
+        # synchronisation that leaves the device idle while the host queues the next kernels (measured on an H100:
+        # gated steps took 1.43x plain wall time at 1.04x its kernel time with ten of them).
+        stats: dict[str, torch.Tensor] = {}
         with self._autocast():
             if self.gated is None:
                 logits, teacher_logits = self.forward_model(x), None
             else:
                 gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)  # noise keyed by step
                 masks = self.gated.sample_masks(tau, gen, hard=cfg.gate_mode == "hard")
-                masks = type(masks)(**{k: v.to(self.device) for k, v in vars(masks).items()})
                 logits = self.forward_model(x, masks)
                 teacher_logits = None
                 if self.teacher is not None:
                     with torch.no_grad():
                         teacher_logits = self.teacher(x)
         loss, task_parts = task_loss(logits, y, cfg.label_smoothing, teacher_logits, cfg.kd_alpha, cfg.kd_temperature)
-        parts.update(task_parts)
+        stats.update(task_parts)
         if self.gated is not None:
             cost = self.gated.expected_cost()
             penalty, pen_parts = mac_penalty(
@@ -344,23 +346,32 @@ class Trainer:
             polar_weight = cfg.polarization * self.controller.hard_weight(self.step / self.total_steps)
             polar = polarization_loss(self.gated)
             loss = loss + penalty + feas + polar_weight * polar
-            parts["polarization"] = float(polar.detach())
-            parts.update(pen_parts, feasibility=float(feas.detach()), penalty_scale=self.controller.scale)
-        # Every rank must take the same branch, or the others would wait in the next all-reduce forever.
-        if not dd.all_ranks_true(self.dist, bool(torch.isfinite(loss.detach())), self.device):
-            return self._nonfinite("loss", tau)
+            stats.update(pen_parts, polarization=polar.detach(), feasibility=feas.detach())
         self.optimizer.zero_grad(set_to_none=True)
+        # Backward before the finiteness check, so one read-back decides for loss and gradients; under DDP every
+        # rank then joins the same gradient all-reduce whatever its own loss was (a non-finite loss on one rank
+        # makes every rank's averaged gradients non-finite, and all skip or stop together).
         loss.backward()
-        # After DDP's all-reduce the gradients are equal on every rank, so this decision is too.
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-            return self._nonfinite("gradient", tau)
+        # The max-abs norm of each gradient is finite exactly when all its elements are (NaN propagates, no
+        # overflow), and _foreach_norm computes all of them in a few fused kernels instead of one per tensor.
+        grads_ok = torch.stack(torch._foreach_norm(grads, math.inf)).isfinite().all() if grads else loss.new_ones(())
+        loss_ok, grads_ok = (bool(v) for v in torch.stack([loss.detach().isfinite(), grads_ok.bool()]).tolist())
+        if not dd.all_ranks_true(self.dist, loss_ok and grads_ok, self.device):
+            # Every rank is in this branch, so one more collective to name the cause is safe.
+            return self._nonfinite("gradient" if dd.all_ranks_true(self.dist, loss_ok, self.device) else "loss", tau)
         self.optimizer.step()
-        parts["loss"] = float(loss.detach())
+        stats["loss"] = loss.detach()
         if self.gated is not None:
             with torch.no_grad():
-                expected = float(self.gated.expected_cost().total) / self.dense_macs
-            hard = self.hard_fraction = self.gated.hard_macs() / self.dense_macs  # also read by the next _set_lr
+                stats["expected_macs"] = self.gated.expected_cost().total
+                stats["hard_macs"] = self.gated.hard_cost()
+        values = torch.stack([v.detach().reshape(()).double() for v in stats.values()]).tolist()
+        parts = {"tau": tau, **dict(zip(stats, values, strict=True))}
+        if self.gated is not None:
+            parts["penalty_scale"] = self.controller.scale  # the scale this step's penalty used
+            expected = parts.pop("expected_macs") / self.dense_macs
+            hard = self.hard_fraction = round(parts.pop("hard_macs")) / self.dense_macs  # also read by _set_lr
             self.controller.update(expected, hard, (self.step + 1) / self.total_steps)
             parts.update(expected_frac=expected, hard_frac=hard)
             if self.step % self.trace_every == 0:  # a few points per epoch for hiap report's curves
