@@ -27,7 +27,9 @@ class Dataset(Protocol):
         self, epoch: int, batch_size: int, seed: int, rank: int = 0, world: int = 1
     ) -> Iterator[Batch]: ...
 
-    def val_batches(self, batch_size: int) -> Iterator[Batch]: ...
+    def val_batches(self, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        """Batch i of the fixed validation order goes to rank i % world (so each rank decodes only its batches)."""
+        ...
 
 
 @dataclass
@@ -98,8 +100,8 @@ class BuiltinData:
                 images, idx = images[rank * share : (rank + 1) * share], idx[rank * share : (rank + 1) * share]
             yield self._prepare(images), self.y_train[idx]
 
-    def val_batches(self, batch_size: int) -> Iterator[Batch]:
-        for start in range(0, self.num_val, batch_size):
+    def val_batches(self, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        for start in range(rank * batch_size, self.num_val, world * batch_size):
             yield self._prepare(self.x_val[start : start + batch_size]), self.y_val[start : start + batch_size]
 
 
@@ -161,8 +163,14 @@ class ImageFolderData:
         )  # fmt: skip
         return iter(loader)
 
-    def val_batches(self, batch_size: int) -> Iterator[Batch]:
-        return self._loader(self.val_set, batch_size, False, 0)
+    def val_batches(self, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        if world == 1:
+            return self._loader(self.val_set, batch_size, False, 0)
+        # This rank's batches of the unsharded order, concatenated: only the last one can be short, so the loader
+        # cuts them at the same boundaries and sums over ranks equal the single-process sums.
+        n = len(self.val_set)
+        mine = [j for i in range(rank * batch_size, n, world * batch_size) for j in range(i, min(i + batch_size, n))]
+        return self._loader(torch.utils.data.Subset(self.val_set, mine), batch_size, False, 0)
 
 
 class _image_loader:

@@ -399,21 +399,22 @@ class Trainer:
         """Top-1 accuracy and loss on the validation split with hard gates (the exported network)."""
         model: nn.Module = self.gated if self.gated is not None else self.vit
         model.eval()
-        correct, total, loss_sum = 0, 0, 0.0
+        # Sums stay on the device (float64, so the result equals summing Python floats) until one read-back.
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # correct, total, loss
         masks = None
         if self.gated is not None:  # once per evaluation, not per batch
             masks = self.gated.open_masks() if open_gates else self.gated.hard_masks()
-        for i, (x, y) in enumerate(self.data.val_batches(256)):
-            if i % self.dist.world != self.dist.rank:  # under torchrun each rank validates every world-th batch
-                continue
-            x, y = x.to(self.device), y.to(self.device)
+        # Under torchrun each rank reads and validates every world-th batch; the sums are added across ranks.
+        for x, y in self.data.val_batches(256, self.dist.rank, self.dist.world):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self._autocast():
                 logits = self.gated(x, masks) if self.gated is not None else self.vit(x)
-            loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
-            correct += int((logits.argmax(-1) == y).sum())
-            total += int(y.numel())
+            loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            sums[0] += (logits.argmax(-1) == y).sum()
+            sums[1] += y.numel()
+            sums[2] += loss.double()
         model.train()
-        correct, total, loss_sum = dd.sum_across(self.dist, [correct, total, loss_sum], self.device)
+        correct, total, loss_sum = dd.sum_across(self.dist, sums.tolist(), self.device)
         return correct / total, loss_sum / total
 
     # --- outputs -----------------------------------------------------------------------------------------

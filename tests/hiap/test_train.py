@@ -204,6 +204,27 @@ def test_imagefolder_data_trains_and_reports_bad_trees(tmp_path: Path) -> None:
     assert code == 2 and "has no 'train/' folder" in text
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_validation_shards_are_the_unsharded_batches_dealt_round_robin(tmp_path: Path, world: int) -> None:
+    """Under torchrun each rank decodes only its validation batches, and they are exactly the single-process
+    batches i with i % world == rank (so summed metrics equal the single-process ones)."""
+    from hiap.data import BuiltinData, ImageFolderData
+    from hiap.models import create_model, data_config
+
+    root = tmp_path / "data"
+    _image_tree(root, {"train": 1, "val": 7})  # 14 val images: batches of 4 -> 4, 4, 4, 2
+    cfg = data_config(create_model("hiap_vit_fmnist_tiny", num_classes=2))
+    for data in (ImageFolderData(root, cfg, workers=0), BuiltinData(cfg["input_size"], cfg["mean"], cfg["std"])):
+        size = 4 if isinstance(data, ImageFolderData) else 700
+        whole = list(data.val_batches(size))
+        assert len(whole) > world
+        for rank in range(world):
+            mine = list(data.val_batches(size, rank, world))
+            assert len(mine) == len(whole[rank::world])
+            for (x, y), (wx, wy) in zip(mine, whole[rank::world], strict=True):
+                assert torch.equal(x, wx) and torch.equal(y, wy)
+
+
 def test_inspect_deit_small_json() -> None:
     code, text = _run(["inspect", "deit_small_patch16_224", "--json"])
     assert code == 0
