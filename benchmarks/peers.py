@@ -1,6 +1,6 @@
 """Pruning quality against peers on the built-in data, from the shipped dense checkpoint, at equal MACs and epochs.
 
-    python benchmarks/peers.py [--budgets 0.67 0.5] [--seeds 0] [--epochs 6]
+    python benchmarks/peers.py [--budgets 0.67 0.5] [--seeds 0 1 2] [--epochs 6]
 
 Methods, each ending at the same MACs (counted by torch's FlopCounterMode on the pruned network, matmuls of the
 attention included; the peers are pruned to the MACs of HiAP's exported network for that budget and seed, which
@@ -13,7 +13,10 @@ start, alpha 0.7, T 4):
 - uniform: the same ratio in every layer (l1-magnitude, heads' dims and FFN neurons), then fine-tuned;
 - l1-ffn: FFN neurons only (l1-magnitude, uniform ratio), then fine-tuned;
 - dense: the dense start fine-tuned for the same epochs (the control).
-Writes benchmarks/results/peers.json / .md (every run, mean and spread per method and budget).
+Every final network is exported to ONNX (hiap's exporter, opset 17) and, after all training, timed with ONNX Runtime
+at batch 1 in one process, every model alternating with the others, so latencies compare side by side.
+Writes benchmarks/results/peers.json / .md (every run, mean and spread per method and budget) and peers.png (the
+accuracy-vs-MACs plot of every run).
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ import argparse
 import copy
 import math
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from common import environment, write_results
+from common import environment, latency_ms, results_dir, write_results
 from timm.models.vision_transformer import Attention, Mlp
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -160,23 +166,80 @@ def hiap_run(budget: float, seed: int, epochs: int) -> tuple[float, torch.nn.Mod
         trainer = Trainer(TrainConfig(target_macs=str(budget), seed=seed, epochs=epochs, out=f"{tmp}/run"),
                           Console(quiet=True))  # fmt: skip
         summary = trainer.run()
-        compact = build_compact(trainer.vit.eval(), trainer.gated.hard_structure(), align=1)
+        # The exported network (align 8, the export default): its value-width padding counts against HiAP.
+        compact = build_compact(trainer.vit.eval(), trainer.gated.hard_structure(), align=8)
     return summary["val_acc"], compact
+
+
+def time_models(paths: dict[str, Path], rounds: int, iters: int) -> dict[str, float]:
+    """Median over rounds of the mean batch-1 latency (ms) per ONNX model; every round times every model in turn."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    # With ~30 sessions taking turns, the spin-waiting threads of the session that just ran steal the cores from
+    # the next one (measured: medians 0.85-1.25 ms for six copies of one model with spinning, 0.78-0.88 without).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    for s in sessions.values():
+        latency_ms(s, x, 20)  # warm-up
+    samples: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            samples[k].append(latency_ms(s, x, iters))
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def plot(runs: list[dict[str, Any]], dense_acc: float, path: Path) -> None:
+    """Accuracy vs MACs: every run as a dot, each method's mean per budget joined by a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in runs)):
+        rs = [r for r in runs if r["method"] == method]
+        color = f"C{i}"
+        ax.scatter([r["mac_fraction"] for r in rs], [100 * r["val_acc"] for r in rs], s=14, alpha=0.5, color=color)
+        means = sorted(
+            (statistics.mean(r["mac_fraction"] for r in rs if r["budget"] == b),
+             statistics.mean(100 * r["val_acc"] for r in rs if r["budget"] == b))
+            for b in dict.fromkeys(r["budget"] for r in rs)
+        )  # fmt: skip
+        ax.plot(*zip(*means, strict=True), marker="o", color=color, label=f"{method} (mean)")
+    ax.axhline(100 * dense_acc, color="grey", linestyle=":", label="dense start")
+    ax.set_xlabel("MACs of the exported network (fraction of dense)")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title("Built-in data, equal MACs and epochs (dots: seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.67, 0.5])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--methods", nargs="+", default=["hiap", "torch-pruning", "uniform", "l1-ffn", "dense"])
+    parser.add_argument("--rounds", type=int, default=20, help="latency rounds (every model timed once per round)")
+    parser.add_argument("--iters", type=int, default=50, help="calls per model per round")
     args = parser.parse_args()
+    from export.onnx_io import onnx_cost, torch2onnx
+
     dense = create_model(MODEL, num_classes=10).eval()
     load_pretrained(dense, MODEL, "auto")
     cfg = data_config(dense)
     data = BuiltinData(cfg["input_size"], cfg["mean"], cfg["std"])
     dense_macs = macs_of(dense)
     dense_acc = evaluate(dense, data)
+    tmp = Path(tempfile.mkdtemp(prefix="hiap-peers-"))
+    onnx_paths = {"dense start": tmp / "dense-start.onnx"}
+    torch2onnx(dense, cfg["input_size"], onnx_paths["dense start"])
     runs = []
     hiap_macs: dict[tuple[int, float], int] = {}
     for seed in args.seeds:
@@ -194,14 +257,24 @@ def main() -> None:
                         dense, method, target, data)  # fmt: skip
                     macs, params = macs_of(model), sum(p.numel() for p in model.parameters())
                     acc = finetune(model, teacher, data, args.epochs, seed)
+                key = f"{method} {budget} {seed}"
+                onnx_paths[key] = tmp / f"{method}-{budget}-{seed}.onnx"
+                torch2onnx(model.eval(), cfg["input_size"], onnx_paths[key])
+                onnx_macs, onnx_params = onnx_cost(onnx_paths[key])
                 run = {"method": method, "budget": budget, "seed": seed, "val_acc": acc, "macs": int(macs),
-                       "mac_fraction": macs / dense_macs, "params": int(params), "prune_ratio": ratio,
-                       "seconds": time.perf_counter() - t0}  # fmt: skip
+                       "mac_fraction": macs / dense_macs, "params": int(params), "onnx_macs": onnx_macs,
+                       "onnx_params": onnx_params, "onnx_bytes": onnx_paths[key].stat().st_size,
+                       "prune_ratio": ratio, "seconds": time.perf_counter() - t0}  # fmt: skip
                 print(run, flush=True)
                 runs.append(run)
+    latency = time_models(onnx_paths, args.rounds, args.iters)
+    for run in runs:
+        run["ort_ms"] = latency[f"{run['method']} {run['budget']} {run['seed']}"]
+        run["ort_speedup"] = latency["dense start"] / run["ort_ms"]
     table = [
-        "| method | budget | seeds | val top-1 % (mean +- sd) | MACs (of dense) | params (M) |",
-        "|---|---|---|---|---|---|",
+        "| method | budget | seeds | val top-1 % (mean +- sd) | min..max | MACs (of dense) | params (M) "
+        "| ORT ms (batch 1) | speedup vs dense |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for method in args.methods:
         for budget in [1.0] if method == "dense" else args.budgets:
@@ -209,12 +282,20 @@ def main() -> None:
             accs = [100 * r["val_acc"] for r in rs]
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
             table.append(f"| {method} | {budget} | {len(rs)} | {statistics.mean(accs):.2f} +- {sd:.2f} | "
+                         f"{min(accs):.2f}..{max(accs):.2f} | "
                          f"{statistics.mean(r['mac_fraction'] for r in rs):.3f} | "
-                         f"{statistics.mean(r['params'] for r in rs) / 1e6:.3f} |")  # fmt: skip
-    table.append(f"\nDense start (no fine-tuning): {100 * dense_acc:.2f} %, {dense_macs / 1e6:.2f} MMACs.")
+                         f"{statistics.mean(r['params'] for r in rs) / 1e6:.3f} | "
+                         f"{statistics.mean(r['ort_ms'] for r in rs):.3f} | "
+                         f"{statistics.mean(r['ort_speedup'] for r in rs):.2f}x |")  # fmt: skip
+    table.append(f"\nDense start (no fine-tuning): {100 * dense_acc:.2f} %, {dense_macs / 1e6:.2f} MMACs, "
+                 f"ORT {latency['dense start']:.3f} ms. Latency: median of {args.rounds} rounds x {args.iters} "
+                 "calls, all models alternating in one process after training.")  # fmt: skip
     env = environment(f"{MODEL} from the shipped dense checkpoint, built-in data, {args.epochs} epochs per method, "
                       f"seeds {args.seeds}, budgets {args.budgets}")  # fmt: skip
+    env["onnxruntime"] = __import__("onnxruntime").__version__
+    env["dense_start"] = {"val_acc": dense_acc, "macs": dense_macs, "ort_ms": latency["dense start"]}
     write_results("peers", "Pruning quality against peers (built-in data)", env, runs, table)
+    plot(runs, dense_acc, results_dir() / "peers.png")
 
 
 if __name__ == "__main__":
