@@ -241,11 +241,13 @@ class GatedViT(nn.Module):
             masks = self.hard_masks()
         vit = self.vit
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        # In eval a block with every head closed contributes nothing (proj's bias included), as the exported
+        # network does; the floors make this happen only in hand-edited plans, never in training. One read-back
+        # for all blocks, not one per block.
+        attends = [True] * len(vit.blocks) if self.training else masks.head.any(-1).tolist()
         for i, blk in enumerate(vit.blocks):
             value_mask = masks.head[i].unsqueeze(-1) * masks.value[i]
-            # In eval a block with every head closed contributes nothing (proj's bias included), as the exported
-            # network does; the floors make this happen only in hand-edited plans, never in training.
-            if self.training or bool(masks.head[i].any()):
+            if attends[i]:
                 x = x + blk.drop_path1(blk.ls1(gated_attention(blk.attn, blk.norm1(x), value_mask)))
             ffn_out = gated_mlp(blk.mlp, blk.norm2(x), masks.neuron[i], masks.ffn[i])
             x = x + blk.drop_path2(blk.ls2(ffn_out))

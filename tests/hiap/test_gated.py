@@ -77,6 +77,22 @@ def test_weight_folded_gates_equal_activation_gates_with_gradients(variant: str)
         assert torch.allclose(g_a[name], g_b[name], rtol=1e-9, atol=1e-12), name
 
 
+def test_block_with_every_head_closed_contributes_nothing_in_eval() -> None:
+    """A hand-edited plan may close all heads of a block: in eval its attention branch, proj bias included, is gone
+    (as in the exported network); in training the branch still runs (its output is then proj's bias)."""
+    vit = make_vit("plain")
+    gated = GatedViT(vit).eval()
+    x = torch.randn(2, vit.patch_embed.proj.in_channels, *vit.patch_embed.img_size)
+    masks = gated.open_masks()
+    masks.head[1] = 0.0
+    with torch.no_grad():
+        out = gated(x, masks)
+        vit.blocks[1].attn.forward = lambda t, **_: torch.zeros_like(t)  # the reference: branch removed
+        ref = vit(x)
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert float(vit.blocks[1].attn.proj.bias.detach().abs().max()) > 0  # so a kept bias would have shown
+
+
 def test_state_dict_keeps_timm_names_and_round_trips() -> None:
     vit = make_vit("layerscale")
     names = list(vit.state_dict())
