@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import math
 import statistics
 import tempfile
@@ -229,6 +230,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20, help="latency rounds (every model timed once per round)")
     parser.add_argument("--iters", type=int, default=50, help="calls per model per round")
     args = parser.parse_args()
+    if importlib.util.find_spec("torch_pruning") is None and set(args.methods) - {"hiap", "dense"}:
+        raise SystemExit("peers.py needs Torch-Pruning for its pruning peers: pip install -e '.[bench]'")
     from export.onnx_io import onnx_cost, torch2onnx
 
     dense = create_model(MODEL, num_classes=10).eval()

@@ -12,6 +12,7 @@ the peer comparison). The GPU benchmark (gpu.py) needs a CUDA device and is not 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -44,6 +45,10 @@ def main() -> None:
     rows, start, failed = [], time.perf_counter(), 0
     for name in args.only or QUICK:
         cmd = [sys.executable, str(HERE / f"{name}.py"), *([] if args.full else QUICK[name])]
+        if name == "peers" and importlib.util.find_spec("torch_pruning") is None:
+            print("== peers: SKIPPED, Torch-Pruning is not installed: pip install -e '.[bench]'", flush=True)
+            rows.append("| peers | skipped: needs `pip install -e '.[bench]'` (Torch-Pruning) | - | - |")
+            continue
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.run(cmd, cwd=HERE, env=env).returncode
