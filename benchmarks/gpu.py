@@ -231,8 +231,13 @@ def main() -> None:
         rounds, iters = args.rounds, args.iters
     if args.train_models:
         train_models = [(m.rsplit(":", 1)[0], int(m.rsplit(":", 1)[1])) for m in args.train_models]
-    env = environment(f"device {device}, training: {train_models}, inference: {shapes} x batches {batches} x plans "
-                      f"{levels}, {rounds} rounds x {iters} calls alternating")  # fmt: skip
+    recipe = [f"device {device}"]
+    if "training" in args.parts:
+        recipe.append(f"training: {train_models}")
+    if "inference" in args.parts:
+        recipe.append(f"inference: {shapes} x batches {batches} x plans {levels}, {rounds} rounds x {iters} calls "
+                      "alternating")  # fmt: skip
+    env = environment(", ".join(recipe))
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
