@@ -106,6 +106,17 @@ def structure_summary(structure: Structure) -> dict[str, list[Any]]:
     }
 
 
+def all_finite(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """A 0-d bool tensor: every element of every tensor is finite, with no read-back (the caller decides when).
+
+    The max-abs norm of a tensor is finite exactly when all its elements are (NaN propagates, and unlike a sum of
+    squares it cannot overflow); _foreach_norm computes all of them in a few fused kernels, not one per tensor.
+    """
+    if not tensors:
+        return torch.ones((), dtype=torch.bool, device=device)
+    return torch.stack(torch._foreach_norm(tensors, math.inf)).isfinite().all()
+
+
 def gate_histogram(gates: nn.Module, bins: int = 10) -> dict[str, list[int]]:
     """Counts of keep probabilities sigmoid(logit) in `bins` equal bins of [0, 1], per gate kind (for hiap report:
     how the gates polarise towards 0 and 1 as the temperature falls)."""
@@ -353,10 +364,8 @@ class Trainer:
         # makes every rank's averaged gradients non-finite, and all skip or stop together).
         loss.backward()
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        # The max-abs norm of each gradient is finite exactly when all its elements are (NaN propagates, no
-        # overflow), and _foreach_norm computes all of them in a few fused kernels instead of one per tensor.
-        grads_ok = torch.stack(torch._foreach_norm(grads, math.inf)).isfinite().all() if grads else loss.new_ones(())
-        loss_ok, grads_ok = (bool(v) for v in torch.stack([loss.detach().isfinite(), grads_ok.bool()]).tolist())
+        flags = torch.stack([loss.detach().isfinite(), all_finite(grads, loss.device)])
+        loss_ok, grads_ok = (bool(v) for v in flags.tolist())
         if not dd.all_ranks_true(self.dist, loss_ok and grads_ok, self.device):
             # Every rank is in this branch, so one more collective to name the cause is safe.
             return self._nonfinite("gradient" if dd.all_ranks_true(self.dist, loss_ok, self.device) else "loss", tau)
@@ -424,7 +433,7 @@ class Trainer:
     def _check_finite_weights(self, epoch: int) -> None:
         """Never write a poisoned checkpoint (weights are equal on every rank, so every rank decides alike)."""
         tensors = [*self.vit.parameters(), *(self.gated.gates.parameters() if self.gated is not None else [])]
-        if not all(bool(torch.isfinite(t).all()) for t in tensors):
+        if not bool(all_finite([t.detach() for t in tensors], self.device)):
             raise HiapError(
                 f"Weights or gates became non-finite in epoch {epoch}; not writing a poisoned checkpoint. The last "
                 f"good one is '{self.paths.checkpoint}': resume from it with a lower --lr."
