@@ -6,6 +6,10 @@ so a block's heads stay uniform (one reshape, one batched matmul; what fused att
 rows give zero output columns, whose proj columns are zero too: the padding changes no output, only MACs, and
 `padded_structure` gives the cost model that exact layout. A block without an FFN runs attention only; a block
 without heads runs its FFN only; nothing of width zero is built.
+
+Around the blocks the network is the timm model's own (patch embedding, norms, head); only the joining of the
+prefix tokens to the patch tokens is re-expressed (`embed_tokens`), so that the exported graph has static shapes
+for every token layout (class token before or after the position embedding, register tokens, no position embedding).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import copy
 import math
 
 import torch
+from timm.layers import resample_abs_pos_embed
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -143,7 +149,68 @@ def _compact_block(blk: nn.Module, plan: BlockStructure, align: int) -> CompactB
     )  # fmt: skip
 
 
-def build_compact(vit: VisionTransformer, structure: Structure, align: int = 8) -> VisionTransformer:
+def _batched(token: torch.Tensor, batch: int) -> torch.Tensor:
+    """`token` [1, T, D] broadcast to [batch, T, D] (a view, as timm's expand)."""
+    # timm writes token.expand(B, -1, -1); the TorchScript exporter turns those -1s into a ConstantOfShape/Equal/Where
+    # subgraph that ONNX shape inference cannot evaluate, so a one-token prefix (the class token) gets an unknown
+    # length. In timm's default layout the following add of the static position embedding pins the length again;
+    # where the tokens are joined after it (no_embed_class: DeiT-III) or there is none, the unknown length reached
+    # every block and the MACs could not be counted. expand_as exports as Expand(Shape(...)), which inference
+    # resolves, for a fixed batch and for a dynamic one once pinned.
+    return token.expand_as(token.new_empty(batch, *token.shape[1:]))
+
+
+_TIMM_POS_EMBED = (VisionTransformer._pos_embed, VisionTransformerDistilled._pos_embed)
+
+
+def embed_tokens(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """timm's `_pos_embed` of `vit` (VisionTransformer's or the distilled one's), with the prefix tokens broadcast
+    over the batch by `_batched`: the same values, in a graph whose shapes ONNX shape inference can resolve."""
+    if type(vit)._pos_embed not in _TIMM_POS_EMBED:  # a subclass with its own layout: keep its code as it is
+        return vit._pos_embed(x)
+    pos = vit.pos_embed
+    if vit.dynamic_img_size:
+        b, h, w, c = x.shape
+        if pos is not None:
+            prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
+            pos = resample_abs_pos_embed(pos, new_size=(h, w), old_size=vit.patch_embed.grid_size,
+                                         num_prefix_tokens=prefix)  # fmt: skip
+        x = x.view(b, -1, c)
+    names = ("cls_token", "dist_token") if isinstance(vit, VisionTransformerDistilled) else ("cls_token", "reg_token")
+    tokens = [_batched(t, x.shape[0]) for t in (getattr(vit, n) for n in names) if t is not None]
+    if pos is None:  # timm applies no pos_drop here
+        return torch.cat([*tokens, x.view(x.shape[0], -1, x.shape[-1])], dim=1)
+    if vit.no_embed_class:
+        x = x + pos
+        if tokens:
+            x = torch.cat([*tokens, x], dim=1)
+    else:
+        if tokens:
+            x = torch.cat([*tokens, x], dim=1)
+        x = x + pos
+    return vit.pos_drop(x)
+
+
+class CompactViT(nn.Module):
+    """The exported network: a copy of the timm model (`vit`) whose blocks are compact blocks, run as timm's
+    forward_features and forward_head do, with the tokens joined by `embed_tokens`."""
+
+    def __init__(self, vit: VisionTransformer) -> None:
+        super().__init__()
+        self.vit = vit
+
+    @property
+    def blocks(self) -> nn.Sequential:
+        """The compact blocks, where callers found them when build_compact returned the timm copy itself."""
+        return self.vit.blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        vit = self.vit
+        x = vit.norm_pre(vit.patch_drop(embed_tokens(vit, vit.patch_embed(x))))
+        return vit.forward_head(vit.norm(vit.blocks(x)))
+
+
+def build_compact(vit: VisionTransformer, structure: Structure, align: int = 8) -> CompactViT:
     """A copy of `vit` (embeddings, norms, heads) whose blocks are fresh compact blocks of the planned sizes."""
     if align < 1:
         raise HiapError(f"--align must be >= 1, got {align}.")
@@ -153,4 +220,4 @@ def build_compact(vit: VisionTransformer, structure: Structure, align: int = 8) 
     compact.blocks = nn.Sequential(
         *(_compact_block(b, p, align) for b, p in zip(vit.blocks, structure.blocks, strict=True))
     )
-    return compact
+    return CompactViT(compact).eval()
