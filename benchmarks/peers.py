@@ -45,9 +45,14 @@ from hiap.models import create_model, data_config, load_pretrained
 MODEL = "hiap_vit_fmnist"
 
 
-def macs_of(model: torch.nn.Module) -> int:
+def example_input(model: torch.nn.Module) -> torch.Tensor:
+    """One zero image of the model's own input size (C, H, W)."""
+    return torch.zeros(1, *data_config(model)["input_size"])
+
+
+def macs_of(model: torch.nn.Module, example: torch.Tensor | None = None) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, 1, 28, 28))
+        model(torch.zeros(1, 1, 28, 28) if example is None else example)
     return counter.get_total_flops() // 2
 
 
@@ -62,9 +67,10 @@ def _attn_forward(self: Attention, x: torch.Tensor, **_: Any) -> torch.Tensor:
     return self.proj(x)
 
 
-def prune(dense: torch.nn.Module, method: str, ratio: float, data: BuiltinData) -> torch.nn.Module:
+def prune(dense: torch.nn.Module, method: str, ratio: float, data: Any) -> torch.nn.Module:
     import torch_pruning as tp
 
+    example = example_input(dense)
     model = copy.deepcopy(dense).eval()
     num_heads, ignored = {}, [model.head]
     for m in model.modules():
@@ -81,7 +87,7 @@ def prune(dense: torch.nn.Module, method: str, ratio: float, data: BuiltinData) 
     taylor = method == "torch-pruning"
     imp = tp.importance.GroupTaylorImportance() if taylor else tp.importance.GroupMagnitudeImportance(p=1)
     pruner = tp.pruner.MetaPruner(
-        model, torch.zeros(1, 1, 28, 28), importance=imp, global_pruning=taylor, pruning_ratio=ratio,
+        model, example, importance=imp, global_pruning=taylor, pruning_ratio=ratio,
         ignored_layers=ignored, num_heads=num_heads, prune_num_heads=taylor,
         prune_head_dims=not taylor, head_pruning_ratio=min(ratio, 0.5) if taylor else 0.0, round_to=None,
     )  # fmt: skip
@@ -102,14 +108,15 @@ def prune(dense: torch.nn.Module, method: str, ratio: float, data: BuiltinData) 
     return model
 
 
-def prune_to(dense: torch.nn.Module, method: str, target_macs: float, data: BuiltinData) -> tuple[Any, float]:
+def prune_to(dense: torch.nn.Module, method: str, target_macs: float, data: Any) -> tuple[Any, float]:
     """Bisect the pruning ratio until the pruned MACs are within 1 % of the target (or the closest found)."""
     lo, hi, best = 0.0, 0.95, None
+    example = example_input(dense)
     for _ in range(12):
         mid = (lo + hi) / 2
         try:
             model = prune(dense, method, mid, data)
-            macs = macs_of(model)
+            macs = macs_of(model, example)
         except ValueError:  # emptied a layer: prune less
             hi = mid
             continue
@@ -122,7 +129,7 @@ def prune_to(dense: torch.nn.Module, method: str, target_macs: float, data: Buil
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: BuiltinData) -> float:
+def evaluate(model: torch.nn.Module, data: Any) -> float:
     model.eval()
     correct = total = 0
     for x, y in data.val_batches(256):
@@ -131,7 +138,7 @@ def evaluate(model: torch.nn.Module, data: BuiltinData) -> float:
     return correct / total
 
 
-def finetune(model: torch.nn.Module, teacher: torch.nn.Module, data: BuiltinData, epochs: int, seed: int) -> float:
+def finetune(model: torch.nn.Module, teacher: torch.nn.Module, data: Any, epochs: int, seed: int) -> float:
     """The default recipe's weight training: AdamW 5e-4 (wd 0.05), cosine to 1 %, LS 0.1, KD alpha 0.7 T 4."""
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
@@ -172,7 +179,9 @@ def hiap_run(budget: float, seed: int, epochs: int) -> tuple[float, torch.nn.Mod
     return summary["val_acc"], compact
 
 
-def time_models(paths: dict[str, Path], rounds: int, iters: int) -> dict[str, float]:
+def time_models(
+    paths: dict[str, Path], rounds: int, iters: int, chw: tuple[int, ...] = (1, 28, 28)
+) -> dict[str, float]:
     """Median over rounds of the mean batch-1 latency (ms) per ONNX model; every round times every model in turn."""
     import onnxruntime as ort
 
@@ -182,7 +191,7 @@ def time_models(paths: dict[str, Path], rounds: int, iters: int) -> dict[str, fl
     # the next one (measured: medians 0.85-1.25 ms for six copies of one model with spinning, 0.78-0.88 without).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
-    x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((1, *chw)).astype(np.float32)
     for s in sessions.values():
         latency_ms(s, x, 20)  # warm-up
     samples: dict[str, list[float]] = {k: [] for k in sessions}

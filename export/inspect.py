@@ -15,7 +15,8 @@ from hiap.models import create_model
 
 def inspect_plan(path: Path) -> dict[str, Any]:
     body = read_plan_json(path)
-    model = create_model(body["model"], num_classes=int(body["num_classes"]), meta=True)
+    model = create_model(body["model"], num_classes=int(body["num_classes"]), meta=True,
+                         model_kwargs=body.get("model_kwargs"))  # fmt: skip
     structure = structure_from_dict(body["blocks"], describe_vit(model))
     return structure_report(body["model"], str(path), model, structure) | {"plan_hash": body.get("hash")}
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +25,82 @@ from hiap.gated import Floors, GatedViT, Masks, masks_to_structure, structure_to
 from hiap.models import BUILTIN_MODELS, create_model, data_config, load_pretrained, load_weights
 
 PARITY_TOL = 1e-4
+GOLDEN_IMAGES = 8  # real validation images in golden.npz: the bench's fidelity check runs all of them
 
 
-def _inputs(dcfg: dict[str, Any], builtin_data: bool, n_random: int = 4, n_real: int = 8) -> dict[str, np.ndarray]:
-    """Random inputs, plus real validation images when the model was trained on the built-in data."""
-    c, h, w = dcfg["input_size"]
+@dataclass
+class Golden:
+    """Real validation images for golden.npz and the fingerprint of their split, or why there are none."""
+
+    inputs: np.ndarray | None
+    source: str | None
+    reason: str | None = None  # why there are no inputs
+    fingerprint: dict[str, Any] | None = None
+    split_reason: str | None = None  # why there is no fingerprint (None when there is one, or nothing to say)
+    notes: list[str] = field(default_factory=list)  # a user's data that should have been there: said on the console
+
+
+def _validation_images(src: Source, meta: dict[str, str], n: int) -> Golden:
+    """The first `n` images of the split the model validated on, prepared by the device's own preprocessing
+    (runtime.data with the Preprocessing the bench reads from this export's metadata, so its fidelity check
+    compares like with like), and the split's fingerprint, which lets the bench tell whether its --data is
+    that split."""
+    from runtime.data import (
+        Preprocessing,
+        builtin_fingerprint,
+        builtin_val_batches,
+        image_folder_files,
+        load_image,
+        split_fingerprint,
+    )
+
+    pre = Preprocessing.from_metadata(meta, src.origin)
+    if src.data is None or src.data == "builtin":
+        if not src.builtin_data:
+            reason = ("no validation data known (a plan-only export of a model not trained on the built-in data): "
+                      "bench fidelity with your own --golden")  # fmt: skip
+            return Golden(None, None, reason, split_reason="no validation data known")
+        x = next(builtin_val_batches(pre, batch_size=n))[0]
+        if src.data is None:  # a plan of the built-in model has no run: it may have been trained on anything
+            return Golden(x, "builtin validation split", split_reason="a plan-only export: no training run")
+        return Golden(x, "builtin validation split", fingerprint=builtin_fingerprint())
+    val = Path(src.data) / "val"
+    if not val.is_dir():
+        reason = (f"the run's validation folder '{val}' (its config's data) is not there; export where it is to get "
+                  "golden.npz and the split fingerprint hiap bench needs to report an accuracy drop")  # fmt: skip
+        return Golden(None, None, reason, split_reason=reason, notes=[f"no golden.npz written: {reason}"])
+    golden = Golden(None, None)
+    try:
+        golden.fingerprint = split_fingerprint(val)
+    except HiapError as exc:
+        golden.split_reason = f"the run's validation folder cannot be listed here: {exc}"
+        golden.notes.append(f"no validation split fingerprint recorded: {golden.split_reason}")
+    if golden.fingerprint and src.classes and golden.fingerprint["classes"] != src.classes:
+        # The folder changed since training: its accuracy is not the run's, so record no fingerprint to match.
+        golden.split_reason = (f"'{val}' now has class folders {golden.fingerprint['classes'][:5]}, not the run's "
+                               f"{src.classes[:5]}: it is not the split the run validated on")  # fmt: skip
+        golden.fingerprint = None
+        golden.notes.append(f"no validation split fingerprint recorded: {golden.split_reason}")
+    try:
+        # Any real images serve the fidelity check (device vs exporter on the same inputs), even from a changed
+        # folder: read without the class mapping, exactly as image_folder_batches reads each image.
+        files = image_folder_files(val)[1][:n]
+        if not files:
+            raise HiapError(f"'{val}' holds no images")
+        golden.inputs = pre.normalise(np.stack([load_image(f, pre) for f, _ in files]))
+        golden.source = str(val)
+    except HiapError as exc:
+        golden.reason = f"the run's validation images cannot be read here: {exc}"
+        golden.notes.append(f"no golden.npz written: {golden.reason}")
+    return golden
+
+
+def _inputs(golden: Golden, input_size: tuple[int, int, int], n_random: int = 4) -> dict[str, np.ndarray]:
+    """Random inputs, plus the real validation images when there are some."""
     rng = np.random.default_rng(0)
-    inputs = {"random": rng.standard_normal((n_random, c, h, w)).astype(np.float32)}
-    if builtin_data:
-        from hiap.data import BuiltinData
-
-        data = BuiltinData(tuple(dcfg["input_size"]), tuple(dcfg["mean"]), tuple(dcfg["std"]), augment=False)
-        x, _ = next(data.val_batches(n_real))
-        inputs["validation"] = x.numpy().astype(np.float32)
+    inputs = {"random": rng.standard_normal((n_random, *input_size)).astype(np.float32)}
+    if golden.inputs is not None:
+        inputs["validation"] = golden.inputs.astype(np.float32)
     return inputs
 
 
@@ -62,6 +126,8 @@ class Source:
     builtin_data: bool
     origin: str
     dense_val_acc: float | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None  # the run's --data ('builtin' or an ImageFolder root); None for a plan-only export
 
 
 def source_from_run(run: Path, dense: bool = False) -> Source:
@@ -70,7 +136,8 @@ def source_from_run(run: Path, dense: bool = False) -> Source:
     export is the trained weights with every gate open, and the metadata says so."""
     ckpt = load_checkpoint(run)
     state, config = ckpt.state, ckpt.config
-    vit = create_model(state["model"], num_classes=state["num_classes"]).eval()
+    model_kwargs = dict(state.get("model_kwargs") or {})
+    vit = create_model(state["model"], num_classes=state["num_classes"], model_kwargs=model_kwargs).eval()
     origin = str(run)
     pretrained = str(config.get("pretrained", "none"))
     reference_valid = bool(state.get("dense_reference_valid", True))
@@ -93,7 +160,8 @@ def source_from_run(run: Path, dense: bool = False) -> Source:
     return Source(vit, gated, masks, masks_to_structure(masks), state["model"], state["num_classes"],
                   list(state.get("classes", [])), state["data_config"], val_acc,
                   config.get("data") == "builtin", origin,
-                  state.get("dense_val_acc") if reference_valid else None)  # fmt: skip
+                  state.get("dense_val_acc") if reference_valid else None, model_kwargs,
+                  str(config["data"]) if config.get("data") else None)  # fmt: skip
 
 
 def source_from_plan(model: str, plan_path: Path, pretrained: str = "auto") -> Source:
@@ -101,14 +169,15 @@ def source_from_plan(model: str, plan_path: Path, pretrained: str = "auto") -> S
     body = read_plan_json(plan_path)
     if body["model"] != model:
         raise HiapError(f"Plan '{plan_path}' is for model '{body['model']}', not '{model}'.")
-    vit = create_model(model, num_classes=int(body["num_classes"])).eval()
+    model_kwargs = dict(body.get("model_kwargs") or {})
+    vit = create_model(model, num_classes=int(body["num_classes"]), model_kwargs=model_kwargs).eval()
     load_pretrained(vit, model, pretrained)
     gated = GatedViT(vit).eval()
     structure = structure_from_dict(body["blocks"], gated.geometry)
     cfg = data_config(vit)
     return Source(vit, gated, structure_to_masks(structure, gated.open_masks()), structure, model,
                   int(body["num_classes"]), list(body.get("class_names", [])), cfg, None,
-                  model in BUILTIN_MODELS, str(plan_path))  # fmt: skip
+                  model in BUILTIN_MODELS, str(plan_path), model_kwargs=model_kwargs)  # fmt: skip
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -134,7 +203,7 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     geom = gated.geometry
     emitted = padded_structure(structure, geom.head_dim, align)
     plan = make_plan(src.model, geom, structure, src.data_config, src.num_classes,
-                     class_names=src.classes, source=src.origin)  # fmt: skip
+                     class_names=src.classes, source=src.origin, model_kwargs=src.model_kwargs)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     body = plan.to_dict()
     plan.write(out / "plan.json", body)
@@ -144,6 +213,7 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
         "hiap_version": __version__,
         "plan_hash": body["hash"],
         "model": src.model,
+        "model_kwargs": json.dumps(src.model_kwargs),
         "input_size": json.dumps(list(dcfg["input_size"])),
         "mean": json.dumps(list(dcfg["mean"])),
         "std": json.dumps(list(dcfg["std"])),
@@ -159,6 +229,11 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
         "align": json.dumps(align),
         "dynamic_batch": json.dumps(dynamic_batch),
     }
+    golden_src = _validation_images(src, meta, GOLDEN_IMAGES)
+    # The bench compares its --data with this to decide whether the training accuracies above apply to it.
+    meta["val_split"] = json.dumps(golden_src.fingerprint)
+    for note in golden_src.notes:
+        print(f"note: {note}", file=sys.stderr)
     onnx_path = out / "model.onnx"
     torch2onnx(compact, tuple(dcfg["input_size"]), onnx_path, opset, dynamic_batch, meta)
     # Counted on the exporter's own file first: there every planned weight is an initializer, so its MACs and
@@ -169,7 +244,7 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     nodes = simplify_onnx(onnx_path) if simplify else None  # the checks below run on the final file
     checks, golden = [], {}
     session = ort_session(onnx_path)
-    for kind, x in _inputs(dcfg, src.builtin_data).items():
+    for kind, x in _inputs(golden_src, tuple(dcfg["input_size"])).items():
         with torch.no_grad():
             ref = gated(torch.from_numpy(x), src.masks).numpy()
             mid = compact(torch.from_numpy(x)).numpy()
@@ -179,8 +254,11 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
                    {"inputs": kind} | _compare("gated-vs-onnx", ref, onnx_out)]  # fmt: skip
         if kind == "validation":
             golden = {"inputs": x, "logits": mid}
+    golden_path = out / "golden.npz"
     if golden:
-        _save_npz_atomic(out / "golden.npz", golden)
+        _save_npz_atomic(golden_path, golden)
+    elif golden_path.is_file():
+        golden_path.unlink()  # one from an earlier export into this folder would fail the bench's fidelity check
     onnx_macs, onnx_params = onnx_cost(onnx_path)
     report = {
         "hiap_version": __version__,
@@ -209,6 +287,10 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
         "counts_match": raw_macs == onnx_macs == structure_macs(geom, emitted)
         and raw_params == structure_params(geom, emitted)
         and 0 <= raw_params - onnx_params <= raw_zero_params,
+        "golden": {"images": len(golden["inputs"]), "source": golden_src.source} if golden else None,
+        "golden_reason": golden_src.reason,
+        "val_split": golden_src.fingerprint,
+        "val_split_reason": golden_src.split_reason,
         "seconds": time.perf_counter() - t0,
         "metadata": meta,
     }

@@ -31,11 +31,13 @@ class Plan:
     dense_params: int = 0
     params: int = 0
     source: str = ""
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments (img_size, depth, ...)
 
     def to_dict(self) -> dict[str, Any]:
         body = {
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
+            "model_kwargs": dict(self.model_kwargs),
             "num_classes": self.num_classes,
             "input_size": list(self.input_size),
             "mean": list(self.mean),
@@ -67,6 +69,8 @@ class Plan:
 def plan_hash(body: dict[str, Any]) -> str:
     """sha256 over the structure and the model identity (not the figures derived from them), first 16 hex."""
     keyed = {k: body[k] for k in ("schema_version", "model", "num_classes", "input_size", "blocks")}
+    if body.get("model_kwargs"):  # part of the model's identity; absent when empty, so older hashes still hold
+        keyed["model_kwargs"] = body["model_kwargs"]
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -148,6 +152,9 @@ def read_plan_json(path: Path) -> dict[str, Any]:
 
     if not isinstance(body["model"], str) or not body["model"]:
         raise bad("model", "a model name")
+    kwargs = body.get("model_kwargs", {})
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise HiapError(f"Plan '{path}': field 'model_kwargs' must be an object of constructor arguments.")
     if not is_int(body["num_classes"]) or body["num_classes"] < 1:
         raise bad("num_classes", "a positive integer")
     size = body["input_size"]

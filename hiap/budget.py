@@ -66,6 +66,28 @@ def check_target(geom: Geometry, floors: Floors, target_macs: int) -> None:
         )
 
 
+def min_search_steps(gate_init: float, gate_lr: float, ramp: float) -> int:
+    """Fewest steps in which the budget ramp can reach any target: under Adam a gate logit moves about gate_lr per
+    step whatever its gradient, so closing a gate (logit from gate_init to below 0, the export rule) takes
+    gate_init / gate_lr steps, and the controller asks for the target by the end of the ramp."""
+    return math.ceil(max(gate_init, 0.0) / gate_lr / ramp)
+
+
+def check_schedule(total_steps: int, steps_per_epoch: int, gate_init: float, gate_lr: float, ramp: float) -> None:
+    """Refuse a run too short to reach its target before it starts (it would end with the structure unchanged)."""
+    need = min_search_steps(gate_init, gate_lr, ramp)
+    if total_steps >= need:
+        return
+    epochs = math.ceil(need / steps_per_epoch)
+    raise HiapError(
+        f"The schedule has {total_steps} steps ({total_steps // steps_per_epoch} epochs x {steps_per_epoch}), too few "
+        f"to reach the target: gate logits start at {gate_init:g} and move about gate_lr={gate_lr:g} per step, so "
+        f"closing a gate takes {math.ceil(gate_init / gate_lr)} steps within the budget ramp (the first {ramp:.0%} "
+        f"of the run), at least {need} steps in all. Raise --epochs to {epochs} or more (or --batch-size lower, "
+        "--gate-lr higher)."
+    )
+
+
 @dataclass
 class BudgetController:
     """Steers the common penalty strength so that the exported (hard) network lands on the target.

@@ -162,7 +162,8 @@ def export_weights(checkpoint: Path, out: Path) -> None:
     from safetensors.torch import save_file
 
     ckpt = load_checkpoint(checkpoint)
-    summary = {k: ckpt.state.get(k) for k in ("model", "epoch", "val_acc", "num_classes", "classes", "data_config")}
+    keys = ("model", "model_kwargs", "epoch", "val_acc", "num_classes", "classes", "data_config")
+    summary = {k: ckpt.state.get(k) for k in keys}
     meta = {"format": "hiap-weights", "hiap_version": __version__, "model": str(ckpt.state["model"])}
     meta["summary"] = json.dumps(summary)
     meta["config"] = json.dumps(ckpt.config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,9 @@ class TrainConfig:
     """Everything `hiap train` needs; written resolved as config.yaml beside every run."""
 
     model: str = "hiap_vit_fmnist"  # built-in model or any timm ViT name
+    # Constructor arguments of the model (timm's --model-kwargs), e.g. {img_size: 32, patch_size: 4, depth: 6};
+    # recorded in the checkpoint, plan and ONNX metadata so every later command rebuilds the same geometry.
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
     data: str = "builtin"  # 'builtin' or an ImageFolder root with train/ and val/
     pretrained: str = "auto"  # 'auto' (shipped checkpoint for the built-in model), 'none', 'timm' or a file
     dense: bool = False  # train the plain model without gates (how the shipped dense checkpoint is made)
@@ -33,8 +36,24 @@ class TrainConfig:
     min_lr_ratio: float = 0.01
     label_smoothing: float = 0.1
     drop_path: float = 0.0
+    # Training augmentation of ImageFolder data, with timm's names. crop_pad > 0: random crop of the image padded
+    # by that many pixels (the standard for 32x32 data) instead of timm's random-resized-crop (scale, ratio);
+    # -1 (auto) pads by 1/8 of the input size for inputs up to 64 px and uses random-resized-crop above, since
+    # timm's ImageNet default (crops down to 8 % of the image) destroys small images. The built-in data keeps its
+    # own fixed augmentation (crop of the image padded by 2, flip).
+    crop_pad: int = -1
+    scale: tuple[float, float] = (0.08, 1.0)  # random-resized-crop area range
+    ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # random-resized-crop aspect range
+    hflip: float = 0.5
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength (timm's ImageNet default is 0.4)
+    auto_augment: str = ""  # a timm policy such as 'rand-m9-mstd0.5-inc1' or 'augmix-m5-w4-d2'; '' none
+    data_cache: str = "auto"  # decode ImageFolder images into memory once: 'auto' (small images), 'on', 'off'
     lambda_macro: float = 2.0  # weights of the decoupled MAC penalties; the budget controller scales both
     lambda_micro: float = 1.0  # together, so their ratio (paper's best: 2:1) is kept
+    target_tolerance: float = 0.01  # the run must end this close to the target (relative) or `hiap train` exits 3
+    # Share of the run in which the gates learn (budget ramp, temperature anneal, freezes, all compressed into it);
+    # after it the exported structure is fixed and only its weights train (1.0: search for the whole run).
+    search_fraction: float = 1.0
     controller_gain: float = 0.5  # integral gain of the budget controller, per step per unit of MAC error
     polarization: float = 0.0  # weight of the gate-entropy term after the budget ramp (see loss.polarization_loss)
     tau_start: float = 2.0
@@ -60,6 +79,10 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) <= 0:
                 raise HiapError(f"Config '{key}' must be > 0, got {getattr(self, key)}.")
+        if not 0.0 < self.search_fraction <= 1.0:
+            raise HiapError(f"Config 'search_fraction' must lie in (0, 1], got {self.search_fraction}.")
+        if self.target_tolerance < 0:
+            raise HiapError(f"Config 'target_tolerance' must be >= 0, got {self.target_tolerance}.")
         for key in ("min_value_frac", "min_neuron_frac", "kd_alpha", "label_smoothing", "drop_path", "min_lr_ratio"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise HiapError(f"Config '{key}' must lie in [0, 1], got {getattr(self, key)}.")
@@ -73,16 +96,41 @@ class TrainConfig:
             raise HiapError("Config 'lambda_macro' and 'lambda_micro' must be >= 0 and not both 0.")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise HiapError(f"Config 'warmup_epochs' must lie in [0, epochs), got {self.warmup_epochs}.")
+        if self.crop_pad < -1:
+            raise HiapError(
+                f"Config 'crop_pad' must be -1 (auto), 0 (random-resized-crop) or pixels, got {self.crop_pad}."
+            )
+        for key, bounds in (("scale", (0.0, 1.0)), ("ratio", (0.0, float("inf")))):
+            lo, hi = getattr(self, key)
+            if not (bounds[0] < lo <= hi <= bounds[1]):
+                raise HiapError(f"Config '{key}' must be two numbers lo <= hi in ({bounds[0]:g}, {bounds[1]:g}], "
+                                f"got {list(getattr(self, key))}.")  # fmt: skip
+        if not 0.0 <= self.hflip <= 1.0 or self.color_jitter < 0:
+            raise HiapError("Config 'hflip' must lie in [0, 1] and 'color_jitter' be >= 0.")
+        if self.data_cache not in ("auto", "on", "off"):
+            raise HiapError(f"Config 'data_cache' must be auto, on or off, got '{self.data_cache}'.")
+        from hiap.models import check_model_kwargs
+
+        check_model_kwargs(self.model_kwargs)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise HiapError(f"Config 'device' must be auto, cpu, cuda or cuda:N, got '{self.device}'.")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Lists, not tuples: the same value after a round trip through YAML or the checkpoint's JSON.
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     """Check a value from YAML against the field's type; bool is not an int, an int is a float."""
     kind = type(default)
+    if kind is tuple:  # a pair of numbers: YAML gives a list
+        ok = isinstance(value, (list, tuple)) and len(value) == len(default)
+        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not ok:
+            raise HiapError(f"{source}: '{key}' must be {len(default)} numbers such as {list(default)}, got {value!r}.")
+        return tuple(float(v) for v in value)
+    if kind is dict and isinstance(value, dict):
+        return dict(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool) and key == "target_macs":

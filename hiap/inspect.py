@@ -52,7 +52,8 @@ def inspect_target(target: str) -> dict[str, Any]:
             raise HiapError(f"Cannot inspect '{path}': expected a timm model name, a run directory or a checkpoint.")
         ckpt = load_checkpoint(path)
         name = ckpt.state["model"]
-        model = create_model(name, num_classes=ckpt.state.get("num_classes"), meta=True)
+        model = create_model(name, num_classes=ckpt.state.get("num_classes"), meta=True,
+                             model_kwargs=ckpt.state.get("model_kwargs"))  # fmt: skip
         if not ckpt.gates:
             return structure_report(name, str(path), model, describe_vit(model).dense_structure())
         floors = Floors(**ckpt.state["floors"]) if ckpt.state.get("floors") else Floors()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 from importlib import resources
@@ -49,28 +50,75 @@ def check_model_name(name: str) -> None:
     )
 
 
+# Model kwargs that hiap sets itself: a user's value would be overridden or would contradict the run.
+RESERVED_MODEL_KWARGS = {"num_classes": "--data decides the class count", "drop_path_rate": "use the drop_path key",
+                         "pretrained": "use --pretrained"}  # fmt: skip
+
+
+def parse_model_kwargs(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE strings (timm train.py's --model-kwargs) -> dict; values are Python literals, else strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise HiapError(f"--model-kwargs '{item}': expected KEY=VALUE such as img_size=32 or patch_size=4.")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw  # a bare word: a string such as global_pool=avg
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def check_model_kwargs(kwargs: dict[str, Any]) -> None:
+    for key in kwargs:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise HiapError(f"Model kwarg {key!r} is not a name: keys are timm VisionTransformer arguments.")
+        if key in RESERVED_MODEL_KWARGS:
+            raise HiapError(f"Model kwarg '{key}' is set by hiap ({RESERVED_MODEL_KWARGS[key]}); remove it.")
+
+
 def create_model(
-    name: str, num_classes: int | None = None, drop_path_rate: float = 0.0, meta: bool = False
+    name: str,
+    num_classes: int | None = None,
+    drop_path_rate: float = 0.0,
+    meta: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Build `name` (built-in or timm) with random weights; `meta` builds shapes only (for cost queries)."""
+    """Build `name` (built-in or timm) with random weights; `meta` builds shapes only (for cost queries).
+
+    `model_kwargs` go to the constructor (timm.create_model's kwargs), so `img_size=32, patch_size=4, depth=6`
+    builds the 6-block ViT-Tiny for 32x32 images from `vit_tiny_patch16_224`; every later command rebuilds the same
+    geometry from the kwargs recorded in the run."""
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
     check_model_name(name)
+    extra = dict(model_kwargs or {})
+    check_model_kwargs(extra)
     device = torch.device("meta") if meta else None
-    with torch.device(device) if device is not None else contextlib.nullcontext():
-        if name in BUILTIN_MODELS:
-            kwargs = dict(BUILTIN_MODELS[name])
-            if num_classes is not None:
-                kwargs["num_classes"] = num_classes
-            model = VisionTransformer(**kwargs, drop_path_rate=drop_path_rate)
-            cfg = dict(BUILTIN_DATA_CFG[name], num_classes=kwargs["num_classes"], architecture=name)
-            model.pretrained_cfg = cfg
-            model.default_cfg = cfg
-        else:
-            kwargs = {} if num_classes is None else {"num_classes": num_classes}
-            model = timm.create_model(name, pretrained=False, drop_path_rate=drop_path_rate, **kwargs)
+    try:
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            if name in BUILTIN_MODELS:
+                kwargs = dict(BUILTIN_MODELS[name]) | extra
+                if num_classes is not None:
+                    kwargs["num_classes"] = num_classes
+                model = VisionTransformer(**kwargs, drop_path_rate=drop_path_rate)
+                c = BUILTIN_DATA_CFG[name]["input_size"][0]
+                img = kwargs["img_size"]
+                size = img if isinstance(img, (list, tuple)) else [img, img]
+                cfg = dict(BUILTIN_DATA_CFG[name], num_classes=kwargs["num_classes"], architecture=name,
+                           input_size=(kwargs.get("in_chans", c), int(size[0]), int(size[1])))  # fmt: skip
+                model.pretrained_cfg = cfg
+                model.default_cfg = cfg
+            else:
+                kwargs = extra if num_classes is None else extra | {"num_classes": num_classes}
+                model = timm.create_model(name, pretrained=False, drop_path_rate=drop_path_rate, **kwargs)
+    except TypeError as exc:  # an argument the constructor does not take
+        raise HiapError(f"Model '{name}' does not accept model kwargs {sorted(extra)} ({exc}).") from None
     model.hiap_model_name = name
+    model.hiap_model_kwargs = extra
     return model
 
 
@@ -79,8 +127,18 @@ def data_config(model: nn.Module) -> dict[str, Any]:
     from timm.data import resolve_data_config
 
     cfg = resolve_data_config({}, model=model)
+    input_size = tuple(int(v) for v in cfg["input_size"])
+    # timm's pretrained_cfg keeps the input size of the pretrained weights (224) when img_size is overridden: the
+    # geometry the model was built with decides. Its crop_pct belongs to the 224 pipeline (resize 248, crop 224),
+    # so a model built for another size evaluates at crop_pct 1 (resize the short side to the input, centre crop),
+    # which is how images already at the model's size (CIFAR's 32x32) are used.
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if built is not None:
+        built_size = (int(model.patch_embed.proj.in_channels), int(built[0]), int(built[1]))
+        if built_size != input_size:
+            input_size, cfg["crop_pct"] = built_size, 1.0
     return {
-        "input_size": tuple(int(v) for v in cfg["input_size"]),
+        "input_size": input_size,
         "mean": tuple(float(v) for v in cfg["mean"]),
         "std": tuple(float(v) for v in cfg["std"]),
         "interpolation": str(cfg.get("interpolation", "bicubic")),
@@ -131,6 +189,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     """Load a timm-named state dict; a classifier of another class count is left fresh. Returns notes."""
     own = model.state_dict()
     notes = []
+    state = _fit_resolution(model, state, source, notes)
     head_keys = [k for k in state if k.split(".")[0] in ("head", "head_dist") and k in own]
     mismatched_head = [k for k in head_keys if state[k].shape != own[k].shape]
     if mismatched_head:
@@ -150,6 +209,34 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
         raise HiapError(f"Weights '{source}' do not fit model '{getattr(model, 'hiap_model_name', '?')}' ({detail}).")
     model.load_state_dict(state, strict=False)
     return notes
+
+
+def _fit_resolution(model: nn.Module, state: dict[str, torch.Tensor], source: str, notes: list[str]) -> dict:
+    """Weights of another input size fit by resampling the position embedding (timm's resample_abs_pos_embed);
+    another patch size is refused: resampling patch kernels changes what every token means."""
+    own = model.state_dict()
+    key = "patch_embed.proj.weight"
+    if key in state and key in own and state[key].shape[-2:] != own[key].shape[-2:]:
+        raise HiapError(
+            f"Weights '{source}' use patch size {tuple(state[key].shape[-2:])} but the model is built with "
+            f"{tuple(own[key].shape[-2:])}: keep the weights' patch_size (change img_size instead) or train from "
+            "--pretrained none."
+        )
+    theirs, ours = state.get("pos_embed"), own.get("pos_embed")
+    # Same width, other token count: another input size (a width mismatch is another model, reported by the caller).
+    if theirs is not None and ours is not None and theirs.shape[-1] == ours.shape[-1] and theirs.shape != ours.shape:
+        from timm.layers import resample_abs_pos_embed
+
+        prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
+        grid = tuple(model.patch_embed.grid_size)
+        old = state["pos_embed"]
+        state = dict(state)
+        state["pos_embed"] = resample_abs_pos_embed(old, list(grid), num_prefix_tokens=prefix, verbose=False)
+        if state["pos_embed"].shape != own["pos_embed"].shape:
+            raise HiapError(f"Weights '{source}': position embedding {tuple(old.shape)} cannot be resampled to "
+                            f"{tuple(own['pos_embed'].shape)}.")  # fmt: skip
+        notes.append(f"position embedding of '{source}' resampled from {tuple(old.shape)} to the {grid} grid")
+    return state
 
 
 def load_pretrained(model: nn.Module, name: str, pretrained: str) -> tuple[str, list[str]]:

@@ -63,7 +63,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_column("start" if dense_run else "dense", justify="right")
     table.add_column("trained" if dense_run else "pruned", justify="right")
     table.add_row("GMACs", f"{summary['dense_gmacs']:.4f}", f"{summary['pruned_gmacs']:.4f}")
-    table.add_row("target GMACs", "", f"{summary['target_gmacs']:.4f} ({summary['target_error']:+.2%} off)")
+    off = f"{summary['target_error']:+.2%} off" + ("" if summary.get("target_met", True) else ", MISSED")
+    table.add_row("target GMACs", "", f"{summary['target_gmacs']:.4f} ({off})")
     table.add_row("params (M)", f"{summary['dense_params'] / 1e6:.3f}", f"{summary['pruned_params'] / 1e6:.3f}")
     heads = summary["kept_heads"]
     table.add_row("heads", f"{summary['num_heads'] * len(heads)}", f"{sum(heads)}")

@@ -36,7 +36,8 @@ def run_structure(run: Path) -> tuple[Any, Any]:
     from hiap.models import create_model
 
     ckpt = load_checkpoint(run)
-    vit = create_model(ckpt.state["model"], num_classes=ckpt.state["num_classes"])
+    vit = create_model(ckpt.state["model"], num_classes=ckpt.state["num_classes"],
+                       model_kwargs=ckpt.state.get("model_kwargs"))  # fmt: skip
     floors = ckpt.state.get("floors")
     gated = GatedViT(vit, floors=Floors(**floors) if floors else Floors())
     if ckpt.gates:

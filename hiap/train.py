@@ -18,11 +18,11 @@ from torch import nn
 from hiap import __version__, faults
 from hiap import distributed as dd
 from hiap.atomic import write_json_atomic, write_text_atomic
-from hiap.budget import BudgetController, check_target, parse_target
+from hiap.budget import BudgetController, check_schedule, check_target, parse_target
 from hiap.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from hiap.config import TrainConfig, write_yaml
 from hiap.cost import Structure, structure_params
-from hiap.data import Dataset, create_data
+from hiap.data import Augment, Dataset, create_data
 from hiap.errors import HiapError
 from hiap.gated import Floors, GatedViT, describe_vit
 from hiap.gates import TemperatureSchedule
@@ -210,11 +210,12 @@ class Trainer:
                             "with several nodes --out must be on a filesystem all nodes share.")  # fmt: skip
         ckpt = load_checkpoint(self.paths.checkpoint)
         stored = ckpt.config
+        defaults = TrainConfig().to_dict()
         changed = {
             k: (stored.get(k), v)
             for k, v in self.cfg.to_dict().items()
-            if k not in RESUMABLE_CHANGES | {"out", "name"} and stored.get(k) != v
-        }
+            if k not in RESUMABLE_CHANGES | {"out", "name"} and stored.get(k, defaults[k]) != v
+        }  # a key the run predates counts as its default
         if changed:
             detail = ", ".join(f"{k}: run has {a!r}, command gives {b!r}" for k, (a, b) in changed.items())
             raise HiapError(f"Cannot resume '{self.paths.root}' with a different config ({detail}).")
@@ -226,12 +227,16 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if cfg.batch_size % self.dist.world:
             raise HiapError(f"Batch size {cfg.batch_size} must divide evenly over {self.dist.world} processes.")
-        vit = create_model(cfg.model, drop_path_rate=cfg.drop_path)
+        vit = create_model(cfg.model, drop_path_rate=cfg.drop_path, model_kwargs=cfg.model_kwargs)
         self.data_cfg = data_config(vit)
-        self.data: Dataset = create_data(cfg.data, self.data_cfg, workers=cfg.workers)
+        augment = Augment(cfg.crop_pad, tuple(cfg.scale), tuple(cfg.ratio), cfg.hflip, cfg.color_jitter,
+                          cfg.auto_augment)  # fmt: skip
+        self.data: Dataset = create_data(cfg.data, self.data_cfg, workers=cfg.workers, augment=augment,
+                                         cache=cfg.data_cache)  # fmt: skip
         num_classes = len(self.data.classes)
         if getattr(vit, "num_classes", num_classes) != num_classes:
-            vit = create_model(cfg.model, num_classes=num_classes, drop_path_rate=cfg.drop_path)
+            vit = create_model(cfg.model, num_classes=num_classes, drop_path_rate=cfg.drop_path,
+                               model_kwargs=cfg.model_kwargs)  # fmt: skip
         self.geometry = describe_vit(vit)  # fail early on unsupported models, before loading anything
         self.weights_source, notes = load_pretrained(vit, cfg.model, cfg.pretrained)
         self.notes += notes
@@ -258,11 +263,18 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.trace_every = max(1, self.steps_per_epoch // 20)
         self.warmup_steps = int(cfg.warmup_epochs * self.steps_per_epoch)
-        self.tau = TemperatureSchedule(cfg.tau_start, cfg.tau_end, self.total_steps)
+        # The gates learn over the first search_steps; every schedule of the search (temperature, budget ramp,
+        # freezes) runs over those steps, and the rest of the run trains the weights of the fixed structure.
+        self.search_steps = max(1, round(cfg.search_fraction * self.total_steps))
+        self.final_masks: Any = None  # the exported structure's masks once the search has ended
+        self.tau = TemperatureSchedule(cfg.tau_start, cfg.tau_end, self.search_steps)
+        self.controller = BudgetController(self.target_macs / self.dense_macs, gain=cfg.controller_gain)
+        if self.gated is not None:
+            ramp = self.controller.ramp * self.search_steps / self.total_steps
+            check_schedule(self.total_steps, self.steps_per_epoch, cfg.gate_init, cfg.gate_lr, ramp)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.vit, self.gated.gates if self.gated else None, cfg), lr=cfg.lr
         )
-        self.controller = BudgetController(self.target_macs / self.dense_macs, gain=cfg.controller_gain)
         self.amp = cfg.amp and self.device.type == "cuda"
         self.start_epoch, self.step = 0, 0
         self.dense_val_acc: float | None = None
@@ -313,18 +325,25 @@ class Trainer:
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
 
+    def _progress(self, step: int) -> float:
+        """How far the structure search is at `step` (0..1): the clock of the controller's phases."""
+        return min(step / self.search_steps, 1.0)
+
+    def _searching(self) -> bool:
+        return self.gated is not None and self.step < self.search_steps
+
     def _set_lr(self) -> None:
         f = lr_factor(self.step, self.total_steps, self.warmup_steps, self.cfg.min_lr_ratio)
-        macro_frozen = self.gated is not None and self.controller.macro_frozen(
-            self.step / self.total_steps, self.hard_fraction
-        )
+        searching = self._searching()
+        macro_frozen = not searching or self.controller.macro_frozen(self._progress(self.step), self.hard_fraction)
         for g in self.optimizer.param_groups:
             if g.get("base_lr") is not None:
                 g["lr"] = g["base_lr"] * f
             elif g.get("gates") == "macro":
                 g["lr"] = 0.0 if macro_frozen else self.cfg.gate_lr
             elif g.get("gates") == "micro":
-                g["lr"] = self.cfg.gate_lr * self.controller.micro_lr_factor(self.step / self.total_steps)
+                micro = self.controller.micro_lr_factor(self._progress(self.step)) if searching else 0.0
+                g["lr"] = self.cfg.gate_lr * micro
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         cfg = self.cfg
@@ -339,8 +358,13 @@ class Trainer:
             if self.gated is None:
                 logits, teacher_logits = self.forward_model(x), None
             else:
-                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)  # noise keyed by step
-                masks = self.gated.sample_masks(tau, gen, hard=cfg.gate_mode == "hard")
+                if self._searching():
+                    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)  # noise keyed by step
+                    masks = self.gated.sample_masks(tau, gen, hard=cfg.gate_mode == "hard")
+                else:  # the search is over: train exactly the network that will be exported
+                    if self.final_masks is None:
+                        self.final_masks = self.gated.hard_masks()
+                    masks = self.final_masks
                 logits = self.forward_model(x, masks)
                 teacher_logits = None
                 if self.teacher is not None:
@@ -348,13 +372,13 @@ class Trainer:
                         teacher_logits = self.teacher(x)
         loss, task_parts = task_loss(logits, y, cfg.label_smoothing, teacher_logits, cfg.kd_alpha, cfg.kd_temperature)
         stats.update(task_parts)
-        if self.gated is not None:
+        if self._searching():
             cost = self.gated.expected_cost()
             penalty, pen_parts = mac_penalty(
                 cost, self.dense_macs, cfg.lambda_macro, cfg.lambda_micro, self.controller.scale
             )
             feas = feasibility_loss(self.gated)
-            polar_weight = cfg.polarization * self.controller.hard_weight(self.step / self.total_steps)
+            polar_weight = cfg.polarization * self.controller.hard_weight(self._progress(self.step))
             polar = polarization_loss(self.gated)
             loss = loss + penalty + feas + polar_weight * polar
             stats.update(pen_parts, polarization=polar.detach(), feasibility=feas.detach())
@@ -381,10 +405,11 @@ class Trainer:
             parts["penalty_scale"] = self.controller.scale  # the scale this step's penalty used
             expected = parts.pop("expected_macs") / self.dense_macs
             hard = self.hard_fraction = round(parts.pop("hard_macs")) / self.dense_macs  # also read by _set_lr
-            self.controller.update(expected, hard, (self.step + 1) / self.total_steps)
+            if self._searching():
+                self.controller.update(expected, hard, self._progress(self.step + 1))
             parts.update(expected_frac=expected, hard_frac=hard)
             if self.step % self.trace_every == 0:  # a few points per epoch for hiap report's curves
-                ref = self.controller.reference((self.step + 1) / self.total_steps)
+                ref = self.controller.reference(self._progress(self.step + 1))
                 self.trace.append([self.step, round(tau, 5), expected, hard, ref])
         self.step += 1
         return parts
@@ -447,6 +472,7 @@ class Trainer:
             "dense_val_acc": self.dense_val_acc,
             "val_acc": val_acc,
             "model": self.cfg.model,
+            "model_kwargs": self.cfg.model_kwargs,
             "num_classes": len(self.data.classes),
             "classes": self.data.classes,
             "data_config": self.data_cfg,
@@ -583,7 +609,9 @@ class Trainer:
         return {
             "hiap_version": __version__,
             "model": self.cfg.model,
+            "model_kwargs": self.cfg.model_kwargs,
             "data": self.data.description,
+            "augmentation": self.data.augmentation,
             "weights_source": self.weights_source,
             "dense": self.cfg.dense,
             "epochs": self.cfg.epochs,
@@ -591,6 +619,8 @@ class Trainer:
             "pruned_gmacs": pruned_macs / 1e9,
             "target_gmacs": self.target_macs / 1e9,
             "target_error": (pruned_macs - self.target_macs) / self.target_macs,
+            # The promise: the exported network lands within target_tolerance of the target (the CLI exits 3 if not).
+            "target_met": abs(pruned_macs - self.target_macs) <= self.cfg.target_tolerance * self.target_macs,
             "dense_params": self.dense_params,
             "pruned_params": structure_params(self.geometry, structure),
             "val_acc": val_acc,

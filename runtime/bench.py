@@ -19,7 +19,14 @@ from devices.profile import DeviceProfile, load_profile
 from hiap import __version__
 from hiap.errors import HiapError
 from runtime.base import Runner, batch_of
-from runtime.data import Preprocessing, builtin_val_batches, image_folder_batches
+from runtime.data import (
+    Preprocessing,
+    builtin_fingerprint,
+    builtin_val_batches,
+    image_folder_batches,
+    is_training_root,
+    split_fingerprint,
+)
 from runtime.harness import Latency, accuracy, fidelity, interleaved_latency, measure_latency, random_feeds
 
 
@@ -99,15 +106,73 @@ def _meta_float(meta: dict[str, str], key: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _batches(data: str, pre: Preprocessing, limit: int | None) -> Any:
-    if data == "builtin":
-        return builtin_val_batches(pre, limit=limit)
-    return image_folder_batches(Path(data), pre, limit=limit)
+# `hiap bench` exit status per verdict (2 is a user error; 3 is `hiap train`/`pipeline`'s missed MAC target). An
+# unmeasured budget is not a pass: a CI job that gates on the bench must not go green when the accuracy budget was
+# never checked, so it gets its own non-zero code, distinct from a failed budget.
+EXIT_CODES = {"met": 0, "failed": 1, "not measured": 4}
 
 
-def _budget(name: str, value: float | None, limit: float, higher_is_better: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EvalData:
+    """What --data names: 'builtin', or the class-folder tree to evaluate (a training root's val/)."""
+
+    spec: str
+    folder: Path | None
+    note: str = ""
+
+    @classmethod
+    def resolve(cls, spec: str) -> EvalData:
+        if spec == "builtin":
+            return cls(spec, None)
+        root = Path(spec)
+        if not root.is_dir():  # before minutes of latency measurement, not after
+            raise HiapError(f"--data '{spec}' is not a folder: pass 'builtin', the root `hiap train --data` took "
+                            "(ROOT/val/<class>/<image>) or a class-folder tree (ROOT/<class>/<image>).")  # fmt: skip
+        if is_training_root(root):  # what `hiap train --data` takes: evaluate the split it validated on
+            return cls(spec, root / "val", f"training root: evaluated its val/ ({root / 'val'})")
+        return cls(spec, root)
+
+    def batches(self, pre: Preprocessing, limit: int | None) -> Any:
+        if self.folder is None:
+            return builtin_val_batches(pre, limit=limit)
+        return image_folder_batches(self.folder, pre, limit=limit)
+
+    def fingerprint(self, limit: int | None = None) -> dict[str, Any]:
+        return builtin_fingerprint(limit) if self.folder is None else split_fingerprint(self.folder, limit)
+
+
+def _describe_split(fp: dict[str, Any]) -> str:
+    what = "built-in split" if fp.get("data") == "builtin" else "ImageFolder split"
+    return f"{what} of {fp.get('images')} images, classes {list(fp.get('classes') or [])[:5]}"
+
+
+def _same_split(meta: dict[str, str], data: EvalData, limit: int | None) -> tuple[dict[str, Any], str | None]:
+    """The evaluated images' fingerprint against the one the export recorded of the run's validation split, and
+    why they differ (None: the same images, so the run's validation accuracy is a like-for-like reference)."""
+    try:
+        recorded = json.loads(meta.get("val_split", "null"))
+    except json.JSONDecodeError:
+        recorded = None
+    evaluated = data.fingerprint(limit)
+    split = {"evaluated": evaluated, "recorded": recorded, "same": False}
+    if not isinstance(recorded, dict):
+        why = ("the model's metadata records no validation split (a plan-only export, one made without the run's "
+               "data, or by an older hiap); re-export from the run, or pass --compare DENSE.onnx")  # fmt: skip
+        return split, why
+    if evaluated == recorded:
+        split["same"] = True
+        return split, None
+    if limit is not None and data.fingerprint() == recorded:
+        return split, (f"--limit {limit} evaluates {evaluated['images']} of the {recorded['images']} images the "
+                       "run validated on, so its validation accuracy does not apply")  # fmt: skip
+    return split, (f"--data is not the split the run validated on ({_describe_split(evaluated)}; the run's: "
+                   f"{_describe_split(recorded)})")  # fmt: skip
+
+
+def _budget(name: str, value: float | None, limit: float, higher_is_better: bool = False,
+            reason: str = "") -> dict[str, Any]:  # fmt: skip
     if value is None:
-        return {"budget": name, "limit": limit, "value": None, "passed": None, "margin": None}
+        return {"budget": name, "limit": limit, "value": None, "passed": None, "margin": None, "reason": reason}
     margin = (value - limit) if higher_is_better else (limit - value)
     return {"budget": name, "limit": limit, "value": value, "passed": bool(margin >= 0), "margin": margin}
 
@@ -149,7 +214,9 @@ def protocol_warnings(profile: DeviceProfile, host: Host, power: dict[str, str])
 
 
 def run_bench(artifact: Path, opts: BenchOptions) -> dict[str, Any]:
-    """Everything `hiap bench` reports, as one dict; `passed` is False when a measured budget fails."""
+    """Everything `hiap bench` reports, as one dict. `verdict`: 'met' (every budget measured and held), 'failed'
+    (a measured budget failed) or 'not measured' (none failed, some could not be measured); `passed` is True only
+    for 'met'."""
     profile = load_profile(opts.device)
     host = detect_host()
     mismatch = profile_mismatch(profile, host)
@@ -168,6 +235,7 @@ def run_bench(artifact: Path, opts: BenchOptions) -> dict[str, Any]:
         golden = artifact.with_name("golden.npz")
     if opts.golden is not None and not opts.golden.is_file():
         raise HiapError(f"Golden file '{opts.golden}' does not exist.")
+    data = EvalData.resolve(opts.data) if opts.data else None
 
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -190,9 +258,9 @@ def run_bench(artifact: Path, opts: BenchOptions) -> dict[str, Any]:
             lat = interleaved_latency(runners, feeds, warmup, iterations, min_seconds)
         fid = fidelity(runner, golden, batch) if golden else None
         acc: dict[str, Any] = {}
-        if opts.data:
+        if data is not None:
             for name, r in runners.items():
-                acc[name] = accuracy(r, _batches(opts.data, pre, opts.limit), batch_of(r.inputs[0], profile.batch))
+                acc[name] = accuracy(r, data.batches(pre, opts.limit), batch_of(r.inputs[0], profile.batch))
         env = environment(host, runner, profile)
         meta = dict(runner.metadata)
         dense_meta = dict(dense.metadata) if dense is not None else {}
@@ -202,27 +270,49 @@ def run_bench(artifact: Path, opts: BenchOptions) -> dict[str, Any]:
     # --budget-ms sets the median; the tail budget keeps the profile's p99/p50 ratio.
     p99_limit = p50_limit * (b.latency_p99_ms / b.latency_p50_ms)
     drop_limit = opts.max_acc_drop if opts.max_acc_drop is not None else b.max_acc_drop
-    reference, reference_kind = None, ""
+    reference, reference_kind, why_not = None, "", "no --data given: pass the validation images to measure top-1"
+    split: dict[str, Any] | None = None
+    if data is not None:
+        split, why_not = _same_split(meta, data, opts.limit)
     if "dense" in acc:
-        reference, reference_kind = acc["dense"]["top1"], "dense model measured here on the same data"
-    elif opts.data == "builtin" and opts.limit is not None:
-        # the metadata's accuracies are over the whole validation split; a subset is not comparable to them
-        reference_kind = "none: --limit evaluates a subset; the metadata's reference is the full validation split"
-    elif opts.data == "builtin" and _meta_float(meta, "dense_val_acc") is not None:
-        # training records accuracies as fractions; the bench reports percent
-        reference, reference_kind = 100 * _meta_float(meta, "dense_val_acc"), "dense accuracy in the metadata"  # type: ignore[operator]
-    elif opts.data == "builtin" and _meta_float(meta, "reference_val_acc") is not None:
-        reference = 100 * _meta_float(meta, "reference_val_acc")  # type: ignore[operator]
-        reference_kind = "exported model's training-time accuracy in the metadata"
+        reference, reference_kind, why_not = acc["dense"]["top1"], "dense model measured here on the same data", ""
+    elif data is not None and why_not is None:
+        # The same images the run validated on: its recorded accuracies (fractions; the bench reports percent)
+        # are the reference. Prefer the dense start's, which is what the budget's drop is defined against.
+        kinds = {"dense_val_acc": "dense accuracy in the metadata",
+                 "reference_val_acc": "exported model's training-time accuracy in the metadata"}  # fmt: skip
+        for key, kind in kinds.items():
+            if _meta_float(meta, key) is not None:
+                reference, reference_kind = 100 * _meta_float(meta, key), kind  # type: ignore[operator]
+                break
+        else:
+            why_not = "the model's metadata holds no training-time accuracy; pass --compare DENSE.onnx"
     measured = acc["model"]["top1"] if "model" in acc else None
     drop = reference - measured if (reference is not None and measured is not None) else None
+    if data is not None:
+        acc["data"] = str(data.folder or data.spec)
+        if data.note:
+            acc["data_note"] = data.note
+        acc |= {"split": split, "reference_top1": reference, "reference": reference_kind or None}
+        if reference is None:
+            acc["reference_unavailable"] = why_not
+    no_golden = ("no golden.npz next to the model and no --golden (hiap export writes one when the run's "
+                 "validation images are readable)")  # fmt: skip
     budgets = [
         _budget("latency_p50_ms", lat["model"].p50, p50_limit),
         _budget("latency_p99_ms", lat["model"].p99, p99_limit),
-        _budget("accuracy_drop_pp", drop, drop_limit),
-        _budget("fidelity_max_abs_diff", fid["max_abs_diff"] if fid else None, b.fidelity_atol),
-        _budget("fidelity_top1_agreement", fid["top1_agreement"] if fid else None, b.min_top1_agreement, True),
+        _budget("accuracy_drop_pp", drop, drop_limit, reason=why_not or ""),
+        _budget("fidelity_max_abs_diff", fid["max_abs_diff"] if fid else None, b.fidelity_atol, reason=no_golden),
+        _budget(
+            "fidelity_top1_agreement",
+            fid["top1_agreement"] if fid else None,
+            b.min_top1_agreement,
+            True,
+            reason=no_golden,
+        ),
     ]
+    verdict = ("failed" if any(x["passed"] is False for x in budgets)
+               else "not measured" if any(x["passed"] is None for x in budgets) else "met")  # fmt: skip
     report: dict[str, Any] = {
         "artifact": str(artifact),
         "format": artifact.suffix.lstrip(".")
@@ -236,9 +326,12 @@ def run_bench(artifact: Path, opts: BenchOptions) -> dict[str, Any]:
         "batch": batch,
         "latency": {name: v.to_dict() for name, v in lat.items()},
         "fidelity": fid | {"golden": str(golden)} if fid else None,
-        "accuracy": acc | ({"reference_top1": reference, "reference": reference_kind} if reference_kind else {}),
+        "accuracy": acc,
         "budgets": budgets,
-        "passed": all(x["passed"] is not False for x in budgets),
+        # True only when every budget was measured and held: a missing measurement is never read as a pass.
+        "passed": verdict == "met",
+        "verdict": verdict,
+        "exit_code": EXIT_CODES[verdict],
         "environment": env,
         "seconds": time.perf_counter() - t0,
     }
@@ -261,3 +354,24 @@ def run_bench(artifact: Path, opts: BenchOptions) -> dict[str, Any]:
             "realisation": (speedup / (dgm / gm)) if gm and dgm else None,
         }
     return report
+
+
+def verdict_line(report: dict[str, Any]) -> str:
+    """One line for the console and CI logs. Budgets are named by family (latency, accuracy, fidelity); a family
+    with an unmeasured budget is listed under 'not measured' with why, never under 'met'."""
+    families: dict[str, list[dict[str, Any]]] = {}
+    for b in report["budgets"]:
+        families.setdefault(b["budget"].split("_")[0], []).append(b)
+    met = [f for f, bs in families.items() if all(b["passed"] is True for b in bs)]
+    unmeasured = []
+    for f, bs in families.items():
+        reasons = list(dict.fromkeys(b.get("reason") or "no reason recorded" for b in bs if b["passed"] is None))
+        if reasons:
+            unmeasured.append(f"{f} ({'; '.join(reasons)})")
+    tail = f"; not measured: {', '.join(unmeasured)}" if unmeasured else ""
+    if report["verdict"] == "failed":
+        failed = [b["budget"] for b in report["budgets"] if b["passed"] is False]
+        return f"a budget failed: {', '.join(failed)}{tail}"
+    if report["verdict"] == "met":
+        return "all budgets met"
+    return f"budgets met: {', '.join(met) or 'none'}{tail}"

@@ -6,8 +6,10 @@ only the .onnx and this package.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -19,7 +21,8 @@ import numpy as np
 from hiap.errors import HiapError
 
 BUILTIN_FILE = "fashion_mnist_subset.npz"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+# torchvision's IMG_EXTENSIONS: the files `hiap train` reads from an ImageFolder are the files the bench reads.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def builtin_path() -> Path:
@@ -138,15 +141,64 @@ def load_image(path: Path, pre: Preprocessing) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+def image_folder_files(root: Path) -> tuple[list[str], list[tuple[Path, str]]]:
+    """The class folders of `root` and its (image, class folder) pairs in torchvision ImageFolder's order (classes
+    sorted, each walked recursively, sorted), so the bench evaluates exactly the images training validated on."""
+    if not root.is_dir():
+        raise HiapError(f"Data '{root}' is not a folder: pass 'builtin' or an ImageFolder root (one folder per class).")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    if not classes:
+        raise HiapError(f"Data '{root}' has no class folders: expected ROOT/<class>/<image>.")
+    files = [(Path(d) / name, cls) for cls in classes
+             for d, _, names in sorted(os.walk(root / cls, followlinks=True))
+             for name in sorted(names) if name.lower().endswith(IMAGE_SUFFIXES)]  # fmt: skip
+    return classes, files
+
+
+def is_training_root(root: Path) -> bool:
+    """True for what `hiap train --data` takes (ROOT/val/<class>/..., usually with ROOT/train/): a val/ folder
+    holding class folders and no images of its own. A class-folder tree with a class named 'val' holds images."""
+    val = root / "val"
+    if not val.is_dir() or ((root / "train").exists() and not (root / "train").is_dir()):
+        return False
+    children = list(os.scandir(val))
+    return any(e.is_dir() for e in children) and not any(
+        e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES) for e in children
+    )
+
+
+def resolve_image_folder(root: Path) -> Path:
+    """The class-folder tree to evaluate: ROOT/val for a training root, else ROOT itself."""
+    return root / "val" if is_training_root(root) else root
+
+
+def split_fingerprint(root: Path, limit: int | None = None) -> dict[str, Any]:
+    """Identity of an ImageFolder split without decoding it: image count, class folders and a sha256 over the
+    relative paths and sizes of its images (the first `limit` of them with `limit`). Paths are relative, so the
+    same split copied to a board elsewhere has the same fingerprint."""
+    classes, files = image_folder_files(root)
+    if limit is not None:
+        files = files[:limit]
+    digest = hashlib.sha256(json.dumps(classes).encode())
+    for path, _ in files:
+        digest.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\n".encode())
+    return {"data": "image_folder", "images": len(files), "classes": classes, "sha256": digest.hexdigest()}
+
+
+def builtin_fingerprint(limit: int | None = None, path: Path | None = None) -> dict[str, Any]:
+    """The same for the built-in validation split (over its pixels and labels: it is one file, not a tree)."""
+    arrays = load_builtin_arrays(path)
+    x, y = arrays["x_val"][:limit], arrays["y_val"][:limit]
+    digest = hashlib.sha256(np.ascontiguousarray(x).tobytes())
+    digest.update(np.ascontiguousarray(y).tobytes())
+    classes = [str(c) for c in arrays["classes"]]
+    return {"data": "builtin", "images": len(y), "classes": classes, "sha256": digest.hexdigest()}
+
+
 def image_folder_batches(root: Path, pre: Preprocessing, batch_size: int = 32,
                          limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
     """An ImageFolder (one sub-folder per class); classes map by the model's class names when it has them."""
-    if not root.is_dir():
-        raise HiapError(f"Data '{root}' is not a folder: pass 'builtin' or an ImageFolder root (one folder per class).")
-    folders = sorted(p for p in root.iterdir() if p.is_dir())
-    if not folders:
-        raise HiapError(f"Data '{root}' has no class folders: expected ROOT/<class>/<image>.")
-    names = [p.name for p in folders]
+    names, listed = image_folder_files(root)
     if pre.class_names:
         # Folder names cannot hold '/', so 't-shirt/top' matches a folder 't-shirt_top'.
         known = {c.replace("/", "_"): i for i, c in enumerate(pre.class_names)}
@@ -157,7 +209,7 @@ def image_folder_batches(root: Path, pre: Preprocessing, batch_size: int = 32,
         index = {n: known[n] for n in names}
     else:  # no names in the metadata: the training convention, sorted folder order
         index = {n: i for i, n in enumerate(names)}
-    files = [(f, index[d.name]) for d in folders for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    files = [(f, index[cls]) for f, cls in listed]
     if limit is not None:
         files = files[:limit]
     if not files:

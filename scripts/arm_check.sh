@@ -44,7 +44,8 @@ VENV=/opt/hiap-venv
 QEMU_CPU=${HIAP_QEMU_CPU:-cortex-a72}
 export QEMU_CPU                         # read by qemu-user for every arm64 exec, chroot included
 # Latency under emulation means nothing, so few timed calls; fidelity (golden) and accuracy (300 built-in images)
-# are exact and are the point.
+# are exact and are the point. On a 300-image subset the accuracy drop against the training run cannot be judged, so
+# the bench ends with exit 4 ("not measured: accuracy"), which is the expected status of this check.
 DEFAULT_CMD='python -m hiap bench /opt/hiap-export/model.onnx --device rpi5 --allow-mismatch --golden /opt/hiap-export/golden.npz --data builtin --limit 300 --iterations 20 --warmup 2 --min-seconds 0 --json /opt/hiap-out/bench.json'
 ARM_CMD=${HIAP_ARM_CMD:-$DEFAULT_CMD}
 

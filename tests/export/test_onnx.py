@@ -45,7 +45,9 @@ def test_hiap_export_of_a_trained_run(tmp_path: Path) -> None:
     runner = CliRunner()
     run = tmp_path / "run"
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("train_images: 256\nbatch_size: 64\n")
+    cfg.write_text(
+        "train_images: 256\nbatch_size: 32\ngate_lr: 1.0\ntarget_tolerance: 1\n"
+    )  # 8 steps at gate_lr 1: the shortest schedule accepted
     args = ["train", "--model", "hiap_vit_fmnist_tiny", "--pretrained", "none", "--epochs", "1"]
     assert runner.invoke(app, [*args, "--config", str(cfg), "--out", str(run), "--target-macs", "0.6"]).exit_code == 0
     result = runner.invoke(app, ["export", str(run)])
@@ -87,7 +89,9 @@ def test_export_from_model_and_hand_edited_plan(tmp_path: Path) -> None:
     runner = CliRunner()
     run = tmp_path / "run"
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("train_images: 128\nbatch_size: 64\n")
+    cfg.write_text(
+        "train_images: 128\nbatch_size: 16\ngate_lr: 1.0\ntarget_tolerance: 1\n"
+    )  # 8 steps at gate_lr 1: the shortest schedule accepted
     train = ["train", "--model", "hiap_vit_fmnist_tiny", "--pretrained", "none", "--epochs", "1", "--config", str(cfg)]
     assert runner.invoke(app, [*train, "--out", str(run)]).exit_code == 0
     assert runner.invoke(app, ["export", str(run), "--no-simplify"]).exit_code == 0
@@ -158,7 +162,9 @@ def test_dense_export_of_a_run_is_the_model_it_started_from(tmp_path: Path) -> N
     weights = tmp_path / "start.safetensors"
     save_file({k: v.contiguous() for k, v in start.state_dict().items()}, str(weights))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("train_images: 256\nbatch_size: 64\n")
+    cfg.write_text(
+        "train_images: 256\nbatch_size: 32\ngate_lr: 1.0\ntarget_tolerance: 1\n"
+    )  # 8 steps at gate_lr 1: the shortest schedule accepted
     run = tmp_path / "run"
     args = ["train", "--model", "hiap_vit_fmnist_tiny", "--pretrained", str(weights), "--epochs", "1"]
     assert CliRunner().invoke(app, [*args, "--config", str(cfg), "--out", str(run)]).exit_code == 0
@@ -192,3 +198,30 @@ def test_random_init_export_with_onnxsim_counts_zero_constants_it_drops(tmp_path
     assert report["onnx_params_before_simplify"] == report["params"] == geom.dense_params
     assert report["zero_params_removed_by_onnxsim"] > 0  # onnxsim did drop zero biases here (1,344 measured)
     assert report["onnx_gmacs"] == report["gmacs"]
+
+
+def test_plan_only_exports_without_data_keep_working_and_say_why_there_is_no_golden(
+    tmp_path: Path,
+    capsys: "pytest.CaptureFixture[str]",  # noqa: F821 (pytest is not imported at the top here)
+) -> None:
+    """A plan of the built-in model gets golden inputs from the built-in split but no split fingerprint (a plan
+    does not say what it was trained on); with no data known at all the export still succeeds, quietly."""
+    import dataclasses
+    import json
+
+    from export.pipeline import export_source, source_from_plan
+    from export.plan import make_plan
+    from hiap.models import create_model, data_config
+
+    vit = create_model("hiap_vit_fmnist_tiny", num_classes=10)
+    geom = GatedViT(vit).geometry
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(make_plan("hiap_vit_fmnist_tiny", geom, geom.dense_structure(), data_config(vit),
+                                         10).to_dict()))  # fmt: skip
+    src = source_from_plan("hiap_vit_fmnist_tiny", plan, "none")
+    report = export_source(src, tmp_path / "builtin", simplify=False)
+    assert report["golden"] == {"images": 8, "source": "builtin validation split"} and report["val_split"] is None
+    assert np.load(tmp_path / "builtin" / "golden.npz")["inputs"].shape == (8, 1, 28, 28)
+    report = export_source(dataclasses.replace(src, builtin_data=False), tmp_path / "none", simplify=False)
+    assert report["parity"]["passed"] and report["golden"] is None and "no validation data" in report["golden_reason"]
+    assert not (tmp_path / "none" / "golden.npz").exists() and "note:" not in capsys.readouterr().err

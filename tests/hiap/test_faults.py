@@ -18,7 +18,9 @@ from hiap.config import TrainConfig
 from hiap.errors import HiapError
 from hiap.train import Trainer
 
-TINY = {"model": "hiap_vit_fmnist_tiny", "pretrained": "none", "batch_size": 64, "train_images": 256}
+# 8 steps an epoch with gates fast enough for the schedule check (gate_init 3 / gate_lr 1 / ramp 0.4 = 8 steps).
+TINY = {"model": "hiap_vit_fmnist_tiny", "pretrained": "none", "batch_size": 32, "train_images": 256, "gate_lr": 1.0,
+        "target_tolerance": 1.0}  # fmt: skip
 VOLATILE = {"epoch_seconds"}  # wall time; everything else in a metrics line must match
 
 

@@ -12,6 +12,7 @@ from hiap.train import Trainer
 def test_report_plots_a_run_and_metrics_carry_what_it_needs(tmp_path: Path) -> None:
     run = tmp_path / "run"
     Trainer(TrainConfig(model="hiap_vit_fmnist_tiny", pretrained="none", epochs=2, train_images=512, batch_size=64,
+                        gate_lr=1.0,
                         out=str(run))).run()  # fmt: skip
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     hist = records[-1]["gate_histogram"]
