@@ -18,9 +18,10 @@ from hiap.config import TrainConfig
 from hiap.errors import HiapError
 from hiap.train import Trainer
 
-# 8 steps an epoch with gates fast enough for the schedule check (gate_init 3 / gate_lr 1 / ramp 0.4 = 8 steps).
-TINY = {"model": "hiap_vit_fmnist_tiny", "pretrained": "none", "batch_size": 32, "train_images": 256, "gate_lr": 1.0,
-        "target_tolerance": 1.0}  # fmt: skip
+# 4 steps an epoch; gates fast enough for the schedule check (gate_init 1 / gate_lr 1 / ramp 0.4: 3 steps). These runs
+# test faults, not landing, so any distance from the target counts as landed.
+TINY = {"model": "hiap_vit_fmnist_tiny", "pretrained": "none", "batch_size": 64, "train_images": 256, "gate_lr": 1.0,
+        "gate_init": 1.0, "target_tolerance": 1.0}  # fmt: skip
 VOLATILE = {"epoch_seconds"}  # wall time; everything else in a metrics line must match
 
 
@@ -49,7 +50,10 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def test_torchrun_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
-    cfg = _yaml(tmp_path / "c.yaml", **(TINY | {"train_images": 512}), epochs=2)
+    # The default gate_lr: Adam's normalisation turns the ranks' tiny float differences in averaged gradients into
+    # gate differences in proportion to the gate lr. Gates starting near the threshold pass the schedule check.
+    slow_gates = {"train_images": 512, "gate_lr": 0.05, "gate_init": 0.25}
+    cfg = _yaml(tmp_path / "c.yaml", **(TINY | slow_gates), epochs=2)
     # The `hiap` entry point, as users call it (next to this interpreter in a venv); -m hiap where there is none.
     script = Path(sys.executable).with_name("hiap")
     target = [str(script)] if script.is_file() else ["-m", "hiap"]
