@@ -76,6 +76,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hiap": {},
     "hiap-search50": {"search_fraction": 0.5},  # gates learn in the first half, then the fixed structure trains
     "hiap-search30": {"search_fraction": 0.3},
+    "hiap-l1init": {"gate_init_importance": 1.0},  # micro-gate logits start ordered by l1 magnitude
 }
 PAPER = {  # HiAP paper, CIFAR-10, 6-block ViT-Tiny: (top-1 %, fraction of dense MACs)
     "dense": (90.50, 1.0),

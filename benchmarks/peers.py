@@ -128,12 +128,17 @@ def prune_to(dense: torch.nn.Module, method: str, target_macs: float, data: Any)
     return best[0], best[2]  # type: ignore[index]
 
 
+# Peers train where hiap train would (a CUDA device when there is one), and end on the CPU for export and counting.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: Any) -> float:
     model.eval()
+    device = next(model.parameters()).device
     correct = total = 0
     for x, y in data.val_batches(256):
-        correct += int((model(x).argmax(-1) == y).sum())
+        correct += int((model(x.to(device)).argmax(-1).cpu() == y).sum())
         total += len(y)
     return correct / total
 
@@ -141,12 +146,14 @@ def evaluate(model: torch.nn.Module, data: Any) -> float:
 def finetune(model: torch.nn.Module, teacher: torch.nn.Module, data: Any, epochs: int, seed: int) -> float:
     """The default recipe's weight training: AdamW 5e-4 (wd 0.05), cosine to 1 %, LS 0.1, KD alpha 0.7 T 4."""
     torch.manual_seed(seed)
+    model.to(DEVICE), teacher.to(DEVICE)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
     steps = epochs * (data.num_train // 128)
     step = 0
     for epoch in range(epochs):
         model.train()
         for x, y in data.train_batches(epoch, 128, seed):
+            x, y = x.to(DEVICE), y.to(DEVICE)
             for g in opt.param_groups:
                 g["lr"] = 5e-4 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / steps)))
             with torch.no_grad():
@@ -156,7 +163,9 @@ def finetune(model: torch.nn.Module, teacher: torch.nn.Module, data: Any, epochs
             loss.backward()
             opt.step()
             step += 1
-    return evaluate(model, data)
+    acc = evaluate(model, data)
+    model.cpu(), teacher.cpu()
+    return acc
 
 
 def hiap_run(budget: float, seed: int, epochs: int) -> tuple[float, torch.nn.Module]:

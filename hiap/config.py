@@ -60,6 +60,9 @@ class TrainConfig:
     tau_end: float = 0.5
     gate_mode: str = "hard"  # 'hard' (0/1 forward, straight-through gradient) or 'soft'
     gate_init: float = 3.0  # initial logit: every gate starts open (sigmoid(3) = 0.95)
+    # Micro-gate logits start at gate_init + gate_init_importance * (their unit's standardised log l1-magnitude in
+    # its block, clipped to +-2); 0: every gate starts alike (GatedViT.init_from_importance).
+    gate_init_importance: float = 0.0
     k_min: int = 1  # heads kept per block at least
     min_value_frac: float = 0.25  # value dims kept per kept head at least
     min_neuron_frac: float = 0.1  # neurons kept per kept FFN at least

@@ -186,6 +186,12 @@ def gated_mlp(mlp: Mlp, x: torch.Tensor, neuron_mask: torch.Tensor, ffn_gate: to
     return mlp.drop2(F.linear(h, weight, bias))
 
 
+def _standardised(magnitude: torch.Tensor) -> torch.Tensor:
+    """z-score of log magnitudes (scale-free across layers), clipped to +-2 so no unit starts far from the rest."""
+    x = magnitude.float().clamp_min(1e-12).log()
+    return ((x - x.mean()) / x.std().clamp_min(1e-6)).clamp(-2.0, 2.0)
+
+
 class GatedViT(nn.Module):
     """A supported timm ViT plus HiAP gates; `vit.state_dict()` is the plain timm state dict."""
 
@@ -196,6 +202,25 @@ class GatedViT(nn.Module):
         self.floors = floors or Floors()
         g = self.geometry
         self.gates = GateLogits(g.depth, g.num_heads, g.head_dim, g.hidden, init=gate_init)
+
+    @torch.no_grad()
+    def init_from_importance(self, spread: float) -> None:
+        """Offset each micro gate's logit by `spread` times its unit's standardised log-magnitude within its block.
+
+        The magnitude of a value dim is |its V-projection row|_1 * |its proj column|_1, of a neuron |fc1 row|_1 *
+        |fc2 column|_1 (the weights the unit reads and writes, as l1-magnitude pruning ranks them); standardised per
+        block and clipped to +-2, so with the default gate_init 3 and spread 1 the logits start between 1 and 5 and
+        the weakest units reach the export threshold first. Macro gates (heads, FFN blocks) keep their init: those
+        decisions are left to the gradients."""
+        g = self.geometry
+        for i, blk in enumerate(self.vit.blocks):
+            attn, mlp = blk.attn, blk.mlp
+            width = g.num_heads * g.head_dim
+            v_rows = attn.qkv.weight[2 * width : 3 * width].abs().sum(1)  # timm's qkv rows: q, k, v, head-major
+            value = v_rows * attn.proj.weight.abs().sum(0)
+            neuron = mlp.fc1.weight.abs().sum(1) * mlp.fc2.weight.abs().sum(0)
+            self.gates.value[i] += spread * _standardised(value).view(g.num_heads, g.head_dim)
+            self.gates.neuron[i] += spread * _standardised(neuron)
 
     # --- masks -------------------------------------------------------------------------------------------
     def sample_masks(self, tau: float, generator: torch.Generator, hard: bool = True) -> Masks:

@@ -253,6 +253,8 @@ class Trainer:
             self.target_macs = parse_target(cfg.target_macs).resolve(self.dense_macs)
             check_target(self.geometry, floors, self.target_macs)
             self.gated = GatedViT(self.vit, floors=floors, gate_init=cfg.gate_init).to(self.device)
+            if cfg.gate_init_importance:  # a resumed run then loads its own logits over these
+                self.gated.init_from_importance(cfg.gate_init_importance)
         self.teacher = None
         if cfg.kd and not cfg.dense:
             self.teacher = copy.deepcopy(self.vit).eval().requires_grad_(False)

@@ -193,3 +193,23 @@ def test_unsupported_models_fail_early_naming_what_is_supported(build, fragment:
         GatedViT(build())
     assert fragment in str(err.value)
     assert "timm VisionTransformer" in str(err.value) or "block" in str(err.value)
+
+
+def test_importance_init_orders_micro_gates_by_magnitude_and_leaves_macro_gates() -> None:
+    from hiap.models import create_model
+
+    torch.manual_seed(0)
+    vit = create_model("hiap_vit_fmnist_tiny", num_classes=10)
+    with torch.no_grad():
+        vit.blocks[0].mlp.fc1.weight[5] *= 10.0  # neuron 5 of block 0: the strongest unit
+        vit.blocks[0].mlp.fc2.weight[:, 7] *= 0.01  # neuron 7: the weakest
+        width = vit.blocks[1].attn.num_heads * vit.blocks[1].attn.head_dim
+        vit.blocks[1].attn.qkv.weight[2 * width + 3] *= 10.0  # value dim 3 of head 0 in block 1
+    gated = GatedViT(vit, gate_init=3.0)
+    gated.init_from_importance(1.0)
+    neuron, value = gated.gates.neuron.detach(), gated.gates.value.detach()
+    assert int(neuron[0].argmax()) == 5 and int(neuron[0].argmin()) == 7
+    assert int(value[1].flatten().argmax()) == 3
+    assert float(neuron.min()) >= 1.0 - 1e-6 and float(neuron.max()) <= 5.0 + 1e-6  # gate_init +- 2 * spread
+    assert torch.equal(gated.gates.head.detach(), torch.full_like(gated.gates.head, 3.0))
+    assert torch.equal(gated.gates.ffn.detach(), torch.full_like(gated.gates.ffn, 3.0))
