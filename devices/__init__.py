@@ -1,1 +1,1 @@
-"""Devices: profiles with budgets, host detection and the per-device bench protocol (issue 4; not built yet)."""
+"""Devices: profiles (data files with budgets), host detection, and `hiap bench`, where a profile picks the runner."""

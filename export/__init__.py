@@ -1,1 +1,1 @@
-"""Export: plan from frozen gates, compact network, ONNX/TensorRT writers and parity checks (issue 3; not built yet)."""
+"""Export: plan from frozen gates, compact network, ONNX/TensorRT writers and parity checks, on the core and runtime."""

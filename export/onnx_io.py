@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from hiap.errors import HiapError
+from runtime.ort_runner import default_runner
 
 
 def torch2onnx(
@@ -152,13 +153,7 @@ def zero_params(path: Path) -> int:
     return sum(zeros.get(name, 0) for node in graph.node for name in node.input)
 
 
-def ort_session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def ort_run(model: Path | Any, x: np.ndarray) -> np.ndarray:
-    """Run an ONNX file (or an open session) on the CPU provider; first output."""
-    session = ort_session(model) if isinstance(model, (str, Path)) else model
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+def ort_run(path: Path, x: np.ndarray) -> np.ndarray:
+    """First output of an ONNX file for `x` (fed whole) on the CPU provider, through runtime's runner."""
+    with default_runner(Path(path)) as runner:
+        return runner.infer({runner.inputs[0].name: x})[runner.outputs[0].name]

@@ -1,4 +1,4 @@
-"""The `hiap` command line: the one place that ties the packages together (train, inspect; export and bench later)."""
+"""The `hiap` command line: the one module that imports all four parts (hiap, export, runtime, devices)."""
 
 from __future__ import annotations
 
@@ -38,8 +38,32 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# Import names of the packages in pyproject's `train` extra, which the device install (`pip install hiap`) lacks.
+TRAIN_EXTRA = frozenset({"torch", "torchvision", "timm", "safetensors", "onnx", "onnxscript", "onnxsim", "matplotlib"})
+
+
+def needs_train_extra(fn: F) -> F:
+    """A command that runs torch or the ONNX tools says which extra it needs, as a HiapError, when one of those
+    packages is missing (the light device install); a missing submodule of an installed package is a broken
+    install, not a missing extra, and keeps its traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ModuleNotFoundError as exc:
+            if exc.name not in TRAIN_EXTRA:
+                raise
+            raise HiapError(
+                f"hiap {fn.__name__} needs the training extra ({exc.name} is not installed): pip install 'hiap[train]'"
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
 @app.command()
 @user_errors
+@needs_train_extra
 def train(
     model: str = typer.Option(None, help="Built-in 'hiap_vit_fmnist' (default) or a timm ViT name."),
     model_kwargs: list[str] = typer.Option(
@@ -122,6 +146,7 @@ def _refuse_missed_target(summary: dict[str, Any], console: Any) -> None:
 
 @app.command()
 @user_errors
+@needs_train_extra
 def pipeline(
     config: Path = typer.Option(None, help="YAML of training keys (default: the built-in recipe)."),
     target_macs: str = typer.Option(None, help="Fraction of dense MACs (0.5) or absolute (3.1G). Default 0.5."),
@@ -136,6 +161,7 @@ def pipeline(
     model on the built-in data, offline."""
     from rich.console import Console
 
+    from devices.bench import BenchOptions, run_bench
     from devices.host import detect_host, profile_mismatch
     from devices.profile import load_profile
     from export.pipeline import export_source, source_from_run
@@ -143,7 +169,6 @@ def pipeline(
     from hiap.config import resolve_config
     from hiap.progress import summary_table
     from hiap.train import Trainer
-    from runtime.bench import BenchOptions, run_bench
 
     if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
         raise HiapError("hiap pipeline runs in one process (it benches on this host); under torchrun use hiap train, "
@@ -182,6 +207,7 @@ def pipeline(
 
 @app.command()
 @user_errors
+@needs_train_extra
 def report(
     run: Path = typer.Argument(..., help="Run directory written by hiap train."),
     out: Path = typer.Option(None, help="Folder for the PNGs (default RUN/report)."),
@@ -195,6 +221,7 @@ def report(
 
 @app.command()
 @user_errors
+@needs_train_extra
 def inspect(
     target: str = typer.Argument(..., help="timm model name, run directory, checkpoint, plan.json or .onnx."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -243,6 +270,7 @@ def inspect(
 
 @app.command()
 @user_errors
+@needs_train_extra
 def export(
     run: Path = typer.Argument(None, help="Run directory or checkpoint.safetensors (or use --model and --plan)."),
     model: str = typer.Option(None, help="With --plan: a timm ViT name or the built-in model."),
@@ -367,7 +395,7 @@ def bench(
     Exit 0: every budget measured and met. 1: a budget failed. 4: none failed but some could not be measured
     (accuracy without --data or on other images than the run validated on, fidelity without golden.npz); the
     last line names them and why. 2: bad input."""
-    from runtime.bench import BenchOptions, run_bench
+    from devices.bench import BenchOptions, run_bench
 
     if device is None:
         device = _host_device()
@@ -419,7 +447,7 @@ def print_bench(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from runtime.bench import verdict_line
+    from devices.bench import verdict_line
 
     lat, acc = report["latency"], report["accuracy"]
     env = report["environment"]["runner"]

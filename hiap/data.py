@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hiap.builtin_data import load_builtin_arrays
 from hiap.errors import HiapError
-from runtime.data import load_builtin_arrays
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

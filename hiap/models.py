@@ -108,8 +108,12 @@ def create_model(
                 c = BUILTIN_DATA_CFG[name]["input_size"][0]
                 img = kwargs["img_size"]
                 size = img if isinstance(img, (list, tuple)) else [img, img]
-                cfg = dict(BUILTIN_DATA_CFG[name], num_classes=kwargs["num_classes"], architecture=name,
-                           input_size=(kwargs.get("in_chans", c), int(size[0]), int(size[1])))  # fmt: skip
+                chans = int(kwargs.get("in_chans", c))
+                base = BUILTIN_DATA_CFG[name]
+                # grayscale statistics repeated per channel: the built-in data feeds its one channel to each
+                mean, std = (tuple(base[k]) * chans if chans != c else base[k] for k in ("mean", "std"))
+                cfg = dict(base, num_classes=kwargs["num_classes"], architecture=name, mean=mean, std=std,
+                           input_size=(chans, int(size[0]), int(size[1])))  # fmt: skip
                 model.pretrained_cfg = cfg
                 model.default_cfg = cfg
             else:

@@ -150,10 +150,7 @@ def plot_macs(records: list[dict[str, Any]], dense_gmacs: float, path: Path) -> 
 
 def make_report(run: Path, out: Path | None = None) -> list[Path]:
     """Write topology.png, annealing.png and macs.png for a run; return their paths."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise HiapError("hiap report needs matplotlib: pip install 'hiap[train]'.") from None
+    import matplotlib  # the train extra; the CLI names it when it is missing (hiap.cli.needs_train_extra)
 
     matplotlib.use("Agg")  # files only: no display on servers and boards
     if not run.is_dir():

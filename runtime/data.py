@@ -12,28 +12,16 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hiap.builtin_data import load_builtin_arrays
 from hiap.errors import HiapError
 
-BUILTIN_FILE = "fashion_mnist_subset.npz"
 # torchvision's IMG_EXTENSIONS: the files `hiap train` reads from an ImageFolder are the files the bench reads.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-def builtin_path() -> Path:
-    return Path(str(resources.files("hiap") / "assets" / BUILTIN_FILE))
-
-
-def load_builtin_arrays(path: Path | None = None) -> dict[str, Any]:
-    """The built-in split as numpy arrays: x_train/x_val uint8 [n, 28, 28], y_* uint8, classes, provenance."""
-    path = path or builtin_path()
-    with np.load(path, allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,15 @@ def run_batched(runner: Runner, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32)
 
 
+def compare_logits(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    """Largest absolute difference and top-1 agreement of two logit arrays of one shape: the one parity measure,
+    used by the bench's fidelity check and by the exporter's checks alike."""
+    return {
+        "max_abs_diff": float(np.abs(out - ref).max()),
+        "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).mean()),
+    }
+
+
 def fidelity(runner: Runner, golden: Path, batch: int) -> dict[str, Any]:
     x, ref = load_golden(golden)
     expected = tuple(d for d in runner.inputs[0].shape[1:])
@@ -125,11 +134,7 @@ def fidelity(runner: Runner, golden: Path, batch: int) -> dict[str, Any]:
     out = run_batched(runner, x, batch)
     if out.shape != ref.shape:
         raise HiapError(f"Model outputs {list(out.shape)} but the golden logits are {list(ref.shape)}.")
-    return {
-        "images": len(x),
-        "max_abs_diff": float(np.abs(out - ref).max()),
-        "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).mean()),
-    }
+    return {"images": len(x)} | compare_logits(ref, out)
 
 
 def accuracy(runner: Runner, batches: Iterator[tuple[np.ndarray, np.ndarray]], batch: int) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""ONNX Runtime runner: providers, intra/inter-op threads and graph optimisation level come from the device profile."""
+"""ONNX Runtime runner: providers, intra/inter-op threads and graph optimisation level are the caller's (devices/
+maps a profile onto them; the exporter's parity checks take ONNX Runtime's defaults)."""
 
 from __future__ import annotations
 
@@ -104,3 +105,9 @@ class OrtRunner:
             "graph_optimization_level": self.graph_optimization_level,
             "precision": "fp32",
         }
+
+
+def default_runner(path: Path) -> OrtRunner:
+    """The CPU provider with ONNX Runtime's own thread and optimisation defaults: for parity checks off the device,
+    where the numbers matter and the time does not."""
+    return OrtRunner(path, intra_op_threads=0, inter_op_threads=0)

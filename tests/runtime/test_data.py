@@ -1,15 +1,17 @@
+"""The device's numpy preprocessing against training's torch one, and ImageFolder class mapping."""
+
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from hiap.data import BuiltinData
 from runtime.data import Preprocessing, builtin_val_batches, image_folder_batches, resize_bilinear
 
 
 @pytest.mark.parametrize("size", [(28, 28), (32, 32), (56, 40), (14, 14)])
 def test_resize_matches_torch(size: tuple[int, int]) -> None:
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
     x = np.random.default_rng(0).random((2, 1, 28, 28)).astype(np.float32)
     ref = F.interpolate(torch.from_numpy(x), size=size, mode="bilinear", align_corners=False).numpy()
     assert np.abs(resize_bilinear(x, *size) - ref).max() < 1e-5
@@ -17,6 +19,9 @@ def test_resize_matches_torch(size: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize("input_size", [(1, 28, 28), (3, 32, 32)])
 def test_builtin_batches_equal_training_validation(input_size: tuple[int, int, int]) -> None:
+    pytest.importorskip("torch")
+    from hiap.data import BuiltinData
+
     c = input_size[0]
     pre = Preprocessing(input_size, (0.3,) * c, (0.4,) * c)
     ours_x, ours_y = next(builtin_val_batches(pre, batch_size=16))

@@ -1,5 +1,6 @@
 """TensorRT build and run: opt-in (`-m tensorrt`), needs tensorrt, cuda-python and an NVIDIA GPU."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,6 +12,8 @@ pytest.importorskip("cuda", exc_type=ImportError)
 
 
 def test_engine_build_sidecar_and_fidelity(exported_pair: dict, tmp_path: Path) -> None:
+    import onnx
+
     from runtime.harness import fidelity
     from runtime.trt_runner import TrtRunner, build_engine, read_sidecar
 
@@ -20,7 +23,15 @@ def test_engine_build_sidecar_and_fidelity(exported_pair: dict, tmp_path: Path) 
     sidecar = build_engine(onnx_path, engine, fp16=True, timing_cache=tmp_path / "timing.cache",
                            metadata={"plan_hash": "x"})  # fmt: skip
     assert engine.is_file() and (tmp_path / "timing.cache").is_file()
-    assert read_sidecar(engine)["plan_hash"] == "x" and sidecar["layernorm_fp32_layers"]
+    assert read_sidecar(engine) == sidecar and sidecar["plan_hash"] == "x"
+    # Every LayerNormalization of the graph is pinned to FP32, each once (TensorRT >= 8.6 parses it to one layer).
+    layernorms = [n.name for n in onnx.load(str(onnx_path)).graph.node if n.op_type == "LayerNormalization"]
+    pinned = sidecar["layernorm_fp32_layers"]
+    assert len(layernorms) == 8 and len(pinned) == len(set(pinned)) == len(layernorms), (pinned, layernorms)
+    assert sidecar["precision"] == "fp16" and sidecar["validated_on_hardware"] is False
+    assert sidecar["build"] == {"fp16": True, "layernorm_fp32": True, "workspace_mb": 1024, "max_batch": 32}
+    assert sidecar["onnx_sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    assert sidecar["engine_sha256"] == hashlib.sha256(engine.read_bytes()).hexdigest()
     with TrtRunner(engine) as runner:
         result = fidelity(runner, exported_pair["pruned"].with_name("golden.npz"), 1)
     assert result["max_abs_diff"] < 5e-2 and result["top1_agreement"] == 1.0

@@ -35,7 +35,7 @@ def _image_tree(root: Path, counts: dict[str, int], seed: int = 0) -> None:
 @pytest.fixture(scope="module")
 def user_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 1-epoch tiny run on an ImageFolder tree and its export (trained and exported once for the module)."""
-    import torch
+    torch = pytest.importorskip("torch")
 
     from export.pipeline import export_source, source_from_run
     from hiap.config import TrainConfig
@@ -170,6 +170,7 @@ def test_a_data_folder_changed_since_training_gives_golden_but_no_split_to_match
 
 
 def test_pipeline_on_imagefolder_data_measures_accuracy_and_fidelity(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
     root = tmp_path / "data"
     _image_tree(root, {"train": 8, "val": VAL_PER_CLASS})
     profile = tmp_path / "fast-cpu.yaml"  # the x86-cpu profile with a short protocol, to keep the test quick
@@ -197,7 +198,8 @@ def test_bench_reads_the_images_training_reads_and_tells_roots_by_structure(tmp_
     """torchvision's ImageFolder (what `hiap train` validates on) walks class folders recursively and takes .pgm:
     the bench's listing must be the same images in the same order, or "the same split" would not be."""
     from PIL import Image
-    from torchvision.datasets import ImageFolder
+
+    ImageFolder = pytest.importorskip("torchvision.datasets").ImageFolder
 
     tree = tmp_path / "tree"
     for i, rel in enumerate(("b/2.png", "b/10.png", "b/sub/1.png", "a/z.pgm", "a/x/y.PNG", "a/notes.txt")):

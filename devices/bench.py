@@ -1,5 +1,5 @@
-"""`hiap bench`: run an exported model with its device's runner, measure latency, fidelity and accuracy, and judge
-every budget of the device profile. Torch-free: this is what runs on the board."""
+"""`hiap bench`: a device profile picks and configures the runner, runtime/'s harness measures latency, fidelity and
+accuracy, and every budget of the profile is judged. Torch-free: this is what runs on the board."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from devices.host import Host, detect_host, power_state, profile_mismatch
-from devices.profile import DeviceProfile, load_profile
+from devices.profile import DeviceProfile, load_profile, version_in_range
 from hiap import __version__
 from hiap.errors import HiapError
 from runtime.base import Runner, batch_of
@@ -47,7 +47,6 @@ class BenchOptions:
 
 def _engine_for(onnx_path: Path, profile: DeviceProfile) -> Path:
     """On a TensorRT device an .onnx is built into an engine first, cached beside it per TensorRT version and GPU."""
-    from devices.profile import version_in_range
     from runtime.trt_runner import build_engine, gpu_name, import_tensorrt, read_sidecar, sha256_file, sidecar_path
 
     trt = import_tensorrt()

@@ -1,0 +1,127 @@
+"""The layer map of docs/architecture.md, enforced: a static import check over every module, and runtime/ and
+devices/ importing in a process where torch, the onnx tools and every non-base hiap and export module are gone."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("hiap", "export", "runtime", "devices")
+# The torch-free base every part may import (docs/architecture.md names the same modules).
+BASE = frozenset({"hiap", "hiap.errors", "hiap.atomic", "hiap.builtin_data"})
+# The one module that ties the four parts together, and `python -m hiap`, which only starts it.
+CLI = frozenset({"hiap.cli", "hiap.__main__"})
+# Import names of the train extra: what the device install does not have.
+HEAVY = ("torch", "torchvision", "timm", "onnx", "onnxsim", "onnxscript", "safetensors", "matplotlib")
+
+
+def product_modules() -> dict[str, Path]:
+    """Dotted name -> file for every module of the four parts (a package's __init__ is the package)."""
+    out = {}
+    for part in PARTS:
+        for path in sorted((ROOT / part).rglob("*.py")):
+            dotted = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            out[dotted.removesuffix(".__init__")] = path
+    return out
+
+
+def imported_names(path: Path, module: str, known: set[str]) -> set[str]:
+    """Every module `path` imports, at the top or inside functions (a lazy import is still a dependency)."""
+    names: set[str] = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            for alias in node.names:  # `from hiap import faults` imports the module hiap.faults
+                names.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
+    return names
+
+
+def layer_violations(imports: dict[str, set[str]]) -> list[str]:
+    """Each import that breaks the layer map, as 'importer -> imported: rule'."""
+    out = []
+    for importer, names in sorted(imports.items()):
+        part = importer.split(".")[0]
+        for name in sorted(names):
+            top = name.split(".")[0]
+            if name in CLI and importer not in CLI:
+                out.append(f"{importer} -> {name}: nothing imports the CLI")
+            elif importer in CLI:
+                continue
+            elif part == "hiap" and top in ("export", "runtime", "devices"):
+                out.append(f"{importer} -> {name}: the core imports nothing from export, runtime or devices")
+            elif importer in BASE and (top in HEAVY or (top == "hiap" and name not in BASE)):
+                out.append(f"{importer} -> {name}: the base imports only the base (and nothing heavy)")
+            elif part in ("runtime", "devices") and top == "hiap" and name not in BASE:
+                out.append(f"{importer} -> {name}: {part}/ imports only the base from hiap")
+            elif part in ("runtime", "devices") and top == "export":
+                out.append(f"{importer} -> {name}: {part}/ imports nothing from export")
+            elif part == "runtime" and top == "devices":
+                out.append(f"{importer} -> {name}: devices builds on runtime, not the other way")
+            elif part in ("runtime", "devices") and top in HEAVY:
+                out.append(f"{importer} -> {name}: {part}/ ships to the device without the train extra")
+    return out
+
+
+def test_every_import_follows_the_layer_map() -> None:
+    modules = product_modules()
+    assert set(modules) >= BASE and len(modules) > 30
+    imports = {m: imported_names(p, m, set(modules)) for m, p in modules.items()}
+    assert layer_violations(imports) == []
+
+
+def test_the_static_check_catches_what_it_is_for(tmp_path: Path) -> None:
+    """Each rule must fire on the import it forbids (a check that matches nothing proves nothing)."""
+    bad = {
+        "hiap.data": {"runtime.data"},
+        "hiap.errors": {"hiap.models"},
+        "runtime.bench": {"devices.profile", "hiap.train", "export.plan", "torch"},
+        "devices.bench": {"hiap.cli"},
+    }
+    assert len(layer_violations(bad)) == 7
+    good = {"hiap.cli": {"export.pipeline", "devices.bench"}, "devices.bench": {"runtime.harness", "hiap.errors"},
+            "export.pipeline": {"runtime.harness", "devices.profile", "hiap.models"}}  # fmt: skip
+    assert layer_violations(good) == []
+    src = tmp_path / "pkg" / "mod.py"
+    src.parent.mkdir()
+    src.write_text("from hiap import faults, __version__\nfrom . import sibling\ndef f():\n    import torch\n")
+    names = imported_names(src, "pkg.mod", {"hiap.faults", "pkg.sibling"})
+    assert names == {"hiap.faults", "hiap", "pkg.sibling", "torch"}
+
+
+UNAVAILABLE = """
+import importlib, importlib.abc, json, sys
+blocked_tops, blocked, wanted = (set(json.loads(a)) for a in sys.argv[1:4])
+class _NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name in blocked or name.split('.')[0] in blocked_tops:
+            raise ImportError(f'{name} is not on the device install (tests/test_layers.py)')
+        return None
+sys.meta_path.insert(0, _NotInstalled())
+for name in sorted(wanted):
+    importlib.import_module(name)
+print(json.dumps(sorted(m for m in sys.modules if m in blocked or m.split('.')[0] in blocked_tops)))
+"""
+
+
+def test_runtime_and_devices_import_with_only_the_base() -> None:
+    """Every module of runtime/ and devices/ imports where torch, the onnx tools and every non-base module of hiap/
+    and export/ cannot: what a board with `pip install hiap` has."""
+    modules = product_modules()
+    wanted = sorted(m for m in modules if m.split(".")[0] in ("runtime", "devices"))
+    blocked = sorted(m for m in modules if m.split(".")[0] == "hiap" and m not in BASE)
+    tops = [*HEAVY, "export"]
+    cmd = [sys.executable, "-c", UNAVAILABLE, json.dumps(tops), json.dumps(blocked), json.dumps(wanted)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == []
+    assert "runtime.harness" in wanted and "devices.profile" in wanted
