@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 from common import environment, results_dir
-from peers import example_input, finetune, macs_of, prune_to, time_models
+from peers import example_input, finetune, macs_of, plot, prune_to, time_models
 from rich.console import Console
 
 from hiap.config import TrainConfig
@@ -238,32 +238,6 @@ def summarise(runs: list[dict[str, Any]], methods: list[str], budgets: list[floa
     return lines
 
 
-def plot(runs: list[dict[str, Any]], dense_acc: float | None, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for i, method in enumerate(dict.fromkeys(r["method"] for r in runs)):
-        rs = [r for r in runs if r["method"] == method]
-        ax.scatter([r["macs_fraction"] for r in rs], [r["val_top1"] for r in rs], s=14, alpha=0.6, color=f"C{i}")
-        means = sorted((statistics.mean(r["macs_fraction"] for r in rs if r["budget"] == b),
-                        statistics.mean(r["val_top1"] for r in rs if r["budget"] == b))
-                       for b in dict.fromkeys(r["budget"] for r in rs))  # fmt: skip
-        ax.plot(*zip(*means, strict=True), marker="o", color=f"C{i}", label=f"{method} (mean)")
-    if dense_acc is not None:
-        ax.axhline(dense_acc, color="grey", linestyle=":", label="dense start")
-    ax.set_xlabel("MACs of the exported network (fraction of dense)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_ARCHIVE, help="CIFAR-10 ImageFolder archive or root")
@@ -333,7 +307,9 @@ def main() -> None:
     (out / f"{name}.md").write_text("\n".join(head + table) + "\n")
     print("\n".join(head + table))
     if runs:
-        plot(runs, dense_acc, out / f"{name}.png", f"CIFAR-10 ({args.setting}, {args.split}): dots are seeds")
+        points = [(r["method"], r["budget"], r["macs_fraction"], r["val_top1"]) for r in runs]
+        plot(points, dense_acc, out / f"{name}.png", f"CIFAR-10 ({args.setting}, {args.split}): dots are seeds",
+             f"top-1 % ({'official test split' if args.split == 'test' else 'carved validation'})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -210,28 +210,27 @@ def time_models(
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def plot(runs: list[dict[str, Any]], dense_acc: float, path: Path) -> None:
-    """Accuracy vs MACs: every run as a dot, each method's mean per budget joined by a line."""
+def plot(points: list[tuple[str, float, float, float]], dense_top1: float | None, path: Path, title: str,
+         ylabel: str = "validation top-1 (%)") -> None:  # fmt: skip
+    """Accuracy vs MACs from (method, budget, MAC fraction, top-1 %) per run: every run as a dot, each method's mean
+    per budget joined by a line (shared by peers.py and cifar10.py)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for i, method in enumerate(dict.fromkeys(r["method"] for r in runs)):
-        rs = [r for r in runs if r["method"] == method]
-        color = f"C{i}"
-        ax.scatter([r["mac_fraction"] for r in rs], [100 * r["val_acc"] for r in rs], s=14, alpha=0.5, color=color)
-        means = sorted(
-            (statistics.mean(r["mac_fraction"] for r in rs if r["budget"] == b),
-             statistics.mean(100 * r["val_acc"] for r in rs if r["budget"] == b))
-            for b in dict.fromkeys(r["budget"] for r in rs)
-        )  # fmt: skip
-        ax.plot(*zip(*means, strict=True), marker="o", color=color, label=f"{method} (mean)")
-    ax.axhline(100 * dense_acc, color="grey", linestyle=":", label="dense start")
+    for i, method in enumerate(dict.fromkeys(p[0] for p in points)):
+        mine = [p for p in points if p[0] == method]
+        ax.scatter([p[2] for p in mine], [p[3] for p in mine], s=14, alpha=0.5, color=f"C{i}")
+        budgets = dict.fromkeys(p[1] for p in mine)
+        means = sorted(tuple(statistics.mean(p[k] for p in mine if p[1] == b) for k in (2, 3)) for b in budgets)
+        ax.plot(*zip(*means, strict=True), marker="o", color=f"C{i}", label=f"{method} (mean)")
+    if dense_top1 is not None:
+        ax.axhline(dense_top1, color="grey", linestyle=":", label="dense start")
     ax.set_xlabel("MACs of the exported network (fraction of dense)")
-    ax.set_ylabel("validation top-1 (%)")
-    ax.set_title("Built-in data, equal MACs and epochs (dots: seeds)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -316,7 +315,8 @@ def main() -> None:
     env["onnxruntime"] = __import__("onnxruntime").__version__
     env["dense_start"] = {"val_acc": dense_acc, "macs": dense_macs, "ort_ms": latency["dense start"]}
     write_results("peers", "Pruning quality against peers (built-in data)", env, runs, table)
-    plot(runs, dense_acc, results_dir() / "peers.png")
+    points = [(r["method"], r["budget"], r["mac_fraction"], 100 * r["val_acc"]) for r in runs]
+    plot(points, 100 * dense_acc, results_dir() / "peers.png", "Built-in data, equal MACs and epochs (dots: seeds)")
 
 
 if __name__ == "__main__":

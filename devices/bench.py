@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from devices.host import Host, detect_host, power_state, profile_mismatch
-from devices.profile import DeviceProfile, load_profile, version_in_range
+from devices.profile import DeviceProfile, version_in_range
 from hiap import __version__
 from hiap.errors import HiapError
 from runtime.base import Runner, batch_of
@@ -30,9 +30,24 @@ from runtime.data import (
 from runtime.harness import Latency, accuracy, fidelity, interleaved_latency, measure_latency, random_feeds
 
 
+@dataclass(frozen=True)
+class BenchTarget:
+    """The device profile to bench against, resolved once, and this host measured against it (`mismatch`: why
+    this host is not that device, '' when it is)."""
+
+    profile: DeviceProfile
+    host: Host
+    mismatch: str
+
+    @classmethod
+    def on(cls, profile: DeviceProfile, host: Host | None = None) -> BenchTarget:
+        """`profile` measured against `host` (default: this machine)."""
+        host = host if host is not None else detect_host()
+        return cls(profile, host, profile_mismatch(profile, host))
+
+
 @dataclass
 class BenchOptions:
-    device: str
     data: str | None = None
     golden: Path | None = None
     budget_ms: float | None = None
@@ -45,27 +60,47 @@ class BenchOptions:
     limit: int | None = None
 
 
+def engine_build_settings(profile: DeviceProfile) -> dict[str, Any]:
+    """The TensorRT build options a profile asks for: the one place they are derived (bench and export both build
+    with them, and a cached engine is reused only when its sidecar records the same)."""
+    if profile.trt is None:
+        raise HiapError(f"Device '{profile.name}' runs {profile.runtime}, not TensorRT: it has no engine settings.")
+    return {
+        "fp16": profile.precision == "fp16",
+        "layernorm_fp32": profile.trt.layernorm_fp32,
+        "workspace_mb": profile.trt.workspace_mb,
+        "max_batch": max(32, profile.batch),  # a dynamic-batch engine takes batches up to this
+    }
+
+
+def engine_key(trt: Any) -> str:
+    """What an engine is specific to: the TensorRT version and the GPU ('trt10.3.0.nvidia-orin')."""
+    from runtime.trt_runner import gpu_name
+
+    slug = "".join(ch if ch.isalnum() else "-" for ch in gpu_name()).strip("-").lower()
+    return f"trt{trt.__version__}.{slug}"
+
+
+def timing_cache_for(onnx_path: Path, key: str) -> Path:
+    """The TensorRT timing cache beside an ONNX file, one per engine key (a cache is not portable either)."""
+    return onnx_path.with_name(f"timing.{key}.cache")
+
+
 def _engine_for(onnx_path: Path, profile: DeviceProfile) -> Path:
     """On a TensorRT device an .onnx is built into an engine first, cached beside it per TensorRT version and GPU."""
-    from runtime.trt_runner import build_engine, gpu_name, import_tensorrt, read_sidecar, sha256_file, sidecar_path
+    from runtime.trt_runner import build_engine, import_tensorrt, read_sidecar, sha256_file, sidecar_path
 
     trt = import_tensorrt()
     if trt is None:
         raise HiapError(f"Device '{profile.name}' runs TensorRT, which is not installed on this host; bench on the "
                         "device, or pick an ONNX Runtime profile (x86-cpu, rpi5, ...).")  # fmt: skip
-    wanted = profile.software.get("tensorrt")
+    wanted = profile.software.tensorrt
     if wanted and not version_in_range(trt.__version__, wanted):
         raise HiapError(f"Device '{profile.name}' expects TensorRT {wanted} but this host has {trt.__version__}: "
                         "use the profile of this JetPack/TensorRT, or pass your own profile file.")  # fmt: skip
-    slug = "".join(ch if ch.isalnum() else "-" for ch in gpu_name()).strip("-").lower()
-    key = f"trt{trt.__version__}.{slug}"
+    key = engine_key(trt)
     engine = onnx_path.with_name(f"{onnx_path.stem}.{key}.{profile.precision}.engine")
-    build = {
-        "fp16": profile.precision == "fp16",
-        "layernorm_fp32": bool(profile.trt.get("layernorm_fp32", True)),
-        "workspace_mb": int(profile.trt.get("workspace_mb", 1024)),
-        "max_batch": max(32, profile.batch),
-    }
+    build = engine_build_settings(profile)
     if engine.is_file() and sidecar_path(engine).is_file():
         # A cached engine is reused only if it was built from this very ONNX with these settings.
         old = read_sidecar(engine)
@@ -75,7 +110,7 @@ def _engine_for(onnx_path: Path, profile: DeviceProfile) -> Path:
 
     with OrtRunner(onnx_path) as probe:
         meta = dict(probe.metadata)
-    build_engine(onnx_path, engine, **build, timing_cache=onnx_path.with_name(f"timing.{key}.cache"), metadata=meta)
+    build_engine(onnx_path, engine, **build, timing_cache=timing_cache_for(onnx_path, key), metadata=meta)
     return engine
 
 
@@ -86,9 +121,11 @@ def open_runner(path: Path, profile: DeviceProfile) -> Runner:
                             ".onnx instead.")  # fmt: skip
         from runtime.ort_runner import OrtRunner
 
-        return OrtRunner(path, providers=profile.ort["providers"], intra_op_threads=profile.ort["intra_op_threads"],
-                         inter_op_threads=profile.ort["inter_op_threads"],
-                         graph_optimization_level=profile.ort["graph_optimization_level"])  # fmt: skip
+        ort = profile.ort
+        assert ort is not None  # validate() requires the section when runtime is 'ort'
+        return OrtRunner(path, providers=list(ort.providers), intra_op_threads=ort.intra_op_threads,
+                         inter_op_threads=ort.inter_op_threads,
+                         graph_optimization_level=ort.graph_optimization_level)  # fmt: skip
     from runtime.ort_runner import check_model_file
     from runtime.trt_runner import TrtRunner
 
@@ -197,28 +234,22 @@ def environment(host: Host, runner: Runner, profile: DeviceProfile) -> dict[str,
 def protocol_warnings(profile: DeviceProfile, host: Host, power: dict[str, str]) -> list[str]:
     """The measurement protocol's host settings that do not hold (reported, not failed: the figures stand)."""
     out = []
-    mode = profile.protocol.get("power_mode")
+    mode = profile.protocol.power_mode
     if mode and host.board == "jetson" and mode.lower() not in power.get("power_mode", "").lower():
         out.append(f"power mode is not {mode} (nvpmodel -q: {power.get('power_mode')!r}); run 'sudo nvpmodel -m 0'")
-    if (
-        profile.protocol.get("jetson_clocks")
-        and host.board == "jetson"
-        and "not found" in power.get("jetson_clocks", "")
-    ):
+    if profile.protocol.jetson_clocks and host.board == "jetson" and "not found" in power.get("jetson_clocks", ""):
         out.append("jetson_clocks not found: clocks may scale during the run")
-    governor = profile.protocol.get("governor")
+    governor = profile.protocol.governor
     if governor and power.get("governor") not in (governor, "unreadable"):
         out.append(f"CPU governor is {power.get('governor')!r}, the protocol asks for {governor!r}")
     return out
 
 
-def run_bench(artifact: Path, opts: BenchOptions) -> dict[str, Any]:
+def run_bench(artifact: Path, target: BenchTarget, opts: BenchOptions) -> dict[str, Any]:
     """Everything `hiap bench` reports, as one dict. `verdict`: 'met' (every budget measured and held), 'failed'
     (a measured budget failed) or 'not measured' (none failed, some could not be measured); `passed` is True only
     for 'met'."""
-    profile = load_profile(opts.device)
-    host = detect_host()
-    mismatch = profile_mismatch(profile, host)
+    profile, host, mismatch = target.profile, target.host, target.mismatch
     if mismatch and not opts.allow_mismatch:
         raise HiapError(f"{mismatch}. Bench on the device itself, or pass --allow-mismatch to measure here (every "
                         f"figure is then labelled as not measured on {profile.name}).")  # fmt: skip
@@ -226,9 +257,9 @@ def run_bench(artifact: Path, opts: BenchOptions) -> dict[str, Any]:
         if value is not None and value < low:
             raise HiapError(f"--{name} must be >= {low}, got {value}.")
     proto = profile.protocol
-    warmup = opts.warmup if opts.warmup is not None else int(proto["warmup"])
-    iterations = opts.iterations if opts.iterations is not None else int(proto["iterations"])
-    min_seconds = opts.min_seconds if opts.min_seconds is not None else float(proto["min_seconds"])
+    warmup = opts.warmup if opts.warmup is not None else proto.warmup
+    iterations = opts.iterations if opts.iterations is not None else proto.iterations
+    min_seconds = opts.min_seconds if opts.min_seconds is not None else float(proto.min_seconds)
     golden = opts.golden
     if golden is None and artifact.with_name("golden.npz").is_file():
         golden = artifact.with_name("golden.npz")

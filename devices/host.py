@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import shutil
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,29 +82,26 @@ def profile_mismatch(profile: DeviceProfile, host: Host) -> str:
     want = profile.host
     if host.emulated:  # first: whatever else matches, an emulated CPU's timings say nothing about the device
         return f"this {host.arch} host is emulated ({host.emulated}): its timings are not the device's"
-    if want["arch"] != "any" and want["arch"] != host.arch:
-        return f"profile '{profile.name}' is for {want['arch']} but this host is {host.arch}"
-    board = want.get("board")
+    if want.arch != "any" and want.arch != host.arch:
+        return f"profile '{profile.name}' is for {want.arch} but this host is {host.arch}"
+    board = want.board
     if board == "nvidia-gpu" and not (host.nvidia_gpu or host.board == "jetson"):
         return f"profile '{profile.name}' needs an NVIDIA GPU and none was found (no nvidia-smi)"
     if board in ("jetson", "raspberry-pi") and host.board != board:
         return f"profile '{profile.name}' is for a {board} but this host is a {host.board} {host.arch} machine"
-    contains = want.get("model_contains") or []
+    contains = want.model_contains
     if contains and not any(c.lower() in host.model.lower() for c in contains):
         return f"profile '{profile.name}' is for a {' or '.join(contains)} but this board reports '{host.model}'"
-    if want.get("l4t") and host.l4t and host.l4t != want["l4t"]:
-        return f"profile '{profile.name}' is for L4T R{want['l4t']} but this Jetson runs R{host.l4t}"
+    if want.l4t and host.l4t and host.l4t != want.l4t:
+        return f"profile '{profile.name}' is for L4T R{want.l4t} but this Jetson runs R{host.l4t}"
     return ""
 
 
-def guess_profile(host: Host, names: list[str]) -> str | None:
-    """The shipped profile that matches this host, for the main job's 'bench on this machine' step."""
-    from devices.profile import load_profile
-
-    for name in names:
-        if not profile_mismatch(load_profile(name), host):
-            return name
-    return None
+def guess_profile(host: Host, profiles: Iterable[DeviceProfile]) -> DeviceProfile | None:
+    """The profile that matches this host, for 'bench on this machine'. Profiles are tried in the given order,
+    except that fallback ones (`host.fallback: true`, such as the generic GPU box) come after every other."""
+    ordered = sorted(profiles, key=lambda p: p.host.fallback)  # stable: the given order otherwise
+    return next((p for p in ordered if not profile_mismatch(p, host)), None)
 
 
 def power_state(host: Host) -> dict[str, str]:

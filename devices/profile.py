@@ -5,62 +5,78 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 from hiap.errors import HiapError, did_you_mean
 
 SCHEMA_VERSION = 1
-OPT_LEVELS = ("disable", "basic", "extended", "all")
 
-# The schema, as (type, required) per dotted key. Kept as data so the error for a bad file can name the key, and so
-# the test that loads every profile also checks that nothing unknown slipped in (a typo would otherwise be ignored).
+
+class Field(NamedTuple):
+    """One profile key: its type, whether it is required (within its section, when the section is present), and
+    the values it may take (empty: any value of the type)."""
+
+    kind: type | tuple[type, ...]
+    required: bool
+    allowed: tuple[Any, ...] = ()
+
+
+# The schema, per dotted key. Kept as data so the error for a bad file can name the key, and so the test that loads
+# every profile also checks that nothing unknown slipped in (a typo would otherwise be ignored). A new runtime,
+# precision or architecture is a new allowed value here (and the code that builds its runner).
 _NUM = (int, float)
-SCHEMA: dict[str, tuple[type | tuple[type, ...], bool]] = {
-    "schema_version": (int, True),
-    "name": (str, True),
-    "aliases": (list, False),
-    "description": (str, True),
-    "host": (dict, True),
-    "host.arch": (str, True),
-    "host.board": (str, False),
-    "host.l4t": (str, False),
-    "host.model_contains": (list, False),
-    "runtime": (str, True),
-    "precision": (str, True),
-    "batch": (int, True),
-    "ort": (dict, False),
-    "ort.providers": (list, True),
-    "ort.intra_op_threads": (int, True),
-    "ort.inter_op_threads": (int, True),
-    "ort.graph_optimization_level": (str, True),
-    "trt": (dict, False),
-    "trt.workspace_mb": (int, True),
-    "trt.layernorm_fp32": (bool, True),
-    "software": (dict, True),
-    "software.onnxruntime": (str, False),
-    "software.tensorrt": (str, False),
-    "software.jetpack": (str, False),
-    "software.cuda": (str, False),
-    "software.max_opset": (int, True),
-    "alignment": (dict, True),
-    "alignment.recommended_align": (int, True),
-    "alignment.note": (str, False),
-    "budgets": (dict, True),
-    "budgets.latency_p50_ms": (_NUM, True),
-    "budgets.latency_p99_ms": (_NUM, True),
-    "budgets.max_acc_drop": (_NUM, True),
-    "budgets.fidelity_atol": (_NUM, True),
-    "budgets.min_top1_agreement": (_NUM, True),
-    "protocol": (dict, True),
-    "protocol.warmup": (int, True),
-    "protocol.iterations": (int, True),
-    "protocol.min_seconds": (_NUM, True),
-    "protocol.power_mode": (str, False),
-    "protocol.jetson_clocks": (bool, False),
-    "protocol.governor": (str, False),
+SCHEMA: dict[str, Field] = {
+    "schema_version": Field(int, True),
+    "name": Field(str, True),
+    "aliases": Field(list, False),
+    "description": Field(str, True),
+    # The target of `hiap export --format engine` when no --target is given (exactly one shipped profile).
+    "default_engine_target": Field(bool, False),
+    "host": Field(dict, True),
+    "host.arch": Field(str, True, ("x86_64", "aarch64", "any")),
+    "host.board": Field(str, False),
+    "host.l4t": Field(str, False),
+    "host.model_contains": Field(list, False),
+    # A profile for any host of its kind (a generic GPU box): tried after every other profile when guessing the
+    # host's, so a more specific one (the CPU profile on a GPU box, a Jetson's own) wins.
+    "host.fallback": Field(bool, False),
+    "runtime": Field(str, True, ("ort", "trt")),
+    "precision": Field(str, True, ("fp32", "fp16")),
+    "batch": Field(int, True),
+    "ort": Field(dict, False),
+    "ort.providers": Field(list, True),
+    "ort.intra_op_threads": Field(int, True),
+    "ort.inter_op_threads": Field(int, True),
+    "ort.graph_optimization_level": Field(str, True, ("disable", "basic", "extended", "all")),
+    "trt": Field(dict, False),
+    "trt.workspace_mb": Field(int, True),
+    "trt.layernorm_fp32": Field(bool, True),
+    "software": Field(dict, True),
+    "software.onnxruntime": Field(str, False),
+    "software.tensorrt": Field(str, False),
+    "software.jetpack": Field(str, False),
+    "software.cuda": Field(str, False),
+    "software.max_opset": Field(int, True),
+    "alignment": Field(dict, True),
+    "alignment.recommended_align": Field(int, True),
+    "alignment.note": Field(str, False),
+    "budgets": Field(dict, True),
+    "budgets.latency_p50_ms": Field(_NUM, True),
+    "budgets.latency_p99_ms": Field(_NUM, True),
+    "budgets.max_acc_drop": Field(_NUM, True),
+    "budgets.fidelity_atol": Field(_NUM, True),
+    "budgets.min_top1_agreement": Field(_NUM, True),
+    "protocol": Field(dict, True),
+    "protocol.warmup": Field(int, True),
+    "protocol.iterations": Field(int, True),
+    "protocol.min_seconds": Field(_NUM, True),
+    "protocol.power_mode": Field(str, False),
+    "protocol.jetson_clocks": Field(bool, False),
+    "protocol.governor": Field(str, False),
 }
+OPT_LEVELS = SCHEMA["ort.graph_optimization_level"].allowed
 
 
 @dataclass(frozen=True)
@@ -73,23 +89,68 @@ class Budgets:
 
 
 @dataclass(frozen=True)
+class HostRule:
+    """Which machines the profile is for (see devices/host.py::profile_mismatch)."""
+
+    arch: str  # "x86_64", "aarch64" or "any"
+    board: str = ""  # "jetson", "raspberry-pi", "nvidia-gpu" or "" (any)
+    l4t: str = ""
+    model_contains: tuple[str, ...] = ()
+    fallback: bool = False
+
+
+@dataclass(frozen=True)
+class OrtSettings:
+    providers: tuple[str, ...]
+    intra_op_threads: int  # 0 lets ONNX Runtime choose
+    inter_op_threads: int
+    graph_optimization_level: str
+
+
+@dataclass(frozen=True)
+class TrtSettings:
+    workspace_mb: int
+    layernorm_fp32: bool  # pin LayerNorm to FP32 in an FP16 engine (FP16 LayerNorm overflows in ViTs)
+
+
+@dataclass(frozen=True)
+class Software:
+    max_opset: int
+    onnxruntime: str = ""  # version ranges such as ">=10.3,<10.4"; "" when the profile does not say
+    tensorrt: str = ""
+    jetpack: str = ""
+    cuda: str = ""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    warmup: int
+    iterations: int
+    min_seconds: float
+    power_mode: str = ""
+    jetson_clocks: bool = False
+    governor: str = ""
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     """A validated device profile; `raw` keeps the file's content for reports."""
 
     name: str
     description: str
-    runtime: str  # "ort" or "trt"
-    precision: str  # "fp32" or "fp16"
+    runtime: str  # one of SCHEMA["runtime"].allowed
+    precision: str  # one of SCHEMA["precision"].allowed
     batch: int
     budgets: Budgets
     max_opset: int
     recommended_align: int
-    host: dict[str, Any]
-    ort: dict[str, Any]
-    trt: dict[str, Any]
-    software: dict[str, Any]
-    protocol: dict[str, Any]
+    host: HostRule
+    software: Software
+    protocol: Protocol
+    ort: OrtSettings | None = None  # present when runtime is "ort" (or the file has the section)
+    trt: TrtSettings | None = None  # present when runtime is "trt"
     aliases: tuple[str, ...] = ()
+    default_engine_target: bool = False
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -107,93 +168,115 @@ def _get(body: dict[str, Any], dotted: str) -> tuple[bool, Any]:
     return True, node
 
 
-def validate(body: Any, source: str) -> DeviceProfile:
-    """Check a parsed profile against SCHEMA and the value rules; raise one HiapError naming the file and key."""
-    if not isinstance(body, dict):
-        raise HiapError(f"Device profile {source}: expected a YAML mapping at the top level.")
+def _alternatives(values: tuple[Any, ...]) -> str:
+    quoted = [repr(v) for v in values]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
-    def fail(key: str, why: str) -> HiapError:
-        return HiapError(f"Device profile {source}: '{key}' {why}.")
+
+def _problems(body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Every problem of a parsed profile as "'key' why", and the keys whose value has the right type and an
+    allowed value (the value rules below only look at those, so one bad key is reported once)."""
+    problems: list[str] = []
 
     def walk(node: dict[str, Any], prefix: str) -> None:
         for key, value in node.items():
             dotted = f"{prefix}{key}"
             if dotted not in SCHEMA:
                 known = [k.rsplit(".", 1)[-1] for k in SCHEMA if k.startswith(prefix) and "." not in k[len(prefix) :]]
-                raise fail(dotted, "is not a profile field" + (did_you_mean(str(key), known) or f" (known: {known})"))
-            if isinstance(value, dict):
+                hint = did_you_mean(str(key), known) or f" (known: {known})"
+                problems.append(f"'{dotted}' is not a profile field{hint}")
+            elif isinstance(value, dict):
                 walk(value, dotted + ".")
 
     walk(body, "")
-    for key, (kind, required) in SCHEMA.items():
+    good: dict[str, Any] = {}
+    for key, (kind, required, allowed) in SCHEMA.items():
         parent = key.rsplit(".", 1)[0] if "." in key else None
-        if parent is not None and not _get(body, parent)[0]:
-            continue  # optional section absent: its own required keys do not apply
+        if parent is not None and parent not in good:
+            continue  # section absent (its own required keys do not apply) or not a mapping (reported already)
         present, value = _get(body, key)
         if not present:
             if required:
-                raise fail(key, "is missing")
+                problems.append(f"'{key}' is missing")
             continue
-        if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else ()):
-            raise fail(key, f"must be {_type_name(kind)}, got {value!r}")
-        if not isinstance(value, kind):
-            raise fail(key, f"must be {_type_name(kind)}, got {value!r}")
-    for key in ("aliases", "host.model_contains", "ort.providers"):
-        present, value = _get(body, key)
-        if present and not all(isinstance(v, str) for v in value):
-            raise fail(key, f"must be a list of strings, got {value!r}")
-    present, threads = _get(body, "ort.intra_op_threads")
-    if present and threads > 256:
-        raise fail("ort.intra_op_threads", f"is {threads}; at most 256 (0 lets ONNX Runtime choose)")
-    if body["schema_version"] != SCHEMA_VERSION:
-        raise fail("schema_version", f"is {body['schema_version']}; this hiap reads version {SCHEMA_VERSION}")
-    if body["runtime"] not in ("ort", "trt"):
-        raise fail("runtime", f"must be 'ort' or 'trt', got {body['runtime']!r}")
-    if body["precision"] not in ("fp32", "fp16"):
-        raise fail("precision", f"must be 'fp32' or 'fp16', got {body['precision']!r}")
-    if body["runtime"] not in body:
-        raise fail(body["runtime"], f"section is required when runtime is '{body['runtime']}'")
-    if body["runtime"] == "ort" and body["precision"] != "fp32":
-        raise fail("precision", "must be 'fp32' with runtime 'ort' (hiap exports FP32 ONNX)")
-    if body["host"]["arch"] not in ("x86_64", "aarch64", "any"):
-        raise fail("host.arch", f"must be x86_64, aarch64 or any, got {body['host']['arch']!r}")
-    if "ort" in body and body["ort"]["graph_optimization_level"] not in OPT_LEVELS:
-        raise fail("ort.graph_optimization_level", f"must be one of {list(OPT_LEVELS)}")
+        bool_ok = kind is bool or bool in (kind if isinstance(kind, tuple) else ())
+        if (isinstance(value, bool) and not bool_ok) or not isinstance(value, kind):
+            problems.append(f"'{key}' must be {_type_name(kind)}, got {value!r}")
+        elif kind is list and not all(isinstance(v, str) for v in value):
+            problems.append(f"'{key}' must be a list of strings, got {value!r}")
+        elif allowed and value not in allowed:
+            problems.append(f"'{key}' must be {_alternatives(allowed)}, got {value!r}")
+        else:
+            good[key] = value
+    return problems, good
+
+
+def validate(body: Any, source: str) -> DeviceProfile:
+    """Check a parsed profile against SCHEMA and the value rules; raise one HiapError naming the file and every
+    problem found (separated by '; '), so a bad file is fixed in one pass."""
+    if not isinstance(body, dict):
+        raise HiapError(f"Device profile {source}: expected a YAML mapping at the top level.")
+    problems, good = _problems(body)
+
+    def fail(key: str, why: str) -> None:
+        problems.append(f"'{key}' {why}")
+
+    threads = good.get("ort.intra_op_threads")
+    if threads is not None and threads > 256:
+        fail("ort.intra_op_threads", f"is {threads}; at most 256 (0 lets ONNX Runtime choose)")
+    version = good.get("schema_version")
+    if version is not None and version != SCHEMA_VERSION:
+        fail("schema_version", f"is {version}; this hiap reads version {SCHEMA_VERSION}")
+    runtime, precision = good.get("runtime"), good.get("precision")
+    if runtime is not None and runtime not in body:
+        fail(runtime, f"section is required when runtime is '{runtime}'")
+    if runtime == "ort" and precision is not None and precision != "fp32":
+        fail("precision", "must be 'fp32' with runtime 'ort' (hiap exports FP32 ONNX)")
     for key in ("batch", "ort.intra_op_threads", "protocol.iterations", "software.max_opset",
                 "alignment.recommended_align", "trt.workspace_mb"):  # fmt: skip
-        present, value = _get(body, key)
-        if present and value < (0 if key == "ort.intra_op_threads" else 1):
-            raise fail(key, f"must be positive, got {value}")
-    b = body["budgets"]
+        value = good.get(key)
+        if value is not None and value < (0 if key == "ort.intra_op_threads" else 1):
+            fail(key, f"must be positive, got {value}")
     for key in ("latency_p50_ms", "latency_p99_ms", "fidelity_atol"):
-        if b[key] <= 0:
-            raise fail(f"budgets.{key}", f"must be > 0, got {b[key]}")
-    if b["latency_p99_ms"] < b["latency_p50_ms"]:
-        raise fail("budgets.latency_p99_ms", f"({b['latency_p99_ms']}) is below latency_p50_ms ({b['latency_p50_ms']})")
-    if not 0 <= b["min_top1_agreement"] <= 1:
-        raise fail("budgets.min_top1_agreement", f"must be a fraction in [0, 1], got {b['min_top1_agreement']}")
+        value = good.get(f"budgets.{key}")
+        if value is not None and value <= 0:
+            fail(f"budgets.{key}", f"must be > 0, got {value}")
+    p50, p99 = good.get("budgets.latency_p50_ms"), good.get("budgets.latency_p99_ms")
+    if p50 is not None and p99 is not None and p99 < p50:
+        fail("budgets.latency_p99_ms", f"({p99}) is below latency_p50_ms ({p50})")
+    agreement = good.get("budgets.min_top1_agreement")
+    if agreement is not None and not 0 <= agreement <= 1:
+        fail("budgets.min_top1_agreement", f"must be a fraction in [0, 1], got {agreement}")
     for key in ("software.tensorrt", "software.onnxruntime"):
-        present, value = _get(body, key)
-        if present:
+        if key in good:
             try:
-                parse_range(value)
+                parse_range(good[key])
             except ValueError as exc:
-                raise fail(key, str(exc)) from None
+                fail(key, str(exc))
+    if problems:
+        raise HiapError(f"Device profile {source}: {'; '.join(problems)}.")
+
+    def section(name: str) -> dict[str, Any]:
+        return {k.split(".", 1)[1]: v for k, v in good.items() if k.startswith(name + ".")}
+
+    ort, trt = section("ort"), section("trt")
+    host = section("host")
     return DeviceProfile(
         name=body["name"],
         description=body["description"],
         runtime=body["runtime"],
         precision=body["precision"],
         batch=body["batch"],
-        budgets=Budgets(**{k: float(v) for k, v in b.items()}),
+        budgets=Budgets(**{k: float(v) for k, v in section("budgets").items()}),
         max_opset=body["software"]["max_opset"],
         recommended_align=body["alignment"]["recommended_align"],
-        host=dict(body["host"]),
-        ort=dict(body.get("ort", {})),
-        trt=dict(body.get("trt", {})),
-        software=dict(body["software"]),
-        protocol=dict(body["protocol"]),
-        aliases=tuple(str(a) for a in body.get("aliases", [])),
+        host=HostRule(**host | {"model_contains": tuple(host.get("model_contains", ()))}),
+        software=Software(**section("software")),
+        protocol=Protocol(**section("protocol")),
+        ort=OrtSettings(**ort | {"providers": tuple(ort["providers"])}) if ort else None,
+        trt=TrtSettings(**trt) if trt else None,
+        aliases=tuple(body.get("aliases", [])),
+        default_engine_target=bool(body.get("default_engine_target", False)),
         source=source,
         raw=body,
     )
@@ -234,11 +317,13 @@ def all_profiles() -> dict[str, DeviceProfile]:
     return found
 
 
-def load_profile(name_or_path: str) -> DeviceProfile:
-    """A shipped profile by name or alias, or a user's profile file (*.yaml)."""
+def load_profile(name_or_path: str, profiles: dict[str, DeviceProfile] | None = None) -> DeviceProfile:
+    """A shipped profile by name or alias, or a user's profile file (*.yaml). `profiles`: the shipped ones when
+    the caller has read them already (all_profiles()), so no file is parsed twice."""
     if name_or_path.endswith((".yaml", ".yml")):
         return read_profile(Path(name_or_path))
-    profiles = all_profiles()
+    if profiles is None:
+        profiles = all_profiles()
     by_alias = {a: p for p in profiles.values() for a in (p.name, *p.aliases)}
     if name_or_path in by_alias:
         return by_alias[name_or_path]
@@ -246,6 +331,15 @@ def load_profile(name_or_path: str) -> DeviceProfile:
         f"Unknown device '{name_or_path}'.{did_you_mean(name_or_path, by_alias)} Known devices: "
         f"{', '.join(sorted(profiles))} (or a profile .yaml file)."
     )
+
+
+def default_engine_target(profiles: dict[str, DeviceProfile]) -> DeviceProfile:
+    """The profile marked `default_engine_target: true`: where `hiap export --format engine` builds by default."""
+    marked = [p for p in profiles.values() if p.default_engine_target]
+    if len(marked) != 1:
+        raise HiapError(f"Exactly one device profile must set default_engine_target: true, found "
+                        f"{[p.name for p in marked]}; pass --target NAME.")  # fmt: skip
+    return marked[0]
 
 
 # -- version ranges such as ">=10.3,<10.4" without a dependency on `packaging` (the device install stays small) --

@@ -106,7 +106,7 @@ def check_onnx(path: Path, profile: DeviceProfile) -> dict[str, Any]:
         findings.append(Finding("error", "opset", f"the model uses opset {opset}; {profile.name} takes at most "
                                 f"{profile.max_opset}.", f"export with --opset {profile.max_opset}."))  # fmt: skip
     if profile.runtime == "trt":
-        trt_range = profile.software.get("tensorrt", ">=10")
+        trt_range = profile.software.tensorrt or ">=10"
         if opset < 9:
             findings.append(Finding("error", "opset", f"opset {opset} is below TensorRT's minimum 9.", "--opset 17"))
         floors = [bound for op, bound in parse_range(trt_range) if op in (">=", "==", ">")]
@@ -121,7 +121,8 @@ def check_onnx(path: Path, profile: DeviceProfile) -> dict[str, Any]:
             elif op not in TRT_VERIFIED_OPS:
                 findings.append(Finding("warning", op, "operator not verified by hiap for TensorRT; check "
                                         "onnx-tensorrt's operators.md for your version."))  # fmt: skip
-        if "LayerNormalization" not in ops and profile.precision == "fp16" and profile.trt.get("layernorm_fp32"):
+        pinned = profile.trt is not None and profile.trt.layernorm_fp32
+        if "LayerNormalization" not in ops and profile.precision == "fp16" and pinned:
             findings.append(Finding("warning", "LayerNorm", "LayerNorm is decomposed (opset < 17), so it cannot be "
                                     "pinned to FP32 as one layer; FP16 overflow risk (TensorRT #2564).",
                                     "use opset 17 where the device's TensorRT has LayerNormalization."))  # fmt: skip

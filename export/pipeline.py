@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from hiap.gated import Floors, GatedViT, Masks, masks_to_structure, structure_to
 from hiap.models import BUILTIN_MODELS, create_model, data_config, load_pretrained, load_weights
 from runtime.harness import compare_logits, run_batched
 from runtime.ort_runner import default_runner
+
+if TYPE_CHECKING:
+    from devices.profile import DeviceProfile
 
 PARITY_TOL = 1e-4
 GOLDEN_IMAGES = 8  # real validation images in golden.npz: the bench's fidelity check runs all of them
@@ -190,18 +193,15 @@ def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynamic_batch: bool = False,
-                  simplify: bool = True, target: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """Write plan.json, model.onnx, golden.npz and export_report.json into `out` (each file atomically)."""
+                  simplify: bool = True, target: DeviceProfile | None = None) -> dict[str, Any]:  # fmt: skip
+    """Write plan.json, model.onnx, golden.npz and export_report.json into `out` (each file atomically); with a
+    `target` profile, also check the ONNX against that device."""
     t0 = time.perf_counter()
     if align < 1:
         raise HiapError(f"--align must be >= 1, got {align} (1: no rounding).")
     if not 9 <= opset <= 20:  # torch's TorchScript exporter writes up to 20; TensorRT parses from 9
         raise HiapError(f"--opset {opset}: hiap exports opsets 9 to 20 (17 recommended: native LayerNormalization).")
-    profile = None
-    if target is not None:  # fail on an unknown device before spending time on the export
-        from devices.profile import load_profile
-
-        profile = load_profile(target)
+    profile = target
     vit, gated, structure = src.vit, src.gated, src.structure
     geom = gated.geometry
     emitted = padded_structure(structure, geom.head_dim, align)

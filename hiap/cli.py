@@ -7,11 +7,16 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
 from hiap.errors import HiapError
+
+if TYPE_CHECKING:
+    from devices.bench import BenchTarget
+    from devices.host import Host
+    from devices.profile import DeviceProfile
 
 app = typer.Typer(
     add_completion=False,
@@ -162,8 +167,6 @@ def pipeline(
     from rich.console import Console
 
     from devices.bench import BenchOptions, run_bench
-    from devices.host import detect_host, profile_mismatch
-    from devices.profile import load_profile
     from export.pipeline import export_source, source_from_run
     from hiap.atomic import write_json_atomic
     from hiap.config import resolve_config
@@ -174,11 +177,11 @@ def pipeline(
         raise HiapError("hiap pipeline runs in one process (it benches on this host); under torchrun use hiap train, "
                         "then hiap export and hiap bench once.")  # fmt: skip
     # Before training: an unknown or mismatched device must not cost a training run.
-    bench_device = device or _host_device()
-    mismatch = profile_mismatch(load_profile(bench_device), detect_host())
-    if mismatch:
-        raise HiapError(f"{mismatch}: the pipeline benches on this host; pick its profile or run hiap bench on the "
-                        "device with the exported model.")  # fmt: skip
+    target = _bench_target(device)
+    bench_device = device or target.profile.name
+    if target.mismatch:
+        raise HiapError(f"{target.mismatch}: the pipeline benches on this host; pick its profile or run hiap bench "
+                        "on the device with the exported model.")  # fmt: skip
     cfg = resolve_config(config, {"target_macs": target_macs, "epochs": epochs, "out": out})
     console = Console()
     console.rule("1/3 train")
@@ -195,9 +198,9 @@ def pipeline(
         _print_export(reports[dense], src.model, out_dir, 8)
     console.rule(f"3/3 bench on {bench_device}")
     # The run's own data (an ImageFolder root resolves to its val/), so accuracy is measured for every run.
-    opts = BenchOptions(device=bench_device, data=cfg.data, compare=run / "export-dense" / "model.onnx",
-                        budget_ms=budget_ms, max_acc_drop=max_acc_drop)  # fmt: skip
-    report = run_bench(run / "export" / "model.onnx", opts)
+    opts = BenchOptions(data=cfg.data, compare=run / "export-dense" / "model.onnx", budget_ms=budget_ms,
+                        max_acc_drop=max_acc_drop)  # fmt: skip
+    report = run_bench(run / "export" / "model.onnx", target, opts)
     write_json_atomic(run / "bench.json", report)
     print_bench(report)
     console.print(f"run, exports and bench.json in {run}")
@@ -290,13 +293,13 @@ def export(
 
     if format not in ("onnx", "engine"):
         raise HiapError(f"--format {format}: choose onnx or engine.")
-    if format == "engine" and target is not None:
-        from devices.profile import load_profile
+    profile = None  # resolved once: checked here, by the export's device check and for the engine build
+    if target is not None or format == "engine":
+        from devices.profile import all_profiles, default_engine_target, load_profile
 
-        if load_profile(target).runtime != "trt":
-            raise HiapError(
-                f"--format engine: device '{target}' runs ONNX Runtime, not TensorRT; export --format onnx."
-            )
+        profile = load_profile(target) if target is not None else default_engine_target(all_profiles())
+    if format == "engine" and profile is not None and profile.runtime != "trt":
+        raise HiapError(f"--format engine: device '{target}' runs ONNX Runtime, not TensorRT; export --format onnx.")
     if (run is None) == (model is None or plan is None):
         raise HiapError("Give either RUN (a run directory or checkpoint) or both --model and --plan.")
     if run is not None:
@@ -305,9 +308,8 @@ def export(
     else:
         src = source_from_plan(model, plan, pretrained)
         out_dir = out or plan.parent / "export"
-    device_name = target or ("cuda-gpu" if format == "engine" else None)
     report = export_source(src, out_dir, opset=opset, align=align, dynamic_batch=dynamic_batch, simplify=simplify,
-                           target=device_name)  # fmt: skip
+                           target=profile)  # fmt: skip
     _print_export(report, src.model, out_dir, align)
     check = report.get("device_check")
     if check is not None:
@@ -315,34 +317,33 @@ def export(
             f"no findings (opset {check['opset']}, {len(check['operators'])} operator types)"
         ]:
             typer.echo(f"device check {check['device']}: {line}")
-    if format == "engine" and (check is None or check["passed"]):
-        _export_engine(out_dir, report, device_name, dynamic_batch)
+    if format == "engine" and profile is not None and (check is None or check["passed"]):
+        _export_engine(out_dir, report, profile, dynamic_batch)
     if check is not None and not check["passed"]:
         typer.echo(f"error: model.onnx will not run on {check['device']} as exported (see above).", err=True)
         raise typer.Exit(1)
 
 
-def _export_engine(out_dir: Path, report: dict[str, Any], device_name: str, dynamic_batch: bool) -> None:
+def _export_engine(out_dir: Path, report: dict[str, Any], profile: DeviceProfile, dynamic_batch: bool) -> None:
     """Build model.engine here when TensorRT is installed; otherwise say how to build it on the device."""
-    from devices.profile import load_profile
+    from devices.bench import engine_build_settings, engine_key, timing_cache_for
     from export.device_check import layernorm_node_names
     from runtime.trt_runner import NOT_VALIDATED, build_engine, import_tensorrt, trtexec_command
 
-    profile = load_profile(device_name)
     onnx_path, engine_path = out_dir / "model.onnx", out_dir / "model.engine"
-    fp16 = profile.precision == "fp16"
-    layernorm_fp32 = bool(profile.trt.get("layernorm_fp32", True))
-    if import_tensorrt() is None:
+    build = engine_build_settings(profile)
+    trt = import_tensorrt()
+    if trt is None:
         chw = tuple(json.loads(report["metadata"]["input_size"])) if dynamic_batch else None
-        cmd = trtexec_command(onnx_path, engine_path, fp16, layernorm_fp32, layernorm_node_names(onnx_path), chw)
+        cmd = trtexec_command(onnx_path, engine_path, build["fp16"], build["layernorm_fp32"],
+                              layernorm_node_names(onnx_path), chw, build["workspace_mb"])  # fmt: skip
         raise HiapError(
             f"TensorRT is not installed here and engines only run where they are built ({NOT_VALIDATED}); "
             f"{out_dir} holds model.onnx, plan.json and golden.npz. On the device run "
             f"'hiap bench {onnx_path} --device {profile.name}' (builds and caches the engine) or '{cmd}'."
         )
-    sidecar = build_engine(onnx_path, engine_path, fp16=fp16, layernorm_fp32=layernorm_fp32,
-                           workspace_mb=int(profile.trt.get("workspace_mb", 1024)),
-                           timing_cache=out_dir / "timing.cache", metadata=report["metadata"])  # fmt: skip
+    sidecar = build_engine(onnx_path, engine_path, **build, timing_cache=timing_cache_for(onnx_path, engine_key(trt)),
+                           metadata=report["metadata"])  # fmt: skip
     size_mb = engine_path.stat().st_size / 1e6
     typer.echo(f"wrote {engine_path} ({size_mb:.2f} MB, TensorRT {sidecar['tensorrt_version']} "
                f"on {sidecar['gpu']}, {sidecar['precision']}); {NOT_VALIDATED}")  # fmt: skip
@@ -397,8 +398,7 @@ def bench(
     last line names them and why. 2: bad input."""
     from devices.bench import BenchOptions, run_bench
 
-    if device is None:
-        device = _host_device()
+    target = _bench_target(device)
     if json_out is not None:  # checked before the bench runs, not after minutes of measuring
         if json_out.is_dir():
             raise HiapError(f"--json '{json_out}' is a directory: give a file name such as {json_out / 'bench.json'}.")
@@ -406,10 +406,10 @@ def bench(
             json_out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise HiapError(f"--json '{json_out}': cannot create its folder ({exc.strerror}).") from None
-    opts = BenchOptions(device=device, data=data, golden=golden, budget_ms=budget_ms, max_acc_drop=max_acc_drop,
+    opts = BenchOptions(data=data, golden=golden, budget_ms=budget_ms, max_acc_drop=max_acc_drop,
                         compare=compare, allow_mismatch=allow_mismatch, iterations=iterations, warmup=warmup,
                         min_seconds=min_seconds, limit=limit)  # fmt: skip
-    report = run_bench(artifact, opts)
+    report = run_bench(artifact, target, opts)
     if json_out is not None:
         from hiap.atomic import write_json_atomic
 
@@ -423,16 +423,24 @@ def bench(
         raise typer.Exit(report["exit_code"])
 
 
-def _host_device() -> str:
-    from devices.host import detect_host, guess_profile
-    from devices.profile import all_profiles
+def _bench_target(device: str | None) -> BenchTarget:
+    """The profile named by --device (a name, alias or .yaml), or this host's; resolved once, with this host."""
+    from devices.bench import BenchTarget
+    from devices.host import detect_host
+    from devices.profile import load_profile
 
     host = detect_host()
-    order = [n for n in all_profiles() if n != "cuda-gpu"] + ["cuda-gpu"]  # prefer the CPU profile on a GPU box
-    name = guess_profile(host, order)
-    if name is None:
+    return BenchTarget.on(load_profile(device) if device is not None else _host_device(host), host)
+
+
+def _host_device(host: Host) -> DeviceProfile:
+    from devices.host import guess_profile
+    from devices.profile import all_profiles
+
+    profile = guess_profile(host, all_profiles().values())  # fallback profiles last: the CPU one on a GPU box
+    if profile is None:
         raise HiapError(f"No device profile matches this host ({host.describe()}): pass --device NAME.")
-    return name
+    return profile
 
 
 def _fmt(value: Any) -> str:

@@ -147,3 +147,60 @@ def test_pipeline_trains_exports_and_benches(tmp_path: Path) -> None:
     assert budgets["accuracy_drop_pp"]["value"] == pytest.approx(acc["dense"]["top1"] - acc["model"]["top1"])
     assert all(b["passed"] is True for b in budgets.values()), budgets
     assert report["verdict"] == "met" and "all budgets met" in result.output
+
+
+def test_bench_on_this_host_parses_each_profile_once(linear_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --device: the host's profile is guessed and benched with every YAML read once, not once per candidate."""
+    import devices.profile
+
+    reads: dict[str, int] = {}
+    real = devices.profile.read_profile
+
+    def counting(path: Path) -> object:
+        reads[path.name] = reads.get(path.name, 0) + 1
+        return real(path)
+
+    monkeypatch.setattr(devices.profile, "read_profile", counting)
+    monkeypatch.setattr("devices.host.shutil.which", lambda name: None)  # this host: a plain x86-64 CPU
+    result = CliRunner().invoke(app, ["bench", str(linear_model), *FAST])
+    assert result.exit_code == 4, result.output
+    assert "x86-cpu" in result.output
+    assert set(reads) == {p.name for p in devices.profile.profiles_dir().glob("*.yaml")}
+    assert set(reads.values()) == {1}, reads
+
+
+def test_bench_and_export_build_engines_with_the_same_settings(
+    linear_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hiap bench` (engine built from the .onnx) and `hiap export --format engine` derive the TensorRT build from
+    the profile in one place: the same options, max_batch and timing-cache naming."""
+    import types
+
+    import runtime.trt_runner
+    from devices.bench import _engine_for
+    from devices.profile import load_profile
+    from hiap.cli import _export_engine
+
+    builds: list[dict] = []
+
+    def fake_build(onnx_path: Path, engine_path: Path, **kwargs: object) -> dict:
+        engine_path.write_bytes(b"engine")
+        builds.append(kwargs | {"timing_cache": Path(kwargs["timing_cache"]).name})
+        return {"tensorrt_version": "10.3.0", "gpu": "Test GPU", "precision": "fp16"}
+
+    monkeypatch.setattr(runtime.trt_runner, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(runtime.trt_runner, "gpu_name", lambda: "Test GPU")
+    monkeypatch.setattr(runtime.trt_runner, "build_engine", fake_build)
+    profile = load_profile("cuda-gpu")
+    bench_dir, export_dir = tmp_path / "bench", tmp_path / "export"
+    for folder in (bench_dir, export_dir):
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(linear_model.read_bytes())
+    _engine_for(bench_dir / "model.onnx", profile)
+    _export_engine(export_dir, {"metadata": {}}, profile, False)
+    assert len(builds) == 2
+    for build in builds:
+        build.pop("metadata")
+    assert builds[0] == builds[1]
+    assert builds[0]["max_batch"] == 32 and builds[0]["workspace_mb"] == 4096
+    assert builds[0]["timing_cache"] == "timing.trt10.3.0.test-gpu.cache"

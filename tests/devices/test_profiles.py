@@ -99,3 +99,27 @@ def test_host_detection_jetson_pi_and_mismatch(tmp_path: Path, monkeypatch: pyte
     assert "Raspberry Pi 4" in profile_mismatch(load_profile("rpi4"), pi)
     emulated = detect_host(_fake_root(tmp_path / "q", cpuinfo="vendor_id\t: GenuineIntel\nmodel name\t: Xeon\n"))
     assert emulated.emulated and "emulated" in profile_mismatch(load_profile("rpi5"), emulated)
+
+
+def test_every_problem_of_a_profile_is_reported_in_one_error(tmp_path: Path) -> None:
+    edit = {"runtime": "tflite", "budgets.latency_p50_ms": "fast", "protocol.warmup": KeyError}
+    with pytest.raises(HiapError) as err:
+        read_profile(_write(tmp_path, edit))
+    message = str(err.value)
+    assert "\n" not in message
+    problems = message.split(": ", 1)[1].split("; ")
+    assert len(problems) == 3, message
+    assert any("'runtime' must be 'ort' or 'trt', got 'tflite'" in p for p in problems)
+    assert any("'budgets.latency_p50_ms' must be a number" in p for p in problems)
+    assert any("'protocol.warmup' is missing" in p for p in problems)
+
+
+def test_fallback_profiles_are_guessed_last() -> None:
+    from devices.host import Host, guess_profile
+
+    profiles = all_profiles()
+    gpu_box = Host(arch="x86_64", board="nvidia-gpu", nvidia_gpu=True)
+    assert guess_profile(gpu_box, profiles.values()).name == "x86-cpu"  # the CPU profile on a GPU box
+    arm_gpu_box = Host(arch="aarch64", board="nvidia-gpu", nvidia_gpu=True)
+    assert guess_profile(arm_gpu_box, profiles.values()).name == "cuda-gpu"
+    assert guess_profile(Host(arch="riscv64", board="generic"), profiles.values()) is None
