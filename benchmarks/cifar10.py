@@ -77,6 +77,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hiap-search50": {"search_fraction": 0.5},  # gates learn in the first half, then the fixed structure trains
     "hiap-search30": {"search_fraction": 0.3},
     "hiap-l1init": {"gate_init_importance": 1.0},  # micro-gate logits start ordered by l1 magnitude
+    # ... and the macro penalty (heads, FFN blocks) an eighth of the default relative to the micro one (0.25:1
+    # instead of 2:1), so the budget is met by narrowing widths before whole FFN blocks go
+    "hiap-l1init-lowmacro": {"gate_init_importance": 1.0, "lambda_macro": 0.25},
 }
 PAPER = {  # HiAP paper, CIFAR-10, 6-block ViT-Tiny: (top-1 %, fraction of dense MACs)
     "dense": (90.50, 1.0),
