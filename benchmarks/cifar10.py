@@ -80,6 +80,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # ... and the macro penalty (heads, FFN blocks) an eighth of the default relative to the micro one (0.25:1
     # instead of 2:1), so the budget is met by narrowing widths before whole FFN blocks go
     "hiap-l1init-lowmacro": {"gate_init_importance": 1.0, "lambda_macro": 0.25},
+    # ... and FFN blocks never removed (their gates fixed open): the budget is met by heads and widths alone
+    "hiap-l1init-keepffn": {"gate_init_importance": 1.0, "ffn_block_gates": False},
 }
 PAPER = {  # HiAP paper, CIFAR-10, 6-block ViT-Tiny: (top-1 %, fraction of dense MACs)
     "dense": (90.50, 1.0),

@@ -1,5 +1,4 @@
-"""`hiap bench`: a device profile picks and configures the runner, runtime/'s harness measures latency, fidelity and
-accuracy, and every budget of the profile is judged. Torch-free: this is what runs on the board."""
+"""`hiap bench`, torch-free: a device profile configures the runner, runtime/ measures, every budget is judged."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -27,7 +26,18 @@ from runtime.data import (
     is_training_root,
     split_fingerprint,
 )
-from runtime.harness import Latency, accuracy, fidelity, interleaved_latency, measure_latency, random_feeds
+from runtime.harness import (
+    Accuracy,
+    Fidelity,
+    Latency,
+    Tolerance,
+    accuracy,
+    fidelity,
+    interleaved_latency,
+    measure_latency,
+    random_feeds,
+)
+from runtime.trt_env import NOT_VALIDATED
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,7 @@ def engine_build_settings(profile: DeviceProfile) -> dict[str, Any]:
 
 def engine_key(trt: Any) -> str:
     """What an engine is specific to: the TensorRT version and the GPU ('trt10.3.0.nvidia-orin')."""
-    from runtime.trt_runner import gpu_name
+    from runtime.trt_env import gpu_name
 
     slug = "".join(ch if ch.isalnum() else "-" for ch in gpu_name()).strip("-").lower()
     return f"trt{trt.__version__}.{slug}"
@@ -88,7 +98,8 @@ def timing_cache_for(onnx_path: Path, key: str) -> Path:
 
 def _engine_for(onnx_path: Path, profile: DeviceProfile) -> Path:
     """On a TensorRT device an .onnx is built into an engine first, cached beside it per TensorRT version and GPU."""
-    from runtime.trt_runner import build_engine, import_tensorrt, read_sidecar, sha256_file, sidecar_path
+    from runtime.trt_build import build_engine, read_sidecar, sha256_file, sidecar_path
+    from runtime.trt_env import import_tensorrt
 
     trt = import_tensorrt()
     if trt is None:
@@ -205,12 +216,47 @@ def _same_split(meta: dict[str, str], data: EvalData, limit: int | None) -> tupl
                    f"{_describe_split(recorded)})")  # fmt: skip
 
 
-def _budget(name: str, value: float | None, limit: float, higher_is_better: bool = False,
-            reason: str = "") -> dict[str, Any]:  # fmt: skip
-    if value is None:
-        return {"budget": name, "limit": limit, "value": None, "passed": None, "margin": None, "reason": reason}
-    margin = (value - limit) if higher_is_better else (limit - value)
-    return {"budget": name, "limit": limit, "value": value, "passed": bool(margin >= 0), "margin": margin}
+Verdict = Literal["met", "failed", "not measured"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget of the profile judged: `value` against `limit` (None: not measured, and `reason` says why).
+    Truthy only when measured and held: an unmeasured budget is never a pass."""
+
+    name: str
+    limit: float
+    value: float | None
+    higher_is_better: bool = False
+    reason: str = ""
+
+    @property
+    def family(self) -> str:
+        """What the budget is about: 'latency', 'accuracy' or 'fidelity'."""
+        return self.name.split("_")[0]
+
+    @property
+    def margin(self) -> float | None:
+        """How far inside the limit the value is (negative: over it); None when not measured."""
+        if self.value is None:
+            return None
+        return (self.value - self.limit) if self.higher_is_better else (self.limit - self.value)
+
+    @property
+    def passed(self) -> bool | None:
+        """True when held, False when missed, None when not measured."""
+        margin = self.margin
+        return None if margin is None else bool(margin >= 0)
+
+    def __bool__(self) -> bool:
+        return self.passed is True
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.value is None:
+            return {"budget": self.name, "limit": self.limit, "value": None, "passed": None, "margin": None,
+                    "reason": self.reason}  # fmt: skip
+        return {"budget": self.name, "limit": self.limit, "value": self.value, "passed": self.passed,
+                "margin": self.margin}  # fmt: skip
 
 
 def environment(host: Host, runner: Runner, profile: DeviceProfile) -> dict[str, Any]:
@@ -245,11 +291,145 @@ def protocol_warnings(profile: DeviceProfile, host: Host, power: dict[str, str])
     return out
 
 
-def run_bench(artifact: Path, target: BenchTarget, opts: BenchOptions) -> dict[str, Any]:
-    """Everything `hiap bench` reports, as one dict. `verdict`: 'met' (every budget measured and held), 'failed'
-    (a measured budget failed) or 'not measured' (none failed, some could not be measured); `passed` is True only
-    for 'met'."""
-    profile, host, mismatch = target.profile, target.host, target.mismatch
+@dataclass(frozen=True)
+class AccuracyCheck:
+    """Top-1 on the evaluation data (None: no --data), and the reference the accuracy budget's drop is taken against:
+    `reference_top1` and what it is, or `unavailable`, why there is none."""
+
+    data: EvalData | None
+    model: Accuracy | None = None
+    dense: Accuracy | None = None
+    split: dict[str, Any] | None = None
+    reference_top1: float | None = None
+    reference: str = ""
+    unavailable: str = ""
+
+    @property
+    def drop(self) -> float | None:
+        """Percentage points of top-1 below the reference; None when either is missing."""
+        if self.reference_top1 is None or self.model is None:
+            return None
+        return self.reference_top1 - self.model.top1
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.data is None:
+            return {}
+        out: dict[str, Any] = {name: acc.to_dict() for name, acc in (("model", self.model), ("dense", self.dense))
+                               if acc is not None}  # fmt: skip
+        out["data"] = str(self.data.folder or self.data.spec)
+        if self.data.note:
+            out["data_note"] = self.data.note
+        out |= {"split": self.split, "reference_top1": self.reference_top1, "reference": self.reference or None}
+        if self.reference_top1 is None:
+            out["reference_unavailable"] = self.unavailable
+        return out
+
+
+@dataclass(frozen=True)
+class DenseComparison:
+    """The dense model (--compare), timed alternating with the model, and what the pruning bought."""
+
+    artifact: Path
+    size_mb: float
+    latency: Latency
+    speedup_p50: float
+    speedup_mean: float
+    mac_ratio: float | None  # dense over pruned MACs, from both models' metadata
+    realisation: float | None  # the share of the MAC saving that shows as p50 speedup
+
+    @classmethod
+    def measured(cls, artifact: Path, model: Latency, dense: Latency, meta: dict[str, str],
+                 dense_meta: dict[str, str]) -> DenseComparison:  # fmt: skip
+        gm, dgm = _meta_float(meta, "gmacs"), _meta_float(dense_meta, "gmacs")
+        mac_ratio = (dgm / gm) if gm and dgm else None
+        speedup = dense.p50 / model.p50
+        return cls(artifact, artifact.stat().st_size / 1e6, dense, speedup, dense.mean / model.mean, mac_ratio,
+                   speedup / mac_ratio if mac_ratio else None)  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dense_artifact": str(self.artifact), "dense_size_mb": self.size_mb, "speedup_p50": self.speedup_p50,
+                "speedup_mean": self.speedup_mean, "mac_ratio": self.mac_ratio,
+                "realisation": self.realisation}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """Everything `hiap bench` reports. `verdict`: 'met' (every budget measured and held), 'failed' (a measured
+    budget failed) or 'not measured' (none failed, some could not be measured); truthy only when 'met'."""
+
+    artifact: Path
+    format: str
+    size_mb: float
+    device: str
+    mismatch: str  # why this host is not the device, '' when it is
+    label: str
+    model: dict[str, str | None]  # the export's metadata that names the model
+    batch: int
+    latency: Latency
+    fidelity: Fidelity | None
+    accuracy: AccuracyCheck
+    budgets: tuple[Budget, ...]
+    environment: dict[str, Any]
+    seconds: float
+    protocol_warnings: tuple[str, ...] = ()
+    note: str = ""
+    compare: DenseComparison | None = None
+
+    @property
+    def measured_on_target(self) -> bool:
+        return not self.mismatch
+
+    @property
+    def verdict(self) -> Verdict:
+        if any(b.passed is False for b in self.budgets):
+            return "failed"
+        return "not measured" if any(b.passed is None for b in self.budgets) else "met"
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+    def __bool__(self) -> bool:
+        # Only when every budget was measured and held: a missing measurement is never read as a pass.
+        return self.verdict == "met"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report (`hiap bench --json`, a run's bench.json)."""
+        verdict = self.verdict
+        latency = {"model": self.latency.to_dict()}
+        if self.compare is not None:
+            latency["dense"] = self.compare.latency.to_dict()
+        out: dict[str, Any] = {
+            "artifact": str(self.artifact), "format": self.format, "size_mb": self.size_mb, "device": self.device,
+            "measured_on_target": self.measured_on_target, "label": self.label, "model": self.model,
+            "batch": self.batch, "latency": latency,
+            "fidelity": self.fidelity.to_dict() if self.fidelity is not None else None,
+            "accuracy": self.accuracy.to_dict(), "budgets": [b.to_dict() for b in self.budgets],
+            "passed": verdict == "met", "verdict": verdict, "exit_code": EXIT_CODES[verdict],
+            "environment": self.environment, "seconds": self.seconds,
+        }  # fmt: skip
+        if self.note:
+            out["note"] = self.note
+        out["protocol_warnings"] = list(self.protocol_warnings)
+        if self.compare is not None:
+            out["compare"] = self.compare.to_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a bench does, resolved from the options and the profile's protocol before any runner opens."""
+
+    warmup: int
+    iterations: int
+    min_seconds: float
+    golden: Path | None
+    data: EvalData | None
+
+
+def _plan(artifact: Path, target: BenchTarget, opts: BenchOptions) -> _Plan:
+    """Every check of the options that can fail, made before minutes of measuring."""
+    profile, mismatch = target.profile, target.mismatch
     if mismatch and not opts.allow_mismatch:
         raise HiapError(f"{mismatch}. Bench on the device itself, or pass --allow-mismatch to measure here (every "
                         f"figure is then labelled as not measured on {profile.name}).")  # fmt: skip
@@ -257,151 +437,175 @@ def run_bench(artifact: Path, target: BenchTarget, opts: BenchOptions) -> dict[s
         if value is not None and value < low:
             raise HiapError(f"--{name} must be >= {low}, got {value}.")
     proto = profile.protocol
-    warmup = opts.warmup if opts.warmup is not None else proto.warmup
-    iterations = opts.iterations if opts.iterations is not None else proto.iterations
-    min_seconds = opts.min_seconds if opts.min_seconds is not None else float(proto.min_seconds)
     golden = opts.golden
     if golden is None and artifact.with_name("golden.npz").is_file():
         golden = artifact.with_name("golden.npz")
     if opts.golden is not None and not opts.golden.is_file():
         raise HiapError(f"Golden file '{opts.golden}' does not exist.")
-    data = EvalData.resolve(opts.data) if opts.data else None
+    return _Plan(
+        warmup=opts.warmup if opts.warmup is not None else proto.warmup,
+        iterations=opts.iterations if opts.iterations is not None else proto.iterations,
+        min_seconds=opts.min_seconds if opts.min_seconds is not None else float(proto.min_seconds),
+        golden=golden,
+        data=EvalData.resolve(opts.data) if opts.data else None,
+    )
 
-    t0 = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        runner = stack.enter_context(open_runner(artifact, profile))
-        dense = stack.enter_context(open_runner(opts.compare, profile)) if opts.compare else None
-        batch = batch_of(runner.inputs[0], profile.batch)
-        pre = Preprocessing.from_metadata(runner.metadata, str(artifact))
-        runners: dict[str, Runner] = {"model": runner}
-        if dense is not None:
-            if tuple(dense.inputs[0].shape[1:]) != tuple(runner.inputs[0].shape[1:]):
-                raise HiapError(f"--compare model takes {list(dense.inputs[0].shape)} but '{artifact}' takes "
-                                f"{list(runner.inputs[0].shape)}: compare models of the same input.")  # fmt: skip
-            runners["dense"] = dense
-        feeds = {name: random_feeds(r, batch_of(r.inputs[0], profile.batch)) for name, r in runners.items()}
-        if dense is None:
-            lat: dict[str, Latency] = {
-                "model": measure_latency(runner, feeds["model"], warmup, iterations, min_seconds)
-            }
-        else:
-            lat = interleaved_latency(runners, feeds, warmup, iterations, min_seconds)
-        fid = fidelity(runner, golden, batch) if golden else None
-        acc: dict[str, Any] = {}
-        if data is not None:
-            for name, r in runners.items():
-                acc[name] = accuracy(r, data.batches(pre, opts.limit), batch_of(r.inputs[0], profile.batch))
-        env = environment(host, runner, profile)
-        meta = dict(runner.metadata)
-        dense_meta = dict(dense.metadata) if dense is not None else {}
 
+def _check_same_input(model: Runner, dense: Runner, artifact: Path) -> None:
+    if tuple(dense.inputs[0].shape[1:]) != tuple(model.inputs[0].shape[1:]):
+        raise HiapError(f"--compare model takes {list(dense.inputs[0].shape)} but '{artifact}' takes "
+                        f"{list(model.inputs[0].shape)}: compare models of the same input.")  # fmt: skip
+
+
+def _measure_latency(model: Runner, dense: Runner | None, batch: int, plan: _Plan) -> tuple[Latency, Latency | None]:
+    """The model timed alone, or alternating call by call with the dense model."""
+    runners = {"model": model} | ({"dense": dense} if dense is not None else {})
+    feeds = {name: random_feeds(r, batch_of(r.inputs[0], batch)) for name, r in runners.items()}
+    if dense is None:
+        return measure_latency(model, feeds["model"], plan.warmup, plan.iterations, plan.min_seconds), None
+    lat = interleaved_latency(runners, feeds, plan.warmup, plan.iterations, plan.min_seconds)
+    return lat["model"], lat["dense"]
+
+
+def _measure_accuracy(model: Runner, dense: Runner | None, data: EvalData | None, pre: Preprocessing,
+                      limit: int | None, batch: int) -> tuple[Accuracy | None, Accuracy | None]:  # fmt: skip
+    if data is None:
+        return None, None
+
+    def top1(runner: Runner) -> Accuracy:
+        return accuracy(runner, data.batches(pre, limit), batch_of(runner.inputs[0], batch))
+
+    return top1(model), (top1(dense) if dense is not None else None)
+
+
+def _recorded_reference(meta: dict[str, str]) -> tuple[float | None, str]:
+    """The run's recorded validation accuracy (a fraction; the bench reports percent) and what it is. The dense
+    start's comes first: it is what the budget's drop is defined against."""
+    kinds = {"dense_val_acc": "dense accuracy in the metadata",
+             "reference_val_acc": "exported model's training-time accuracy in the metadata"}  # fmt: skip
+    for key, kind in kinds.items():
+        value = _meta_float(meta, key)
+        if value is not None:
+            return 100 * value, kind
+    return None, ""
+
+
+def check_accuracy(data: EvalData | None, model: Accuracy | None, dense: Accuracy | None, meta: dict[str, str],
+                   limit: int | None) -> AccuracyCheck:  # fmt: skip
+    """The measured top-1 with the reference its drop is taken against: the dense model measured here, else, on
+    the very images the run validated on, the accuracy the run recorded."""
+    if data is None:
+        return AccuracyCheck(None, unavailable="no --data given: pass the validation images to measure top-1")
+    split, why_not = _same_split(meta, data, limit)
+    if dense is not None:
+        return AccuracyCheck(data, model, dense, split, dense.top1, "dense model measured here on the same data")
+    if why_not is not None:
+        return AccuracyCheck(data, model, None, split, unavailable=why_not)
+    reference, kind = _recorded_reference(meta)
+    if reference is None:
+        why_not = "the model's metadata holds no training-time accuracy; pass --compare DENSE.onnx"
+        return AccuracyCheck(data, model, None, split, unavailable=why_not)
+    return AccuracyCheck(data, model, None, split, reference, kind)
+
+
+NO_GOLDEN = ("no golden.npz next to the model and no --golden (hiap export writes one when the run's validation "
+             "images are readable)")  # fmt: skip
+
+
+def fidelity_tolerance(profile: DeviceProfile) -> Tolerance:
+    return Tolerance(profile.budgets.fidelity_atol, profile.budgets.min_top1_agreement)
+
+
+def judge_budgets(profile: DeviceProfile, opts: BenchOptions, latency: Latency, fid: Fidelity | None,
+                  acc: AccuracyCheck) -> tuple[Budget, ...]:  # fmt: skip
+    """Every budget of the profile (latency and accuracy limits as the options override them) against the figures."""
     b = profile.budgets
     p50_limit = opts.budget_ms if opts.budget_ms is not None else b.latency_p50_ms
     # --budget-ms sets the median; the tail budget keeps the profile's p99/p50 ratio.
     p99_limit = p50_limit * (b.latency_p99_ms / b.latency_p50_ms)
     drop_limit = opts.max_acc_drop if opts.max_acc_drop is not None else b.max_acc_drop
-    reference, reference_kind, why_not = None, "", "no --data given: pass the validation images to measure top-1"
-    split: dict[str, Any] | None = None
-    if data is not None:
-        split, why_not = _same_split(meta, data, opts.limit)
-    if "dense" in acc:
-        reference, reference_kind, why_not = acc["dense"]["top1"], "dense model measured here on the same data", ""
-    elif data is not None and why_not is None:
-        # The same images the run validated on: its recorded accuracies (fractions; the bench reports percent)
-        # are the reference. Prefer the dense start's, which is what the budget's drop is defined against.
-        kinds = {"dense_val_acc": "dense accuracy in the metadata",
-                 "reference_val_acc": "exported model's training-time accuracy in the metadata"}  # fmt: skip
-        for key, kind in kinds.items():
-            if _meta_float(meta, key) is not None:
-                reference, reference_kind = 100 * _meta_float(meta, key), kind  # type: ignore[operator]
-                break
-        else:
-            why_not = "the model's metadata holds no training-time accuracy; pass --compare DENSE.onnx"
-    measured = acc["model"]["top1"] if "model" in acc else None
-    drop = reference - measured if (reference is not None and measured is not None) else None
-    if data is not None:
-        acc["data"] = str(data.folder or data.spec)
-        if data.note:
-            acc["data_note"] = data.note
-        acc |= {"split": split, "reference_top1": reference, "reference": reference_kind or None}
-        if reference is None:
-            acc["reference_unavailable"] = why_not
-    no_golden = ("no golden.npz next to the model and no --golden (hiap export writes one when the run's "
-                 "validation images are readable)")  # fmt: skip
-    budgets = [
-        _budget("latency_p50_ms", lat["model"].p50, p50_limit),
-        _budget("latency_p99_ms", lat["model"].p99, p99_limit),
-        _budget("accuracy_drop_pp", drop, drop_limit, reason=why_not or ""),
-        _budget("fidelity_max_abs_diff", fid["max_abs_diff"] if fid else None, b.fidelity_atol, reason=no_golden),
-        _budget(
-            "fidelity_top1_agreement",
-            fid["top1_agreement"] if fid else None,
-            b.min_top1_agreement,
-            True,
-            reason=no_golden,
-        ),
-    ]
-    verdict = ("failed" if any(x["passed"] is False for x in budgets)
-               else "not measured" if any(x["passed"] is None for x in budgets) else "met")  # fmt: skip
-    report: dict[str, Any] = {
-        "artifact": str(artifact),
-        "format": artifact.suffix.lstrip(".")
-        if profile.runtime == "ort" or artifact.suffix != ".onnx"
-        else "engine (built from onnx)",
-        "size_mb": artifact.stat().st_size / 1e6,
-        "device": profile.name,
-        "measured_on_target": not mismatch,
-        "label": "" if not mismatch else f"NOT MEASURED ON {profile.name}: {mismatch}",
-        "model": {k: meta.get(k) for k in ("model", "plan_hash", "gmacs", "dense_gmacs", "hiap_version")},
-        "batch": batch,
-        "latency": {name: v.to_dict() for name, v in lat.items()},
-        "fidelity": fid | {"golden": str(golden)} if fid else None,
-        "accuracy": acc,
-        "budgets": budgets,
-        # True only when every budget was measured and held: a missing measurement is never read as a pass.
-        "passed": verdict == "met",
-        "verdict": verdict,
-        "exit_code": EXIT_CODES[verdict],
-        "environment": env,
-        "seconds": time.perf_counter() - t0,
-    }
-    if host.emulated:
-        report["label"] = (
-            f"EMULATED ({host.emulated}): latency is meaningless; fidelity and accuracy are exact. " + (report["label"])
-        )
-    if profile.runtime == "trt":
-        report["note"] = "TensorRT path not yet validated on hardware"
-    report["protocol_warnings"] = protocol_warnings(profile, host, env["power"])
-    if "dense" in lat:
-        gm, dgm = _meta_float(meta, "gmacs"), _meta_float(dense_meta, "gmacs")
-        speedup = lat["dense"].p50 / lat["model"].p50
-        report["compare"] = {
-            "dense_artifact": str(opts.compare),
-            "dense_size_mb": opts.compare.stat().st_size / 1e6 if opts.compare else None,
-            "speedup_p50": speedup,
-            "speedup_mean": lat["dense"].mean / lat["model"].mean,
-            "mac_ratio": (dgm / gm) if gm and dgm else None,
-            "realisation": (speedup / (dgm / gm)) if gm and dgm else None,
-        }
-    return report
+    # `is None`, not truthiness: a comparison that failed is falsy but measured.
+    max_abs = fid.comparison.max_abs_diff if fid is not None else None
+    agreement = fid.comparison.top1_agreement if fid is not None else None
+    return (
+        Budget("latency_p50_ms", p50_limit, latency.p50),
+        Budget("latency_p99_ms", p99_limit, latency.p99),
+        Budget("accuracy_drop_pp", drop_limit, acc.drop, reason=acc.unavailable),
+        Budget("fidelity_max_abs_diff", b.fidelity_atol, max_abs, reason=NO_GOLDEN),
+        Budget("fidelity_top1_agreement", b.min_top1_agreement, agreement, higher_is_better=True, reason=NO_GOLDEN),
+    )
 
 
-def verdict_line(report: dict[str, Any]) -> str:
+def _label(target: BenchTarget) -> str:
+    """What every figure must be read with: measured off the device, or under emulation."""
+    label = f"NOT MEASURED ON {target.profile.name}: {target.mismatch}" if target.mismatch else ""
+    if target.host.emulated:
+        label = f"EMULATED ({target.host.emulated}): latency is meaningless; fidelity and accuracy are exact. " + label
+    return label
+
+
+def run_bench(artifact: Path, target: BenchTarget, opts: BenchOptions) -> BenchReport:
+    """Open the model (and the dense one of --compare), measure latency, fidelity and accuracy, and judge every
+    budget of the profile against them."""
+    profile, host = target.profile, target.host
+    plan = _plan(artifact, target, opts)
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        model = stack.enter_context(open_runner(artifact, profile))
+        dense = stack.enter_context(open_runner(opts.compare, profile)) if opts.compare else None
+        batch = batch_of(model.inputs[0], profile.batch)
+        pre = Preprocessing.from_metadata(model.metadata, str(artifact))  # before timing: it fails on a bad export
+        if dense is not None:
+            _check_same_input(model, dense, artifact)
+        latency, dense_latency = _measure_latency(model, dense, profile.batch, plan)
+        fid = fidelity(model, plan.golden, batch, fidelity_tolerance(profile)) if plan.golden else None
+        model_acc, dense_acc = _measure_accuracy(model, dense, plan.data, pre, opts.limit, profile.batch)
+        env = environment(host, model, profile)
+        meta = dict(model.metadata)
+        dense_meta = dict(dense.metadata) if dense is not None else {}
+    acc = check_accuracy(plan.data, model_acc, dense_acc, meta, opts.limit)
+    compare = None
+    if opts.compare is not None and dense_latency is not None:
+        compare = DenseComparison.measured(opts.compare, latency, dense_latency, meta, dense_meta)
+    built = profile.runtime != "ort" and artifact.suffix == ".onnx"
+    return BenchReport(
+        artifact=artifact,
+        format="engine (built from onnx)" if built else artifact.suffix.lstrip("."),
+        size_mb=artifact.stat().st_size / 1e6,
+        device=profile.name,
+        mismatch=target.mismatch,
+        label=_label(target),
+        model={k: meta.get(k) for k in ("model", "plan_hash", "gmacs", "dense_gmacs", "hiap_version")},
+        batch=batch,
+        latency=latency,
+        fidelity=fid,
+        accuracy=acc,
+        budgets=judge_budgets(profile, opts, latency, fid, acc),
+        environment=env,
+        seconds=time.perf_counter() - t0,
+        protocol_warnings=tuple(protocol_warnings(profile, host, env["power"])),
+        note=NOT_VALIDATED if profile.runtime == "trt" else "",
+        compare=compare,
+    )
+
+
+def verdict_line(report: BenchReport) -> str:
     """One line for the console and CI logs. Budgets are named by family (latency, accuracy, fidelity); a family
     with an unmeasured budget is listed under 'not measured' with why, never under 'met'."""
-    families: dict[str, list[dict[str, Any]]] = {}
-    for b in report["budgets"]:
-        families.setdefault(b["budget"].split("_")[0], []).append(b)
-    met = [f for f, bs in families.items() if all(b["passed"] is True for b in bs)]
+    families: dict[str, list[Budget]] = {}
+    for b in report.budgets:
+        families.setdefault(b.family, []).append(b)
+    met = [f for f, bs in families.items() if all(bs)]
     unmeasured = []
     for f, bs in families.items():
-        reasons = list(dict.fromkeys(b.get("reason") or "no reason recorded" for b in bs if b["passed"] is None))
+        reasons = list(dict.fromkeys(b.reason or "no reason recorded" for b in bs if b.passed is None))
         if reasons:
             unmeasured.append(f"{f} ({'; '.join(reasons)})")
     tail = f"; not measured: {', '.join(unmeasured)}" if unmeasured else ""
-    if report["verdict"] == "failed":
-        failed = [b["budget"] for b in report["budgets"] if b["passed"] is False]
+    verdict = report.verdict
+    if verdict == "failed":
+        failed = [b.name for b in report.budgets if b.passed is False]
         return f"a budget failed: {', '.join(failed)}{tail}"
-    if report["verdict"] == "met":
+    if verdict == "met":
         return "all budgets met"
     return f"budgets met: {', '.join(met) or 'none'}{tail}"

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hiap.atomic import write_bytes_atomic
 from hiap.errors import HiapError
 from runtime.ort_runner import default_runner
 
@@ -38,9 +39,7 @@ def torch2onnx(
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
+    write_bytes_atomic(path, proto.SerializeToString())
 
 
 def _export(model: torch.nn.Module, x: torch.Tensor, buf: io.BytesIO, opset: int, dynamic_batch: bool) -> None:
@@ -68,9 +67,7 @@ def simplify_onnx(path: Path) -> tuple[int, int]:
         raise HiapError(f"onnxsim could not validate its simplification of '{path}': rerun with --no-simplify.")
     del simplified.metadata_props[:]
     simplified.metadata_props.extend(model.metadata_props)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(simplified, str(tmp))
-    tmp.replace(path)
+    write_bytes_atomic(path, simplified.SerializeToString())
     return before, len(simplified.graph.node)
 
 

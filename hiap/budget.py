@@ -1,9 +1,9 @@
-"""Compute budget: parsing --target-macs, the floor-implied minimum, and the controller that steers to it."""
+"""Compute budget: the floor-implied minimum, the schedule check, and the controller that steers to the target
+(the target itself is parsed with the rest of the config, hiap.config.parse_target)."""
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from hiap.cost import Geometry
@@ -11,38 +11,13 @@ from hiap.errors import HiapError
 from hiap.gated import Floors
 
 
-@dataclass(frozen=True)
-class Target:
-    """A MAC target given as a fraction of dense or as an absolute count."""
-
-    text: str
-    fraction: float | None = None
-    macs: int | None = None
-
-    def resolve(self, dense_macs: int) -> int:
-        return round(self.fraction * dense_macs) if self.fraction is not None else int(self.macs)
-
-
-def parse_target(text: str) -> Target:
-    """'0.5' -> half of dense; '3.1G', '450M', '2e9' -> absolute MACs."""
-    t = str(text).strip()
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([GgMmKk]?)", t)
-    if not m:
-        raise HiapError(f"--target-macs '{text}' is not a fraction (0.5) or an absolute count (3.1G, 450M).")
-    value, unit = float(m.group(1)), m.group(2).upper()
-    if unit:
-        return Target(text=t, macs=round(value * {"G": 1e9, "M": 1e6, "K": 1e3}[unit]))
-    if 0.0 < value <= 1.0:
-        return Target(text=t, fraction=value)
-    if value > 1000:
-        return Target(text=t, macs=round(value))
-    raise HiapError(f"--target-macs '{text}' is ambiguous: give a fraction in (0, 1] or a count with a unit (3.1G).")
-
-
-def min_reachable_macs(geom: Geometry, floors: Floors) -> int:
-    """The cheapest network the floors allow: every FFN removed, k_min heads with their minimum value dims."""
+def min_reachable_macs(geom: Geometry, floors: Floors, ffn_blocks_removable: bool = True) -> int:
+    """The cheapest network the floors allow: k_min heads with their minimum value dims, and every FFN removed (or,
+    when FFN blocks cannot be removed, each at its minimum neurons)."""
     heads = floors.heads(geom.num_heads)
     per_block = heads * geom.head_unit_macs + heads * floors.value_dims(geom.head_dim) * geom.value_unit_macs
+    if not ffn_blocks_removable:
+        per_block += floors.neurons(geom.hidden) * geom.neuron_unit_macs
     return geom.fixed_macs + geom.depth * per_block
 
 
@@ -51,8 +26,8 @@ def format_macs(macs: float) -> str:
     return f"{macs / 1e9:.3f} GMACs" if macs >= 1e8 else f"{macs / 1e6:.2f} MMACs"
 
 
-def check_target(geom: Geometry, floors: Floors, target_macs: int) -> None:
-    dense, low = geom.dense_macs, min_reachable_macs(geom, floors)
+def check_target(geom: Geometry, floors: Floors, target_macs: int, ffn_blocks_removable: bool = True) -> None:
+    dense, low = geom.dense_macs, min_reachable_macs(geom, floors, ffn_blocks_removable)
     if target_macs > dense:
         raise HiapError(
             f"Target {format_macs(target_macs)} exceeds the dense model ({format_macs(dense)}): "
@@ -62,7 +37,8 @@ def check_target(geom: Geometry, floors: Floors, target_macs: int) -> None:
         raise HiapError(
             f"Target {format_macs(target_macs)} ({target_macs / dense:.1%} of dense) is below the smallest "
             f"network the floors allow: {format_macs(low)} ({low / dense:.1%}). Raise --target-macs to at least "
-            f"{low / dense:.3f} or lower k_min / min_value_frac / min_neuron_frac."
+            f"{low / dense:.3f} or lower k_min / min_value_frac / min_neuron_frac"
+            + ("." if ffn_blocks_removable else " (or let FFN blocks be removed: ffn_block_gates: true).")
         )
 
 

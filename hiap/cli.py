@@ -14,7 +14,7 @@ import typer
 from hiap.errors import HiapError
 
 if TYPE_CHECKING:
-    from devices.bench import BenchTarget
+    from devices.bench import BenchReport, BenchTarget
     from devices.host import Host
     from devices.profile import DeviceProfile
 
@@ -167,7 +167,8 @@ def pipeline(
     from rich.console import Console
 
     from devices.bench import BenchOptions, run_bench
-    from export.pipeline import export_source, source_from_run
+    from export.artifact import export_source
+    from export.source import source_from_run
     from hiap.atomic import write_json_atomic
     from hiap.config import resolve_config
     from hiap.progress import summary_table
@@ -201,11 +202,11 @@ def pipeline(
     opts = BenchOptions(data=cfg.data, compare=run / "export-dense" / "model.onnx", budget_ms=budget_ms,
                         max_acc_drop=max_acc_drop)  # fmt: skip
     report = run_bench(run / "export" / "model.onnx", target, opts)
-    write_json_atomic(run / "bench.json", report)
+    write_json_atomic(run / "bench.json", report.to_dict())
     print_bench(report)
     console.print(f"run, exports and bench.json in {run}")
-    if report["exit_code"]:
-        raise typer.Exit(report["exit_code"])
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
 
 
 @app.command()
@@ -289,7 +290,8 @@ def export(
     target: str = typer.Option(None, help="Device profile to check the ONNX against (opset, operators, attention)."),
 ) -> None:
     """Freeze the gates into plan.json and write the compact model.onnx, golden.npz and export_report.json."""
-    from export.pipeline import export_source, source_from_plan, source_from_run
+    from export.artifact import export_source
+    from export.source import source_from_plan, source_from_run
 
     if format not in ("onnx", "engine"):
         raise HiapError(f"--format {format}: choose onnx or engine.")
@@ -328,7 +330,8 @@ def _export_engine(out_dir: Path, report: dict[str, Any], profile: DeviceProfile
     """Build model.engine here when TensorRT is installed; otherwise say how to build it on the device."""
     from devices.bench import engine_build_settings, engine_key, timing_cache_for
     from export.device_check import layernorm_node_names
-    from runtime.trt_runner import NOT_VALIDATED, build_engine, import_tensorrt, trtexec_command
+    from runtime.trt_build import build_engine, trtexec_command
+    from runtime.trt_env import NOT_VALIDATED, import_tensorrt
 
     onnx_path, engine_path = out_dir / "model.onnx", out_dir / "model.engine"
     build = engine_build_settings(profile)
@@ -413,14 +416,14 @@ def bench(
     if json_out is not None:
         from hiap.atomic import write_json_atomic
 
-        write_json_atomic(json_out, report)
+        write_json_atomic(json_out, report.to_dict())
     print_bench(report)
-    if report["verdict"] == "failed":
-        parts = [f"{b['budget']} {_fmt(b['value'])} vs limit {_fmt(b['limit'])} (over by {_fmt(abs(b['margin']))})"
-                 for b in report["budgets"] if b["passed"] is False]  # fmt: skip
+    if report.verdict == "failed":
+        parts = [f"{b.name} {_fmt(b.value)} vs limit {_fmt(b.limit)} (over by {_fmt(abs(b.margin or 0.0))})"
+                 for b in report.budgets if b.passed is False]  # fmt: skip
         typer.echo("budget failed: " + "; ".join(parts), err=True)
-    if report["exit_code"]:
-        raise typer.Exit(report["exit_code"])
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
 
 
 def _bench_target(device: str | None) -> BenchTarget:
@@ -451,56 +454,52 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def print_bench(report: dict[str, Any]) -> None:
+def print_bench(report: BenchReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from devices.bench import verdict_line
 
-    lat, acc = report["latency"], report["accuracy"]
-    env = report["environment"]["runner"]
-    title = f"hiap bench on {report['device']}: {report['artifact']}"
+    env = report.environment["runner"]
+    title = f"hiap bench on {report.device}: {report.artifact}"
     table = Table(title=title)
     for col in ("model", "format", "size MB", "top-1 %", "p50 ms", "p99 ms", "FPS"):
         table.add_column(col, justify="right")
-    rows = [("pruned" if "dense" in lat else "model", "model", report["size_mb"])]
-    if "dense" in lat:
-        rows.append(("dense", "dense", report["compare"]["dense_size_mb"]))
-    for label, key, size in rows:
-        top1 = acc.get(key, {}).get("top1")
-        top1_text = "-" if top1 is None else f"{top1:.2f}"
-        table.add_row(label, report["format"], f"{size:.2f}", top1_text, f"{lat[key]['p50']:.3f}",
-                      f"{lat[key]['p99']:.3f}", f"{lat[key]['throughput_fps']:.1f}")  # fmt: skip
+    dense = report.compare
+    rows = [("pruned" if dense is not None else "model", report.size_mb, report.latency, report.accuracy.model)]
+    if dense is not None:
+        rows.append(("dense", dense.size_mb, dense.latency, report.accuracy.dense))
+    for label, size, lat, acc in rows:
+        top1_text = "-" if acc is None else f"{acc.top1:.2f}"
+        table.add_row(label, report.format, f"{size:.2f}", top1_text, f"{lat.p50:.3f}", f"{lat.p99:.3f}",
+                      f"{lat.throughput_fps:.1f}")  # fmt: skip
     budgets = Table(title="budgets")
     for col in ("budget", "limit", "measured", "result"):
         budgets.add_column(col, justify="right")
-    for b in report["budgets"]:
-        if b["passed"] is None:
-            verdict = "not measured"  # why: in the verdict line below (the reasons are too long for a cell)
-        else:
-            verdict = f"{'passed' if b['passed'] else 'FAILED'} by {_fmt(abs(b['margin']))}"
-        budgets.add_row(b["budget"], _fmt(b["limit"]), _fmt(b["value"]), verdict)
-    notes = [f"{env['runtime']} {env['version']}, batch {report['batch']}, "
+    for b in report.budgets:
+        # Why a budget was not measured is in the verdict line below (the reasons are too long for a cell).
+        verdict = "not measured" if b.margin is None else f"{'passed' if b else 'FAILED'} by {_fmt(abs(b.margin))}"
+        budgets.add_row(b.name, _fmt(b.limit), _fmt(b.value), verdict)
+    notes = [f"{env['runtime']} {env['version']}, batch {report.batch}, "
              f"{env.get('intra_op_threads', '-')} threads, {env.get('precision')}"]  # fmt: skip
-    if "compare" in report:
-        c = report["compare"]
-        notes.append(f"speedup p50 {c['speedup_p50']:.2f}x for {_fmt(c['mac_ratio'])}x fewer MACs "
-                     f"(realisation {_fmt(c['realisation'])})")  # fmt: skip
-    if report["fidelity"]:
-        f = report["fidelity"]
-        notes.append(f"fidelity vs golden ({f['images']} images): max abs {f['max_abs_diff']:.2e}, "
-                     f"top-1 agreement {f['top1_agreement']:.0%}")  # fmt: skip
-    if report.get("label"):
-        notes.append(report["label"])
-    notes += [f"protocol: {w}" for w in report.get("protocol_warnings", [])]
-    if report.get("note"):
-        notes.append(report["note"])
+    if dense is not None:
+        notes.append(f"speedup p50 {dense.speedup_p50:.2f}x for {_fmt(dense.mac_ratio)}x fewer MACs "
+                     f"(realisation {_fmt(dense.realisation)})")  # fmt: skip
+    if report.fidelity is not None:  # not truthiness: a fidelity that failed is falsy but measured
+        f = report.fidelity.comparison
+        notes.append(f"fidelity vs golden ({report.fidelity.images} images): max abs {f.max_abs_diff:.2e}, "
+                     f"top-1 agreement {f.top1_agreement:.0%}")  # fmt: skip
+    if report.label:
+        notes.append(report.label)
+    notes += [f"protocol: {w}" for w in report.protocol_warnings]
+    if report.note:
+        notes.append(report.note)
     table.caption = "\n".join(notes)
     console = Console()
     console.print(table)
     console.print(budgets)
     # One unwrapped line without markup (reasons hold paths and lists), so CI logs can grep it.
-    style = {"met": None, "failed": "bold red", "not measured": "bold yellow"}[report["verdict"]]
+    style = {"met": None, "failed": "bold red", "not measured": "bold yellow"}[report.verdict]
     console.print(verdict_line(report), style=style, soft_wrap=True, markup=False, highlight=False)
 
 

@@ -14,6 +14,34 @@ from hiap.atomic import write_text_atomic
 from hiap.errors import HiapError, did_you_mean
 
 
+@dataclass(frozen=True)
+class Target:
+    """A MAC target given as a fraction of dense or as an absolute count."""
+
+    text: str
+    fraction: float | None = None
+    macs: int | None = None
+
+    def resolve(self, dense_macs: int) -> int:
+        return round(self.fraction * dense_macs) if self.fraction is not None else int(self.macs)
+
+
+def parse_target(text: str) -> Target:
+    """'0.5' -> half of dense; '3.1G', '450M', '2e9' -> absolute MACs."""
+    t = str(text).strip()
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([GgMmKk]?)", t)
+    if not m:
+        raise HiapError(f"--target-macs '{text}' is not a fraction (0.5) or an absolute count (3.1G, 450M).")
+    value, unit = float(m.group(1)), m.group(2).upper()
+    if unit:
+        return Target(text=t, macs=round(value * {"G": 1e9, "M": 1e6, "K": 1e3}[unit]))
+    if 0.0 < value <= 1.0:
+        return Target(text=t, fraction=value)
+    if value > 1000:
+        return Target(text=t, macs=round(value))
+    raise HiapError(f"--target-macs '{text}' is ambiguous: give a fraction in (0, 1] or a count with a unit (3.1G).")
+
+
 @dataclass
 class TrainConfig:
     """Everything `hiap train` needs; written resolved as config.yaml beside every run."""
@@ -63,6 +91,8 @@ class TrainConfig:
     # Micro-gate logits start at gate_init + gate_init_importance * (their unit's standardised log l1-magnitude in
     # its block, clipped to +-2); 0: every gate starts alike (GatedViT.init_from_importance).
     gate_init_importance: float = 0.0
+    # False: FFN blocks are only narrowed, never removed (their gates are fixed open and not sampled).
+    ffn_block_gates: bool = True
     k_min: int = 1  # heads kept per block at least
     min_value_frac: float = 0.25  # value dims kept per kept head at least
     min_neuron_frac: float = 0.1  # neurons kept per kept FFN at least
@@ -84,6 +114,8 @@ class TrainConfig:
                 raise HiapError(f"Config '{key}' must be > 0, got {getattr(self, key)}.")
         if not 0.0 < self.search_fraction <= 1.0:
             raise HiapError(f"Config 'search_fraction' must lie in (0, 1], got {self.search_fraction}.")
+        if not self.dense:
+            self.target()  # a malformed --target-macs is refused before any model or data is loaded
         if self.target_tolerance < 0:
             raise HiapError(f"Config 'target_tolerance' must be >= 0, got {self.target_tolerance}.")
         for key in ("min_value_frac", "min_neuron_frac", "kd_alpha", "label_smoothing", "drop_path", "min_lr_ratio"):
@@ -117,6 +149,10 @@ class TrainConfig:
         check_model_kwargs(self.model_kwargs)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise HiapError(f"Config 'device' must be auto, cpu, cuda or cuda:N, got '{self.device}'.")
+
+    def target(self) -> Target:
+        """The MAC target of a budgeted run, parsed from target_macs."""
+        return parse_target(self.target_macs)
 
     def to_dict(self) -> dict[str, Any]:
         # Lists, not tuples: the same value after a round trip through YAML or the checkpoint's JSON.

@@ -18,16 +18,16 @@ from torch import nn
 from hiap import __version__, faults
 from hiap import distributed as dd
 from hiap.atomic import write_json_atomic, write_text_atomic
-from hiap.budget import BudgetController, check_schedule, check_target, parse_target
 from hiap.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from hiap.config import TrainConfig, write_yaml
 from hiap.cost import Structure, structure_params
 from hiap.data import Augment, Dataset, create_data
 from hiap.errors import HiapError
-from hiap.gated import Floors, GatedViT, describe_vit
+from hiap.gated import GatedViT, describe_vit
 from hiap.gates import TemperatureSchedule
-from hiap.loss import feasibility_loss, mac_penalty, polarization_loss, task_loss
+from hiap.loss import task_loss
 from hiap.models import create_model, data_config, load_pretrained
+from hiap.search import GateSearch, PlainRun
 
 # Config keys that may differ when a run is resumed (they do not change what is computed).
 RESUMABLE_CHANGES = {"device", "workers", "amp", "on_nonfinite"}
@@ -117,37 +117,44 @@ def all_finite(tensors: list[torch.Tensor], device: torch.device) -> torch.Tenso
     return torch.stack(torch._foreach_norm(tensors, math.inf)).isfinite().all()
 
 
-def gate_histogram(gates: nn.Module, bins: int = 10) -> dict[str, list[int]]:
-    """Counts of keep probabilities sigmoid(logit) in `bins` equal bins of [0, 1], per gate kind (for hiap report:
-    how the gates polarise towards 0 and 1 as the temperature falls)."""
-    out = {}
-    with torch.no_grad():
-        for kind, logits in gates.as_dict().items():
-            p = torch.sigmoid(logits.detach().float().flatten().cpu())
-            out[kind] = torch.histc(p, bins=bins, min=0.0, max=1.0).long().tolist()
-    return out
-
-
-def param_groups(model: nn.Module, gates: nn.Module | None, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: decayed weights, non-decayed 1-D params and tokens, and gate logits (own lr, no decay)."""
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups of the weights: decayed matrices, and non-decayed 1-D params and tokens."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or name in skip else decay).append(p)
-    groups = [
+    return [
         {"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
         {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0, "base_lr": cfg.lr},
     ]
-    if gates is not None:
-        # Gate logits keep a constant lr (the controller must still move them at the end), except that macro
-        # gates (heads, FFN blocks) are frozen once the budget ramp is over: see BudgetController.
-        macro = [gates.head, gates.ffn]
-        micro = [gates.value, gates.neuron]
-        groups.append({"params": macro, "lr": cfg.gate_lr, "weight_decay": 0.0, "base_lr": None, "gates": "macro"})
-        groups.append({"params": micro, "lr": cfg.gate_lr, "weight_decay": 0.0, "base_lr": None, "gates": "micro"})
-    return groups
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The step counts of a run, fixed by the config and the number of training images."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    search_steps: int  # the gates learn over these first steps; the rest trains the fixed structure's weights
+    trace_every: int
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, num_train: int) -> Schedule:
+        used = min(cfg.train_images, num_train) if cfg.train_images > 0 else num_train
+        per_epoch = used // cfg.batch_size
+        if per_epoch == 0:
+            raise HiapError(f"Batch size {cfg.batch_size} exceeds the {num_train} training images.")
+        total = cfg.epochs * per_epoch
+        return cls(
+            steps_per_epoch=per_epoch,
+            total_steps=total,
+            warmup_steps=int(cfg.warmup_epochs * per_epoch),
+            search_steps=max(1, round(cfg.search_fraction * total)),
+            trace_every=max(1, per_epoch // 20),
+        )
 
 
 class Trainer:
@@ -164,7 +171,6 @@ class Trainer:
         self.paths = RunPaths(self._agree_on_run_dir(cfg, resume))
         self.notes: list[str] = []
         self.skipped_steps = 0
-        self.trace: list[list[float]] = []  # [step, tau, expected, hard, reference] (fractions of dense)
 
     def _agree_on_run_dir(self, cfg: TrainConfig, resume: bool) -> Path:
         """Rank 0 picks the run directory (a default name may get a -2 suffix); every rank uses that one, and if
@@ -223,10 +229,33 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
+        target = None if cfg.dense else cfg.target()  # a malformed target fails before anything is loaded
         self.ckpt = self._load_resume()
         torch.manual_seed(cfg.seed)
         if cfg.batch_size % self.dist.world:
             raise HiapError(f"Batch size {cfg.batch_size} must divide evenly over {self.dist.world} processes.")
+        self._build_model_and_data()
+        self.schedule = Schedule.of(cfg, self.data.num_train)
+        self.tau = TemperatureSchedule(cfg.tau_start, cfg.tau_end, self.schedule.search_steps)
+        self.search: PlainRun | GateSearch = (
+            PlainRun(self.vit, self.geometry)
+            if target is None
+            else GateSearch(self.vit, self.geometry, cfg, target, self.schedule, self.device)
+        )
+        self.teacher = copy.deepcopy(self.vit).eval().requires_grad_(False) if cfg.kd and not cfg.dense else None
+        groups = param_groups(self.vit, cfg) + self.search.gate_groups(cfg.gate_lr)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.start_epoch, self.step = 0, 0
+        self.dense_val_acc: float | None = None
+        self.last_val_acc: float | None = None
+        if self.ckpt is not None:
+            self._restore(self.ckpt)
+        self.forward_model = self._wrap_for_ddp(self.search.core)
+
+    def _build_model_and_data(self) -> None:
+        """The model (rebuilt for the data's class count), its data pipeline, geometry and starting weights."""
+        cfg = self.cfg
         vit = create_model(cfg.model, drop_path_rate=cfg.drop_path, model_kwargs=cfg.model_kwargs)
         self.data_cfg = data_config(vit)
         augment = Augment(cfg.crop_pad, tuple(cfg.scale), tuple(cfg.ratio), cfg.hflip, cfg.color_jitter,
@@ -243,69 +272,39 @@ class Trainer:
         # A classifier that starts fresh makes the dense start chance-level: not a reference for accuracy drops.
         self.dense_reference_valid = not any("starts fresh" in n for n in notes)
         self.vit = vit.to(self.device)
-        self.dense_macs = self.geometry.dense_macs
-        self.dense_params = self.geometry.dense_params
-        floors = Floors(cfg.k_min, cfg.min_value_frac, cfg.min_neuron_frac)
-        if cfg.dense:
-            self.gated = None
-            self.target_macs = self.dense_macs
-        else:
-            self.target_macs = parse_target(cfg.target_macs).resolve(self.dense_macs)
-            check_target(self.geometry, floors, self.target_macs)
-            self.gated = GatedViT(self.vit, floors=floors, gate_init=cfg.gate_init).to(self.device)
-            if cfg.gate_init_importance:  # a resumed run then loads its own logits over these
-                self.gated.init_from_importance(cfg.gate_init_importance)
-        self.teacher = None
-        if cfg.kd and not cfg.dense:
-            self.teacher = copy.deepcopy(self.vit).eval().requires_grad_(False)
-        used = min(cfg.train_images, self.data.num_train) if cfg.train_images > 0 else self.data.num_train
-        self.steps_per_epoch = used // cfg.batch_size
-        if self.steps_per_epoch == 0:
-            raise HiapError(f"Batch size {cfg.batch_size} exceeds the {self.data.num_train} training images.")
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.trace_every = max(1, self.steps_per_epoch // 20)
-        self.warmup_steps = int(cfg.warmup_epochs * self.steps_per_epoch)
-        # The gates learn over the first search_steps; every schedule of the search (temperature, budget ramp,
-        # freezes) runs over those steps, and the rest of the run trains the weights of the fixed structure.
-        self.search_steps = max(1, round(cfg.search_fraction * self.total_steps))
-        self.final_masks: Any = None  # the exported structure's masks once the search has ended
-        self.tau = TemperatureSchedule(cfg.tau_start, cfg.tau_end, self.search_steps)
-        self.controller = BudgetController(self.target_macs / self.dense_macs, gain=cfg.controller_gain)
-        if self.gated is not None:
-            ramp = self.controller.ramp * self.search_steps / self.total_steps
-            check_schedule(self.total_steps, self.steps_per_epoch, cfg.gate_init, cfg.gate_lr, ramp)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.vit, self.gated.gates if self.gated else None, cfg), lr=cfg.lr
-        )
-        self.amp = cfg.amp and self.device.type == "cuda"
-        self.start_epoch, self.step = 0, 0
-        self.dense_val_acc: float | None = None
-        if self.ckpt is not None:
-            self._restore(self.ckpt)
-        # What the training forward calls: the model itself, or its DistributedDataParallel wrapper under
-        # torchrun (gradients of weights and gate logits are averaged, so every rank keeps the same gates).
-        core: nn.Module = self.gated if self.gated is not None else self.vit
-        self.forward_model: nn.Module = core
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
 
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward_model = DistributedDataParallel(core, device_ids=ids)
-        # Hard MACs of the current gates, refreshed after every optimizer step (computed once per step).
-        self.hard_fraction = self.gated.hard_macs() / self.dense_macs if self.gated is not None else 1.0
-        self.last_val_acc: float | None = None
+    def _wrap_for_ddp(self, core: nn.Module) -> nn.Module:
+        """What the training forward calls: the model itself, or its DistributedDataParallel wrapper under
+        torchrun (gradients of weights and gate logits are averaged, so every rank keeps the same gates)."""
+        if not self.dist.enabled:
+            return core
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(core, device_ids=ids)
+
+    @property
+    def gated(self) -> GatedViT | None:
+        """The gated model of a budgeted run (None for a dense run)."""
+        return self.search.gated
+
+    @property
+    def dense_macs(self) -> int:
+        return self.geometry.dense_macs
+
+    @property
+    def target_macs(self) -> int:
+        return self.search.target_macs
 
     def _restore(self, ckpt: Checkpoint) -> None:
         self.vit.load_state_dict(ckpt.model)
-        if self.gated is not None:
-            self.gated.gates.load_state_dict(ckpt.gates)
+        st = ckpt.state
+        self.search.load_state(st["controller"], ckpt.gates)
         if ckpt.optimizer is not None:
             self.optimizer.load_state_dict(ckpt.optimizer)
         if "torch" in ckpt.rng:
             torch.set_rng_state(ckpt.rng["torch"])
-        st = ckpt.state
         self.start_epoch, self.step = int(st["epoch"]), int(st["step"])
-        self.controller.load_state(st["controller"])
         self.dense_val_acc = st.get("dense_val_acc")
         self.skipped_steps = int(st.get("skipped_steps", 0))
         self._on_main("Trimming metrics.jsonl", self._trim_metrics)
@@ -327,94 +326,63 @@ class Trainer:
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
 
-    def _progress(self, step: int) -> float:
-        """How far the structure search is at `step` (0..1): the clock of the controller's phases."""
-        return min(step / self.search_steps, 1.0)
-
-    def _searching(self) -> bool:
-        return self.gated is not None and self.step < self.search_steps
-
     def _set_lr(self) -> None:
-        f = lr_factor(self.step, self.total_steps, self.warmup_steps, self.cfg.min_lr_ratio)
-        searching = self._searching()
-        macro_frozen = not searching or self.controller.macro_frozen(self._progress(self.step), self.hard_fraction)
+        f = lr_factor(self.step, self.schedule.total_steps, self.schedule.warmup_steps, self.cfg.min_lr_ratio)
         for g in self.optimizer.param_groups:
             if g.get("base_lr") is not None:
                 g["lr"] = g["base_lr"] * f
-            elif g.get("gates") == "macro":
-                g["lr"] = 0.0 if macro_frozen else self.cfg.gate_lr
-            elif g.get("gates") == "micro":
-                micro = self.controller.micro_lr_factor(self._progress(self.step)) if searching else 0.0
-                g["lr"] = self.cfg.gate_lr * micro
+        self.search.set_gate_lr(self.optimizer.param_groups, self.step)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        cfg = self.cfg
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         self._set_lr()
         tau = self.tau(self.step)
-        # The logged scalars stay tensors until one read-back at the end of the step: on a GPU each float() is a
-        # synchronisation that leaves the device idle while the host queues the next kernels (measured on an H100:
-        # gated steps took 1.43x plain wall time at 1.04x its kernel time with ten of them).
-        stats: dict[str, torch.Tensor] = {}
-        with self._autocast():
-            if self.gated is None:
-                logits, teacher_logits = self.forward_model(x), None
-            else:
-                if self._searching():
-                    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)  # noise keyed by step
-                    masks = self.gated.sample_masks(tau, gen, hard=cfg.gate_mode == "hard")
-                else:  # the search is over: train exactly the network that will be exported
-                    if self.final_masks is None:
-                        self.final_masks = self.gated.hard_masks()
-                    masks = self.final_masks
-                logits = self.forward_model(x, masks)
-                teacher_logits = None
-                if self.teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = self.teacher(x)
-        loss, task_parts = task_loss(logits, y, cfg.label_smoothing, teacher_logits, cfg.kd_alpha, cfg.kd_temperature)
-        stats.update(task_parts)
-        if self._searching():
-            cost = self.gated.expected_cost()
-            penalty, pen_parts = mac_penalty(
-                cost, self.dense_macs, cfg.lambda_macro, cfg.lambda_micro, self.controller.scale
-            )
-            feas = feasibility_loss(self.gated)
-            polar_weight = cfg.polarization * self.controller.hard_weight(self._progress(self.step))
-            polar = polarization_loss(self.gated)
-            loss = loss + penalty + feas + polar_weight * polar
-            stats.update(pen_parts, polarization=polar.detach(), feasibility=feas.detach())
+        loss, stats = self._loss(x, y, tau)
         self.optimizer.zero_grad(set_to_none=True)
-        # Backward before the finiteness check, so one read-back decides for loss and gradients; under DDP every
-        # rank then joins the same gradient all-reduce whatever its own loss was (a non-finite loss on one rank
-        # makes every rank's averaged gradients non-finite, and all skip or stop together).
         loss.backward()
+        cause = self._nonfinite_cause(loss)
+        if cause is not None:
+            return self._nonfinite(cause, tau)
+        self.optimizer.step()
+        stats["loss"] = loss.detach()
+        stats.update(self.search.measured())
+        # The logged scalars stay tensors until this one read-back: on a GPU each float() is a synchronisation
+        # that leaves the device idle while the host queues the next kernels (measured on an H100: gated steps
+        # took 1.43x plain wall time at 1.04x its kernel time with ten of them).
+        values = torch.stack([v.detach().reshape(()).double() for v in stats.values()]).tolist()
+        parts = {"tau": tau, **dict(zip(stats, values, strict=True))}
+        self.search.observe(parts, self.step, tau)
+        self.step += 1
+        return parts
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Task loss (with KD from the frozen dense start) plus the search's penalty terms, and their parts."""
+        cfg = self.cfg
+        with self._autocast():
+            logits = self.forward_model(x, *self.search.train_masks(self.step, tau))
+            teacher_logits = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(x)
+        loss, stats = task_loss(logits, y, cfg.label_smoothing, teacher_logits, cfg.kd_alpha, cfg.kd_temperature)
+        terms, parts = self.search.penalty(self.step)
+        for term in terms:
+            loss = loss + term
+        stats.update(parts)
+        return loss, stats
+
+    def _nonfinite_cause(self, loss: torch.Tensor) -> str | None:
+        """'loss' or 'gradient' when either is non-finite on any rank, else None. Checked after backward, so one
+        read-back decides for both; under DDP every rank has joined the same gradient all-reduce whatever its own
+        loss was (a non-finite loss on one rank makes every rank's averaged gradients non-finite, and all skip or
+        stop together)."""
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         flags = torch.stack([loss.detach().isfinite(), all_finite(grads, loss.device)])
         loss_ok, grads_ok = (bool(v) for v in flags.tolist())
-        if not dd.all_ranks_true(self.dist, loss_ok and grads_ok, self.device):
-            # Every rank is in this branch, so one more collective to name the cause is safe.
-            return self._nonfinite("gradient" if dd.all_ranks_true(self.dist, loss_ok, self.device) else "loss", tau)
-        self.optimizer.step()
-        stats["loss"] = loss.detach()
-        if self.gated is not None:
-            with torch.no_grad():
-                stats["expected_macs"] = self.gated.expected_cost().total
-                stats["hard_macs"] = self.gated.hard_cost()
-        values = torch.stack([v.detach().reshape(()).double() for v in stats.values()]).tolist()
-        parts = {"tau": tau, **dict(zip(stats, values, strict=True))}
-        if self.gated is not None:
-            parts["penalty_scale"] = self.controller.scale  # the scale this step's penalty used
-            expected = parts.pop("expected_macs") / self.dense_macs
-            hard = self.hard_fraction = round(parts.pop("hard_macs")) / self.dense_macs  # also read by _set_lr
-            if self._searching():
-                self.controller.update(expected, hard, self._progress(self.step + 1))
-            parts.update(expected_frac=expected, hard_frac=hard)
-            if self.step % self.trace_every == 0:  # a few points per epoch for hiap report's curves
-                ref = self.controller.reference(self._progress(self.step + 1))
-                self.trace.append([self.step, round(tau, 5), expected, hard, ref])
-        self.step += 1
-        return parts
+        if dd.all_ranks_true(self.dist, loss_ok and grads_ok, self.device):
+            return None
+        # Every rank is here, so one more collective to name the cause is safe.
+        return "gradient" if dd.all_ranks_true(self.dist, loss_ok, self.device) else "loss"
 
     def _nonfinite(self, what: str, tau: float) -> dict[str, float]:
         """Stop with the step and the last good checkpoint named, or (on_nonfinite: skip) drop the step."""
@@ -426,25 +394,23 @@ class Trainer:
         last = self.paths.checkpoint
         where = f"'{last}' (resume with --resume)" if last.exists() else "none yet (no epoch has completed)"
         raise HiapError(
-            f"Non-finite {what} at step {self.step} (epoch {self.step // self.steps_per_epoch + 1}); the last good "
-            f"checkpoint is {where}. Lower --lr or --gate-lr, or set on_nonfinite: skip to drop such batches."
+            f"Non-finite {what} at step {self.step} (epoch {self.step // self.schedule.steps_per_epoch + 1}); the last "
+            f"good checkpoint is {where}. Lower --lr or --gate-lr, or set on_nonfinite: skip to drop such batches."
         )
 
     @torch.no_grad()
     def evaluate(self, open_gates: bool = False) -> tuple[float, float]:
         """Top-1 accuracy and loss on the validation split with hard gates (the exported network)."""
-        model: nn.Module = self.gated if self.gated is not None else self.vit
+        model = self.search.core
         model.eval()
         # Sums stay on the device (float64, so the result equals summing Python floats) until one read-back.
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # correct, total, loss
-        masks = None
-        if self.gated is not None:  # once per evaluation, not per batch
-            masks = self.gated.open_masks() if open_gates else self.gated.hard_masks()
+        masks = self.search.eval_masks(open_gates)  # once per evaluation, not per batch
         # Under torchrun each rank reads and validates every world-th batch; the sums are added across ranks.
         for x, y in self.data.val_batches(256, self.dist.rank, self.dist.world):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self._autocast():
-                logits = self.gated(x, masks) if self.gated is not None else self.vit(x)
+                logits = model(x, *masks)
             loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             sums[0] += (logits.argmax(-1) == y).sum()
             sums[1] += y.numel()
@@ -455,11 +421,11 @@ class Trainer:
 
     # --- outputs -----------------------------------------------------------------------------------------
     def _structure(self) -> Structure:
-        return self.gated.hard_structure() if self.gated is not None else self.geometry.dense_structure()
+        return self.search.structure()
 
     def _check_finite_weights(self, epoch: int) -> None:
         """Never write a poisoned checkpoint (weights are equal on every rank, so every rank decides alike)."""
-        tensors = [*self.vit.parameters(), *(self.gated.gates.parameters() if self.gated is not None else [])]
+        tensors = [*self.vit.parameters(), *self.search.gate_parameters()]
         if not bool(all_finite([t.detach() for t in tensors], self.device)):
             raise HiapError(
                 f"Weights or gates became non-finite in epoch {epoch}; not writing a poisoned checkpoint. The last "
@@ -470,7 +436,7 @@ class Trainer:
         state = {
             "epoch": epoch,
             "step": self.step,
-            "controller": self.controller.state(),
+            "controller": self.search.state(),
             "dense_val_acc": self.dense_val_acc,
             "val_acc": val_acc,
             "model": self.cfg.model,
@@ -480,15 +446,14 @@ class Trainer:
             "data_config": self.data_cfg,
             "dense_macs": self.dense_macs,
             "target_macs": self.target_macs,
-            "floors": vars(self.gated.floors) if self.gated is not None else None,
+            "floors": self.search.floors_state(),
             "weights_source": self.weights_source,
             "skipped_steps": self.skipped_steps,
             "dense_reference_valid": self.dense_reference_valid,
         }
-        gates = {k: v.detach() for k, v in self.gated.gates.as_dict().items()} if self.gated is not None else {}
         ckpt = Checkpoint(
             model=self.vit.state_dict(),
-            gates=gates,
+            gates=self.search.gate_tensors(),
             optimizer=self.optimizer.state_dict(),
             rng={"torch": torch.get_rng_state()},
             config=self.cfg.to_dict(),
@@ -515,10 +480,9 @@ class Trainer:
             "macro": means.get("macro"),
             "micro": means.get("micro"),
             "feasibility": means.get("feasibility"),
-            "penalty_scale": self.controller.scale if self.gated is not None else None,
-            "expected_gmacs": (float(self.gated.expected_cost().total.detach()) if self.gated else self.dense_macs)
-            / 1e9,
-            "hard_gmacs": (self.gated.hard_macs() if self.gated else self.dense_macs) / 1e9,
+            "penalty_scale": self.search.penalty_scale(),
+            "expected_gmacs": self.search.expected_macs() / 1e9,
+            "hard_gmacs": self.search.hard_macs() / 1e9,
             "target_gmacs": self.target_macs / 1e9,
             "val_acc": val[0],
             "val_loss": val[1],
@@ -526,9 +490,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
         }
         record.update(structure_summary(structure))
-        if self.gated is not None:
-            record["gate_histogram"] = gate_histogram(self.gated.gates)
-            record["trace"], self.trace = self.trace, []
+        record.update(self.search.epoch_fields())
         return record
 
     # --- the run -----------------------------------------------------------------------------------------
@@ -542,48 +504,55 @@ class Trainer:
         from hiap.progress import TrainProgress
 
         self.setup()
-        cfg, paths, main = self.cfg, self.paths, self.dist.is_main
         self._on_main("Preparing the run directory", self._prepare_run_dir)
         for note in self.notes:
             self.console.print(f"[yellow]note:[/] {note}")
         t_start = time.perf_counter()
         if self.dense_val_acc is None:
             self.dense_val_acc = self.evaluate(open_gates=True)[0]
-        self.vit.train()
-        if self.gated is not None:
-            self.gated.train()
-        with TrainProgress(self.console, self.total_steps, self.step, self.target_macs / self.dense_macs) as progress:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                t0 = time.perf_counter()
-                sums: dict[str, float] = {}
-                counts: dict[str, int] = {}
-                batches = self.data.train_batches(epoch, cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world)
-                for i, (x, y) in enumerate(batches):
-                    if i == self.steps_per_epoch:
-                        break
-                    parts = self._train_step(x, y)
-                    faults.point("step")
-                    for k, v in parts.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                        counts[k] = counts.get(k, 0) + 1
-                    progress.advance(epoch + 1, cfg.epochs, parts)
-                val = self.evaluate()
-                self.last_val_acc = val[0]
-                record = self._epoch_record(epoch + 1, sums, counts, val, time.perf_counter() - t0)
-                self._check_finite_weights(epoch + 1)
-                self._on_main("Writing metrics and checkpoint", self._write_epoch, record, epoch + 1, val[0])
-                progress.epoch_done(record)
+        self.search.core.train()
+        fraction = self.target_macs / self.dense_macs
+        with TrainProgress(self.console, self.schedule.total_steps, self.step, fraction) as progress:
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                self._train_epoch(epoch, progress)
         summary = self._summary(time.perf_counter() - t_start)
         if self.dist.enabled:
-            gates = list(self.gated.gates.parameters()) if self.gated is not None else list(self.vit.parameters())
-            spread = dd.max_spread(self.dist, gates)
-            summary["distributed"] = {"world_size": self.dist.world, "backend": torch.distributed.get_backend(),
-                                      "gate_max_abs_diff_across_ranks": spread}  # fmt: skip
-            if spread != 0.0:
-                raise HiapError(f"Ranks ended with different gates (max abs diff {spread:.3g}): report this as a bug.")
-        if main:
-            write_json_atomic(paths.summary, summary)
+            summary["distributed"] = self._ranks_agree()
+        if self.dist.is_main:
+            write_json_atomic(self.paths.summary, summary)
         return summary
+
+    def _train_epoch(self, epoch: int, progress: Any) -> None:
+        """One epoch of steps, then validation, the metrics line and the checkpoint."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        batches = self.data.train_batches(epoch, cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world)
+        for i, (x, y) in enumerate(batches):
+            if i == self.schedule.steps_per_epoch:
+                break
+            parts = self._train_step(x, y)
+            faults.point("step")
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+            progress.advance(epoch + 1, cfg.epochs, parts)
+        val = self.evaluate()
+        self.last_val_acc = val[0]
+        record = self._epoch_record(epoch + 1, sums, counts, val, time.perf_counter() - t0)
+        self._check_finite_weights(epoch + 1)
+        self._on_main("Writing metrics and checkpoint", self._write_epoch, record, epoch + 1, val[0])
+        progress.epoch_done(record)
+
+    def _ranks_agree(self) -> dict[str, Any]:
+        """Under torchrun every rank must end with the same gates (they decide the structure) to the bit; a dense
+        run compares its weights."""
+        spread = dd.max_spread(self.dist, self.search.gate_parameters() or list(self.vit.parameters()))
+        if spread != 0.0:
+            raise HiapError(f"Ranks ended with different gates (max abs diff {spread:.3g}): report this as a bug.")
+        return {"world_size": self.dist.world, "backend": torch.distributed.get_backend(),
+                "gate_max_abs_diff_across_ranks": spread}  # fmt: skip
 
     def _prepare_run_dir(self) -> None:
         paths = self.paths
@@ -607,7 +576,7 @@ class Trainer:
         structure = self._structure()
         # The last epoch already validated this exact network; a resumed run with nothing left evaluates once.
         val_acc = self.last_val_acc if self.last_val_acc is not None else self.evaluate()[0]
-        pruned_macs = self.gated.hard_macs() if self.gated is not None else self.dense_macs
+        pruned_macs = self.search.hard_macs()
         return {
             "hiap_version": __version__,
             "model": self.cfg.model,
@@ -623,7 +592,7 @@ class Trainer:
             "target_error": (pruned_macs - self.target_macs) / self.target_macs,
             # The promise: the exported network lands within target_tolerance of the target (the CLI exits 3 if not).
             "target_met": abs(pruned_macs - self.target_macs) <= self.cfg.target_tolerance * self.target_macs,
-            "dense_params": self.dense_params,
+            "dense_params": self.geometry.dense_params,
             "pruned_params": structure_params(self.geometry, structure),
             "val_acc": val_acc,
             "dense_val_acc": self.dense_val_acc,

@@ -1,4 +1,4 @@
-"""Harnesses that work with any runner: latency (warm-up, percentiles, spread), fidelity vs golden.npz, accuracy."""
+"""Harnesses for any runner: latency (warm-up, percentiles, spread), logit comparison, fidelity vs golden, accuracy."""
 
 from __future__ import annotations
 
@@ -116,16 +116,78 @@ def run_batched(runner: Runner, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32)
 
 
-def compare_logits(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
-    """Largest absolute difference and top-1 agreement of two logit arrays of one shape: the one parity measure,
-    used by the bench's fidelity check and by the exporter's checks alike."""
-    return {
-        "max_abs_diff": float(np.abs(out - ref).max()),
-        "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).mean()),
-    }
+# A zero reference value counts as this much when dividing by it, as Polygraphy's comparator does: the relative
+# difference there is large but finite, so one exact zero in the logits does not turn the figure into inf or NaN.
+REL_DIFF_EPS = 2e-16
 
 
-def fidelity(runner: Runner, golden: Path, batch: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Tolerance:
+    """What a logit comparison must hold to pass: no element further than `atol` from the reference, and at least
+    `min_top1_agreement` of the rows with the same top-1 class."""
+
+    atol: float
+    min_top1_agreement: float = 1.0
+
+
+@dataclass(frozen=True)
+class LogitComparison:
+    """One output's logits against the reference: absolute and relative differences over every element (relative to
+    the reference, as Polygraphy's comparator reports them), the fraction of rows whose top-1 class agrees, and the
+    tolerance it was judged against. Truthy when it held."""
+
+    max_abs_diff: float
+    mean_abs_diff: float
+    max_rel_diff: float
+    mean_rel_diff: float
+    top1_agreement: float
+    tolerance: Tolerance
+
+    def __bool__(self) -> bool:
+        return self.max_abs_diff <= self.tolerance.atol and self.top1_agreement >= self.tolerance.min_top1_agreement
+
+    def differences(self) -> dict[str, float]:
+        """The measured figures, without the tolerance (what reports record)."""
+        return {"max_abs_diff": self.max_abs_diff, "mean_abs_diff": self.mean_abs_diff,
+                "max_rel_diff": self.max_rel_diff, "mean_rel_diff": self.mean_rel_diff,
+                "top1_agreement": self.top1_agreement}  # fmt: skip
+
+
+def compare_logits(ref: np.ndarray, out: np.ndarray, tolerance: Tolerance) -> LogitComparison:
+    """Two logit arrays of one shape compared, and judged against `tolerance`: the one parity measure, used by the
+    bench's fidelity check and by the exporter's checks alike."""
+    abs_diff = np.abs(out - ref)  # in the arrays' own precision, so max_abs_diff is the figure reports always gave
+    rel_diff = abs_diff.astype(np.float64) / np.where(ref == 0, REL_DIFF_EPS, np.abs(ref.astype(np.float64)))
+    return LogitComparison(
+        max_abs_diff=float(abs_diff.max()),
+        mean_abs_diff=float(abs_diff.mean(dtype=np.float64)),
+        max_rel_diff=float(rel_diff.max()),
+        mean_rel_diff=float(rel_diff.mean()),
+        top1_agreement=float((out.argmax(-1) == ref.argmax(-1)).mean()),
+        tolerance=tolerance,
+    )
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """The model's logits on the golden inputs against the exporter's logits for them; truthy when they agree
+    within the tolerance."""
+
+    golden: Path
+    images: int
+    comparison: LogitComparison
+
+    def __bool__(self) -> bool:
+        return bool(self.comparison)
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.comparison
+        # The keys reports have always had first; the other differences follow.
+        return {"images": self.images, "max_abs_diff": c.max_abs_diff, "top1_agreement": c.top1_agreement,
+                "golden": str(self.golden)} | c.differences()  # fmt: skip
+
+
+def fidelity(runner: Runner, golden: Path, batch: int, tolerance: Tolerance) -> Fidelity:
     x, ref = load_golden(golden)
     expected = tuple(d for d in runner.inputs[0].shape[1:])
     if tuple(x.shape[1:]) != expected:
@@ -134,10 +196,21 @@ def fidelity(runner: Runner, golden: Path, batch: int) -> dict[str, Any]:
     out = run_batched(runner, x, batch)
     if out.shape != ref.shape:
         raise HiapError(f"Model outputs {list(out.shape)} but the golden logits are {list(ref.shape)}.")
-    return {"images": len(x)} | compare_logits(ref, out)
+    return Fidelity(golden, len(x), compare_logits(ref, out, tolerance))
 
 
-def accuracy(runner: Runner, batches: Iterator[tuple[np.ndarray, np.ndarray]], batch: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Accuracy:
+    """Top-1 accuracy in percent over `images` labelled images."""
+
+    images: int
+    top1: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def accuracy(runner: Runner, batches: Iterator[tuple[np.ndarray, np.ndarray]], batch: int) -> Accuracy:
     correct = total = 0
     for x, y in batches:
         pred = run_batched(runner, x, batch).argmax(-1)
@@ -145,4 +218,4 @@ def accuracy(runner: Runner, batches: Iterator[tuple[np.ndarray, np.ndarray]], b
         total += len(y)
     if total == 0:
         raise HiapError("The evaluation data yielded no images.")
-    return {"images": total, "top1": 100.0 * correct / total}
+    return Accuracy(total, 100.0 * correct / total)

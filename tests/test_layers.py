@@ -88,8 +88,8 @@ def test_the_static_check_catches_what_it_is_for(tmp_path: Path) -> None:
         "devices.bench": {"hiap.cli"},
     }
     assert len(layer_violations(bad)) == 7
-    good = {"hiap.cli": {"export.pipeline", "devices.bench"}, "devices.bench": {"runtime.harness", "hiap.errors"},
-            "export.pipeline": {"runtime.harness", "devices.profile", "hiap.models"}}  # fmt: skip
+    good = {"hiap.cli": {"export.artifact", "devices.bench"}, "devices.bench": {"runtime.harness", "hiap.errors"},
+            "export.artifact": {"runtime.harness", "devices.profile", "hiap.models"}}  # fmt: skip
     assert layer_violations(good) == []
     src = tmp_path / "pkg" / "mod.py"
     src.parent.mkdir()

@@ -177,7 +177,8 @@ def test_bench_and_export_build_engines_with_the_same_settings(
     pytest.importorskip("onnx")  # the export side reads the graph's LayerNormalization nodes (train extra)
     import types
 
-    import runtime.trt_runner
+    import runtime.trt_build
+    import runtime.trt_env
     from devices.bench import _engine_for
     from devices.profile import load_profile
     from hiap.cli import _export_engine
@@ -189,9 +190,9 @@ def test_bench_and_export_build_engines_with_the_same_settings(
         builds.append(kwargs | {"timing_cache": Path(kwargs["timing_cache"]).name})
         return {"tensorrt_version": "10.3.0", "gpu": "Test GPU", "precision": "fp16"}
 
-    monkeypatch.setattr(runtime.trt_runner, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
-    monkeypatch.setattr(runtime.trt_runner, "gpu_name", lambda: "Test GPU")
-    monkeypatch.setattr(runtime.trt_runner, "build_engine", fake_build)
+    monkeypatch.setattr(runtime.trt_env, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(runtime.trt_env, "gpu_name", lambda: "Test GPU")
+    monkeypatch.setattr(runtime.trt_build, "build_engine", fake_build)
     profile = load_profile("cuda-gpu")
     bench_dir, export_dir = tmp_path / "bench", tmp_path / "export"
     for folder in (bench_dir, export_dir):

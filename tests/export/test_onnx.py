@@ -184,8 +184,9 @@ def test_random_init_export_with_onnxsim_counts_zero_constants_it_drops(tmp_path
     own file must still hold exactly the plan's parameters, and the simplified one may only lose zeros."""
     import json
 
-    from export.pipeline import export_source, source_from_plan
+    from export.artifact import export_source
     from export.plan import make_plan
+    from export.source import source_from_plan
     from hiap.models import create_model, data_config
 
     vit = create_model("deit_tiny_patch16_224", num_classes=10)
@@ -209,8 +210,9 @@ def test_plan_only_exports_without_data_keep_working_and_say_why_there_is_no_gol
     import dataclasses
     import json
 
-    from export.pipeline import export_source, source_from_plan
+    from export.artifact import export_source
     from export.plan import make_plan
+    from export.source import source_from_plan
     from hiap.models import create_model, data_config
 
     vit = create_model("hiap_vit_fmnist_tiny", num_classes=10)

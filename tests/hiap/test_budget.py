@@ -1,7 +1,8 @@
 import pytest
 from vit_zoo import make_vit
 
-from hiap.budget import BudgetController, check_target, min_reachable_macs, parse_target
+from hiap.budget import BudgetController, check_target, min_reachable_macs
+from hiap.config import parse_target
 from hiap.errors import HiapError
 from hiap.gated import Floors, describe_vit
 
@@ -39,6 +40,16 @@ def test_min_reachable_is_k_min_heads_with_min_value_dims_and_no_ffn() -> None:
     floors = Floors(k_min=1, min_value_frac=0.25)
     expected = geom.fixed_macs + geom.depth * (geom.head_unit_macs + 4 * geom.value_unit_macs)
     assert min_reachable_macs(geom, floors) == expected
+
+
+def test_min_reachable_with_ffn_blocks_kept_counts_each_at_its_neuron_floor() -> None:
+    geom = describe_vit(make_vit("plain"))
+    floors = Floors(k_min=1, min_value_frac=0.25, min_neuron_frac=0.1)
+    neurons = -(-geom.hidden // 10)  # ceil(0.1 * hidden)
+    expected = min_reachable_macs(geom, floors) + geom.depth * neurons * geom.neuron_unit_macs
+    assert min_reachable_macs(geom, floors, ffn_blocks_removable=False) == expected
+    with pytest.raises(HiapError, match="ffn_block_gates: true"):
+        check_target(geom, floors, expected - 1, ffn_blocks_removable=False)
 
 
 def test_impossible_target_is_refused_with_the_smallest_reachable_value() -> None:

@@ -38,3 +38,16 @@ def test_bad_config_files_name_the_problem(tmp_path: Path, text: str, message: s
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(HiapError, match="does not exist"):
         resolve_config(tmp_path / "nope.yaml", {})
+
+
+def test_a_malformed_target_is_refused_with_the_config_before_any_data_is_read(tmp_path: Path) -> None:
+    """The target is parsed with the rest of the config: a bad one is named even when the data is missing too."""
+    from hiap.train import Trainer
+
+    f = tmp_path / "c.yaml"
+    f.write_text("target_macs: half\n")
+    with pytest.raises(HiapError, match="--target-macs 'half'"):
+        resolve_config(f, {})
+    cfg = TrainConfig(target_macs="half", data=str(tmp_path / "missing"), out=str(tmp_path / "run"))
+    with pytest.raises(HiapError, match="--target-macs 'half'"):
+        Trainer(cfg).run()

@@ -255,6 +255,18 @@ def test_budget_lands_within_one_percent_on_builtin_data(tmp_path: Path, target:
     assert summary["target_gmacs"] == pytest.approx(float(target) * summary["dense_gmacs"], rel=1e-6)
 
 
+def test_ffn_blocks_with_fixed_gates_are_narrowed_never_removed(tmp_path: Path) -> None:
+    """ffn_block_gates: false keeps every FFN block at an aggressive target that removes blocks by default."""
+    base = {"model": "hiap_vit_fmnist_tiny", "pretrained": "none", "epochs": 2, "batch_size": 64, "train_images": 512,
+            "gate_lr": 1.0, "target_tolerance": 1.0, "target_macs": "0.3", "kd": False}  # fmt: skip
+    default = Trainer(TrainConfig(**base, out=str(tmp_path / "default"))).run()
+    assert not all(default["kept_ffn"])  # the setting does remove blocks when it may
+    held = Trainer(TrainConfig(**base, ffn_block_gates=False, out=str(tmp_path / "held"))).run()
+    assert all(held["kept_ffn"])
+    assert min(held["kept_neurons"]) >= 0.1 * held["hidden"]  # narrowed to at most the neuron floor
+    assert held["pruned_gmacs"] < 0.5 * held["dense_gmacs"]  # and still pruned hard elsewhere
+
+
 @pytest.mark.gpu
 def test_cuda_training_with_bfloat16_autocast(tmp_path: Path) -> None:
     """Opt-in (-m gpu): the CUDA path with autocast trains and lands in a valid state."""

@@ -11,7 +11,16 @@ from tiny_onnx import INPUT_SIZE, linear_export
 
 from hiap.errors import HiapError
 from runtime.base import TensorSpec, batch_of
-from runtime.harness import accuracy, compare_logits, fidelity, latency_stats, measure_latency, random_feeds
+from runtime.harness import (
+    Accuracy,
+    Tolerance,
+    accuracy,
+    compare_logits,
+    fidelity,
+    latency_stats,
+    measure_latency,
+    random_feeds,
+)
 from runtime.ort_runner import OrtRunner, default_runner
 
 
@@ -22,11 +31,28 @@ def test_latency_stats_values() -> None:
     assert (stats.min, stats.max, stats.runs) == (1.0, 100.0, 100)
 
 
-def test_compare_logits_measures_max_abs_and_top1_agreement() -> None:
-    ref = np.array([[0.0, 1.0, 0.5], [2.0, 0.0, 0.0]], np.float32)
-    out = ref + np.array([[0.0, -0.25, 0.0], [0.0, 0.0, 3.0]], np.float32)  # row 2's argmax moves to class 2
-    assert compare_logits(ref, out) == {"max_abs_diff": 3.0, "top1_agreement": 0.5}
-    assert compare_logits(ref, ref) == {"max_abs_diff": 0.0, "top1_agreement": 1.0}
+def test_compare_logits_measures_each_difference_and_top1_agreement() -> None:
+    ref = np.array([[4.0, 1.0, 0.5], [2.0, -1.0, 0.5]], np.float32)
+    out = ref + np.array([[0.0, -0.25, 0.0], [0.0, 0.5, 3.0]], np.float32)  # row 2's argmax moves to class 2
+    diff = compare_logits(ref, out, Tolerance(atol=3.0, min_top1_agreement=0.5))
+    # |out - ref|: 0, .25, 0, 0, .5, 3; relative to |ref|: 0, .25, 0, 0, .5, 6
+    assert diff.max_abs_diff == 3.0 and diff.mean_abs_diff == pytest.approx(3.75 / 6)
+    assert diff.max_rel_diff == 6.0 and diff.mean_rel_diff == pytest.approx(6.75 / 6)
+    assert diff.top1_agreement == 0.5
+    assert diff.tolerance == Tolerance(3.0, 0.5) and diff  # both figures exactly at their limits: held
+    assert not compare_logits(ref, out, Tolerance(atol=2.99, min_top1_agreement=0.5))  # max abs over
+    assert not compare_logits(ref, out, Tolerance(atol=3.0, min_top1_agreement=0.51))  # agreement under
+    same = compare_logits(ref, ref, Tolerance(atol=0.0))
+    assert (same.max_abs_diff, same.mean_rel_diff, same.top1_agreement) == (0.0, 0.0, 1.0) and same
+
+
+def test_relative_difference_counts_a_zero_reference_as_epsilon() -> None:
+    """As Polygraphy's comparator: a zero in the reference gives a large but finite relative difference."""
+    ref = np.array([[0.0, 2.0]], np.float32)
+    out = np.array([[1e-6, 2.0]], np.float32)
+    diff = compare_logits(ref, out, Tolerance(atol=1e-5))
+    assert diff.max_rel_diff == pytest.approx(float(np.float32(1e-6)) / 2e-16)
+    assert np.isfinite(diff.mean_rel_diff) and diff  # within atol: the relative figures are reported, not judged
 
 
 def test_ort_runner_specs_metadata_fidelity_and_accuracy(tmp_path: Path) -> None:
@@ -38,12 +64,14 @@ def test_ort_runner_specs_metadata_fidelity_and_accuracy(tmp_path: Path) -> None
         assert batch_of(runner.inputs[0], 1) == 1
         with pytest.raises(HiapError, match="fixed at 1"):
             batch_of(runner.inputs[0], 4)
-        result = fidelity(runner, model.with_name("golden.npz"), 1)
-        assert result["images"] == 8 and result["max_abs_diff"] < 1e-5 and result["top1_agreement"] == 1.0
+        result = fidelity(runner, model.with_name("golden.npz"), 1, Tolerance(atol=1e-5))
+        assert result.images == 8 and result.golden == model.with_name("golden.npz") and result
+        assert result.comparison.max_abs_diff < 1e-5 and result.comparison.top1_agreement == 1.0
+        assert not fidelity(runner, model.with_name("golden.npz"), 1, Tolerance(atol=0.0))  # float32 noise is > 0
         x = np.load(model.with_name("golden.npz"))["inputs"][:5]
         y = np.load(model.with_name("golden.npz"))["logits"][:5].argmax(-1)
         got = accuracy(runner, iter([(x[:3], y[:3]), (x[3:], y[3:])]), 1)
-        assert got == {"images": 5, "top1": 100.0}
+        assert got == Accuracy(images=5, top1=100.0) and got.to_dict() == {"images": 5, "top1": 100.0}
         lat = measure_latency(runner, random_feeds(runner, 1), warmup=1, iterations=5)
         assert lat.runs == 5 and lat.batch == 1 and 0 < lat.min <= lat.p50 <= lat.max
         with pytest.raises(HiapError, match="has shape 2x1x28x28"):
@@ -53,4 +81,4 @@ def test_ort_runner_specs_metadata_fidelity_and_accuracy(tmp_path: Path) -> None
     with default_runner(model) as runner:  # the exporter's parity runner: ONNX Runtime's own thread choice
         assert (runner.intra_op_threads, runner.inter_op_threads) == (0, 0)
         one = runner.infer({"input": x[:1]})["logits"]
-    assert compare_logits(np.load(model.with_name("golden.npz"))["logits"][:1], one)["max_abs_diff"] < 1e-5
+    assert compare_logits(np.load(model.with_name("golden.npz"))["logits"][:1], one, Tolerance(atol=1e-5))

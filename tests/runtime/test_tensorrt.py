@@ -14,8 +14,9 @@ pytest.importorskip("cuda", exc_type=ImportError)
 def test_engine_build_sidecar_and_fidelity(exported_pair: dict, tmp_path: Path) -> None:
     import onnx
 
-    from runtime.harness import fidelity
-    from runtime.trt_runner import TrtRunner, build_engine, read_sidecar
+    from runtime.harness import Tolerance, fidelity
+    from runtime.trt_build import build_engine, read_sidecar
+    from runtime.trt_runner import TrtRunner
 
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(exported_pair["pruned"].read_bytes())
@@ -33,8 +34,8 @@ def test_engine_build_sidecar_and_fidelity(exported_pair: dict, tmp_path: Path) 
     assert sidecar["onnx_sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     assert sidecar["engine_sha256"] == hashlib.sha256(engine.read_bytes()).hexdigest()
     with TrtRunner(engine) as runner:
-        result = fidelity(runner, exported_pair["pruned"].with_name("golden.npz"), 1)
-    assert result["max_abs_diff"] < 5e-2 and result["top1_agreement"] == 1.0
+        result = fidelity(runner, exported_pair["pruned"].with_name("golden.npz"), 1, Tolerance(atol=5e-2))
+    assert result.comparison.max_abs_diff < 5e-2 and result.comparison.top1_agreement == 1.0
     bad = json.loads((tmp_path / "model.engine.json").read_text()) | {"tensorrt_version": "0.0"}
     (tmp_path / "model.engine.json").write_text(json.dumps(bad))
     from hiap.errors import HiapError

@@ -37,7 +37,8 @@ def user_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 1-epoch tiny run on an ImageFolder tree and its export (trained and exported once for the module)."""
     torch = pytest.importorskip("torch")
 
-    from export.pipeline import export_source, source_from_run
+    from export.artifact import export_source
+    from export.source import source_from_run
     from hiap.config import TrainConfig
     from hiap.train import Trainer
 
@@ -131,7 +132,8 @@ def test_a_failed_budget_beats_unmeasured_ones_and_names_both(user_run: dict, tm
 def test_export_without_the_runs_data_folder_still_exports_and_says_so(
     user_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from export.pipeline import export_source, source_from_run
+    from export.artifact import export_source
+    from export.source import source_from_run
 
     root = user_run["root"]
     src = source_from_run(user_run["run"])
@@ -157,7 +159,8 @@ def test_a_data_folder_changed_since_training_gives_golden_but_no_split_to_match
 ) -> None:
     import dataclasses
 
-    from export.pipeline import export_source, source_from_run
+    from export.artifact import export_source
+    from export.source import source_from_run
 
     changed = tmp_path / "changed"
     shutil.copytree(user_run["root"], changed)

@@ -1,0 +1,294 @@
+"""`hiap export`: the artifact folder of a source (plan.json, compact model.onnx, golden.npz, export_report.json),
+every file written atomically and checked for parity against the gated reference."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from export.compact import build_compact, padded_structure
+from export.onnx_io import onnx_cost, simplify_onnx, torch2onnx, zero_params
+from export.plan import make_plan
+from export.source import Source
+from hiap import __version__
+from hiap.atomic import write_bytes_atomic, write_json_atomic
+from hiap.cost import Geometry, Structure, structure_macs, structure_params
+from hiap.errors import HiapError
+from runtime.harness import Tolerance, compare_logits, run_batched
+from runtime.ort_runner import default_runner
+
+if TYPE_CHECKING:
+    from devices.profile import DeviceProfile
+
+PARITY_TOL = 1e-4
+GOLDEN_IMAGES = 8  # real validation images in golden.npz: the bench's fidelity check runs all of them
+
+
+@dataclass
+class Golden:
+    """Real validation images for golden.npz and the fingerprint of their split, or why there are none."""
+
+    inputs: np.ndarray | None
+    source: str | None
+    reason: str | None = None  # why there are no inputs
+    fingerprint: dict[str, Any] | None = None
+    split_reason: str | None = None  # why there is no fingerprint (None when there is one, or nothing to say)
+    notes: list[str] = field(default_factory=list)  # a user's data that should have been there: said on the console
+
+
+def _validation_images(src: Source, meta: dict[str, str], n: int) -> Golden:
+    """The first `n` images of the split the model validated on, prepared by the device's own preprocessing
+    (runtime.data with the Preprocessing the bench reads from this export's metadata, so its fidelity check
+    compares like with like), and the split's fingerprint, which lets the bench tell whether its --data is
+    that split."""
+    from runtime.data import (
+        Preprocessing,
+        builtin_fingerprint,
+        builtin_val_batches,
+        image_folder_files,
+        load_image,
+        split_fingerprint,
+    )
+
+    pre = Preprocessing.from_metadata(meta, src.origin)
+    if src.data is None or src.data == "builtin":
+        if not src.builtin_data:
+            reason = ("no validation data known (a plan-only export of a model not trained on the built-in data): "
+                      "bench fidelity with your own --golden")  # fmt: skip
+            return Golden(None, None, reason, split_reason="no validation data known")
+        x = next(builtin_val_batches(pre, batch_size=n))[0]
+        if src.data is None:  # a plan of the built-in model has no run: it may have been trained on anything
+            return Golden(x, "builtin validation split", split_reason="a plan-only export: no training run")
+        return Golden(x, "builtin validation split", fingerprint=builtin_fingerprint())
+    val = Path(src.data) / "val"
+    if not val.is_dir():
+        reason = (f"the run's validation folder '{val}' (its config's data) is not there; export where it is to get "
+                  "golden.npz and the split fingerprint hiap bench needs to report an accuracy drop")  # fmt: skip
+        return Golden(None, None, reason, split_reason=reason, notes=[f"no golden.npz written: {reason}"])
+    golden = Golden(None, None)
+    try:
+        golden.fingerprint = split_fingerprint(val)
+    except HiapError as exc:
+        golden.split_reason = f"the run's validation folder cannot be listed here: {exc}"
+        golden.notes.append(f"no validation split fingerprint recorded: {golden.split_reason}")
+    if golden.fingerprint and src.classes and golden.fingerprint["classes"] != src.classes:
+        # The folder changed since training: its accuracy is not the run's, so record no fingerprint to match.
+        golden.split_reason = (f"'{val}' now has class folders {golden.fingerprint['classes'][:5]}, not the run's "
+                               f"{src.classes[:5]}: it is not the split the run validated on")  # fmt: skip
+        golden.fingerprint = None
+        golden.notes.append(f"no validation split fingerprint recorded: {golden.split_reason}")
+    try:
+        # Any real images serve the fidelity check (device vs exporter on the same inputs), even from a changed
+        # folder: read without the class mapping, exactly as image_folder_batches reads each image.
+        files = image_folder_files(val)[1][:n]
+        if not files:
+            raise HiapError(f"'{val}' holds no images")
+        golden.inputs = pre.normalise(np.stack([load_image(f, pre) for f, _ in files]))
+        golden.source = str(val)
+    except HiapError as exc:
+        golden.reason = f"the run's validation images cannot be read here: {exc}"
+        golden.notes.append(f"no golden.npz written: {golden.reason}")
+    return golden
+
+
+def _inputs(golden: Golden, input_size: tuple[int, int, int], n_random: int = 4) -> dict[str, np.ndarray]:
+    """Random inputs, plus the real validation images when there are some."""
+    rng = np.random.default_rng(0)
+    inputs = {"random": rng.standard_normal((n_random, *input_size)).astype(np.float32)}
+    if golden.inputs is not None:
+        inputs["validation"] = golden.inputs.astype(np.float32)
+    return inputs
+
+
+def _check(inputs: str, pair: str, ref: np.ndarray, out: np.ndarray) -> dict[str, Any]:
+    """One parity check, measured as the bench measures fidelity; it passes within PARITY_TOL at full agreement."""
+    diff = compare_logits(ref, out, Tolerance(PARITY_TOL, min_top1_agreement=1.0))
+    return {"inputs": inputs, "pair": pair, "max_abs_diff": diff.max_abs_diff, "top1_agreement": diff.top1_agreement,
+            "passed": bool(diff)}  # fmt: skip
+
+
+def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """MACs and parameters of the exported network (padded to the align grid) and of the plan's own widths."""
+
+    macs: int
+    unpadded_macs: int
+    params: int
+
+    @classmethod
+    def of(cls, geom: Geometry, structure: Structure, emitted: Structure) -> Sizes:
+        return cls(structure_macs(geom, emitted), structure_macs(geom, structure), structure_params(geom, emitted))
+
+
+def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynamic_batch: bool = False,
+                  simplify: bool = True, target: DeviceProfile | None = None) -> dict[str, Any]:  # fmt: skip
+    """Write plan.json, model.onnx, golden.npz and export_report.json into `out` (each file atomically); with a
+    `target` profile, also check the ONNX against that device."""
+    t0 = time.perf_counter()
+    _check_options(align, opset)
+    geom = src.gated.geometry
+    emitted = padded_structure(src.structure, geom.head_dim, align)
+    sizes = Sizes.of(geom, src.structure, emitted)
+    plan = make_plan(src.model, geom, src.structure, src.data_config, src.num_classes,
+                     class_names=src.classes, source=src.origin, model_kwargs=src.model_kwargs)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    body = plan.to_dict()
+    plan.write(out / "plan.json", body)
+    compact = build_compact(src.vit, src.structure, align=align)
+    meta = _metadata(src, body["hash"], geom, sizes, opset, align, dynamic_batch)
+    golden_src = _validation_images(src, meta, GOLDEN_IMAGES)
+    # The bench compares its --data with this to decide whether the training accuracies above apply to it.
+    meta["val_split"] = json.dumps(golden_src.fingerprint)
+    for note in golden_src.notes:
+        print(f"note: {note}", file=sys.stderr)
+    onnx_path = out / "model.onnx"
+    torch2onnx(compact, tuple(src.data_config["input_size"]), onnx_path, opset, dynamic_batch, meta)
+    # Counted on the exporter's own file first: there every planned weight is an initializer, so its MACs and
+    # parameters must equal the plan exactly. onnxsim may then drop constants that are all zeros (the zero biases
+    # of randomly initialised weights, added as no-ops), so after it the parameter count may only go down.
+    raw_macs, raw_params = onnx_cost(onnx_path)
+    raw_zero_params = zero_params(onnx_path)
+    nodes = simplify_onnx(onnx_path) if simplify else None  # the checks below run on the final file
+    checks, golden = _parity_checks(src, compact, onnx_path, golden_src, dynamic_batch)
+    _write_golden(out / "golden.npz", golden)
+    measured = _measured(onnx_path, sizes, geom, (raw_macs, raw_params, raw_zero_params), nodes, checks, golden,
+                         golden_src)  # fmt: skip
+    report = {"hiap_version": __version__, "plan_hash": body["hash"], "align": align, "opset": opset, **measured,
+              "seconds": time.perf_counter() - t0, "metadata": meta}  # fmt: skip
+    if target is not None:
+        from export.device_check import check_onnx
+
+        report["device_check"] = check_onnx(onnx_path, target)
+    write_json_atomic(out / "export_report.json", report)
+    _refuse_failed_parity(report, checks, out)
+    return report
+
+
+def _measured(
+    onnx_path: Path,
+    sizes: Sizes,
+    geom: Geometry,
+    raw: tuple[int, int, int],
+    nodes: tuple[int, int] | None,
+    checks: list[dict[str, Any]],
+    golden: dict[str, np.ndarray],
+    golden_src: Golden,
+) -> dict[str, Any]:
+    """export_report.json's measurements: the sizes as planned and as counted in the final file, parity, golden."""
+    raw_macs, raw_params, raw_zero_params = raw
+    onnx_macs, onnx_params = onnx_cost(onnx_path)
+    counts_match = (raw_macs == onnx_macs == sizes.macs and raw_params == sizes.params
+                    and 0 <= raw_params - onnx_params <= raw_zero_params)  # fmt: skip
+    return {
+        "gmacs": sizes.macs / 1e9,
+        "unpadded_gmacs": sizes.unpadded_macs / 1e9,
+        "padding_gmacs": (sizes.macs - sizes.unpadded_macs) / 1e9,
+        "params": sizes.params,
+        "dense_gmacs": geom.dense_macs / 1e9,
+        "dense_params": geom.dense_params,
+        "onnx_gmacs": onnx_macs / 1e9,
+        "onnx_params": onnx_params,
+        "onnx_params_before_simplify": raw_params,
+        "zero_params_removed_by_onnxsim": raw_params - onnx_params,
+        "file_bytes": onnx_path.stat().st_size,
+        "simplified": nodes is not None,
+        "nodes_before_after_simplify": list(nodes) if nodes else None,
+        "parity": _parity_summary(checks),
+        "counts_match": counts_match,
+        "golden": {"images": len(golden["inputs"]), "source": golden_src.source} if golden else None,
+        "golden_reason": golden_src.reason,
+        "val_split": golden_src.fingerprint,
+        "val_split_reason": golden_src.split_reason,
+    }
+
+
+def _check_options(align: int, opset: int) -> None:
+    if align < 1:
+        raise HiapError(f"--align must be >= 1, got {align} (1: no rounding).")
+    if not 9 <= opset <= 20:  # torch's TorchScript exporter writes up to 20; TensorRT parses from 9
+        raise HiapError(f"--opset {opset}: hiap exports opsets 9 to 20 (17 recommended: native LayerNormalization).")
+
+
+def _metadata(src: Source, plan_hash: str, geom: Geometry, sizes: Sizes, opset: int, align: int,
+              dynamic_batch: bool) -> dict[str, str]:  # fmt: skip
+    """The ONNX file's own description (model, geometry, plan hash, preprocessing, accuracies), so a device needs
+    only the file; values are JSON text."""
+    dcfg = src.data_config
+    return {
+        "hiap_version": __version__,
+        "plan_hash": plan_hash,
+        "model": src.model,
+        "model_kwargs": json.dumps(src.model_kwargs),
+        "input_size": json.dumps(list(dcfg["input_size"])),
+        "mean": json.dumps(list(dcfg["mean"])),
+        "std": json.dumps(list(dcfg["std"])),
+        "interpolation": json.dumps(dcfg.get("interpolation", "bicubic")),
+        "crop_pct": json.dumps(dcfg.get("crop_pct", 1.0)),
+        "class_names": json.dumps(src.classes),
+        "reference_val_acc": json.dumps(src.val_acc),
+        "dense_val_acc": json.dumps(src.dense_val_acc),
+        "gmacs": json.dumps(sizes.macs / 1e9),
+        "dense_gmacs": json.dumps(geom.dense_macs / 1e9),
+        "params": json.dumps(sizes.params),
+        "opset": json.dumps(opset),
+        "align": json.dumps(align),
+        "dynamic_batch": json.dumps(dynamic_batch),
+    }
+
+
+def _parity_checks(src: Source, compact: torch.nn.Module, onnx_path: Path, golden_src: Golden,
+                   dynamic_batch: bool) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:  # fmt: skip
+    """Gated reference vs compact model vs the ONNX file on random and real inputs; the real images and the
+    compact model's logits for them become golden.npz."""
+    checks, golden = [], {}
+    with default_runner(onnx_path) as runner:
+        for kind, x in _inputs(golden_src, tuple(src.data_config["input_size"])).items():
+            with torch.no_grad():
+                ref = src.gated(torch.from_numpy(x), src.masks).numpy()
+                mid = compact(torch.from_numpy(x)).numpy()
+            onnx_out = run_batched(runner, x, len(x) if dynamic_batch else 1)  # a fixed-batch model: row by row
+            checks += [_check(kind, "gated-vs-compact", ref, mid), _check(kind, "gated-vs-onnx", ref, onnx_out)]
+            if kind == "validation":
+                golden = {"inputs": x, "logits": mid}
+    return checks, golden
+
+
+def _write_golden(path: Path, golden: dict[str, np.ndarray]) -> None:
+    if golden:
+        _save_npz_atomic(path, golden)
+    elif path.is_file():
+        path.unlink()  # one from an earlier export into this folder would fail the bench's fidelity check
+
+
+def _parity_summary(checks: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "max_abs_diff": max(c["max_abs_diff"] for c in checks),
+        "top1_agreement": min(c["top1_agreement"] for c in checks),
+        "passed": all(c["passed"] for c in checks),
+        "checks": checks,
+    }
+
+
+def _refuse_failed_parity(report: dict[str, Any], checks: list[dict[str, Any]], out: Path) -> None:
+    """An export whose files disagree with the gated reference or the plan ends in an error (the report stays)."""
+    if report["parity"]["passed"] and report["counts_match"]:
+        return
+    failed = [f"{c['pair']} on {c['inputs']}: max abs {c['max_abs_diff']:.2e}, top-1 {c['top1_agreement']:.2%}"
+              for c in checks if not c["passed"]]  # fmt: skip
+    if not report["counts_match"]:
+        failed.append("ONNX MACs/params differ from the plan")
+    raise HiapError(f"Export parity failed ({'; '.join(failed)}); report written to {out / 'export_report.json'}.")

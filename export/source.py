@@ -1,0 +1,108 @@
+"""What an export starts from: a training run's checkpoint or a model with a plan, as the dense model, its gated
+reference and the structure to cut."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from export.plan import read_plan_json, structure_from_dict
+from hiap.checkpoint import load_checkpoint
+from hiap.cost import Structure
+from hiap.errors import HiapError
+from hiap.gated import Floors, GatedViT, Masks, masks_to_structure, structure_to_masks
+from hiap.models import BUILTIN_MODELS, create_model, data_config, load_pretrained, load_weights
+
+
+@dataclass
+class Source:
+    """What an export starts from: the dense timm model, the reference (gated, eval) and the structure."""
+
+    vit: torch.nn.Module
+    gated: GatedViT
+    masks: Masks
+    structure: Structure
+    model: str
+    num_classes: int
+    classes: list[str]
+    data_config: dict[str, Any]
+    val_acc: float | None
+    builtin_data: bool
+    origin: str
+    dense_val_acc: float | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None  # the run's --data ('builtin' or an ImageFolder root); None for a plan-only export
+
+
+def source_from_run(run: Path, dense: bool = False) -> Source:
+    """The run's pruned network; with `dense`, the network the run started from (its pretrained weights, all gates
+    open), which is the baseline a user compares against. A run from random init has no such baseline: its dense
+    export is the trained weights with every gate open, and the metadata says so."""
+    ckpt = load_checkpoint(run)
+    state, config = ckpt.state, ckpt.config
+    model_kwargs = dict(state.get("model_kwargs") or {})
+    vit = create_model(state["model"], num_classes=state["num_classes"], model_kwargs=model_kwargs).eval()
+    origin = str(run)
+    pretrained = str(config.get("pretrained", "none"))
+    reference_valid = bool(state.get("dense_reference_valid", True))
+    if dense and not config.get("dense", False) and pretrained != "none" and reference_valid:
+        described, notes = load_pretrained(vit, state["model"], pretrained)
+        if described == "random init" or notes:
+            load_weights(vit, ckpt.model, str(run))
+        else:
+            origin = f"{run} (dense start: {described})"
+    else:
+        load_weights(vit, ckpt.model, str(run))
+    gated = GatedViT(vit, floors=Floors(**state["floors"]) if state.get("floors") else Floors()).eval()
+    if ckpt.gates and not dense:
+        gated.gates.load_state_dict(ckpt.gates)
+        masks = gated.hard_masks()
+    else:
+        masks = gated.open_masks()
+    start = origin != str(run)
+    val_acc = state.get("dense_val_acc") if start else state.get("val_acc")
+    return Source(
+        vit=vit,
+        gated=gated,
+        masks=masks,
+        structure=masks_to_structure(masks),
+        model=state["model"],
+        num_classes=state["num_classes"],
+        classes=list(state.get("classes", [])),
+        data_config=state["data_config"],
+        val_acc=val_acc,
+        builtin_data=config.get("data") == "builtin",
+        origin=origin,
+        dense_val_acc=state.get("dense_val_acc") if reference_valid else None,
+        model_kwargs=model_kwargs,
+        data=str(config["data"]) if config.get("data") else None,
+    )
+
+
+def source_from_plan(model: str, plan_path: Path, pretrained: str = "auto") -> Source:
+    """A timm (or built-in) model and a plan, without a training run: edited plans, latency studies."""
+    body = read_plan_json(plan_path)
+    if body["model"] != model:
+        raise HiapError(f"Plan '{plan_path}' is for model '{body['model']}', not '{model}'.")
+    model_kwargs = dict(body.get("model_kwargs") or {})
+    vit = create_model(model, num_classes=int(body["num_classes"]), model_kwargs=model_kwargs).eval()
+    load_pretrained(vit, model, pretrained)
+    gated = GatedViT(vit).eval()
+    structure = structure_from_dict(body["blocks"], gated.geometry)
+    return Source(
+        vit=vit,
+        gated=gated,
+        masks=structure_to_masks(structure, gated.open_masks()),
+        structure=structure,
+        model=model,
+        num_classes=int(body["num_classes"]),
+        classes=list(body.get("class_names", [])),
+        data_config=data_config(vit),
+        val_acc=None,
+        builtin_data=model in BUILTIN_MODELS,
+        origin=str(plan_path),
+        model_kwargs=model_kwargs,
+    )

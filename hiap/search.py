@@ -1,0 +1,242 @@
+"""What a run prunes: the gate search of a budgeted run (gates, budget controller, temperature, penalty, trace) and
+the plain run's stand-in with the same interface, so the trainer's loop has one path for both."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from hiap.budget import BudgetController, check_schedule, check_target
+from hiap.config import Target, TrainConfig
+from hiap.cost import Geometry, Structure
+from hiap.gated import Floors, GatedViT
+from hiap.loss import feasibility_loss, mac_penalty, polarization_loss
+
+if TYPE_CHECKING:
+    from hiap.train import Schedule
+
+# The checkpoint keeps a controller state for every run; a plain run's is that of a controller never updated.
+IDLE_CONTROLLER = {"integral": 0.0, "last_error": 0.0, "start_fraction": None}
+
+
+def gate_histogram(gates: nn.Module, bins: int = 10) -> dict[str, list[int]]:
+    """Counts of keep probabilities sigmoid(logit) in `bins` equal bins of [0, 1], per gate kind (for hiap report:
+    how the gates polarise towards 0 and 1 as the temperature falls)."""
+    out = {}
+    with torch.no_grad():
+        for kind, logits in gates.as_dict().items():
+            p = torch.sigmoid(logits.detach().float().flatten().cpu())
+            out[kind] = torch.histc(p, bins=bins, min=0.0, max=1.0).long().tolist()
+    return out
+
+
+class PlainRun:
+    """A dense run: no gates, nothing searched, the model's own forward; every figure is the dense one."""
+
+    gated: GatedViT | None = None
+
+    def __init__(self, vit: nn.Module, geometry: Geometry) -> None:
+        self.vit, self.geometry = vit, geometry
+        self.target_macs = geometry.dense_macs
+
+    @property
+    def core(self) -> nn.Module:
+        return self.vit
+
+    def searching(self, step: int) -> bool:
+        return False
+
+    def gate_groups(self, gate_lr: float) -> list[dict[str, Any]]:
+        return []
+
+    def set_gate_lr(self, groups: list[dict[str, Any]], step: int) -> None:
+        pass
+
+    def train_masks(self, step: int, tau: float) -> tuple[Any, ...]:
+        return ()
+
+    def eval_masks(self, open_gates: bool) -> tuple[Any, ...]:
+        return ()
+
+    def penalty(self, step: int) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        return [], {}
+
+    def measured(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def observe(self, parts: dict[str, float], step: int, tau: float) -> None:
+        pass
+
+    def structure(self) -> Structure:
+        return self.geometry.dense_structure()
+
+    def hard_macs(self) -> int:
+        return self.geometry.dense_macs
+
+    def expected_macs(self) -> float:
+        return float(self.geometry.dense_macs)
+
+    def penalty_scale(self) -> float | None:
+        return None
+
+    def gate_parameters(self) -> list[torch.Tensor]:
+        return []
+
+    def gate_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def epoch_fields(self) -> dict[str, Any]:
+        return {}
+
+    def floors_state(self) -> dict[str, Any] | None:
+        return None
+
+    def state(self) -> dict[str, Any]:
+        return dict(IDLE_CONTROLLER)
+
+    def load_state(self, controller: dict[str, Any], gates: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+class GateSearch:
+    """A budgeted run: the gated model, the controller that steers the MAC penalty to the target, the temperature
+    schedule, and the trace of expected/hard cost that hiap report draws. Built after the model is on its device."""
+
+    def __init__(self, vit: nn.Module, geometry: Geometry, cfg: TrainConfig, target: Target,
+                 schedule: Schedule, device: torch.device) -> None:  # fmt: skip
+        self.cfg, self.geometry, self.schedule = cfg, geometry, schedule
+        floors = Floors(cfg.k_min, cfg.min_value_frac, cfg.min_neuron_frac)
+        self.target_macs = target.resolve(geometry.dense_macs)
+        check_target(geometry, floors, self.target_macs, ffn_blocks_removable=cfg.ffn_block_gates)
+        self.gated = GatedViT(vit, floors=floors, gate_init=cfg.gate_init).to(device)
+        if not cfg.ffn_block_gates:
+            # Fixed open: keep probability 1 - 5e-5, so a sample never drops the block and the expected cost counts
+            # every FFN as kept; no gradient, so the optimizer never moves them.
+            with torch.no_grad():
+                self.gated.gates.ffn.fill_(10.0)
+            self.gated.gates.ffn.requires_grad_(False)
+        if cfg.gate_init_importance:  # a resumed run then loads its own logits over these
+            self.gated.init_from_importance(cfg.gate_init_importance)
+        # The budget ramp and the freezes run over the first search_steps, as the temperature does.
+        self.controller = BudgetController(self.target_macs / geometry.dense_macs, gain=cfg.controller_gain)
+        ramp = self.controller.ramp * schedule.search_steps / schedule.total_steps
+        check_schedule(schedule.total_steps, schedule.steps_per_epoch, cfg.gate_init, cfg.gate_lr, ramp)
+        self.final_masks: Any = None  # the exported structure's masks once the search has ended
+        self.trace: list[list[float]] = []  # [step, tau, expected, hard, reference] (fractions of dense)
+        # Hard MACs of the current gates, refreshed after every optimizer step (computed once per step).
+        self.hard_fraction = self.gated.hard_macs() / geometry.dense_macs
+
+    @property
+    def core(self) -> nn.Module:
+        return self.gated
+
+    def progress(self, step: int) -> float:
+        """How far the structure search is at `step` (0..1): the clock of the controller's phases."""
+        return min(step / self.schedule.search_steps, 1.0)
+
+    def searching(self, step: int) -> bool:
+        return step < self.schedule.search_steps
+
+    def gate_groups(self, gate_lr: float) -> list[dict[str, Any]]:
+        """AdamW groups of the gate logits: own lr, no decay; macro gates (heads, FFN blocks) apart from micro
+        gates, because they freeze once the budget ramp is over (see BudgetController)."""
+        gates = self.gated.gates
+        return [
+            {"params": [gates.head, gates.ffn], "lr": gate_lr, "weight_decay": 0.0, "base_lr": None, "gates": "macro"},
+            {"params": [gates.value, gates.neuron], "lr": gate_lr, "weight_decay": 0.0, "base_lr": None,
+             "gates": "micro"},
+        ]  # fmt: skip
+
+    def set_gate_lr(self, groups: list[dict[str, Any]], step: int) -> None:
+        """Gate logits keep a constant lr (the controller must still move them at the end) until the macro freeze
+        and the micro settle; after the search both stand still."""
+        searching, progress = self.searching(step), self.progress(step)
+        macro_frozen = not searching or self.controller.macro_frozen(progress, self.hard_fraction)
+        micro = self.controller.micro_lr_factor(progress) if searching else 0.0
+        for g in groups:
+            if g.get("gates") == "macro":
+                g["lr"] = 0.0 if macro_frozen else self.cfg.gate_lr
+            elif g.get("gates") == "micro":
+                g["lr"] = self.cfg.gate_lr * micro
+
+    def train_masks(self, step: int, tau: float) -> tuple[Any, ...]:
+        """Sampled gate masks at temperature tau while searching (noise keyed by step, so a resumed run draws the
+        same); after the search, exactly the network that will be exported."""
+        if self.searching(step):
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+            return (self.gated.sample_masks(tau, gen, hard=self.cfg.gate_mode == "hard"),)
+        if self.final_masks is None:
+            self.final_masks = self.gated.hard_masks()
+        return (self.final_masks,)
+
+    def eval_masks(self, open_gates: bool) -> tuple[Any, ...]:
+        return (self.gated.open_masks() if open_gates else self.gated.hard_masks(),)
+
+    def penalty(self, step: int) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """The terms added to the task loss while searching: the MAC penalty at the controller's scale, the soft
+        floors and (after the ramp) polarization; and their logged parts."""
+        if not self.searching(step):
+            return [], {}
+        cfg = self.cfg
+        cost = self.gated.expected_cost()
+        penalty, parts = mac_penalty(cost, self.geometry.dense_macs, cfg.lambda_macro, cfg.lambda_micro,
+                                     self.controller.scale)  # fmt: skip
+        feas = feasibility_loss(self.gated)
+        polar_weight = cfg.polarization * self.controller.hard_weight(self.progress(step))
+        polar = polarization_loss(self.gated)
+        parts.update(polarization=polar.detach(), feasibility=feas.detach())
+        return [penalty, feas, polar_weight * polar], parts
+
+    def measured(self) -> dict[str, torch.Tensor]:
+        """Expected and hard MACs after the optimizer step, as tensors for the step's single read-back."""
+        with torch.no_grad():
+            return {"expected_macs": self.gated.expected_cost().total, "hard_macs": self.gated.hard_cost()}
+
+    def observe(self, parts: dict[str, float], step: int, tau: float) -> None:
+        """Feed the step's measured cost to the controller (while searching) and keep a few trace points; `parts`
+        trades the raw MAC counts for fractions of dense and the penalty scale this step used."""
+        dense = self.geometry.dense_macs
+        parts["penalty_scale"] = self.controller.scale
+        expected = parts.pop("expected_macs") / dense
+        hard = self.hard_fraction = round(parts.pop("hard_macs")) / dense
+        if self.searching(step):
+            self.controller.update(expected, hard, self.progress(step + 1))
+        parts.update(expected_frac=expected, hard_frac=hard)
+        if step % self.schedule.trace_every == 0:  # a few points per epoch for hiap report's curves
+            ref = self.controller.reference(self.progress(step + 1))
+            self.trace.append([step, round(tau, 5), expected, hard, ref])
+
+    def structure(self) -> Structure:
+        return self.gated.hard_structure()
+
+    def hard_macs(self) -> int:
+        return self.gated.hard_macs()
+
+    def expected_macs(self) -> float:
+        return float(self.gated.expected_cost().total.detach())
+
+    def penalty_scale(self) -> float | None:
+        return self.controller.scale
+
+    def gate_parameters(self) -> list[torch.Tensor]:
+        return list(self.gated.gates.parameters())
+
+    def gate_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach() for k, v in self.gated.gates.as_dict().items()}
+
+    def epoch_fields(self) -> dict[str, Any]:
+        """The gate histogram and the epoch's trace points (the trace starts afresh for the next epoch)."""
+        trace, self.trace = self.trace, []
+        return {"gate_histogram": gate_histogram(self.gated.gates), "trace": trace}
+
+    def floors_state(self) -> dict[str, Any] | None:
+        return vars(self.gated.floors)
+
+    def state(self) -> dict[str, Any]:
+        return self.controller.state()
+
+    def load_state(self, controller: dict[str, Any], gates: dict[str, torch.Tensor]) -> None:
+        self.gated.gates.load_state_dict(gates)
+        self.controller.load_state(controller)
