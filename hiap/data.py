@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -116,6 +116,12 @@ class Augment:
     hflip: float = 0.5
     color_jitter: float = 0.0
     auto_augment: str = ""
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Augment:
+        """The augmentation a TrainConfig asks for (its keys have these names)."""
+        values = {f.name: getattr(cfg, f.name) for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def resolved_pad(self, input_size: tuple[int, int, int]) -> int:
         """Pixels of padding for the random crop; 0 means timm's random-resized-crop."""

@@ -258,10 +258,8 @@ class Trainer:
         cfg = self.cfg
         vit = create_model(cfg.model, drop_path_rate=cfg.drop_path, model_kwargs=cfg.model_kwargs)
         self.data_cfg = data_config(vit)
-        augment = Augment(cfg.crop_pad, tuple(cfg.scale), tuple(cfg.ratio), cfg.hflip, cfg.color_jitter,
-                          cfg.auto_augment)  # fmt: skip
-        self.data: Dataset = create_data(cfg.data, self.data_cfg, workers=cfg.workers, augment=augment,
-                                         cache=cfg.data_cache)  # fmt: skip
+        self.data: Dataset = create_data(cfg.data, self.data_cfg, workers=cfg.workers,
+                                         augment=Augment.from_config(cfg), cache=cfg.data_cache)  # fmt: skip
         num_classes = len(self.data.classes)
         if getattr(vit, "num_classes", num_classes) != num_classes:
             vit = create_model(cfg.model, num_classes=num_classes, drop_path_rate=cfg.drop_path,

@@ -246,3 +246,12 @@ def test_after_the_search_share_the_structure_is_fixed_and_only_weights_train(tm
     assert summary["pruned_gmacs"] < summary["dense_gmacs"]
     records = [json.loads(ln) for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["kept_neurons"] == records[1]["kept_neurons"] and records[1]["tau"] == pytest.approx(0.5)
+
+
+def test_augment_from_config_takes_every_augmentation_key() -> None:
+    from hiap.config import TrainConfig
+
+    cfg = TrainConfig(crop_pad=3, scale=[0.3, 0.9], ratio=[0.5, 2.0], hflip=0.0, color_jitter=0.2,
+                      auto_augment="rand-m9-mstd0.5")  # fmt: skip
+    assert Augment.from_config(cfg) == Augment(3, (0.3, 0.9), (0.5, 2.0), 0.0, 0.2, "rand-m9-mstd0.5")
+    assert Augment.from_config(TrainConfig()) == Augment()  # the same defaults on both sides
