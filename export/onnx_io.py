@@ -110,7 +110,7 @@ def onnx_cost(path: Path) -> tuple[int, int]:
     macs = 0
     for node in graph.node:
         if node.op_type in ("MatMul", "Gemm", "Conv") and not all(
-            name in shapes and all(d > 0 for d in shapes[name])
+            name in shapes and shapes[name] and all(d > 0 for d in shapes[name])  # [] is an unknown rank
             for name in (node.input[0], node.input[1], node.output[0])
         ):
             raise HiapError(f"'{path}': the shapes around {node.op_type} node '{node.name}' are not static, so its "

@@ -114,6 +114,15 @@ def test_export_from_model_and_hand_edited_plan(tmp_path: Path) -> None:
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "e2")])
     assert result.exit_code == 2 and "block 0 'neurons': indices must be sorted" in result.output
     assert runner.invoke(app, ["export"]).exit_code == 2
+    plan["blocks"][0]["neurons"] = [3, 5]
+    edited.write_text(json.dumps(plan))
+    for opset, ok in ((13, False), (14, True), (21, False)):  # below 14 the graph's MACs cannot be counted
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / f"o{opset}"), "--opset", str(opset)])
+        if ok:
+            assert result.exit_code == 0, result.output
+        else:
+            assert result.exit_code == 2 and "hiap exports opsets 14 to 20" in result.output
+            assert not (tmp_path / f"o{opset}").exists()  # refused before anything is written
 
 
 @settings(max_examples=12, deadline=None)
