@@ -339,7 +339,8 @@ def _export_engine(out_dir: Path, report: dict[str, Any], profile: DeviceProfile
     if trt is None:
         chw = tuple(json.loads(report["metadata"]["input_size"])) if dynamic_batch else None
         cmd = trtexec_command(onnx_path, engine_path, build["fp16"], build["layernorm_fp32"],
-                              layernorm_node_names(onnx_path), chw, build["workspace_mb"])  # fmt: skip
+                              layernorm_node_names(onnx_path), chw, build["workspace_mb"],
+                              build["max_batch"])  # fmt: skip
         raise HiapError(
             f"TensorRT is not installed here and engines only run where they are built ({NOT_VALIDATED}); "
             f"{out_dir} holds model.onnx, plan.json and golden.npz. On the device run "

@@ -31,6 +31,7 @@ def trtexec_command(
     layer_names: list[str] | None = None,
     dynamic_chw: tuple[int, ...] | None = None,
     workspace_mb: int = 1024,
+    max_batch: int = 32,
 ) -> str:
     """The trtexec line equivalent to build_engine, for NVIDIA's own timing on the device. Its engine has no hiap
     sidecar, so `hiap bench` takes the .onnx (and builds its own engine) rather than that file."""
@@ -43,9 +44,9 @@ def trtexec_command(
         if layernorm_fp32 and layer_names:
             pinned = ",".join(f"{n}:fp32" for n in layer_names)
             parts.append(f"--precisionConstraints=obey --layerPrecisions={q(pinned)} --layerOutputTypes={q(pinned)}")
-    if dynamic_chw:  # same optimisation profile as build_engine: batch 1..32, tuned for 1
+    if dynamic_chw:  # same optimisation profile as build_engine: batch 1..max_batch, tuned for 1
         chw = "x".join(str(d) for d in dynamic_chw)
-        parts.append(f"--minShapes=input:1x{chw} --optShapes=input:1x{chw} --maxShapes=input:32x{chw}")
+        parts.append(f"--minShapes=input:1x{chw} --optShapes=input:1x{chw} --maxShapes=input:{max_batch}x{chw}")
     return " ".join(parts)
 
 

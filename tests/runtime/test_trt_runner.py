@@ -240,3 +240,11 @@ def test_the_tensorrt_modules_import_without_tensorrt_or_cuda() -> None:
         "tensorrt": None,
         "cuda": "HiapError: TensorRT runs need cuda-python for device memory: pip install cuda-python",
     }
+
+
+def test_trtexec_line_takes_the_batch_range_bench_builds_with() -> None:
+    from runtime.trt_build import trtexec_command
+
+    cmd = trtexec_command(Path("m.onnx"), Path("m.engine"), dynamic_chw=(3, 32, 32), max_batch=64)
+    assert "--minShapes=input:1x3x32x32 --optShapes=input:1x3x32x32 --maxShapes=input:64x3x32x32" in cmd
+    assert "--maxShapes" not in trtexec_command(Path("m.onnx"), Path("m.engine"))  # a fixed-batch model
