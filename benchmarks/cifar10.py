@@ -82,6 +82,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hiap-l1init-lowmacro": {"gate_init_importance": 1.0, "lambda_macro": 0.25},
     # ... and FFN blocks never removed (their gates fixed open): the budget is met by heads and widths alone
     "hiap-l1init-keepffn": {"gate_init_importance": 1.0, "ffn_block_gates": False},
+    # ... and a pull towards the same kept fraction in every block (the allocation a uniform cut has)
+    "hiap-l1init-even": {"gate_init_importance": 1.0, "even_allocation": 10.0},
 }
 PAPER = {  # HiAP paper, CIFAR-10, 6-block ViT-Tiny: (top-1 %, fraction of dense MACs)
     "dense": (90.50, 1.0),

@@ -83,6 +83,8 @@ class TrainConfig:
     # after it the exported structure is fixed and only its weights train (1.0: search for the whole run).
     search_fraction: float = 1.0
     controller_gain: float = 0.5  # integral gain of the budget controller, per step per unit of MAC error
+    # Weight of the penalty on uneven per-block kept fractions (loss.allocation_loss) while searching; 0: off.
+    even_allocation: float = 0.0
     polarization: float = 0.0  # weight of the gate-entropy term after the budget ramp (see loss.polarization_loss)
     tau_start: float = 2.0
     tau_end: float = 0.5
@@ -116,6 +118,8 @@ class TrainConfig:
             raise HiapError(f"Config 'search_fraction' must lie in (0, 1], got {self.search_fraction}.")
         if not self.dense:
             self.target()  # a malformed --target-macs is refused before any model or data is loaded
+        if self.even_allocation < 0:
+            raise HiapError(f"Config 'even_allocation' must be >= 0, got {self.even_allocation}.")
         if self.target_tolerance < 0:
             raise HiapError(f"Config 'target_tolerance' must be >= 0, got {self.target_tolerance}.")
         for key in ("min_value_frac", "min_neuron_frac", "kd_alpha", "label_smoothing", "drop_path", "min_lr_ratio"):

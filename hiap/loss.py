@@ -79,3 +79,20 @@ def polarization_loss(model: GatedViT) -> torch.Tensor:
     loss = head * _entropy(p["head"]).sum() + block_ffn * _entropy(p["ffn"]).sum()
     loss = loss + g.value_unit_macs * _entropy(p["value"]).sum() + g.neuron_unit_macs * _entropy(p["neuron"]).sum()
     return loss / g.dense_macs
+
+
+def allocation_loss(model: GatedViT) -> torch.Tensor:
+    """Spread of the blocks' expected kept fractions, sum_b (f_b - mean f)^2, f_b = E[MACs of block b] / its dense
+    MACs (the fixed parts left out).
+
+    Zero when every block keeps the same share of its MACs, as a uniform cut does; its weight (even_allocation)
+    sets how far the search may move MACs between blocks. Off by default: learning that allocation is HiAP's
+    point, and this prior measures what it is worth.
+    """
+    g = model.geometry
+    p = {k: torch.sigmoid(a) for k, a in model.gates.as_dict().items()}
+    kept = g.head_unit_macs * p["head"].sum(-1) + g.value_unit_macs * (p["head"].unsqueeze(-1) * p["value"]).sum((1, 2))
+    kept = kept + g.neuron_unit_macs * p["ffn"] * p["neuron"].sum(-1)
+    dense = g.num_heads * (g.head_unit_macs + g.head_dim * g.value_unit_macs) + g.hidden * g.neuron_unit_macs
+    f = kept / dense
+    return (f - f.mean()).pow(2).sum()

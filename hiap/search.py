@@ -12,7 +12,7 @@ from hiap.budget import BudgetController, check_schedule, check_target
 from hiap.config import Target, TrainConfig
 from hiap.cost import Geometry, Structure
 from hiap.gated import Floors, GatedViT
-from hiap.loss import feasibility_loss, mac_penalty, polarization_loss
+from hiap.loss import allocation_loss, feasibility_loss, mac_penalty, polarization_loss
 
 if TYPE_CHECKING:
     from hiap.train import Schedule
@@ -187,7 +187,12 @@ class GateSearch:
         polar_weight = cfg.polarization * self.controller.hard_weight(self.progress(step))
         polar = polarization_loss(self.gated)
         parts.update(polarization=polar.detach(), feasibility=feas.detach())
-        return [penalty, feas, polar_weight * polar], parts
+        terms = [penalty, feas, polar_weight * polar]
+        if cfg.even_allocation:
+            spread = allocation_loss(self.gated)
+            terms.append(cfg.even_allocation * spread)
+            parts["allocation"] = spread.detach()
+        return terms, parts
 
     def measured(self) -> dict[str, torch.Tensor]:
         """Expected and hard MACs after the optimizer step, as tensors for the step's single read-back."""

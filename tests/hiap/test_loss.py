@@ -9,7 +9,7 @@ import torch
 
 from hiap.cost import ExpectedCost
 from hiap.gated import Floors, GatedViT
-from hiap.loss import feasibility_loss, mac_penalty, task_loss
+from hiap.loss import allocation_loss, feasibility_loss, mac_penalty, task_loss
 from hiap.models import create_model
 
 LOGITS = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
@@ -116,3 +116,25 @@ def test_feasibility_loss_below_the_floors_equals_the_hand_value_and_pushes_gate
     with torch.no_grad():
         gated.gates.ffn[2] = -30.0
     assert feasibility_loss(gated).item() == pytest.approx((heads + values).item(), rel=1e-5)
+
+
+def test_allocation_loss_is_the_spread_of_block_kept_fractions_and_evens_them_out(gated: GatedViT) -> None:
+    g = gated.geometry  # 4 blocks of 4 heads x 16 dims, FFN 256
+    with torch.no_grad():
+        for logits in gated.gates.parameters():
+            logits.fill_(3.0)
+    assert allocation_loss(gated).item() == pytest.approx(0.0, abs=1e-12)  # every block alike
+    with torch.no_grad():
+        gated.gates.neuron[0] = -30.0  # block 0 keeps its attention only
+    sig3 = torch.sigmoid(torch.tensor(3.0)).item()
+    attn = g.num_heads * (g.head_unit_macs + g.head_dim * g.value_unit_macs)
+    full = attn + g.hidden * g.neuron_unit_macs
+    kept = [sig3 * g.num_heads * g.head_unit_macs + sig3 * sig3 * g.num_heads * g.head_dim * g.value_unit_macs]
+    kept = [kept[0], *[kept[0] + sig3 * sig3 * g.hidden * g.neuron_unit_macs] * 3]
+    f = [k / full for k in kept]
+    mean = sum(f) / 4
+    loss = allocation_loss(gated)
+    assert loss.item() == pytest.approx(sum((v - mean) ** 2 for v in f), rel=1e-5)
+    loss.backward()
+    # descent moves MACs towards block 0: its head logits open, the other blocks' neuron logits close
+    assert (gated.gates.head.grad[0] < 0).all() and (gated.gates.neuron.grad[1:] > 0).all()
