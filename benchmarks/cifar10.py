@@ -84,6 +84,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hiap-l1init-keepffn": {"gate_init_importance": 1.0, "ffn_block_gates": False},
     # ... and a pull towards the same kept fraction in every block (the allocation a uniform cut has)
     "hiap-l1init-even": {"gate_init_importance": 1.0, "even_allocation": 10.0},
+    # ... and gates at 0.4x the default lr: decisions spread over more of the run, while the weights adapt
+    "hiap-l1init-slowgates": {"gate_init_importance": 1.0, "gate_lr": 0.02},
 }
 PAPER = {  # HiAP paper, CIFAR-10, 6-block ViT-Tiny: (top-1 %, fraction of dense MACs)
     "dense": (90.50, 1.0),
