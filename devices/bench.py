@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from devices.host import Host, detect_host, power_state, profile_mismatch
+from devices.host import Host, power_state, profile_mismatch
 from devices.profile import DeviceProfile, version_in_range
 from hiap import __version__
 from hiap.errors import HiapError
@@ -23,7 +23,7 @@ from runtime.data import (
     builtin_fingerprint,
     builtin_val_batches,
     image_folder_batches,
-    is_training_root,
+    resolve_image_folder,
     split_fingerprint,
 )
 from runtime.harness import (
@@ -50,9 +50,8 @@ class BenchTarget:
     mismatch: str
 
     @classmethod
-    def on(cls, profile: DeviceProfile, host: Host | None = None) -> BenchTarget:
-        """`profile` measured against `host` (default: this machine)."""
-        host = host if host is not None else detect_host()
+    def on(cls, profile: DeviceProfile, host: Host) -> BenchTarget:
+        """`profile` measured against `host`."""
         return cls(profile, host, profile_mismatch(profile, host))
 
 
@@ -175,9 +174,8 @@ class EvalData:
         if not root.is_dir():  # before minutes of latency measurement, not after
             raise HiapError(f"--data '{spec}' is not a folder: pass 'builtin', the root `hiap train --data` took "
                             "(ROOT/val/<class>/<image>) or a class-folder tree (ROOT/<class>/<image>).")  # fmt: skip
-        if is_training_root(root):  # what `hiap train --data` takes: evaluate the split it validated on
-            return cls(spec, root / "val", f"training root: evaluated its val/ ({root / 'val'})")
-        return cls(spec, root)
+        folder = resolve_image_folder(root)  # what `hiap train --data` takes: the split it validated on
+        return cls(spec, folder, f"training root: evaluated its val/ ({folder})" if folder != root else "")
 
     def batches(self, pre: Preprocessing, limit: int | None) -> Any:
         if self.folder is None:
@@ -519,7 +517,7 @@ def fidelity_tolerance(profile: DeviceProfile) -> Tolerance:
 def judge_budgets(profile: DeviceProfile, opts: BenchOptions, latency: Latency, fid: Fidelity | None,
                   acc: AccuracyCheck) -> tuple[Budget, ...]:  # fmt: skip
     """Every budget of the profile (latency and accuracy limits as the options override them) against the figures."""
-    b = profile.budgets
+    b, fid_tol = profile.budgets, fidelity_tolerance(profile)  # the limits the fidelity result was judged by
     p50_limit = opts.budget_ms if opts.budget_ms is not None else b.latency_p50_ms
     # --budget-ms sets the median; the tail budget keeps the profile's p99/p50 ratio.
     p99_limit = p50_limit * (b.latency_p99_ms / b.latency_p50_ms)
@@ -531,8 +529,10 @@ def judge_budgets(profile: DeviceProfile, opts: BenchOptions, latency: Latency, 
         Budget("latency_p50_ms", p50_limit, latency.p50),
         Budget("latency_p99_ms", p99_limit, latency.p99),
         Budget("accuracy_drop_pp", drop_limit, acc.drop, reason=acc.unavailable),
-        Budget("fidelity_max_abs_diff", b.fidelity_atol, max_abs, reason=NO_GOLDEN),
-        Budget("fidelity_top1_agreement", b.min_top1_agreement, agreement, higher_is_better=True, reason=NO_GOLDEN),
+        Budget("fidelity_max_abs_diff", fid_tol.atol, max_abs, reason=NO_GOLDEN),
+        Budget(
+            "fidelity_top1_agreement", fid_tol.min_top1_agreement, agreement, higher_is_better=True, reason=NO_GOLDEN
+        ),
     )
 
 

@@ -76,7 +76,6 @@ SCHEMA: dict[str, Field] = {
     "protocol.jetson_clocks": Field(bool, False),
     "protocol.governor": Field(str, False),
 }
-OPT_LEVELS = SCHEMA["ort.graph_optimization_level"].allowed
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,6 @@ class DeviceProfile:
     precision: str  # one of SCHEMA["precision"].allowed
     batch: int
     budgets: Budgets
-    max_opset: int
     recommended_align: int
     host: HostRule
     software: Software
@@ -153,6 +151,10 @@ class DeviceProfile:
     default_engine_target: bool = False
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def max_opset(self) -> int:
+        return self.software.max_opset
 
 
 def profiles_dir() -> Path:
@@ -268,7 +270,6 @@ def validate(body: Any, source: str) -> DeviceProfile:
         precision=body["precision"],
         batch=body["batch"],
         budgets=Budgets(**{k: float(v) for k, v in section("budgets").items()}),
-        max_opset=body["software"]["max_opset"],
         recommended_align=body["alignment"]["recommended_align"],
         host=HostRule(**host | {"model_contains": tuple(host.get("model_contains", ()))}),
         software=Software(**section("software")),
@@ -317,13 +318,11 @@ def all_profiles() -> dict[str, DeviceProfile]:
     return found
 
 
-def load_profile(name_or_path: str, profiles: dict[str, DeviceProfile] | None = None) -> DeviceProfile:
-    """A shipped profile by name or alias, or a user's profile file (*.yaml). `profiles`: the shipped ones when
-    the caller has read them already (all_profiles()), so no file is parsed twice."""
+def load_profile(name_or_path: str) -> DeviceProfile:
+    """A shipped profile by name or alias, or a user's profile file (*.yaml)."""
     if name_or_path.endswith((".yaml", ".yml")):
         return read_profile(Path(name_or_path))
-    if profiles is None:
-        profiles = all_profiles()
+    profiles = all_profiles()
     by_alias = {a: p for p in profiles.values() for a in (p.name, *p.aliases)}
     if name_or_path in by_alias:
         return by_alias[name_or_path]

@@ -161,7 +161,7 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     # parameters must equal the plan exactly. onnxsim may then drop constants that are all zeros (the zero biases
     # of randomly initialised weights, added as no-ops), so after it the parameter count may only go down.
     raw_macs, raw_params = onnx_cost(onnx_path)
-    raw_zero_params = zero_params(onnx_path)
+    raw_zero_params = zero_params(onnx_path) if simplify else 0  # only onnxsim can drop zero constants
     nodes = simplify_onnx(onnx_path) if simplify else None  # the checks below run on the final file
     checks, golden = _parity_checks(src, compact, onnx_path, golden_src, dynamic_batch)
     _write_golden(out / "golden.npz", golden)
@@ -174,7 +174,7 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
 
         report["device_check"] = check_onnx(onnx_path, target)
     write_json_atomic(out / "export_report.json", report)
-    _refuse_failed_parity(report, checks, out)
+    _refuse_failed_parity(report, out)
     return report
 
 
@@ -190,7 +190,8 @@ def _measured(
 ) -> dict[str, Any]:
     """export_report.json's measurements: the sizes as planned and as counted in the final file, parity, golden."""
     raw_macs, raw_params, raw_zero_params = raw
-    onnx_macs, onnx_params = onnx_cost(onnx_path)
+    # The final file: re-counted only when onnxsim rewrote it.
+    onnx_macs, onnx_params = onnx_cost(onnx_path) if nodes is not None else (raw_macs, raw_params)
     counts_match = (raw_macs == onnx_macs == sizes.macs and raw_params == sizes.params
                     and 0 <= raw_params - onnx_params <= raw_zero_params)  # fmt: skip
     return {
@@ -285,10 +286,11 @@ def _parity_summary(checks: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _refuse_failed_parity(report: dict[str, Any], checks: list[dict[str, Any]], out: Path) -> None:
+def _refuse_failed_parity(report: dict[str, Any], out: Path) -> None:
     """An export whose files disagree with the gated reference or the plan ends in an error (the report stays)."""
     if report["parity"]["passed"] and report["counts_match"]:
         return
+    checks = report["parity"]["checks"]
     failed = [f"{c['pair']} on {c['inputs']}: max abs {c['max_abs_diff']:.2e}, top-1 {c['top1_agreement']:.2%}"
               for c in checks if not c["passed"]]  # fmt: skip
     if not report["counts_match"]:

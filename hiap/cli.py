@@ -301,7 +301,9 @@ def export(
 
         profile = load_profile(target) if target is not None else default_engine_target(all_profiles())
     if format == "engine" and profile is not None and profile.runtime != "trt":
-        raise HiapError(f"--format engine: device '{target}' runs ONNX Runtime, not TensorRT; export --format onnx.")
+        raise HiapError(
+            f"--format engine: device '{profile.name}' runs ONNX Runtime, not TensorRT; export --format onnx."
+        )
     if (run is None) == (model is None or plan is None):
         raise HiapError("Give either RUN (a run directory or checkpoint) or both --model and --plan.")
     if run is not None:

@@ -93,7 +93,7 @@ class TrainConfig:
     # Micro-gate logits start at gate_init + gate_init_importance * (their unit's standardised log l1-magnitude in
     # its block, clipped to +-2); 0: every gate starts alike (GatedViT.init_from_importance).
     gate_init_importance: float = 0.0
-    # False: FFN blocks are only narrowed, never removed (their gates are fixed open and not sampled).
+    # False: FFN blocks are only narrowed, never removed (their gates are fixed open, logit 10).
     ffn_block_gates: bool = True
     k_min: int = 1  # heads kept per block at least
     min_value_frac: float = 0.25  # value dims kept per kept head at least

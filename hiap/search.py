@@ -112,8 +112,9 @@ class GateSearch:
         check_target(geometry, floors, self.target_macs, ffn_blocks_removable=cfg.ffn_block_gates)
         self.gated = GatedViT(vit, floors=floors, gate_init=cfg.gate_init).to(device)
         if not cfg.ffn_block_gates:
-            # Fixed open: keep probability 1 - 5e-5, so a sample never drops the block and the expected cost counts
-            # every FFN as kept; no gradient, so the optimizer never moves them.
+            # Fixed open: keep probability 1 - 5e-5, so a sample drops a block about once in 20,000 steps and the
+            # expected cost counts every FFN as kept; no gradient, so the optimizer never moves them and the export
+            # rule always keeps them.
             with torch.no_grad():
                 self.gated.gates.ffn.fill_(10.0)
             self.gated.gates.ffn.requires_grad_(False)

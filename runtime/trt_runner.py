@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 from hiap.errors import HiapError
 from runtime.base import TensorSpec
 from runtime.ort_runner import check_model_file
-from runtime.trt_build import read_sidecar, sha256_file
+from runtime.trt_build import read_sidecar
 from runtime.trt_env import cuda_check, cudart, gpu_name, import_tensorrt
 
 
@@ -39,10 +40,11 @@ class TrtRunner:
                 f"'{self.path}' is a TensorRT engine but TensorRT is not installed here; bench the .onnx with an "
                 "ONNX Runtime profile, or run this on the device the engine was built on."
             )
-        self.metadata = self._checked_sidecar(trt)
+        blob = self.path.read_bytes()  # read once: hashed against the sidecar, then deserialised
+        self.metadata = self._checked_sidecar(trt, blob)
         self._cudart = cudart()
         try:
-            self._open(trt)
+            self._open(trt, blob)
         except BaseException:
             # `with` does not call __exit__ when __enter__ raises: what was created so far is freed here, and the
             # runner is left holding no device resources, so a later __exit__ frees nothing twice.
@@ -50,7 +52,7 @@ class TrtRunner:
             raise
         return self
 
-    def _checked_sidecar(self, trt: Any) -> dict[str, str]:
+    def _checked_sidecar(self, trt: Any, blob: bytes) -> dict[str, str]:
         """The sidecar as metadata, once it shows the engine was built here (same TensorRT, same GPU) and is whole."""
         sidecar = read_sidecar(self.path)
         here_gpu = gpu_name()
@@ -60,16 +62,16 @@ class TrtRunner:
                 f"'{sidecar.get('gpu')}'; this host has TensorRT {trt.__version__} on '{here_gpu}'. Engines are not "
                 "portable: rebuild from the .onnx here (hiap bench model.onnx --device ...)."
             )
-        if sidecar.get("engine_sha256") and sidecar["engine_sha256"] != sha256_file(self.path):
+        if sidecar.get("engine_sha256") and sidecar["engine_sha256"] != hashlib.sha256(blob).hexdigest():
             raise HiapError(
                 f"Engine '{self.path}' does not match its sidecar checksum: it is truncated or was replaced."
             )
         return {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in sidecar.items()}
 
-    def _open(self, trt: Any) -> None:
+    def _open(self, trt: Any, blob: bytes) -> None:
         """Engine, execution context, stream and one device buffer per I/O tensor; _release undoes any prefix."""
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        self._engine = self._runtime.deserialize_cuda_engine(blob)
         if self._engine is None:
             raise HiapError(f"TensorRT cannot deserialise '{self.path}': corrupt, or built for another GPU/version.")
         self._context = self._engine.create_execution_context()
