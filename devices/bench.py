@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from devices.host import Host, power_state, profile_mismatch
-from devices.profile import DeviceProfile, version_in_range
+from devices.profile import MODEL_PRECISIONS, DeviceProfile, version_in_range
 from hiap import __version__
 from hiap.errors import HiapError
 from runtime.base import Runner, batch_of
@@ -67,18 +67,53 @@ class BenchOptions:
     warmup: int | None = None
     min_seconds: float | None = None
     limit: int | None = None
+    runtime: str | None = None  # 'onnxruntime' or 'openvino' on a CPU profile; None: the profile's
+    # The runtime the --compare model runs on (None: the model's); without --compare, the model itself is compared,
+    # so one bench shows one file on two runtimes side by side.
+    compare_runtime: str | None = None
 
 
-def engine_build_settings(profile: DeviceProfile) -> dict[str, Any]:
-    """The TensorRT build options a profile asks for: the one place they are derived (bench and export both build
-    with them, and a cached engine is reused only when its sidecar records the same)."""
+RUNTIME_NAMES = {"onnxruntime": "ort", "openvino": "openvino"}
+
+
+def resolve_runtime(profile: DeviceProfile, requested: str | None) -> tuple[str, str]:
+    """The runtime to bench on ('ort', 'openvino' or 'trt') and a note: --runtime when given, else the profile's. A
+    profile whose default is OpenVINO falls back to ONNX Runtime where OpenVINO is not installed, and says so."""
+    from runtime.ov_runner import import_openvino
+
+    if requested is not None:
+        if requested not in RUNTIME_NAMES:
+            raise HiapError(f"--runtime {requested}: choose {' or '.join(RUNTIME_NAMES)}.")
+        if profile.runtime == "trt":
+            raise HiapError(f"--runtime {requested}: device '{profile.name}' runs TensorRT, not a CPU runtime.")
+        if requested == "openvino" and import_openvino() is None:
+            raise HiapError("--runtime openvino: OpenVINO is not installed here (pip install 'hiap[openvino]').")
+        return RUNTIME_NAMES[requested], ""
+    if profile.runtime == "openvino" and import_openvino() is None:
+        return "ort", (f"measured on ONNX Runtime: OpenVINO, the default of '{profile.name}', is not installed "
+                       "(pip install 'hiap[openvino]')")  # fmt: skip
+    return profile.runtime, ""
+
+
+def engine_build_settings(profile: DeviceProfile, meta: dict[str, str] | None = None) -> dict[str, Any]:
+    """The TensorRT build options a profile asks for, for a file with metadata `meta` (an INT8 file builds an INT8
+    engine): the one place they are derived (bench and export both build with them, and a cached engine is reused
+    only when its sidecar records the same)."""
     if profile.trt is None:
         raise HiapError(f"Device '{profile.name}' runs {profile.runtime}, not TensorRT: it has no engine settings.")
+    int8 = (meta or {}).get("precision") == "int8"
+    if int8:
+        # TensorRT's explicit quantization takes signed, symmetric activations (zero point 0) only.
+        recipe = json.loads((meta or {}).get("quantization") or "{}")
+        if recipe.get("activations") != "s8":
+            raise HiapError(f"This INT8 file was quantized for ONNX Runtime (activations {recipe.get('activations')}"
+                            f"); TensorRT needs s8: export with --precision int8 --target {profile.name}.")  # fmt: skip
     return {
         "fp16": profile.precision == "fp16",
         "layernorm_fp32": profile.trt.layernorm_fp32,
         "workspace_mb": profile.trt.workspace_mb,
         "max_batch": max(32, profile.batch),  # a dynamic-batch engine takes batches up to this
+        "int8": int8,
     }
 
 
@@ -108,27 +143,36 @@ def _engine_for(onnx_path: Path, profile: DeviceProfile) -> Path:
     if wanted and not version_in_range(trt.__version__, wanted):
         raise HiapError(f"Device '{profile.name}' expects TensorRT {wanted} but this host has {trt.__version__}: "
                         "use the profile of this JetPack/TensorRT, or pass your own profile file.")  # fmt: skip
+    from runtime.ort_runner import OrtRunner
+
+    with OrtRunner(onnx_path) as probe:
+        meta = dict(probe.metadata)
     key = engine_key(trt)
-    engine = onnx_path.with_name(f"{onnx_path.stem}.{key}.{profile.precision}.engine")
-    build = engine_build_settings(profile)
+    build = engine_build_settings(profile, meta)
+    engine = onnx_path.with_name(f"{onnx_path.stem}.{key}.{'int8' if build['int8'] else profile.precision}.engine")
     if engine.is_file() and sidecar_path(engine).is_file():
         # A cached engine is reused only if it was built from this very ONNX with these settings.
         old = read_sidecar(engine)
         if old.get("onnx_sha256") == sha256_file(onnx_path) and old.get("build") == build:
             return engine
-    from runtime.ort_runner import OrtRunner
-
-    with OrtRunner(onnx_path) as probe:
-        meta = dict(probe.metadata)
     build_engine(onnx_path, engine, **build, timing_cache=timing_cache_for(onnx_path, key), metadata=meta)
     return engine
 
 
-def open_runner(path: Path, profile: DeviceProfile) -> Runner:
-    if profile.runtime == "ort":
+def open_runner(path: Path, profile: DeviceProfile, runtime: str | None = None) -> Runner:
+    """The runner of `runtime` ('ort', 'openvino', 'trt'; default the profile's) configured by the profile."""
+    runtime = runtime or profile.runtime
+    if runtime in ("ort", "openvino"):
         if path.suffix in (".engine", ".plan"):
-            raise HiapError(f"'{path}' is a TensorRT engine but device '{profile.name}' runs ONNX Runtime: bench the "
+            raise HiapError(f"'{path}' is a TensorRT engine but device '{profile.name}' runs a CPU runtime: bench the "
                             ".onnx instead.")  # fmt: skip
+        if runtime == "openvino":
+            from devices.profile import OvSettings
+            from runtime.ov_runner import OvRunner
+
+            # A CPU profile without its own OpenVINO section runs it with its ONNX Runtime thread count.
+            ov = profile.openvino or OvSettings(profile.ort.intra_op_threads if profile.ort else 1)
+            return OvRunner(path, threads=ov.threads, hint=ov.hint)
         from runtime.ort_runner import OrtRunner
 
         ort = profile.ort
@@ -334,18 +378,22 @@ class DenseComparison:
     speedup_mean: float
     mac_ratio: float | None  # dense over pruned MACs, from both models' metadata
     realisation: float | None  # the share of the MAC saving that shows as p50 speedup
+    precision: str = "fp32"  # the dense file's (an INT8 pruned model is often compared with the FP32 dense one)
+    runtime: str = ""  # the runtime it ran on ('' when the model's own)
 
     @classmethod
-    def measured(cls, artifact: Path, model: Latency, dense: Latency, meta: dict[str, str],
-                 dense_meta: dict[str, str]) -> DenseComparison:  # fmt: skip
+    def measured(cls, artifact: Path, model: Latency, dense: Latency, meta: dict[str, str], dense_meta: dict[str, str],
+                 precision: str | None = None, runtime: str = "") -> DenseComparison:  # fmt: skip
         gm, dgm = _meta_float(meta, "gmacs"), _meta_float(dense_meta, "gmacs")
         mac_ratio = (dgm / gm) if gm and dgm else None
         speedup = dense.p50 / model.p50
         return cls(artifact, artifact.stat().st_size / 1e6, dense, speedup, dense.mean / model.mean, mac_ratio,
-                   speedup / mac_ratio if mac_ratio else None)  # fmt: skip
+                   speedup / mac_ratio if mac_ratio else None, precision or "fp32", runtime)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dense_artifact": str(self.artifact), "dense_size_mb": self.size_mb, "speedup_p50": self.speedup_p50,
+        runtime = {"dense_runtime": self.runtime} if self.runtime else {}
+        return runtime | {"dense_artifact": str(self.artifact), "dense_precision": self.precision,
+                "dense_size_mb": self.size_mb, "speedup_p50": self.speedup_p50,
                 "speedup_mean": self.speedup_mean, "mac_ratio": self.mac_ratio,
                 "realisation": self.realisation}  # fmt: skip
 
@@ -372,6 +420,7 @@ class BenchReport:
     protocol_warnings: tuple[str, ...] = ()
     note: str = ""
     compare: DenseComparison | None = None
+    precision: str = "fp32"  # the model file's, as its export recorded it
 
     @property
     def measured_on_target(self) -> bool:
@@ -398,7 +447,8 @@ class BenchReport:
         if self.compare is not None:
             latency["dense"] = self.compare.latency.to_dict()
         out: dict[str, Any] = {
-            "artifact": str(self.artifact), "format": self.format, "size_mb": self.size_mb, "device": self.device,
+            "artifact": str(self.artifact), "format": self.format, "precision": self.precision,
+            "size_mb": self.size_mb, "device": self.device,
             "measured_on_target": self.measured_on_target, "label": self.label, "model": self.model,
             "batch": self.batch, "latency": latency,
             "fidelity": self.fidelity.to_dict() if self.fidelity is not None else None,
@@ -423,6 +473,10 @@ class _Plan:
     min_seconds: float
     golden: Path | None
     data: EvalData | None
+    runtime: str
+    runtime_note: str
+    compare: Path | None  # the model run beside it (--compare, or the model itself under --compare-runtime)
+    compare_runtime: str
 
 
 def _plan(artifact: Path, target: BenchTarget, opts: BenchOptions) -> _Plan:
@@ -440,7 +494,16 @@ def _plan(artifact: Path, target: BenchTarget, opts: BenchOptions) -> _Plan:
         golden = artifact.with_name("golden.npz")
     if opts.golden is not None and not opts.golden.is_file():
         raise HiapError(f"Golden file '{opts.golden}' does not exist.")
+    runtime, runtime_note = resolve_runtime(profile, opts.runtime)
+    compare_runtime = resolve_runtime(profile, opts.compare_runtime)[0] if opts.compare_runtime else runtime
+    if opts.compare_runtime and compare_runtime == runtime and opts.compare is None:
+        raise HiapError(f"--compare-runtime {opts.compare_runtime} is the runtime the model runs on already: name the "
+                        "other one (onnxruntime or openvino), or pass --compare DENSE.onnx.")  # fmt: skip
     return _Plan(
+        runtime=runtime,
+        runtime_note=runtime_note,
+        compare=opts.compare or (artifact if opts.compare_runtime else None),
+        compare_runtime=compare_runtime,
         warmup=opts.warmup if opts.warmup is not None else proto.warmup,
         iterations=opts.iterations if opts.iterations is not None else proto.iterations,
         min_seconds=opts.min_seconds if opts.min_seconds is not None else float(proto.min_seconds),
@@ -510,14 +573,27 @@ NO_GOLDEN = ("no golden.npz next to the model and no --golden (hiap export write
              "images are readable)")  # fmt: skip
 
 
-def fidelity_tolerance(profile: DeviceProfile) -> Tolerance:
-    return Tolerance(profile.budgets.fidelity_atol, profile.budgets.min_top1_agreement)
+def fidelity_tolerance(profile: DeviceProfile, precision: str = "fp32") -> Tolerance:
+    return Tolerance(*profile.budgets.fidelity_limits(precision))
+
+
+def model_precision(meta: dict[str, str], profile: DeviceProfile, artifact: Path) -> str:
+    """The precision the export recorded in the file (FP32 for files without one), refused when the device's
+    profile does not run it."""
+    precision = meta.get("precision", "fp32")
+    if precision not in MODEL_PRECISIONS:  # an engine sidecar from before files recorded their precision
+        precision = "fp32"
+    if precision not in profile.precisions:
+        raise HiapError(f"'{artifact}' is {precision} but device '{profile.name}' runs {list(profile.precisions)}: "
+                        f"export with --precision {profile.precisions[0]}, or bench on a device that runs "
+                        f"{precision}.")  # fmt: skip
+    return precision
 
 
 def judge_budgets(profile: DeviceProfile, opts: BenchOptions, latency: Latency, fid: Fidelity | None,
-                  acc: AccuracyCheck) -> tuple[Budget, ...]:  # fmt: skip
+                  acc: AccuracyCheck, precision: str = "fp32") -> tuple[Budget, ...]:  # fmt: skip
     """Every budget of the profile (latency and accuracy limits as the options override them) against the figures."""
-    b, fid_tol = profile.budgets, fidelity_tolerance(profile)  # the limits the fidelity result was judged by
+    b, fid_tol = profile.budgets, fidelity_tolerance(profile, precision)  # the limits the fidelity was judged by
     p50_limit = opts.budget_ms if opts.budget_ms is not None else b.latency_p50_ms
     # --budget-ms sets the median; the tail budget keeps the profile's p99/p50 ratio.
     p99_limit = p50_limit * (b.latency_p99_ms / b.latency_p50_ms)
@@ -551,23 +627,30 @@ def run_bench(artifact: Path, target: BenchTarget, opts: BenchOptions) -> BenchR
     plan = _plan(artifact, target, opts)
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        model = stack.enter_context(open_runner(artifact, profile))
-        dense = stack.enter_context(open_runner(opts.compare, profile)) if opts.compare else None
+        model = stack.enter_context(open_runner(artifact, profile, plan.runtime))
+        compare_path = plan.compare
+        dense = stack.enter_context(open_runner(compare_path, profile, plan.compare_runtime)) if compare_path else None
         batch = batch_of(model.inputs[0], profile.batch)
         pre = Preprocessing.from_metadata(model.metadata, str(artifact))  # before timing: it fails on a bad export
+        precision = model_precision(model.metadata, profile, artifact)
+        dense_precision = model_precision(dense.metadata, profile, compare_path) if dense is not None else None
+        dense_runtime = (
+            dense.describe()["runtime"] if dense is not None and plan.compare_runtime != plan.runtime else ""
+        )
         if dense is not None:
             _check_same_input(model, dense, artifact)
         latency, dense_latency = _measure_latency(model, dense, profile.batch, plan)
-        fid = fidelity(model, plan.golden, batch, fidelity_tolerance(profile)) if plan.golden else None
+        fid = fidelity(model, plan.golden, batch, fidelity_tolerance(profile, precision)) if plan.golden else None
         model_acc, dense_acc = _measure_accuracy(model, dense, plan.data, pre, opts.limit, profile.batch)
         env = environment(host, model, profile)
         meta = dict(model.metadata)
         dense_meta = dict(dense.metadata) if dense is not None else {}
     acc = check_accuracy(plan.data, model_acc, dense_acc, meta, opts.limit)
     compare = None
-    if opts.compare is not None and dense_latency is not None:
-        compare = DenseComparison.measured(opts.compare, latency, dense_latency, meta, dense_meta)
-    built = profile.runtime != "ort" and artifact.suffix == ".onnx"
+    if plan.compare is not None and dense_latency is not None:
+        compare = DenseComparison.measured(plan.compare, latency, dense_latency, meta, dense_meta, dense_precision,
+                                           dense_runtime)  # fmt: skip
+    built = plan.runtime == "trt" and artifact.suffix == ".onnx"
     return BenchReport(
         artifact=artifact,
         format="engine (built from onnx)" if built else artifact.suffix.lstrip("."),
@@ -580,11 +663,12 @@ def run_bench(artifact: Path, target: BenchTarget, opts: BenchOptions) -> BenchR
         latency=latency,
         fidelity=fid,
         accuracy=acc,
-        budgets=judge_budgets(profile, opts, latency, fid, acc),
+        budgets=judge_budgets(profile, opts, latency, fid, acc, precision),
+        precision=precision,
         environment=env,
         seconds=time.perf_counter() - t0,
         protocol_warnings=tuple(protocol_warnings(profile, host, env["power"])),
-        note=NOT_VALIDATED if profile.runtime == "trt" else "",
+        note=NOT_VALIDATED if plan.runtime == "trt" else plan.runtime_note,
         compare=compare,
     )
 

@@ -59,8 +59,10 @@ def detect_host(root: Path = Path("/")) -> Host:
     host.cpu = names[0].strip() if names else platform.processor()
     if tegra or "jetson" in dt_model.lower() or "nvidia" in dt_model.lower():
         host.board = "jetson"
-        match = re.search(r"R(\d+)", tegra)
-        host.l4t = match.group(1) if match else ""
+        # "# R36 (release), REVISION: 4.3, ..." is L4T 36.4.3 (JetPack 6.2); JetPack 6.0 (36.3) ships TensorRT 8.6
+        # and 6.1/6.2 (36.4) TensorRT 10.3, so the profile match needs the revision, not only R36.
+        match = re.search(r"R(\d+)(?:[^\n]*?REVISION:\s*([\d.]+))?", tegra)
+        host.l4t = ".".join(p for p in match.groups() if p) if match else ""
         if not tegra:
             host.notes.append(f"{TEGRA_RELEASE} not readable: L4T/JetPack release unknown")
     elif "raspberry pi" in dt_model.lower():
@@ -75,6 +77,14 @@ def detect_host(root: Path = Path("/")) -> Host:
     elif arch == "aarch64" and re.search(r"^vendor_id\s*:\s*(GenuineIntel|AuthenticAMD)", cpuinfo, flags=re.M):
         host.emulated = "qemu-user (x86 host)"
     return host
+
+
+def l4t_matches(host: str, wanted: str) -> bool:
+    """A host release ('36.4.3') is within a profile's ('36.4': any 36.4.x). A host whose revision is unknown
+    ('36') matches on the major release alone."""
+    if "." not in host:
+        return host == wanted.split(".")[0]
+    return host == wanted or host.startswith(wanted + ".")
 
 
 def profile_mismatch(profile: DeviceProfile, host: Host) -> str:
@@ -92,7 +102,7 @@ def profile_mismatch(profile: DeviceProfile, host: Host) -> str:
     contains = want.model_contains
     if contains and not any(c.lower() in host.model.lower() for c in contains):
         return f"profile '{profile.name}' is for a {' or '.join(contains)} but this board reports '{host.model}'"
-    if want.l4t and host.l4t and host.l4t != want.l4t:
+    if want.l4t and host.l4t and not l4t_matches(host.l4t, want.l4t):
         return f"profile '{profile.name}' is for L4T R{want.l4t} but this Jetson runs R{host.l4t}"
     return ""
 

@@ -42,14 +42,20 @@ SCHEMA: dict[str, Field] = {
     # A profile for any host of its kind (a generic GPU box): tried after every other profile when guessing the
     # host's, so a more specific one (the CPU profile on a GPU box, a Jetson's own) wins.
     "host.fallback": Field(bool, False),
-    "runtime": Field(str, True, ("ort", "trt")),
+    "runtime": Field(str, True, ("ort", "openvino", "trt")),
     "precision": Field(str, True, ("fp32", "fp16")),
+    # The model-file precisions (the metadata `precision` hiap export writes) this device runs; default [fp32].
+    "precisions": Field(list, False),
     "batch": Field(int, True),
     "ort": Field(dict, False),
     "ort.providers": Field(list, True),
     "ort.intra_op_threads": Field(int, True),
     "ort.inter_op_threads": Field(int, True),
     "ort.graph_optimization_level": Field(str, True, ("disable", "basic", "extended", "all")),
+    # OpenVINO's CPU plugin (an optional runtime): threads and its performance hint.
+    "openvino": Field(dict, False),
+    "openvino.threads": Field(int, True),
+    "openvino.hint": Field(str, False, ("LATENCY", "THROUGHPUT")),
     "trt": Field(dict, False),
     "trt.workspace_mb": Field(int, True),
     "trt.layernorm_fp32": Field(bool, True),
@@ -68,6 +74,10 @@ SCHEMA: dict[str, Field] = {
     "budgets.max_acc_drop": Field(_NUM, True),
     "budgets.fidelity_atol": Field(_NUM, True),
     "budgets.min_top1_agreement": Field(_NUM, True),
+    # An INT8 file against its own golden logits: another runtime's or CPU's integer kernels round differently,
+    # so these are looser than the float ones (required when `precisions` lists an INT8 precision).
+    "budgets.int8_fidelity_atol": Field(_NUM, False),
+    "budgets.int8_min_top1_agreement": Field(_NUM, False),
     "protocol": Field(dict, True),
     "protocol.warmup": Field(int, True),
     "protocol.iterations": Field(int, True),
@@ -78,6 +88,9 @@ SCHEMA: dict[str, Field] = {
 }
 
 
+MODEL_PRECISIONS = ("fp32", "int8", "int8-dynamic")
+
+
 @dataclass(frozen=True)
 class Budgets:
     latency_p50_ms: float
@@ -85,6 +98,14 @@ class Budgets:
     max_acc_drop: float
     fidelity_atol: float
     min_top1_agreement: float
+    int8_fidelity_atol: float | None = None
+    int8_min_top1_agreement: float | None = None
+
+    def fidelity_limits(self, precision: str) -> tuple[float, float]:
+        """(atol, min top-1 agreement) for a model file of `precision`."""
+        if precision.startswith("int8") and self.int8_fidelity_atol is not None:
+            return self.int8_fidelity_atol, float(self.int8_min_top1_agreement or 0.0)
+        return self.fidelity_atol, self.min_top1_agreement
 
 
 @dataclass(frozen=True)
@@ -104,6 +125,12 @@ class OrtSettings:
     intra_op_threads: int  # 0 lets ONNX Runtime choose
     inter_op_threads: int
     graph_optimization_level: str
+
+
+@dataclass(frozen=True)
+class OvSettings:
+    threads: int
+    hint: str = "LATENCY"
 
 
 @dataclass(frozen=True)
@@ -140,6 +167,7 @@ class DeviceProfile:
     runtime: str  # one of SCHEMA["runtime"].allowed
     precision: str  # one of SCHEMA["precision"].allowed
     batch: int
+    precisions: tuple[str, ...]  # the model-file precisions it runs (MODEL_PRECISIONS)
     budgets: Budgets
     recommended_align: int
     host: HostRule
@@ -147,6 +175,7 @@ class DeviceProfile:
     protocol: Protocol
     ort: OrtSettings | None = None  # present when runtime is "ort" (or the file has the section)
     trt: TrtSettings | None = None  # present when runtime is "trt"
+    openvino: OvSettings | None = None  # present when runtime is "openvino" (or the file has the section)
     aliases: tuple[str, ...] = ()
     default_engine_target: bool = False
     source: str = ""
@@ -232,23 +261,33 @@ def validate(body: Any, source: str) -> DeviceProfile:
     runtime, precision = good.get("runtime"), good.get("precision")
     if runtime is not None and runtime not in body:
         fail(runtime, f"section is required when runtime is '{runtime}'")
-    if runtime == "ort" and precision is not None and precision != "fp32":
-        fail("precision", "must be 'fp32' with runtime 'ort' (hiap exports FP32 ONNX)")
+    if runtime in ("ort", "openvino") and precision is not None and precision != "fp32":
+        fail("precision", f"must be 'fp32' with runtime '{runtime}' (the file's own precision is in 'precisions')")
+    if runtime == "openvino" and "ort" not in body:
+        fail("ort", "section is required with runtime 'openvino' too (the fallback where OpenVINO is not installed)")
     for key in ("batch", "ort.intra_op_threads", "protocol.iterations", "software.max_opset",
                 "alignment.recommended_align", "trt.workspace_mb"):  # fmt: skip
         value = good.get(key)
         if value is not None and value < (0 if key == "ort.intra_op_threads" else 1):
             fail(key, f"must be positive, got {value}")
-    for key in ("latency_p50_ms", "latency_p99_ms", "fidelity_atol"):
+    precisions = good.get("precisions", ["fp32"])
+    odd = [v for v in precisions if v not in MODEL_PRECISIONS]
+    if odd:
+        fail("precisions", f"has {odd}; each must be {_alternatives(MODEL_PRECISIONS)}")
+    needs = [k for k in ("int8_fidelity_atol", "int8_min_top1_agreement") if f"budgets.{k}" not in good]
+    if any(v.startswith("int8") for v in precisions) and "budgets" in good and needs:
+        fail("budgets", f"needs {needs} when precisions lists an INT8 precision")
+    for key in ("latency_p50_ms", "latency_p99_ms", "fidelity_atol", "int8_fidelity_atol"):
         value = good.get(f"budgets.{key}")
         if value is not None and value <= 0:
             fail(f"budgets.{key}", f"must be > 0, got {value}")
     p50, p99 = good.get("budgets.latency_p50_ms"), good.get("budgets.latency_p99_ms")
     if p50 is not None and p99 is not None and p99 < p50:
         fail("budgets.latency_p99_ms", f"({p99}) is below latency_p50_ms ({p50})")
-    agreement = good.get("budgets.min_top1_agreement")
-    if agreement is not None and not 0 <= agreement <= 1:
-        fail("budgets.min_top1_agreement", f"must be a fraction in [0, 1], got {agreement}")
+    for key in ("budgets.min_top1_agreement", "budgets.int8_min_top1_agreement"):
+        agreement = good.get(key)
+        if agreement is not None and not 0 <= agreement <= 1:
+            fail(key, f"must be a fraction in [0, 1], got {agreement}")
     for key in ("software.tensorrt", "software.onnxruntime"):
         if key in good:
             try:
@@ -261,7 +300,7 @@ def validate(body: Any, source: str) -> DeviceProfile:
     def section(name: str) -> dict[str, Any]:
         return {k.split(".", 1)[1]: v for k, v in good.items() if k.startswith(name + ".")}
 
-    ort, trt = section("ort"), section("trt")
+    ort, trt, ov = section("ort"), section("trt"), section("openvino")
     host = section("host")
     return DeviceProfile(
         name=body["name"],
@@ -269,6 +308,7 @@ def validate(body: Any, source: str) -> DeviceProfile:
         runtime=body["runtime"],
         precision=body["precision"],
         batch=body["batch"],
+        precisions=tuple(precisions),
         budgets=Budgets(**{k: float(v) for k, v in section("budgets").items()}),
         recommended_align=body["alignment"]["recommended_align"],
         host=HostRule(**host | {"model_contains": tuple(host.get("model_contains", ()))}),
@@ -276,6 +316,7 @@ def validate(body: Any, source: str) -> DeviceProfile:
         protocol=Protocol(**section("protocol")),
         ort=OrtSettings(**ort | {"providers": tuple(ort["providers"])}) if ort else None,
         trt=TrtSettings(**trt) if trt else None,
+        openvino=OvSettings(**ov) if ov else None,
         aliases=tuple(body.get("aliases", [])),
         default_engine_target=bool(body.get("default_engine_target", False)),
         source=source,

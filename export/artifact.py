@@ -17,6 +17,15 @@ import torch
 from export.compact import build_compact, padded_structure
 from export.onnx_io import onnx_cost, simplify_onnx, torch2onnx, zero_params
 from export.plan import make_plan
+from export.quantize import (
+    Images,
+    Recipe,
+    calibration_images,
+    compare_files,
+    metadata_for,
+    quantize_file,
+    validation_images,
+)
 from export.source import Source
 from hiap import __version__
 from hiap.atomic import write_bytes_atomic, write_json_atomic
@@ -134,10 +143,25 @@ class Sizes:
         return cls(structure_macs(geom, emitted), structure_macs(geom, structure), structure_params(geom, emitted))
 
 
+@dataclass(frozen=True)
+class Int8Options:
+    """What `hiap export --precision int8|int8-dynamic` asks for: the recipe, the calibration images (how many, from
+    where: None for the run's own training data), how many validation images the check runs on, and the largest
+    top-1 drop against the FP32 file that is accepted."""
+
+    recipe: Recipe
+    calibration_images: int = 512
+    calibration_data: str | None = None
+    eval_images: int = 10_000
+    max_drop_pp: float = 1.0
+
+
 def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynamic_batch: bool = False,
-                  simplify: bool = True, target: DeviceProfile | None = None) -> dict[str, Any]:  # fmt: skip
+                  simplify: bool = True, target: DeviceProfile | None = None,
+                  int8: Int8Options | None = None) -> dict[str, Any]:  # fmt: skip
     """Write plan.json, model.onnx, golden.npz and export_report.json into `out` (each file atomically); with a
-    `target` profile, also check the ONNX against that device."""
+    `target` profile, also check the ONNX against that device. With `int8`, model.onnx is the quantized file (and
+    model-fp32.onnx the float one it was made from), and golden.npz holds the quantized file's own logits."""
     t0 = time.perf_counter()
     _check_options(align, opset)
     geom = src.gated.geometry
@@ -145,17 +169,18 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     sizes = Sizes.of(geom, src.structure, emitted)
     plan = make_plan(src.model, geom, src.structure, src.data_config, src.num_classes,
                      class_names=src.classes, source=src.origin, model_kwargs=src.model_kwargs)  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
     body = plan.to_dict()
+    meta = _metadata(src, body["hash"], geom, sizes, opset, align, dynamic_batch)
+    calibration = _calibration(src, meta, int8) if int8 is not None else None  # before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     plan.write(out / "plan.json", body)
     compact = build_compact(src.vit, src.structure, align=align)
-    meta = _metadata(src, body["hash"], geom, sizes, opset, align, dynamic_batch)
     golden_src = _validation_images(src, meta, GOLDEN_IMAGES)
     # The bench compares its --data with this to decide whether the training accuracies above apply to it.
     meta["val_split"] = json.dumps(golden_src.fingerprint)
     for note in golden_src.notes:
         print(f"note: {note}", file=sys.stderr)
-    onnx_path = out / "model.onnx"
+    onnx_path = out / ("model-fp32.onnx" if int8 is not None else "model.onnx")
     torch2onnx(compact, tuple(src.data_config["input_size"]), onnx_path, opset, dynamic_batch, meta)
     # Counted on the exporter's own file first: there every planned weight is an initializer, so its MACs and
     # parameters must equal the plan exactly. onnxsim may then drop constants that are all zeros (the zero biases
@@ -164,18 +189,68 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     raw_zero_params = zero_params(onnx_path) if simplify else 0  # only onnxsim can drop zero constants
     nodes = simplify_onnx(onnx_path) if simplify else None  # the checks below run on the final file
     checks, golden = _parity_checks(src, compact, onnx_path, golden_src, dynamic_batch)
-    _write_golden(out / "golden.npz", golden)
     measured = _measured(onnx_path, sizes, geom, (raw_macs, raw_params, raw_zero_params), nodes, checks, golden,
                          golden_src)  # fmt: skip
-    report = {"hiap_version": __version__, "plan_hash": body["hash"], "align": align, "opset": opset, **measured,
-              "seconds": time.perf_counter() - t0, "metadata": meta}  # fmt: skip
+    report = {"hiap_version": __version__, "plan_hash": body["hash"], "align": align, "opset": opset,
+              "precision": "fp32", **measured}  # fmt: skip
+    if int8 is not None and report["parity"]["passed"]:
+        report |= _quantize(src, onnx_path, out / "model.onnx", meta, int8, calibration, golden, dynamic_batch)
+    elif int8 is not None and (out / "model.onnx").is_file():
+        (out / "model.onnx").unlink()  # an INT8 file from an earlier export is not this export's: it must not stay
+    _write_golden(out / "golden.npz", golden)
+    report |= {"seconds": time.perf_counter() - t0, "metadata": meta}
+    model_path = out / "model.onnx"
     if target is not None:
         from export.device_check import check_onnx
 
-        report["device_check"] = check_onnx(onnx_path, target)
+        report["device_check"] = check_onnx(model_path, target)
     write_json_atomic(out / "export_report.json", report)
     _refuse_failed_parity(report, out)
+    _refuse_int8_drop(report, out, int8)
     return report
+
+
+def _calibration(src: Source, meta: dict[str, str], int8: Int8Options) -> Images | None:
+    """The calibration images of a static INT8 export (None for a dynamic one), read before anything is written:
+    no data, or too few images, is an error that leaves the output folder as it was."""
+    from runtime.data import Preprocessing
+
+    if int8.recipe.precision == "int8-dynamic":
+        return None
+    if int8.eval_images < 1:
+        raise HiapError(f"--eval-images must be >= 1, got {int8.eval_images}.")
+    pre = Preprocessing.from_metadata(meta, src.origin)
+    images, warnings = calibration_images(int8.calibration_data or src.data, src.builtin_data, pre,
+                                          int8.calibration_images)  # fmt: skip
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return images
+
+
+def _quantize(src: Source, fp32: Path, out: Path, meta: dict[str, str], int8: Int8Options, calibration: Images | None,
+              golden: dict[str, np.ndarray], dynamic_batch: bool) -> dict[str, Any]:  # fmt: skip
+    """Quantize the checked FP32 file into `out`, measure it against the FP32 file on the run's validation images,
+    and put the quantized file's own logits into golden (what the device must reproduce)."""
+    from runtime.data import Preprocessing
+
+    described = calibration.describe() | {"seed": 0} if calibration is not None else None
+    done = quantize_file(fp32, out, int8.recipe, calibration.x if calibration is not None else None,
+                         metadata_for(meta, int8.recipe, described))  # fmt: skip
+    meta |= metadata_for({}, int8.recipe, described)
+    batch = 8 if dynamic_batch else 1
+    if golden:
+        from runtime.harness import run_batched
+        from runtime.ort_runner import default_runner
+
+        with default_runner(out) as runner:
+            golden["logits"] = run_batched(runner, golden["inputs"], batch)
+    pre = Preprocessing.from_metadata(meta, src.origin)
+    images, why_not = validation_images(src.data, src.builtin_data, pre, int8.eval_images)
+    check = compare_files(fp32, out, images, batch) if images is not None else {"reason": why_not}
+    return {"precision": int8.recipe.precision, "fp32_file": fp32.name, "fp32_file_bytes": fp32.stat().st_size,
+            "file_bytes": out.stat().st_size,
+            "quantization": {"recipe": int8.recipe.to_dict(), "calibration": described} | done,
+            "int8_check": check}  # fmt: skip
 
 
 def _measured(
@@ -250,6 +325,7 @@ def _metadata(src: Source, plan_hash: str, geom: Geometry, sizes: Sizes, opset: 
         "opset": json.dumps(opset),
         "align": json.dumps(align),
         "dynamic_batch": json.dumps(dynamic_batch),
+        "precision": "fp32",
     }
 
 
@@ -296,3 +372,15 @@ def _refuse_failed_parity(report: dict[str, Any], out: Path) -> None:
     if not report["counts_match"]:
         failed.append("ONNX MACs/params differ from the plan")
     raise HiapError(f"Export parity failed ({'; '.join(failed)}); report written to {out / 'export_report.json'}.")
+
+
+def _refuse_int8_drop(report: dict[str, Any], out: Path, int8: Int8Options | None) -> None:
+    """An INT8 file that loses more top-1 than allowed against its FP32 file ends in an error (files and report stay,
+    so the user can look)."""
+    if int8 is None:
+        return
+    drop = report.get("int8_check", {}).get("drop_pp")
+    if drop is not None and drop > int8.max_drop_pp:
+        raise HiapError(f"The INT8 file loses {drop:.2f} pp top-1 against the FP32 file (limit {int8.max_drop_pp} "
+                        f"pp, --max-int8-drop); report in {out / 'export_report.json'}. Try --calibration-method "
+                        "entropy or percentile, or --precision int8-dynamic.")  # fmt: skip

@@ -7,6 +7,8 @@ would refuse or run slowly. Sources for the rules (also in ../shared/docs/deploy
 - TensorRT fused attention takes Q [B, N, S, H] and K, V [B, N, S, H]: one head size H for Q, K and V
   (TensorRT developer guide, "Fused Attention"), with 16 <= H <= 256 and H % 8 == 0 for FP16 (TensorRT #2981,
   #3243). A pruned block whose value width differs from its Q/K head width therefore runs unfused.
+- TensorRT's explicit quantization reads Q/DQ nodes with signed INT8 and zero point 0 only; its fused INT8 MHA
+  needs head sizes 16, 32 or 64 and Q/DQ on the inputs of both attention matmuls (TensorRT #2981, #4167).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ TRT_VERIFIED_OPS = frozenset(
         "Constant",
         "ConstantOfShape",
         "Conv",
+        "DequantizeLinear",
         "Div",
         "Equal",
         "Erf",
@@ -41,6 +44,7 @@ TRT_VERIFIED_OPS = frozenset(
         "MatMul",
         "Mul",
         "Pow",
+        "QuantizeLinear",
         "Range",
         "ReduceMean",
         "Relu",
@@ -59,10 +63,10 @@ TRT_VERIFIED_OPS = frozenset(
         "Where",
     ]
 )
-# Operators TensorRT's support matrix lists as unsupported (a subset that exporters can emit).
-TRT_UNSUPPORTED_OPS = frozenset(
-    ["NonZero", "Unique", "StringNormalizer", "SequenceConstruct", "SequenceAt", "Det", "Hardmax"]
-)
+# Operators TensorRT's support matrix lists as unsupported (a subset that exporters can emit). NonZero (8.5+) and
+# Hardmax (10.x) are parsed, so they are not here.
+TRT_UNSUPPORTED_OPS = frozenset(["Unique", "StringNormalizer", "SequenceConstruct", "SequenceAt", "Det"])
+INT8_MHA_HEAD_SIZES = (16, 32, 64)
 
 
 @dataclass
@@ -76,23 +80,62 @@ class Finding:
         return f"{self.level}: {self.where}: {self.what}" + (f" Fix: {self.fix}" if self.fix else "")
 
 
-def _attention_pairs(graph: Any, shapes: dict[str, list[int]]) -> list[tuple[int, int]]:
-    """(Q/K head size, V head size) per attention, from MatMul pairs whose both operands are activations:
+@dataclass(frozen=True)
+class Attention:
+    """One attention of the graph: its Q/K and V head sizes, and whether both of its matmuls read quantized
+    (DequantizeLinear) inputs, which TensorRT's fused INT8 MHA needs."""
+
+    qk: int
+    v: int
+    quantized: bool
+
+
+def _attention_pairs(graph: Any, shapes: dict[str, list[int]]) -> list[Attention]:
+    """The attentions of the graph, from MatMul pairs whose both operands are activations:
     scores = Q @ K^T ([.., S, H] x [.., H, S]) followed by out = P @ V ([.., S, S] x [.., S, Hv])."""
     params = {i.name for i in graph.initializer}
-    pairs, pending = [], None
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    pairs: list[Attention] = []
+    pending: tuple[int, bool] | None = None
     for node in graph.node:
         if node.op_type != "MatMul" or node.input[0] in params or node.input[1] in params:
             continue
         a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
         if not a or not b or len(a) != 4 or len(b) != 4:
             continue
+        quantized = all(i in dequantized for i in node.input[:2])
         if pending is None:
-            pending = a[-1]  # Q @ K^T: contracted dim is the Q/K head size
+            pending = (a[-1], quantized)  # Q @ K^T: contracted dim is the Q/K head size
         else:
-            pairs.append((pending, b[-1]))  # P @ V: V's last dim is its head size
+            pairs.append(Attention(pending[0], b[-1], pending[1] and quantized))  # P @ V: V's last dim
             pending = None
     return pairs
+
+
+def _int8_findings(graph: Any, attentions: list[Attention]) -> list[Finding]:
+    """What TensorRT's explicit quantization refuses (unsigned or offset INT8) and where its fused INT8 MHA will
+    not apply."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    zero_points = [inits[n.input[2]] for n in graph.node
+                   if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits]  # fmt: skip
+    findings = []
+    if any(z.data_type != onnx.TensorProto.INT8 or numpy_helper.to_array(z).any() for z in zero_points):
+        findings.append(Finding("error", "QuantizeLinear", "the file is quantized with unsigned or offset INT8 "
+                                "activations (ONNX Runtime's CPU recipe); TensorRT takes signed INT8, zero point 0.",
+                                "export with --precision int8 --target <this device> (s8 symmetric)."))  # fmt: skip
+    for i, att in enumerate(attentions):
+        if att.qk not in INT8_MHA_HEAD_SIZES or att.v != att.qk:
+            findings.append(Finding("warning", f"attention {i}", f"head sizes {att.qk}/{att.v} (Q/K, V): TensorRT's "
+                                    f"fused INT8 MHA needs one head size of {INT8_MHA_HEAD_SIZES}, so this attention "
+                                    "runs as separate kernels."))  # fmt: skip
+        elif not att.quantized:
+            findings.append(Finding("warning", f"attention {i}", "its matmuls have float inputs: TensorRT's fused "
+                                    "INT8 MHA needs Q/DQ around both attention matmuls.",
+                                    "export with --target <this device>, which quantizes them."))  # fmt: skip
+    return findings
 
 
 def check_onnx(path: Path, profile: DeviceProfile) -> dict[str, Any]:
@@ -126,7 +169,10 @@ def check_onnx(path: Path, profile: DeviceProfile) -> dict[str, Any]:
             findings.append(Finding("warning", "LayerNorm", "LayerNorm is decomposed (opset < 17), so it cannot be "
                                     "pinned to FP32 as one layer; FP16 overflow risk (TensorRT #2564).",
                                     "use opset 17 where the device's TensorRT has LayerNormalization."))  # fmt: skip
-        for i, (hq, hv) in enumerate(_attention_pairs(graph, shapes)):
+        attentions = _attention_pairs(graph, shapes)
+        if "QuantizeLinear" in ops:
+            findings += _int8_findings(graph, attentions)
+        for i, (hq, hv) in enumerate((a.qk, a.v) for a in attentions):
             where = f"attention {i}"
             if hq != hv:
                 findings.append(Finding("warning", where, f"value head width {hv} differs from the Q/K head width "

@@ -288,13 +288,26 @@ def export(
     dense: bool = typer.Option(False, "--dense", help="Export the unpruned model the same way."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxsim (re-validated after)."),
     target: str = typer.Option(None, help="Device profile to check the ONNX against (opset, operators, attention)."),
+    precision: str = typer.Option(
+        "fp32", help="fp32, int8 (static Q/DQ, calibrated on the run's training images) or int8-dynamic."
+    ),
+    calibration_images: int = typer.Option(512, help="INT8: calibration images drawn from the training data."),
+    calibration_data: str = typer.Option(
+        None, help="INT8: 'builtin', an ImageFolder root (its train/) or a class-folder tree (default: the run's data)."
+    ),
+    calibration_method: str = typer.Option(None, help="INT8: minmax (default), entropy or percentile."),
+    eval_images: int = typer.Option(10_000, help="INT8: validation images the INT8-vs-FP32 check runs on (at most)."),
+    max_int8_drop: float = typer.Option(1.0, help="INT8: the largest top-1 drop (pp) against the FP32 file accepted."),
 ) -> None:
     """Freeze the gates into plan.json and write the compact model.onnx, golden.npz and export_report.json."""
-    from export.artifact import export_source
+    from export.artifact import Int8Options, export_source
+    from export.quantize import PRECISIONS, Recipe
     from export.source import source_from_plan, source_from_run
 
     if format not in ("onnx", "engine"):
         raise HiapError(f"--format {format}: choose onnx or engine.")
+    if precision not in PRECISIONS:
+        raise HiapError(f"--precision {precision}: choose {', '.join(PRECISIONS)}.")
     profile = None  # resolved once: checked here, by the export's device check and for the engine build
     if target is not None or format == "engine":
         from devices.profile import all_profiles, default_engine_target, load_profile
@@ -304,16 +317,24 @@ def export(
         raise HiapError(
             f"--format engine: device '{profile.name}' runs ONNX Runtime, not TensorRT; export --format onnx."
         )
+    int8 = None
+    if precision != "fp32":
+        recipe = Recipe.for_runtime(precision, profile.runtime if profile is not None else "ort", calibration_method)
+        int8 = Int8Options(recipe, calibration_images, calibration_data, eval_images, max_int8_drop)
+    elif calibration_data is not None or calibration_method is not None:
+        raise HiapError("--calibration-data and --calibration-method apply to --precision int8 only.")
     if (run is None) == (model is None or plan is None):
         raise HiapError("Give either RUN (a run directory or checkpoint) or both --model and --plan.")
+    # An INT8 export goes to its own folder by default, so it never replaces the FP32 one.
+    folder = ("export-dense" if dense else "export") + ("" if precision == "fp32" else f"-{precision}")
     if run is not None:
         src = source_from_run(run, dense=dense)
-        out_dir = out or (run if run.is_dir() else run.parent) / ("export-dense" if dense else "export")
+        out_dir = out or (run if run.is_dir() else run.parent) / folder
     else:
         src = source_from_plan(model, plan, pretrained)
-        out_dir = out or plan.parent / "export"
+        out_dir = out or plan.parent / folder
     report = export_source(src, out_dir, opset=opset, align=align, dynamic_batch=dynamic_batch, simplify=simplify,
-                           target=profile)  # fmt: skip
+                           target=profile, int8=int8)  # fmt: skip
     _print_export(report, src.model, out_dir, align)
     check = report.get("device_check")
     if check is not None:
@@ -331,18 +352,22 @@ def export(
 def _export_engine(out_dir: Path, report: dict[str, Any], profile: DeviceProfile, dynamic_batch: bool) -> None:
     """Build model.engine here when TensorRT is installed; otherwise say how to build it on the device."""
     from devices.bench import engine_build_settings, engine_key, timing_cache_for
+    from devices.profile import parse_range
     from export.device_check import layernorm_node_names
     from runtime.trt_build import build_engine, trtexec_command
     from runtime.trt_env import NOT_VALIDATED, import_tensorrt
 
     onnx_path, engine_path = out_dir / "model.onnx", out_dir / "model.engine"
-    build = engine_build_settings(profile)
+    build = engine_build_settings(profile, report["metadata"])
     trt = import_tensorrt()
     if trt is None:
         chw = tuple(json.loads(report["metadata"]["input_size"])) if dynamic_batch else None
+        # TensorRT names its layers after the ONNX nodes from 10.1 on: before that, trtexec cannot pin them by name.
+        floors = [b for op, b in parse_range(profile.software.tensorrt or ">=10.3") if op in (">=", "==", ">")]
+        by_name = not floors or max(floors) >= (10, 1)
         cmd = trtexec_command(onnx_path, engine_path, build["fp16"], build["layernorm_fp32"],
-                              layernorm_node_names(onnx_path), chw, build["workspace_mb"],
-                              build["max_batch"])  # fmt: skip
+                              layernorm_node_names(onnx_path), chw, build["workspace_mb"], build["max_batch"],
+                              build["int8"], by_name)  # fmt: skip
         raise HiapError(
             f"TensorRT is not installed here and engines only run where they are built ({NOT_VALIDATED}); "
             f"{out_dir} holds model.onnx, plan.json and golden.npz. On the device run "
@@ -352,7 +377,7 @@ def _export_engine(out_dir: Path, report: dict[str, Any], profile: DeviceProfile
                            metadata=report["metadata"])  # fmt: skip
     size_mb = engine_path.stat().st_size / 1e6
     typer.echo(f"wrote {engine_path} ({size_mb:.2f} MB, TensorRT {sidecar['tensorrt_version']} "
-               f"on {sidecar['gpu']}, {sidecar['precision']}); {NOT_VALIDATED}")  # fmt: skip
+               f"on {sidecar['gpu']}, {sidecar['engine_precision']}); {NOT_VALIDATED}")  # fmt: skip
 
 
 def _print_export(report: dict[str, Any], model: str, out_dir: Path, align: int) -> None:
@@ -370,6 +395,15 @@ def _print_export(report: dict[str, Any], model: str, out_dir: Path, align: int)
     table.add_row("file MB", "", f"{report['file_bytes'] / 1e6:.2f}")
     table.add_row("parity max abs", "", f"{parity['max_abs_diff']:.2e} ({'passed' if parity['passed'] else 'FAILED'})")
     table.add_row("top-1 agreement", "", f"{parity['top1_agreement']:.0%}")
+    check = report.get("int8_check")
+    if check is not None:
+        table.add_row("precision", "", f"{report['precision']} ({report['fp32_file']}: FP32)")
+        if "fp32_top1" in check:
+            label = f"top-1 FP32 / {report['precision']} ({check['images']} val)"
+            value = f"{check['fp32_top1']:.2f} / {check['int8_top1']:.2f} % ({-check['drop_pp']:+.2f} pp)"
+            table.add_row(label, "", value)
+        else:
+            table.add_row("INT8 top-1", "", f"not measured: {check['reason']}")
     table.caption = "plan.json, model.onnx, golden.npz, export_report.json; TensorRT path not yet validated"
     Console().print(table)
 
@@ -395,6 +429,10 @@ def bench(
     limit: int = typer.Option(
         None, help="Evaluate only the first N images of --data (then not the run's split: no drop vs training)."
     ),
+    runtime: str = typer.Option(None, help="CPU profiles: onnxruntime or openvino (default: the profile's)."),
+    compare_runtime: str = typer.Option(
+        None, help="Run the --compare model (default: ARTIFACT itself) on this runtime, side by side."
+    ),
     json_out: Path = typer.Option(None, "--json", help="Write the full report here (JSON)."),
 ) -> None:
     """Measure latency, fidelity and accuracy on this device and check every budget of its profile.
@@ -414,7 +452,8 @@ def bench(
             raise HiapError(f"--json '{json_out}': cannot create its folder ({exc.strerror}).") from None
     opts = BenchOptions(data=data, golden=golden, budget_ms=budget_ms, max_acc_drop=max_acc_drop,
                         compare=compare, allow_mismatch=allow_mismatch, iterations=iterations, warmup=warmup,
-                        min_seconds=min_seconds, limit=limit)  # fmt: skip
+                        min_seconds=min_seconds, limit=limit, runtime=runtime,
+                        compare_runtime=compare_runtime)  # fmt: skip
     report = run_bench(artifact, target, opts)
     if json_out is not None:
         from hiap.atomic import write_json_atomic
@@ -466,15 +505,20 @@ def print_bench(report: BenchReport) -> None:
     env = report.environment["runner"]
     title = f"hiap bench on {report.device}: {report.artifact}"
     table = Table(title=title)
-    for col in ("model", "format", "size MB", "top-1 %", "p50 ms", "p99 ms", "FPS"):
+    for col in ("model", "format", "precision", "size MB", "top-1 %", "p50 ms", "p99 ms", "FPS"):
         table.add_column(col, justify="right")
     dense = report.compare
-    rows = [("pruned" if dense is not None else "model", report.size_mb, report.latency, report.accuracy.model)]
+    # Two runtimes side by side are named by runtime; a pruned model and its dense one by what they are.
+    names = (
+        (f"model ({env['runtime']})", f"compare ({dense.runtime})") if dense and dense.runtime else ("pruned", "dense")
+    )
+    rows = [(names[0] if dense is not None else "model", report.precision, report.size_mb, report.latency,
+             report.accuracy.model)]  # fmt: skip
     if dense is not None:
-        rows.append(("dense", dense.size_mb, dense.latency, report.accuracy.dense))
-    for label, size, lat, acc in rows:
+        rows.append((names[1], dense.precision, dense.size_mb, dense.latency, report.accuracy.dense))
+    for label, precision, size, lat, acc in rows:
         top1_text = "-" if acc is None else f"{acc.top1:.2f}"
-        table.add_row(label, report.format, f"{size:.2f}", top1_text, f"{lat.p50:.3f}", f"{lat.p99:.3f}",
+        table.add_row(label, report.format, precision, f"{size:.2f}", top1_text, f"{lat.p50:.3f}", f"{lat.p99:.3f}",
                       f"{lat.throughput_fps:.1f}")  # fmt: skip
     budgets = Table(title="budgets")
     for col in ("budget", "limit", "measured", "result"):
@@ -484,7 +528,7 @@ def print_bench(report: BenchReport) -> None:
         verdict = "not measured" if b.margin is None else f"{'passed' if b else 'FAILED'} by {_fmt(abs(b.margin))}"
         budgets.add_row(b.name, _fmt(b.limit), _fmt(b.value), verdict)
     notes = [f"{env['runtime']} {env['version']}, batch {report.batch}, "
-             f"{env.get('intra_op_threads', '-')} threads, {env.get('precision')}"]  # fmt: skip
+             f"{env.get('intra_op_threads', '-')} threads"]  # fmt: skip
     if dense is not None:
         notes.append(f"speedup p50 {dense.speedup_p50:.2f}x for {_fmt(dense.mac_ratio)}x fewer MACs "
                      f"(realisation {_fmt(dense.realisation)})")  # fmt: skip

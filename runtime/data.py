@@ -85,20 +85,31 @@ def resize_bilinear(x: np.ndarray, h: int, w: int) -> np.ndarray:
     return (top[..., x0] * (1 - fx) + top[..., x1] * fx).astype(np.float32)
 
 
+def _prepare_builtin(x: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """uint8 [n, 28, 28] -> the model's input, as training prepared it (resized, channels, normalised)."""
+    c, h, w = pre.input_size
+    out = resize_bilinear(x[:, None].astype(np.float32) / 255.0, h, w)
+    return pre.normalise(np.repeat(out, c, axis=1) if c != 1 else out)
+
+
+def builtin_images(pre: Preprocessing, split: str = "val", indices: np.ndarray | None = None,
+                   path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Images of a built-in split ('train': 12,000, 'val': 3,000 Fashion-MNIST images; `indices` picks some of them)
+    and their labels, prepared exactly as training validated."""
+    arrays = load_builtin_arrays(path)
+    x, y = arrays[f"x_{split}"], arrays[f"y_{split}"].astype(np.int64)
+    if indices is not None:
+        x, y = x[indices], y[indices]
+    return _prepare_builtin(x, pre), y
+
+
 def builtin_val_batches(pre: Preprocessing, batch_size: int = 64, limit: int | None = None,
                         path: Path | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
     """The built-in validation split (3,000 Fashion-MNIST images) prepared exactly as training validated it."""
     arrays = load_builtin_arrays(path)
-    x_all, y_all = arrays["x_val"], arrays["y_val"].astype(np.int64)
-    if limit is not None:
-        x_all, y_all = x_all[:limit], y_all[:limit]
-    c, h, w = pre.input_size
+    x_all, y_all = arrays["x_val"][:limit], arrays["y_val"][:limit].astype(np.int64)
     for i in range(0, len(y_all), batch_size):
-        x = x_all[i : i + batch_size, None].astype(np.float32) / 255.0
-        x = resize_bilinear(x, h, w)
-        if c != 1:
-            x = np.repeat(x, c, axis=1)
-        yield pre.normalise(x), y_all[i : i + batch_size]
+        yield _prepare_builtin(x_all[i : i + batch_size], pre), y_all[i : i + batch_size]
 
 
 def _pil_resample(name: str) -> Any:
@@ -206,3 +217,13 @@ def image_folder_batches(root: Path, pre: Preprocessing, batch_size: int = 32,
         chunk = files[i : i + batch_size]
         x = np.stack([load_image(f, pre) for f, _ in chunk])
         yield pre.normalise(x), np.asarray([y for _, y in chunk], dtype=np.int64)
+
+
+def sample_image_folder(root: Path, pre: Preprocessing, n: int, seed: int = 0) -> tuple[np.ndarray, int]:
+    """`n` images drawn without replacement (seeded) from every class folder of `root`, prepared by the eval
+    transform, and how many images the folder holds: calibration data that covers the classes, not the first one."""
+    _, files = image_folder_files(root)
+    if not files:
+        raise HiapError(f"Data '{root}' has no images ({', '.join(IMAGE_SUFFIXES)}).")
+    picked = np.sort(np.random.default_rng(seed).choice(len(files), size=min(n, len(files)), replace=False))
+    return pre.normalise(np.stack([load_image(files[i][0], pre) for i in picked])), len(files)

@@ -103,7 +103,7 @@ class OrtRunner:
             "intra_op_threads": self.intra_op_threads,
             "inter_op_threads": self.inter_op_threads,
             "graph_optimization_level": self.graph_optimization_level,
-            "precision": "fp32",
+            "precision": self.metadata.get("precision", "fp32"),  # what hiap export recorded in the file
         }
 
 

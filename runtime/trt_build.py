@@ -1,10 +1,12 @@
-"""TensorRT engines from ONNX: the build (FP16, LayerNorm in FP32, timing cache), its trtexec line, the sidecar JSON."""
+"""TensorRT engines from ONNX: the build (FP16, INT8 from Q/DQ, LayerNorm in FP32, timing cache), its trtexec line,
+the sidecar JSON."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,10 @@ from typing import Any
 from hiap import __version__
 from hiap.atomic import write_bytes_atomic, write_json_atomic
 from hiap.errors import HiapError
-from runtime.trt_env import NOT_VALIDATED, gpu_name, import_tensorrt
+from runtime.trt_env import NOT_VALIDATED, cudart, gpu_name, import_tensorrt
+
+# Where JetPack installs trtexec (it is not on PATH there).
+JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
 
 
 def sha256_file(path: Path) -> str:
@@ -32,16 +37,23 @@ def trtexec_command(
     dynamic_chw: tuple[int, ...] | None = None,
     workspace_mb: int = 1024,
     max_batch: int = 32,
+    int8: bool = False,
+    names_are_layers: bool = True,
 ) -> str:
-    """The trtexec line equivalent to build_engine, for NVIDIA's own timing on the device. Its engine has no hiap
-    sidecar, so `hiap bench` takes the .onnx (and builds its own engine) rather than that file."""
+    """The trtexec line equivalent to build_engine, for NVIDIA's own timing on the device (trtexec at JetPack's
+    path). Its engine has no hiap sidecar, so `hiap bench` takes the .onnx (and builds its own engine) rather than
+    that file. LayerNorm is pinned by layer name, which is the ONNX node name only from TensorRT 10.1 on
+    (`names_are_layers`); before that the line cannot pin it, and hiap bench's own build (by layer type) is the one
+    to use."""
     q = shlex.quote
     cache = engine_path.with_name("timing.cache")
-    parts = [f"trtexec --onnx={q(str(onnx_path))} --saveEngine={q(str(engine_path))}",
+    parts = [f"{JETPACK_TRTEXEC} --onnx={q(str(onnx_path))} --saveEngine={q(str(engine_path))}",
              f"--timingCacheFile={q(str(cache))} --memPoolSize=workspace:{workspace_mb}M"]  # fmt: skip
+    if int8:
+        parts.append("--int8")  # explicit quantization: the Q/DQ nodes of the file decide what runs in INT8
     if fp16:
         parts.append("--fp16")
-        if layernorm_fp32 and layer_names:
+        if layernorm_fp32 and layer_names and names_are_layers:
             pinned = ",".join(f"{n}:fp32" for n in layer_names)
             parts.append(f"--precisionConstraints=obey --layerPrecisions={q(pinned)} --layerOutputTypes={q(pinned)}")
     if dynamic_chw:  # same optimisation profile as build_engine: batch 1..max_batch, tuned for 1
@@ -58,13 +70,16 @@ def build_engine(
     layernorm_fp32: bool = True,
     workspace_mb: int = 1024,
     max_batch: int = 32,
+    int8: bool = False,
     timing_cache: Path | None = None,
     metadata: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Build and write engine + sidecar JSON (written last, so an engine without a sidecar is known incomplete)."""
+    """Build and write engine + sidecar JSON (written last, so an engine without a sidecar is known incomplete).
+    With `int8`, the file's Q/DQ nodes run in INT8 (explicit quantization) and everything else as `fp16` says."""
     trt = import_tensorrt()
     if trt is None:
         raise HiapError(f"TensorRT is not installed here; engines only run where they are built: {NOT_VALIDATED}.")
+    cudart()  # the sidecar and every run need cuda-python: refuse now, not after a build of minutes
     t0 = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -72,6 +87,8 @@ def build_engine(
     network, _parser = _parse_onnx(trt, builder, logger, onnx_path)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if int8:
+        config.set_flag(trt.BuilderFlag.INT8)
     pinned_fp32 = _set_precision(trt, network, config, fp16, layernorm_fp32)
     _add_batch_profile(builder, network, config, max_batch)
     _load_timing_cache(config, timing_cache)
@@ -80,7 +97,8 @@ def build_engine(
         raise HiapError(f"TensorRT could not build an engine from '{onnx_path}' (see the TensorRT log above).")
     write_bytes_atomic(engine_path, bytes(serialized))
     _save_timing_cache(config, timing_cache)
-    build = {"fp16": fp16, "layernorm_fp32": layernorm_fp32, "workspace_mb": workspace_mb, "max_batch": max_batch}
+    build = {"fp16": fp16, "layernorm_fp32": layernorm_fp32, "workspace_mb": workspace_mb, "max_batch": max_batch,
+             "int8": int8}  # fmt: skip
     sidecar = _sidecar(trt, onnx_path, engine_path, build, pinned_fp32, metadata, t0)
     write_sidecar(engine_path, sidecar)
     return sidecar
@@ -132,10 +150,16 @@ def _add_batch_profile(builder: Any, network: Any, config: Any, max_batch: int) 
 
 
 def _load_timing_cache(config: Any, timing_cache: Path | None) -> None:
-    # A cache from another GPU or TensorRT version is refused (ignore_mismatch=False): start an empty one then.
-    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
-    if not config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False):
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    """The cached tactic timings, or an empty cache: one from another GPU or TensorRT version is refused
+    (ignore_mismatch=False), and a corrupt or unreadable file is only slower, never an error."""
+    try:
+        cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
+        if config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False):
+            return
+    except (OSError, RuntimeError, TypeError) as exc:  # TensorRT raises RuntimeError/TypeError on a bad blob
+        print(f"note: timing cache '{timing_cache}' is unusable ({type(exc).__name__}); building without it",
+              file=sys.stderr)  # fmt: skip
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
 def _save_timing_cache(config: Any, timing_cache: Path | None) -> None:
@@ -159,7 +183,8 @@ def _sidecar(
         "engine_hiap_version": __version__,
         "tensorrt_version": trt.__version__,
         "gpu": gpu_name(),
-        "precision": "fp16" if build["fp16"] else "fp32",
+        # The engine's own precision; `precision` (from the ONNX metadata) stays the file's: fp32 or int8.
+        "engine_precision": "int8" if build.get("int8") else ("fp16" if build["fp16"] else "fp32"),
         "layernorm_fp32_layers": pinned_fp32,
         "onnx_sha256": sha256_file(onnx_path),
         "build": build,

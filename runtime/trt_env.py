@@ -32,7 +32,9 @@ def cudart() -> Any:
         try:
             from cuda import cudart as binding  # type: ignore[import-not-found]  # older cuda-python
         except ImportError:
-            raise HiapError("TensorRT runs need cuda-python for device memory: pip install cuda-python") from None
+            raise HiapError("TensorRT runs need cuda-python for device memory: pip install 'hiap[jetson]' (cuda-python "
+                            "12.x, for JetPack 6's CUDA 12; TensorRT itself comes from JetPack, so the venv needs "
+                            "--system-site-packages)") from None  # fmt: skip
     return binding
 
 

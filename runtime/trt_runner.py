@@ -87,20 +87,28 @@ class TrtRunner:
             self._context.set_tensor_address(spec.name, ptr)
 
     def _tensor_specs(self, trt: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
-        """The engine's inputs and outputs, a dynamic batch axis set to this runner's batch."""
-        inputs: list[TensorSpec] = []
-        outputs: list[TensorSpec] = []
-        for i in range(self._engine.num_io_tensors):
-            name = self._engine.get_tensor_name(i)
+        """The engine's inputs, a dynamic batch axis set to this runner's batch, then its outputs with the shapes
+        the context infers from those inputs (an output's own dynamic axes need not be the batch)."""
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+
+        def spec(name: str, shape: Any) -> TensorSpec:
+            return TensorSpec(
+                name, tuple(int(d) for d in shape), np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))).name
+            )
+
+        inputs = []
+        for name in (n for n in names if is_input[n]):
             shape = list(self._engine.get_tensor_shape(name))
-            dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
-            is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             if shape and shape[0] == -1:
                 shape[0] = self.batch
-                if is_input and not self._context.set_input_shape(name, tuple(shape)):
+                if not self._context.set_input_shape(name, tuple(shape)):
                     raise HiapError(f"Engine '{self.path}' does not accept batch {self.batch} (outside the batch "
                                     "range it was built for).")  # fmt: skip
-            (inputs if is_input else outputs).append(TensorSpec(name, tuple(shape), dtype.name))
+            inputs.append(spec(name, shape))
+        outputs = [spec(n, self._context.get_tensor_shape(n)) for n in names if not is_input[n]]
+        if any(d < 0 for s in outputs for d in s.shape):
+            raise HiapError(f"Engine '{self.path}' leaves an output shape unresolved ({[s.shape for s in outputs]}).")
         return inputs, outputs
 
     def __exit__(self, *exc: object) -> None:
@@ -146,7 +154,7 @@ class TrtRunner:
             "runtime": "tensorrt",
             "version": getattr(trt, "__version__", "missing"),
             "gpu": self.metadata.get("gpu", ""),
-            "precision": self.metadata.get("precision", ""),
+            "precision": self.metadata.get("engine_precision", self.metadata.get("precision", "")),
             "batch": self.batch,
             "launch": "enqueue per call (execute_async_v3), host-device copies included",
             "validated_on_hardware": False,

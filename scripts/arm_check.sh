@@ -9,6 +9,10 @@
 # kernels of onnxruntime. Latency measured here is EMULATED and means nothing
 # for the real device; HIAP_EMULATION=qemu-user tells the tool to say so.
 #
+# An INT8 export (`hiap export --precision int8`) is checked on the whole built-in validation split, and its
+# top-1 there must equal the x86 top-1 the export recorded (export_report.json, int8_check): the aarch64
+# onnxruntime's integer kernels must classify every image as x86's do, or this check fails (exit 5).
+#
 # Usage: scripts/arm_check.sh EXPORT_DIR [OUT_DIR]
 #   EXPORT_DIR  holds model.onnx and golden.npz (the output of `hiap export`)
 #   OUT_DIR     where results, environment.txt and arm_check.log go
@@ -47,6 +51,11 @@ export QEMU_CPU                         # read by qemu-user for every arm64 exec
 # are exact and are the point. On a 300-image subset the accuracy drop against the training run cannot be judged, so
 # the bench ends with exit 4 ("not measured: accuracy"), which is the expected status of this check.
 DEFAULT_CMD='python -m hiap bench /opt/hiap-export/model.onnx --device rpi5 --allow-mismatch --golden /opt/hiap-export/golden.npz --data builtin --limit 300 --iterations 20 --warmup 2 --min-seconds 0 --json /opt/hiap-out/bench.json'
+PRECISION=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("precision", "fp32"))' \
+  "$EXPORT_DIR/export_report.json" 2>/dev/null || echo fp32)
+if [[ "$PRECISION" == int8* ]]; then  # the whole split, to compare its top-1 with x86's image for image
+  DEFAULT_CMD=${DEFAULT_CMD/ --limit 300/}
+fi
 ARM_CMD=${HIAP_ARM_CMD:-$DEFAULT_CMD}
 
 # Full log: everything below also goes to OUT_DIR/arm_check.log.
@@ -300,6 +309,19 @@ EOF')
   echo "command exit status: $cmd_rc"
 } >"$OUT_DIR/environment.txt"
 cat "$OUT_DIR/environment.txt"
+if [[ "$PRECISION" == int8* && -f "$OUT_DIR/bench.json" ]]; then
+  phase int8-vs-x86
+  python3 - "$EXPORT_DIR/export_report.json" "$OUT_DIR/bench.json" <<'EOF' | tee "$OUT_DIR/int8_vs_x86.txt" || cmd_rc=5
+import json, sys
+x86 = json.load(open(sys.argv[1])).get("int8_check", {})
+arm = json.load(open(sys.argv[2]))["accuracy"].get("model", {})
+line = (f"{x86.get('source')}: x86 top-1 {x86.get('int8_top1')} % of {x86.get('images')} images, "
+        f"arm64 {arm.get('top1')} % of {arm.get('images')}")
+same = x86.get("images") == arm.get("images") and x86.get("int8_top1") == arm.get("top1")
+print(("same top-1: " if same else "DIFFERENT top-1: ") + line)
+sys.exit(0 if same else 1)
+EOF
+fi
 phase
 print_timings
 echo "results in $OUT_DIR"

@@ -64,7 +64,7 @@ def test_bench_pruned_vs_dense_meets_and_fails_budgets(exported_pair: dict, tmp_
         (lambda d: d / "missing.onnx", [], "does not exist"),
         (lambda d: (d / "r.onnx").write_bytes(b"\x08\x07garbage" * 50) and d / "r.onnx", [], "corrupt or truncated"),
         (lambda d: d / "t.onnx", [], "corrupt or truncated"),
-        (lambda d: (d / "e.engine").write_bytes(b"x" * 64) and d / "e.engine", [], "runs ONNX Runtime"),
+        (lambda d: (d / "e.engine").write_bytes(b"x" * 64) and d / "e.engine", [], "runs a CPU runtime"),
         (lambda d: d / "pruned.onnx", ["--device", "rpi6"], "Did you mean 'rpi5'"),
         (lambda d: d / "pruned.onnx", ["--device", "rpi5"], "is for aarch64 but this host is x86_64"),
         (lambda d: d / "pruned.onnx", ["--golden", "GOLD"], "Golden inputs are"),
@@ -188,7 +188,7 @@ def test_bench_and_export_build_engines_with_the_same_settings(
     def fake_build(onnx_path: Path, engine_path: Path, **kwargs: object) -> dict:
         engine_path.write_bytes(b"engine")
         builds.append(kwargs | {"timing_cache": Path(kwargs["timing_cache"]).name})
-        return {"tensorrt_version": "10.3.0", "gpu": "Test GPU", "precision": "fp16"}
+        return {"tensorrt_version": "10.3.0", "gpu": "Test GPU", "engine_precision": "fp16"}
 
     monkeypatch.setattr(runtime.trt_env, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
     monkeypatch.setattr(runtime.trt_env, "gpu_name", lambda: "Test GPU")

@@ -105,17 +105,17 @@ def test_report_json_keeps_its_layout() -> None:
     fid = _fidelity(2e-6, 1.0, Tolerance(1e-4))
     report = _report(HELD, fidelity=fid, compare=dense, note="TensorRT path not yet validated on hardware")
     body = json.loads(json.dumps(report.to_dict()))
-    assert list(body) == ["artifact", "format", "size_mb", "device", "measured_on_target", "label", "model", "batch",
-                          "latency", "fidelity", "accuracy", "budgets", "passed", "verdict", "exit_code",
-                          "environment", "seconds", "note", "protocol_warnings", "compare"]  # fmt: skip
+    assert list(body) == ["artifact", "format", "precision", "size_mb", "device", "measured_on_target", "label",
+                          "model", "batch", "latency", "fidelity", "accuracy", "budgets", "passed", "verdict",
+                          "exit_code", "environment", "seconds", "note", "protocol_warnings", "compare"]  # fmt: skip
     assert body["artifact"] == "run/export/model.onnx" and body["measured_on_target"] is True
     assert list(body["latency"]) == ["model", "dense"] and body["latency"]["dense"]["p50"] == 5.0
     assert body["fidelity"] == {"images": 8, "max_abs_diff": 2e-6, "top1_agreement": 1.0, "golden": "golden.npz",
                                 "mean_abs_diff": 1e-6, "max_rel_diff": 0.1, "mean_rel_diff": 0.01}  # fmt: skip
     assert body["accuracy"] == {} and body["budgets"] == [b.to_dict() for b in HELD]
-    assert body["compare"] == {"dense_artifact": str(Path(__file__)), "dense_size_mb": Path(__file__).stat().st_size
-                               / 1e6, "speedup_p50": 2.0, "speedup_mean": 2.0, "mac_ratio": 4.0,
-                               "realisation": 0.5}  # fmt: skip
+    assert body["compare"] == {"dense_artifact": str(Path(__file__)), "dense_precision": "fp32",
+                               "dense_size_mb": Path(__file__).stat().st_size / 1e6, "speedup_p50": 2.0,
+                               "speedup_mean": 2.0, "mac_ratio": 4.0, "realisation": 0.5}  # fmt: skip
     assert "note" not in _report(HELD).to_dict() and "compare" not in _report(HELD).to_dict()
 
 

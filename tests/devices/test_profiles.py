@@ -44,7 +44,7 @@ def _write(tmp_path: Path, edit: dict) -> Path:
         ({"budgets.latency_p50": 5}, "Did you mean 'latency_p50_ms'"),
         ({"budgets.latency_p50_ms": "fast"}, "'budgets.latency_p50_ms' must be a number"),
         ({"budgets.latency_p99_ms": 1}, "is below latency_p50_ms"),
-        ({"runtime": "tflite"}, "'runtime' must be 'ort' or 'trt'"),
+        ({"runtime": "tflite"}, "'runtime' must be 'ort', 'openvino' or 'trt'"),
         ({"ort": KeyError}, "'ort' section is required"),
         ({"precision": "fp16"}, "must be 'fp32' with runtime 'ort'"),
         ({"software.onnxruntime": "1.17"}, "expected a comparison"),
@@ -89,9 +89,20 @@ def test_host_detection_jetson_pi_and_mismatch(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr("platform.machine", lambda: "aarch64")
     jetson = detect_host(_fake_root(tmp_path / "j", "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",
                                     "# R36 (release), REVISION: 4.3, GCID: 38968081"))  # fmt: skip
-    assert (jetson.board, jetson.l4t) == ("jetson", "36")
+    assert (jetson.board, jetson.l4t) == ("jetson", "36.4.3")
     assert profile_mismatch(load_profile("jetson-orin-nano"), jetson) == ""
     assert "L4T R35" in profile_mismatch(load_profile("jetson-orin-nano-jp5"), jetson)
+    # JetPack 6.0 (L4T 36.3) has TensorRT 8.6: its own profile, not the 10.3 one.
+    assert "L4T R36.3" in profile_mismatch(load_profile("jetson-orin-nano-jp60"), jetson)
+    jp60 = detect_host(_fake_root(tmp_path / "j60", "NVIDIA Jetson Orin Nano Developer Kit",
+                                  "# R36 (release), REVISION: 3.0, GCID: 36191598"))  # fmt: skip
+    assert jp60.l4t == "36.3.0" and profile_mismatch(load_profile("jetson-orin-nano-jp60"), jp60) == ""
+    assert "is for L4T R36.4 but this Jetson runs R36.3.0" in profile_mismatch(load_profile("jetson-orin-nano"), jp60)
+    from devices.host import guess_profile
+    from devices.profile import all_profiles
+
+    assert guess_profile(jp60, all_profiles().values()).name == "jetson-orin-nano-jp60"
+    assert guess_profile(jetson, all_profiles().values()).name == "jetson-orin-nano"
     assert "AGX Orin" in profile_mismatch(load_profile("jetson-agx-orin"), jetson)
     assert "is for x86_64" in profile_mismatch(load_profile("x86-cpu"), jetson)
     pi = detect_host(_fake_root(tmp_path / "p", "Raspberry Pi 5 Model B Rev 1.0"))
@@ -109,7 +120,7 @@ def test_every_problem_of_a_profile_is_reported_in_one_error(tmp_path: Path) -> 
     assert "\n" not in message
     problems = message.split(": ", 1)[1].split("; ")
     assert len(problems) == 3, message
-    assert any("'runtime' must be 'ort' or 'trt', got 'tflite'" in p for p in problems)
+    assert any("'runtime' must be 'ort', 'openvino' or 'trt', got 'tflite'" in p for p in problems)
     assert any("'budgets.latency_p50_ms' must be a number" in p for p in problems)
     assert any("'protocol.warmup' is missing" in p for p in problems)
 
@@ -123,3 +134,27 @@ def test_fallback_profiles_are_guessed_last() -> None:
     arm_gpu_box = Host(arch="aarch64", board="nvidia-gpu", nvidia_gpu=True)
     assert guess_profile(arm_gpu_box, profiles.values()).name == "cuda-gpu"
     assert guess_profile(Host(arch="riscv64", board="generic"), profiles.values()) is None
+
+
+def test_int8_precisions_need_their_fidelity_limits() -> None:
+    import copy
+
+    from devices.profile import profiles_dir, validate
+
+    body = yaml.safe_load((profiles_dir() / "x86-cpu.yaml").read_text())
+    assert validate(copy.deepcopy(body), "x86").budgets.fidelity_limits("int8") == (0.5, 1.0)
+    assert validate(copy.deepcopy(body), "x86").budgets.fidelity_limits("fp32") == (1e-4, 1.0)
+    no_limits = copy.deepcopy(body)
+    del no_limits["budgets"]["int8_fidelity_atol"]
+    with pytest.raises(HiapError, match=r"'budgets' needs \['int8_fidelity_atol'\] when precisions lists an INT8"):
+        validate(no_limits, "x86")
+    odd = copy.deepcopy(body) | {"precisions": ["fp32", "int4"]}
+    with pytest.raises(HiapError, match=r"'precisions' has \['int4'\]"):
+        validate(odd, "x86")
+    fp32_only = {k: v for k, v in copy.deepcopy(body).items() if k != "precisions"}
+    assert validate(fp32_only, "x86").precisions == ("fp32",)
+    ov = copy.deepcopy(body) | {"runtime": "openvino", "openvino": {"threads": 2}}
+    assert validate(ov, "x86").openvino.threads == 2
+    del ov["ort"]
+    with pytest.raises(HiapError, match="'ort' section is required with runtime 'openvino' too"):
+        validate(ov, "x86")

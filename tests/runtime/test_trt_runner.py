@@ -78,10 +78,15 @@ class FakeContext:
     """An execution context for a model that adds 1 to its (batch, 4) input."""
 
     def __init__(self, cuda: FakeCuda, fail: str) -> None:
-        self.cuda, self.fail, self.addresses = cuda, fail, {}
+        self.cuda, self.fail, self.addresses, self.batch = cuda, fail, {}, -1
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        self.batch = shape[0]
         return self.fail != "batch"
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        """The output's shape as inferred from the input shape set (the engine itself leaves both axes open)."""
+        return (self.batch, 4)
 
     def set_tensor_address(self, name: str, ptr: int) -> bool:
         if self.fail == "bind" and name == "logits":  # the last tensor: both buffers exist by then
@@ -96,7 +101,7 @@ class FakeContext:
 
 
 class FakeEngine:
-    TENSORS = (("input", (-1, 4), "input"), ("logits", (-1, 4), "output"))
+    TENSORS = (("input", (-1, 4), "input"), ("logits", (-1, -1), "output"))
 
     def __init__(self, cuda: FakeCuda, fail: str) -> None:
         self.cuda, self.fail, self.num_io_tensors = cuda, fail, len(self.TENSORS)
@@ -238,7 +243,9 @@ def test_the_tensorrt_modules_import_without_tensorrt_or_cuda() -> None:
     assert json.loads(done.stdout) == {
         "loaded": [],
         "tensorrt": None,
-        "cuda": "HiapError: TensorRT runs need cuda-python for device memory: pip install cuda-python",
+        "cuda": "HiapError: TensorRT runs need cuda-python for device memory: pip install 'hiap[jetson]' "
+        "(cuda-python 12.x, for JetPack 6's CUDA 12; TensorRT itself comes from JetPack, so the venv needs "
+        "--system-site-packages)",
     }
 
 
@@ -248,3 +255,62 @@ def test_trtexec_line_takes_the_batch_range_bench_builds_with() -> None:
     cmd = trtexec_command(Path("m.onnx"), Path("m.engine"), dynamic_chw=(3, 32, 32), max_batch=64)
     assert "--minShapes=input:1x3x32x32 --optShapes=input:1x3x32x32 --maxShapes=input:64x3x32x32" in cmd
     assert "--maxShapes" not in trtexec_command(Path("m.onnx"), Path("m.engine"))  # a fixed-batch model
+
+
+def test_trtexec_line_for_jetpack_int8_and_old_tensorrt() -> None:
+    from runtime.trt_build import JETPACK_TRTEXEC, trtexec_command
+
+    cmd = trtexec_command(Path("m.onnx"), Path("m.engine"), layer_names=["/norm/LN"], int8=True)
+    assert cmd.startswith(f"{JETPACK_TRTEXEC} --onnx=m.onnx") and "--int8" in cmd and "--fp16" in cmd
+    assert "--layerPrecisions=/norm/LN:fp32" in cmd
+    # Before TensorRT 10.1 layers are not named after the ONNX nodes: a pin by name would match nothing.
+    old = trtexec_command(Path("m.onnx"), Path("m.engine"), layer_names=["/norm/LN"], names_are_layers=False)
+    assert "--layerPrecisions" not in old and "--int8" not in old
+
+
+def test_engine_builds_check_cuda_python_first_and_survive_a_corrupt_timing_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import runtime.trt_build as trt_build
+
+    def builder(*_: object) -> None:
+        raise AssertionError("the build started before cuda-python was checked")
+
+    monkeypatch.setattr(trt_build, "import_tensorrt", lambda: types.SimpleNamespace(Builder=builder))
+
+    def no_cuda() -> None:
+        raise HiapError("TensorRT runs need cuda-python")
+
+    monkeypatch.setattr(trt_build, "cudart", no_cuda)
+    with pytest.raises(HiapError, match="need cuda-python"):
+        trt_build.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine")
+
+    class Config:
+        cache: bytes | None = None
+
+        def create_timing_cache(self, blob: bytes) -> bytes:
+            if blob:
+                raise RuntimeError("bad timing cache")
+            return blob
+
+        def set_timing_cache(self, cache: bytes, ignore_mismatch: bool) -> bool:
+            self.cache = cache
+            return True
+
+    corrupt = tmp_path / "timing.cache"
+    corrupt.write_bytes(b"not a cache")
+    config = Config()
+    trt_build._load_timing_cache(config, corrupt)
+    assert config.cache == b"" and "is unusable (RuntimeError); building without it" in capsys.readouterr().err
+
+
+def test_an_int8_engine_needs_the_tensorrt_recipe() -> None:
+    from devices.bench import engine_build_settings
+    from devices.profile import load_profile
+
+    nano = load_profile("jetson-orin-nano")
+    ort_file = {"precision": "int8", "quantization": json.dumps({"activations": "u8"})}
+    with pytest.raises(HiapError, match=r"quantized for ONNX Runtime .*--precision int8 --target jetson-orin-nano"):
+        engine_build_settings(nano, ort_file)
+    trt_file = {"precision": "int8", "quantization": json.dumps({"activations": "s8"})}
+    assert engine_build_settings(nano, trt_file)["int8"] and not engine_build_settings(nano, {})["int8"]

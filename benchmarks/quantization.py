@@ -1,0 +1,316 @@
+"""INT8 on the CPU: which quantization recipe keeps the accuracy (trained models), and how much faster INT8 runs
+(DeiT-Tiny/Small-shaped models, dense and pruned to half the MACs), on ONNX Runtime and OpenVINO.
+
+    python benchmarks/quantization.py [--run RUN] [--cifar-onnx FILE --cifar-data ROOT] [--part accuracy|latency|all]
+
+Accuracy: each recipe (calibration method x operator set x activation type, and dynamic quantization) quantizes the
+trained model's FP32 file with 512 calibration images drawn from its training split (seed 0). The recipe is chosen on
+2,000 other training images (seed 1, none of them calibration images), then every recipe is reported on the
+validation split (the built-in 3,000; CIFAR-10's official 10,000 test images). RUN is a `hiap train` run on the
+built-in data (default runs/hiap_vit_fmnist-macs0.5, which `python -m hiap pipeline` writes); the CIFAR-10 model is
+the HiAP 50 % network of benchmarks/cifar10.py (its ONNX file and the ImageFolder root it trained on).
+
+Latency: random weights (latency does not depend on them), batch 1 and 8, every model/precision/runtime alternating
+round by round in one process, median of the rounds. Writes benchmarks/results/quantization.json / .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from common import environment, results_dir
+
+from export.compact import build_compact
+from export.onnx_io import simplify_onnx, torch2onnx
+from export.quantize import Recipe, quantize_file
+from hiap.cost import BlockStructure, Structure, structure_macs
+from hiap.gated import describe_vit
+from hiap.models import create_model
+from runtime.data import Preprocessing, builtin_images, image_folder_files, load_image
+
+CALIBRATION, SELECTION = 512, 2000
+# Every recipe measured: (name, Recipe). The default ONNX Runtime recipe and the TensorRT one are among them.
+RECIPES = [
+    (f"static {cal} {ops} {act}", Recipe("int8", cal, ops, act))
+    for act in ("u8",)
+    for ops in ("matmul", "matmul+attention", "all")
+    for cal in ("minmax", "entropy", "percentile")
+] + [
+    ("static minmax matmul+attention s8 (TensorRT)", Recipe("int8", "minmax", "matmul+attention", "s8")),
+    ("dynamic matmul", Recipe("int8-dynamic", "minmax", "matmul")),
+]
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's int8-relevant vector extensions: INT8 speedups depend on them (VNNI/AMX make int8 GEMM far faster)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+    return [f for f in wanted if f in flags.split()]
+
+
+def session(path: Path, threads: int = 2) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def logits(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    fixed = sess.get_inputs()[0].shape[0]
+    step = fixed if isinstance(fixed, int) else 64
+    return np.concatenate([sess.run(None, {name: x[i : i + step]})[0] for i in range(0, len(x), step)])
+
+
+# -- accuracy on trained models --
+
+
+def builtin_model(run: Path, tmp: Path) -> dict[str, Any]:
+    """The built-in run exported to FP32 ONNX, its calibration, selection and validation images."""
+    from export.artifact import export_source
+    from export.source import source_from_run
+
+    if not (run / "checkpoint.safetensors").is_file():
+        raise SystemExit(f"{run} is not a hiap run: run `python -m hiap pipeline` first, or pass --run")
+    report = export_source(source_from_run(run), tmp / "builtin")
+    pre = Preprocessing.from_metadata(report["metadata"], str(run))
+    n_train = 12_000
+    order = np.random.default_rng(0).choice(n_train, size=CALIBRATION, replace=False)
+    rest = np.setdiff1d(np.arange(n_train), order)
+    select = np.random.default_rng(1).choice(rest, size=SELECTION, replace=False)
+    return {
+        "name": "built-in (Fashion-MNIST, HiAP 50 %)",
+        "fp32": tmp / "builtin" / "model.onnx",
+        "calibration": builtin_images(pre, "train", np.sort(order))[0],
+        "selection": builtin_images(pre, "train", np.sort(select)),
+        "validation": builtin_images(pre, "val"),
+    }
+
+
+def folder_images(files: list[tuple[Path, int]], pre: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    return pre.normalise(np.stack([load_image(f, pre) for f, _ in files])), np.asarray([y for _, y in files])
+
+
+def cifar_model(onnx_path: Path, root: Path) -> dict[str, Any]:
+    """The CIFAR-10 HiAP network (mean/std 0.5, 32x32, as benchmarks/cifar10.py trains it)."""
+    pre = Preprocessing((3, 32, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", 1.0)
+    classes, train = image_folder_files(root / "train")
+    index = {c: i for i, c in enumerate(classes)}
+    train_l = [(f, index[c]) for f, c in train]
+    picked = np.random.default_rng(0).choice(len(train_l), size=CALIBRATION + SELECTION, replace=False)
+    _, val = image_folder_files(root / "val")
+    return {
+        "name": "CIFAR-10 (CPU setting, HiAP 50 %)",
+        "fp32": onnx_path,
+        "calibration": folder_images([train_l[i] for i in picked[:CALIBRATION]], pre)[0],
+        "selection": folder_images([train_l[i] for i in picked[CALIBRATION:]], pre),
+        "validation": folder_images([(f, index[c]) for f, c in val], pre),
+    }
+
+
+def accuracy_part(models: list[dict[str, Any]], tmp: Path) -> list[dict[str, Any]]:
+    rows = []
+    for m in models:
+        ref = session(m["fp32"])
+        base = {split: 100 * float((logits(ref, m[split][0]).argmax(-1) == m[split][1]).mean())
+                for split in ("selection", "validation")}  # fmt: skip
+        rows.append({"model": m["name"], "recipe": "fp32", "selection_top1": base["selection"],
+                     "val_top1": base["validation"], "file_bytes": m["fp32"].stat().st_size})  # fmt: skip
+        print(rows[-1], flush=True)
+        for name, recipe in RECIPES:
+            out = tmp / f"{abs(hash((m['name'], name)))}.onnx"
+            done = quantize_file(m["fp32"], out, recipe, m["calibration"], {})
+            sess = session(out)
+            row = {"model": m["name"], "recipe": name, "quantize_seconds": done["seconds"],
+                   "file_bytes": out.stat().st_size}  # fmt: skip
+            for split in ("selection", "validation"):
+                x, y = m[split]
+                out_logits, ref_logits = logits(sess, x), logits(ref, x)
+                row[f"{split}_top1" if split == "selection" else "val_top1"] = 100 * float(
+                    (out_logits.argmax(-1) == y).mean()
+                )
+                if split == "validation":
+                    row["val_top1_agreement"] = float((out_logits.argmax(-1) == ref_logits.argmax(-1)).mean())
+                    row["val_max_abs_diff"] = float(np.abs(out_logits - ref_logits).max())
+            row["val_drop_pp"] = base["validation"] - row["val_top1"]
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+# -- latency on DeiT-shaped models --
+
+
+def half_plan(geom: Any) -> Structure:
+    """Every head kept with value dims at 3/4, FFN neurons trimmed uniformly to <= half the dense MACs."""
+    heads = tuple(range(geom.num_heads))
+    dims = tuple(tuple(range(geom.head_dim * 3 // 4)) for _ in heads)
+    for k in range(geom.hidden, 0, -8):
+        s = Structure(blocks=(BlockStructure(heads, dims, True, tuple(range(k))),) * geom.depth)
+        if structure_macs(geom, s) <= 0.5 * geom.dense_macs:
+            return s
+    raise SystemExit("no plan reaches half the MACs")
+
+
+def latency_models(tmp: Path) -> dict[tuple[str, str, str], Path]:
+    """(arch, dense|pruned 0.5, precision) -> file: FP32, INT8 static (the default recipe, and with the attention
+    matmuls left in float) and INT8 dynamic files of DeiT-Tiny/Small, all with a dynamic batch axis."""
+    files = {}
+    rng = np.random.default_rng(0)
+    for arch in ("deit_tiny_patch16_224", "deit_small_patch16_224"):
+        torch.manual_seed(0)
+        vit = create_model(arch).eval()
+        geom = describe_vit(vit)
+        calib = rng.standard_normal((32, 3, 224, 224)).astype(np.float32)
+        short = "-".join(arch.split("_")[:2])
+        for kind in ("dense", "pruned 0.5"):
+            model = vit if kind == "dense" else build_compact(vit, half_plan(geom), align=8)
+            fp32 = tmp / f"{arch}-{kind.split()[0]}.onnx"
+            torch2onnx(model.eval(), (3, 224, 224), fp32, dynamic_batch=True)
+            simplify_onnx(fp32)
+            files[(short, kind, "fp32")] = fp32
+            for name, recipe in (("int8", Recipe.for_runtime("int8")),
+                                 ("int8 weight matmuls only", Recipe("int8", "minmax", "matmul")),
+                                 ("int8-dynamic", Recipe.for_runtime("int8-dynamic"))):  # fmt: skip
+                out = tmp / f"{fp32.stem}-{len(files)}.onnx"
+                quantize_file(fp32, out, recipe, calib, {})
+                files[(short, kind, name)] = out
+    return files
+
+
+def openvino_runners(files: dict[tuple[str, str, str], Path], batch: int) -> dict[Any, Any]:
+    """OpenVINO infer requests of every file, reshaped to a static batch (OpenVINO's low-precision transformations
+    reject some Q/DQ graphs with a dynamic batch axis); a file it cannot compile is reported and left out."""
+    try:
+        import openvino as ov
+    except ImportError:
+        print("openvino not installed: ONNX Runtime only")
+        return {}
+    core, runners = ov.Core(), {}
+    cfg = {"INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "LATENCY"}
+    for key, path in files.items():
+        model = core.read_model(str(path))
+        model.reshape([batch, 3, 224, 224])
+        try:
+            runners[(key, "openvino")] = core.compile_model(model, "CPU", cfg).create_infer_request()
+        except RuntimeError as exc:
+            print(f"openvino cannot compile {key} at batch {batch}: {str(exc).splitlines()[-1][:160]}")
+    return runners
+
+
+def latency_part(files: dict[tuple[str, str, str], Path], rounds: int, iters: int) -> list[dict[str, Any]]:
+    ort_runners = {(key, "onnxruntime"): session(path) for key, path in files.items()}
+    rows = []
+    for batch in (1, 8):
+        runners = ort_runners | openvino_runners(files, batch)
+        x = np.random.default_rng(1).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        times: dict[Any, list[float]] = {k: [] for k in runners}
+
+        def call(runtime: str, r: Any, x: np.ndarray = x) -> None:
+            if runtime == "onnxruntime":
+                r.run(None, {r.get_inputs()[0].name: x})
+            else:
+                r.infer({0: x})
+
+        for (_, runtime), r in runners.items():  # warm-up
+            for _ in range(2):
+                call(runtime, r)
+        for _ in range(rounds):
+            for (key, runtime), r in runners.items():
+                call(runtime, r)  # untimed: the previous runner's threads may still be spinning down
+                t0 = time.perf_counter()
+                for _ in range(iters):
+                    call(runtime, r)
+                times[(key, runtime)].append((time.perf_counter() - t0) / iters * 1e3)
+        for ((arch, kind, precision), runtime), t in times.items():
+            rows.append({"arch": arch, "model": kind, "precision": precision, "runtime": runtime, "batch": batch,
+                         "ms": statistics.median(t), "rounds": t,
+                         "file_bytes": files[(arch, kind, precision)].stat().st_size})  # fmt: skip
+            print(arch, kind, precision, runtime, batch, round(rows[-1]["ms"], 2), flush=True)
+    return rows
+
+
+def table(acc: list[dict[str, Any]], lat: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    if acc:
+        lines += ["## Accuracy: FP32 vs INT8 recipes (top-1 %)", "",
+                  "| model | recipe | selection (2,000 train images) | validation | drop vs FP32 (pp) | "
+                  "top-1 agreement | file MB |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in acc:
+            drop = f"{r['val_drop_pp']:+.2f}" if "val_drop_pp" in r else ""
+            agree = f"{r['val_top1_agreement']:.4f}" if "val_top1_agreement" in r else ""
+            lines.append(f"| {r['model']} | {r['recipe']} | {r['selection_top1']:.2f} | {r['val_top1']:.2f} | {drop} "
+                         f"| {agree} | {r['file_bytes'] / 1e6:.2f} |")  # fmt: skip
+    if lat:
+        lines += ["", "## Latency (ms, median of rounds); x: speedup over the dense FP32 model on ONNX Runtime "
+                  "(same architecture, same batch)", "",
+                  "| architecture | model | precision | runtime | batch 1 | x | batch 8 | x |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        by = {(r["arch"], r["model"], r["precision"], r["runtime"], r["batch"]): r["ms"] for r in lat}
+        for arch, kind, precision, runtime, batch in by:
+            if batch != 1:
+                continue
+            ref = [by[(arch, "dense", "fp32", "onnxruntime", b)] for b in (1, 8)]
+            cells = []
+            for i, b in enumerate((1, 8)):
+                ms = by.get((arch, kind, precision, runtime, b))
+                cells += [f"{ms:.2f}", f"{ref[i] / ms:.2f}"] if ms else ["fails to compile", ""]
+            lines.append(f"| {arch} | {kind} | {precision} | {runtime} | {' | '.join(cells)} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=Path("runs/hiap_vit_fmnist-macs0.5"))
+    parser.add_argument("--cifar-onnx", type=Path, default=None)
+    parser.add_argument("--cifar-data", type=Path, default=None)
+    parser.add_argument("--part", choices=("accuracy", "latency", "all"), default="all")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--iters", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    out = results_dir() / "quantization.json"
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    acc, lat = previous.get("accuracy", []), previous.get("latency", [])
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        if args.part in ("accuracy", "all"):
+            models = [builtin_model(args.run, tmp)]
+            if args.cifar_onnx is not None:
+                models.append(cifar_model(args.cifar_onnx, args.cifar_data))
+            acc = accuracy_part(models, tmp)
+        if args.part in ("latency", "all"):
+            lat = latency_part(latency_models(tmp), args.rounds, args.iters)
+    env = environment("ONNX Runtime quantization, 2 threads") | {
+        "onnxruntime": ort.__version__, "cpu_flags": cpu_flags(), "cpu": platform.processor()}  # fmt: skip
+    try:
+        import openvino
+
+        env["openvino"] = openvino.__version__
+    except ImportError:
+        env["openvino"] = None
+    out.write_text(json.dumps({"environment": env, "accuracy": acc, "latency": lat}, indent=2) + "\n")
+    head = ["# INT8: recipes and speed on this CPU", "",
+            f"{env['machine']}, CPU flags {env['cpu_flags']}, 2 threads, onnxruntime {env['onnxruntime']}, "
+            f"openvino {env['openvino']}, torch {env['torch']}, hiap {env['hiap']}, {env['date']}. INT8 speed depends "
+            "on the CPU's int8 instructions: without VNNI/AMX (AVX2 only) int8 GEMM is far less ahead of FP32 than "
+            "with them, so read every speedup with the flags above.", ""]  # fmt: skip
+    (results_dir() / "quantization.md").write_text("\n".join(head + table(acc, lat)) + "\n")
+    print("\n".join(head + table(acc, lat)))
+
+
+if __name__ == "__main__":
+    main()

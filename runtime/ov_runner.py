@@ -1,0 +1,90 @@
+"""OpenVINO runner for x86 and ARM CPUs: reads the exported ONNX (FP32 or Q/DQ INT8) directly; torch-free, and
+imported only when a bench asks for it (`pip install 'hiap[openvino]'`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hiap.errors import HiapError
+from runtime.base import TensorSpec
+from runtime.ort_runner import check_model_file
+
+_TYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32"}
+
+
+def import_openvino() -> Any:
+    """The openvino module, or None when it is not installed (it is an optional runtime)."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino
+
+
+def _spec(port: Any) -> TensorSpec:
+    shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+    kind = port.get_element_type().get_type_name()
+    return TensorSpec(port.get_any_name(), shape, _TYPES.get(kind, kind))
+
+
+class OvRunner:
+    """One compiled model on OpenVINO's CPU plugin with pinned threads and the latency hint; `metadata` is the ONNX
+    file's metadata_props (OpenVINO keeps them in the model's rt_info)."""
+
+    def __init__(self, path: Path, threads: int = 1, hint: str = "LATENCY") -> None:
+        self.path = Path(path)
+        check_model_file(self.path, (".onnx",))
+        self.threads = threads
+        self.hint = hint
+        self.request: Any = None
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+        self.metadata: dict[str, str] = {}
+        self._version = ""
+
+    def __enter__(self) -> OvRunner:
+        ov = import_openvino()
+        if ov is None:
+            raise HiapError("OpenVINO is not installed here: pip install 'hiap[openvino]', or bench with "
+                            "--runtime onnxruntime.")  # fmt: skip
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.path))
+            config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": self.hint}
+            compiled = core.compile_model(model, "CPU", config)
+        except RuntimeError as exc:  # OpenVINO reports unreadable files and unsupported operators alike
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise HiapError(f"OpenVINO cannot load '{self.path}' ({first}).") from None
+        info = model.get_rt_info()
+        framework = info["framework"] if "framework" in list(info.keys()) else {}
+        self.metadata = {str(k): str(v.value) for k, v in dict(framework).items()}
+        self.inputs = [_spec(p) for p in compiled.inputs]
+        self.outputs = [_spec(p) for p in compiled.outputs]
+        self.request = compiled.create_infer_request()
+        self._version = ov.__version__
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.request = None
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for spec in self.inputs:
+            if spec.name not in feeds:
+                raise HiapError(f"Missing input '{spec.name}' (the model takes {[s.name for s in self.inputs]}).")
+            spec.check(feeds[spec.name])
+        result = self.request.infer({spec.name: feeds[spec.name] for spec in self.inputs})
+        values = list(result.values())
+        return {spec.name: np.asarray(value) for spec, value in zip(self.outputs, values, strict=True)}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "runtime": "openvino",
+            "version": self._version,
+            "device": "CPU",
+            "intra_op_threads": self.threads,
+            "performance_hint": self.hint,
+            "precision": self.metadata.get("precision", "fp32"),
+        }

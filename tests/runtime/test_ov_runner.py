@@ -1,0 +1,88 @@
+"""The OpenVINO runner reads hiap's ONNX files (metadata included) and agrees with ONNX Runtime; which runtime a
+bench uses is resolved before anything opens, with a fallback that says so where OpenVINO is not installed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_onnx import linear_export
+from typer.testing import CliRunner
+
+from devices.bench import resolve_runtime
+from devices.profile import load_profile
+from hiap.cli import app
+from hiap.errors import HiapError
+
+FAST = ["--iterations", "5", "--warmup", "1", "--min-seconds", "0"]
+
+
+def test_openvino_runner_matches_onnx_runtime_and_reads_the_metadata(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    from runtime.harness import run_batched
+    from runtime.ort_runner import OrtRunner
+    from runtime.ov_runner import OvRunner
+
+    model = linear_export(tmp_path / "m")
+    x = np.load(tmp_path / "m" / "golden.npz")["inputs"]
+    with OvRunner(model, threads=1) as ov, OrtRunner(model) as ort:
+        assert ov.metadata == ort.metadata and json.loads(ov.metadata["input_size"]) == [1, 28, 28]
+        assert [(s.name, s.shape, s.dtype) for s in ov.inputs] == [("input", (1, 1, 28, 28), "float32")]
+        assert np.abs(run_batched(ov, x, 1) - run_batched(ort, x, 1)).max() < 1e-4
+        assert ov.describe()["runtime"] == "openvino" and ov.describe()["precision"] == "fp32"
+        with pytest.raises(HiapError, match="has shape 2x1x28x28 but the model expects 1x1x28x28"):
+            ov.infer({"input": np.zeros((2, 1, 28, 28), np.float32)})
+
+
+def test_bench_runtime_openvino(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    model = linear_export(tmp_path / "m")
+    out = tmp_path / "b.json"
+    result = CliRunner().invoke(app, ["bench", str(model), "--device", "x86-cpu", "--runtime", "openvino",
+                                      "--json", str(out), *FAST])  # fmt: skip
+    assert result.exit_code == 4, result.output  # no --data: accuracy not measured
+    report = json.loads(out.read_text())
+    assert report["environment"]["runner"]["runtime"] == "openvino"
+    assert report["fidelity"]["max_abs_diff"] < 1e-4 and report["fidelity"]["top1_agreement"] == 1.0
+    garbage = tmp_path / "bad.onnx"
+    garbage.write_bytes(b"\x08\x07garbage" * 50)
+    result = CliRunner().invoke(app, ["bench", str(garbage), "--device", "x86-cpu", "--runtime", "openvino", *FAST])
+    assert result.exit_code == 2 and "OpenVINO cannot load" in result.output and "Traceback" not in result.output
+
+
+def test_runtime_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import runtime.ov_runner
+
+    x86 = load_profile("x86-cpu")
+    assert resolve_runtime(x86, "onnxruntime") == ("ort", "")
+    with pytest.raises(HiapError, match="--runtime tflite: choose onnxruntime or openvino"):
+        resolve_runtime(x86, "tflite")
+    with pytest.raises(HiapError, match="runs TensorRT, not a CPU runtime"):
+        resolve_runtime(load_profile("jetson-orin-nano"), "openvino")
+    monkeypatch.setattr(runtime.ov_runner, "import_openvino", lambda: None)
+    with pytest.raises(HiapError, match="OpenVINO is not installed here"):
+        resolve_runtime(x86, "openvino")
+    prefers_ov = dataclasses.replace(x86, runtime="openvino")
+    runtime_name, note = resolve_runtime(prefers_ov, None)
+    assert runtime_name == "ort" and "OpenVINO, the default of 'x86-cpu', is not installed" in note
+
+
+def test_one_file_on_two_runtimes_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("COLUMNS", "200")
+    model = linear_export(tmp_path / "m")
+    out = tmp_path / "b.json"
+    result = CliRunner().invoke(app, ["bench", str(model), "--device", "x86-cpu", "--compare-runtime", "openvino",
+                                      "--data", "builtin", "--limit", "64", "--json", str(out), *FAST])  # fmt: skip
+    assert result.exit_code in (0, 1, 4), result.output
+    report = json.loads(out.read_text())
+    assert report["environment"]["runner"]["runtime"] == "onnxruntime"
+    assert report["compare"]["dense_runtime"] == "openvino" and report["compare"]["dense_artifact"] == str(model)
+    assert report["accuracy"]["model"]["top1"] == report["accuracy"]["dense"]["top1"]  # one file, two runtimes
+    assert "model (onnxruntime)" in result.output and "compare (openvino)" in result.output
+    same = CliRunner().invoke(app, ["bench", str(model), "--device", "x86-cpu", "--compare-runtime", "onnxruntime"])
+    assert same.exit_code == 2 and "is the runtime the model runs on already" in same.output
