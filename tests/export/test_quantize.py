@@ -228,3 +228,22 @@ def test_int8_for_tensorrt_is_symmetric_and_quantizes_attention(int8_export: Pat
                   np.load(out / "golden.npz")["inputs"].repeat(4, axis=0), {})  # fmt: skip
     lines = check_onnx(tmp_path / "float-attention.onnx", nano)["lines"]
     assert lines and all("needs Q/DQ around both attention matmuls" in line for line in lines)
+
+
+def test_a_graph_the_tools_cannot_quantize_is_one_line_and_writes_nothing(
+    int8_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime.quantization
+
+    from export.quantize import Recipe, quantize_file
+    from hiap.errors import HiapError
+
+    def broken(*_: object, **__: object) -> None:
+        raise ValueError("unsupported pattern\nsecond line of detail")
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_static", broken)
+    out = tmp_path / "int8.onnx"
+    x = np.zeros((32, 1, 28, 28), np.float32)
+    with pytest.raises(HiapError, match=r"could not quantize .* \(ValueError: unsupported pattern\)\.$"):
+        quantize_file(int8_export / "model-fp32.onnx", out, Recipe(), x, {})
+    assert not out.exists()

@@ -233,3 +233,30 @@ def test_bench_reads_the_images_training_reads_and_tells_roots_by_structure(tmp_
         (flat / cls).mkdir(parents=True)
         Image.fromarray(np.zeros((4, 4), np.uint8)).save(flat / cls / "0.png")
     assert not is_training_root(flat)
+
+
+def test_int8_export_of_an_image_folder_run_calibrates_on_its_train_split(user_run: dict, tmp_path: Path) -> None:
+    """The run's own training images are the calibration data: its train/ (16 images here) is too few, and the
+    error names it; more images from that tree then calibrate and validate on the run's val/."""
+    from export.artifact import Int8Options, export_source
+    from export.quantize import Recipe
+    from export.source import source_from_run
+    from hiap.errors import HiapError
+
+    src = source_from_run(user_run["run"])
+    with pytest.raises(HiapError, match=rf"'{user_run['root'] / 'train'}' holds 16 images; at least 32"):
+        export_source(src, tmp_path / "refused", int8=Int8Options(Recipe()))
+    assert not (tmp_path / "refused").exists()
+    import dataclasses
+    import shutil
+
+    root = tmp_path / "data"  # a copy with more training images; the module's tree stays as it was
+    shutil.copytree(user_run["root"], root)
+    _image_tree(root, {"train": 24}, seed=1)  # 48 images now (the first 8 per class overwritten)
+    bigger = dataclasses.replace(src, data=str(root))
+    report = export_source(bigger, tmp_path / "int8", simplify=False, int8=Int8Options(Recipe(), max_drop_pp=100))
+    assert report["quantization"]["calibration"]["source"] == str(root / "train")
+    assert report["quantization"]["calibration"]["images"] == 48
+    check = report["int8_check"]
+    assert check["source"] == str(root / "val") and check["images"] == 2 * VAL_PER_CLASS
+    assert {"fp32_top1", "int8_top1", "drop_pp"} <= set(check)
