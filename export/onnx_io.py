@@ -101,38 +101,53 @@ def load_shaped(path: Path) -> tuple[Any, dict[str, list[int]]]:
     return proto, shapes
 
 
+# The data inputs of quantized operators: their integer initializers are the weights (counted as parameters); the
+# other inputs of Q/DQ nodes are scales and zero points (not parameters).
+_QUANTIZED_DATA_INPUTS = {"DequantizeLinear": (0,), "MatMulInteger": (0, 1), "ConvInteger": (0, 1)}
+
+
 def onnx_cost(path: Path) -> tuple[int, int]:
-    """(MACs, parameters) of an ONNX model at batch 1: MatMul/Gemm/Conv from inferred shapes, float initializers."""
+    """(MACs, parameters) of an ONNX model at batch 1: MatMul/Gemm/Conv (and their integer forms) from inferred
+    shapes; parameters are float initializers and, in an INT8 file, the quantized weights (scales and zero points of
+    Q/DQ nodes are not counted; a dynamic-INT8 file's per-channel weight scales are: one per output channel, 1/width
+    of its weights)."""
     from onnx import numpy_helper
 
     proto, shapes = load_shaped(path)
     graph = proto.graph
     macs = 0
     for node in graph.node:
-        if node.op_type in ("MatMul", "Gemm", "Conv") and not all(
+        if node.op_type in ("MatMul", "Gemm", "Conv", "MatMulInteger", "ConvInteger") and not all(
             name in shapes and shapes[name] and all(d > 0 for d in shapes[name])  # [] is an unknown rank
             for name in (node.input[0], node.input[1], node.output[0])
         ):
             raise HiapError(f"'{path}': the shapes around {node.op_type} node '{node.name}' are not static, so its "
                             "MACs cannot be counted (is this an ONNX file from hiap export?).")  # fmt: skip
-        if node.op_type == "MatMul":
+        if node.op_type in ("MatMul", "MatMulInteger"):
             a, out = shapes[node.input[0]], shapes[node.output[0]]
             macs += int(np.prod(out)) * a[-1]
         elif node.op_type == "Gemm":
             a, out = shapes[node.input[0]], shapes[node.output[0]]
             trans_a = next((at.i for at in node.attribute if at.name == "transA"), 0)
             macs += int(np.prod(out)) * (a[0] if trans_a else a[-1])
-        elif node.op_type == "Conv":
+        elif node.op_type in ("Conv", "ConvInteger"):
             w, out = shapes[node.input[1]], shapes[node.output[0]]
             macs += int(np.prod(out)) * int(np.prod(w[1:]))
-    # Parameters: float initializers counted once per consuming node. The exporter deduplicates initializers with
+    # Parameters: initializers counted once per consuming node. The exporter deduplicates initializers with
     # equal values (a freshly initialised model has many LayerNorms of ones), so counting distinct initializers
     # would undercount; in a ViT every weight feeds exactly one node, so per-use counting recovers the modules'.
-    float_sizes = {
-        i.name: int(np.prod(i.dims)) for i in graph.initializer
-        if numpy_helper.to_array(i).dtype.kind == "f" and int(np.prod(i.dims)) > 1
-    }  # fmt: skip
-    params = sum(float_sizes.get(name, 0) for node in graph.node for name in node.input)
+    arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer if int(np.prod(i.dims)) > 1}
+    params = 0
+    for node in graph.node:
+        data = _QUANTIZED_DATA_INPUTS.get(node.op_type)
+        for index, name in enumerate(node.input):
+            arr = arrays.get(name)
+            if arr is None or (node.op_type == "QuantizeLinear" and index > 0):
+                continue
+            if data is not None:
+                params += arr.size if index in data else 0
+            elif arr.dtype.kind == "f":
+                params += arr.size
     return macs, params
 
 

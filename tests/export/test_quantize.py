@@ -67,6 +67,11 @@ def test_int8_file_describes_itself_and_uses_standard_operators(int8_export: Pat
     # attention matmul (q @ k^T, attn @ v); LayerNorm, softmax, GELU and the residual adds stay in float.
     assert ops.count("QuantizeLinear") == 6 * 4 + 1 + 6 * 2 * 2
     assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+    # Counted from the graph, the INT8 file has the FP32 file's MACs and parameters (its int8 weights, not its
+    # scales and zero points), so `hiap inspect` reports the same network.
+    from export.onnx_io import onnx_cost
+
+    assert onnx_cost(int8_export / "model.onnx") == onnx_cost(int8_export / "model-fp32.onnx")
 
 
 def test_int8_golden_holds_the_int8_files_own_logits(int8_export: Path) -> None:
@@ -121,6 +126,11 @@ def test_int8_dynamic_export(tmp_path: Path) -> None:
     assert report["precision"] == "int8-dynamic" and report["quantization"]["calibration"] is None
     ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops and "QuantizeLinear" not in ops
+    from export.onnx_io import onnx_cost
+
+    (macs, params), (fp32_macs, fp32_params) = onnx_cost(out / "model.onnx"), onnx_cost(out / "model-fp32.onnx")
+    # + the per-channel weight scales: one per output channel, 1/64 of the weights at this width
+    assert macs == fp32_macs and 0 < params - fp32_params <= fp32_params / 64
 
 
 def _png_folder(root: Path, n: int) -> Path:
