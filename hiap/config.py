@@ -192,7 +192,7 @@ def apply_overrides(cfg: TrainConfig, values: dict[str, Any], source: str) -> Tr
             raise HiapError(f"{source}: key {key!r} is not a name; keys are config field names such as 'epochs'.")
         key = key.replace("-", "_")
         if key not in names:
-            raise HiapError(f"{source}: unknown key '{key}'." + did_you_mean(key, names))
+            raise HiapError(f"{source}: unknown key {key!r}." + did_you_mean(key, names))  # repr: one line
         updates[key] = _coerce(key, value, getattr(cfg, key), source)
     return dataclasses.replace(cfg, **updates)
 
