@@ -257,3 +257,17 @@ def test_a_graph_the_tools_cannot_quantize_is_one_line_and_writes_nothing(
     with pytest.raises(HiapError, match=r"could not quantize .* \(ValueError: unsupported pattern\)\.$"):
         quantize_file(int8_export / "model-fp32.onnx", out, Recipe(), x, {})
     assert not out.exists()
+
+
+def test_the_int8_file_runs_on_openvino_within_the_int8_fidelity_limits(int8_export: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    out = tmp_path / "ov.json"
+    args = ["bench", str(int8_export / "model.onnx"), "--runtime", "openvino", "--data", "builtin", "--limit", "500",
+            "--iterations", "5", "--warmup", "1", "--min-seconds", "0", "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code in (0, 1, 4), result.output
+    bench = json.loads(out.read_text())
+    assert bench["environment"]["runner"]["runtime"] == "openvino" and bench["precision"] == "int8"
+    # OpenVINO's integer kernels are not ONNX Runtime's: close to the golden logits, not equal to them.
+    assert 0 < bench["fidelity"]["max_abs_diff"] <= 0.5 and bench["fidelity"]["top1_agreement"] == 1.0
+    assert bench["accuracy"]["model"]["top1"] > 80.0
