@@ -37,12 +37,15 @@ class Recipe:
     'matmul+attention' also the two activation-by-activation attention matmuls (what TensorRT's fused INT8 MHA
     needs); 'all' is ONNX Runtime's default operator set (adds, softmax, GELU's parts, the patch conv).
     `activations`: 'u8' (asymmetric, ONNX Runtime's fast path on x86 and ARM CPUs) or 's8' (symmetric, zero point
-    0: what TensorRT's explicit quantization accepts). Weights are always signed, symmetric and per channel."""
+    0: what TensorRT's explicit quantization accepts). Weights are always signed, symmetric and per channel;
+    `reduce_range` keeps them to 7 bits, so x86 CPUs without VNNI (whose u8 x s8 instruction sums pairs into
+    saturating 16 bits) compute exactly what VNNI, ARM and OpenVINO compute: the same file, the same classes."""
 
     precision: str = "int8"
-    calibration: str = "minmax"
+    calibration: str = "percentile"
     ops: str = "matmul+attention"
     activations: str = "u8"
+    reduce_range: bool = True
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("precision", self.precision, PRECISIONS[1:]),
@@ -54,15 +57,16 @@ class Recipe:
 
     @classmethod
     def for_runtime(cls, precision: str, runtime: str = "ort", calibration: str | None = None) -> Recipe:
-        """The default chosen on held-out training images (benchmarks/results/quantization.md): min-max calibration,
-        every matmul quantized (weights and attention), nothing else; u8 activations for the CPU runtimes, s8 for
-        TensorRT (the only INT8 its explicit quantization takes). Dynamic quantization takes the weight matmuls
-        only: ONNX Runtime quantizes an activation on the fly only against constant weights."""
+        """The default chosen on held-out training images (benchmarks/results/quantization.md): percentile
+        calibration, every matmul quantized (weights and attention), nothing else; u8 activations for the CPU
+        runtimes, s8 for TensorRT (the only INT8 its explicit quantization takes). Dynamic quantization takes the
+        weight matmuls only: ONNX Runtime quantizes an activation on the fly only against constant weights."""
         ops = "matmul" if precision == "int8-dynamic" else "matmul+attention"
-        return cls(precision, calibration or "minmax", ops, "s8" if runtime == "trt" else "u8")
+        trt = runtime == "trt"  # s8 x s8 on TensorRT has no 16-bit pair sums to saturate: full 8-bit weights
+        return cls(precision, calibration or "percentile", ops, "s8" if trt else "u8", reduce_range=not trt)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self) | {"weights": "s8 symmetric per channel"}
+        out = asdict(self) | {"weights": f"s8 symmetric per channel{', 7-bit range' if self.reduce_range else ''}"}
         if self.precision == "int8-dynamic":  # ranges are taken per call: nothing is calibrated
             out |= {"calibration": None, "activations": "u8 per call"}
         return out
@@ -148,7 +152,8 @@ def quantize_file(fp32: Path, out: Path, recipe: Recipe, calibration: np.ndarray
                     extra["OpTypesToExcludeOutputQuantization"] = ["MatMul", "Gemm"]
                 if recipe.precision == "int8-dynamic":
                     quantize_dynamic(str(pre), str(quantized), op_types_to_quantize=ops or [], per_channel=True,
-                                     weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                                     reduce_range=recipe.reduce_range, weight_type=QuantType.QInt8,
+                                     nodes_to_exclude=exclude,
                                      extra_options=extra)  # fmt: skip
                 else:
                     assert calibration is not None  # the caller resolves the images before anything is written
@@ -158,6 +163,7 @@ def quantize_file(fp32: Path, out: Path, recipe: Recipe, calibration: np.ndarray
                               "percentile": CalibrationMethod.Percentile}[recipe.calibration]  # fmt: skip
                     quantize_static(str(pre), str(quantized), _Reader(name, calibration, batch),
                                     quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=True,
+                                    reduce_range=recipe.reduce_range,
                                     activation_type=QuantType.QInt8 if recipe.activations == "s8" else QuantType.QUInt8,
                                     weight_type=QuantType.QInt8, calibrate_method=method,
                                     nodes_to_exclude=exclude, extra_options=extra)  # fmt: skip

@@ -295,7 +295,7 @@ def export(
     calibration_data: str = typer.Option(
         None, help="INT8: 'builtin', an ImageFolder root (its train/) or a class-folder tree (default: the run's data)."
     ),
-    calibration_method: str = typer.Option(None, help="INT8: minmax (default), entropy or percentile."),
+    calibration_method: str = typer.Option(None, help="INT8: percentile (default), minmax or entropy."),
     eval_images: int = typer.Option(10_000, help="INT8: validation images the INT8-vs-FP32 check runs on (at most)."),
     max_int8_drop: float = typer.Option(1.0, help="INT8: the largest top-1 drop (pp) against the FP32 file accepted."),
 ) -> None:
