@@ -147,6 +147,11 @@ class Software:
     jetpack: str = ""
     cuda: str = ""
 
+    def oldest_tensorrt(self) -> tuple[int, ...] | None:
+        """The lowest TensorRT version the profile's range admits ((8, 5) for '>=8.5,<8.6'); None without a floor."""
+        floors = [bound for op, bound in parse_range(self.tensorrt) if op in (">=", "==", ">")] if self.tensorrt else []
+        return max(floors) if floors else None
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -271,12 +276,7 @@ def validate(body: Any, source: str) -> DeviceProfile:
         if value is not None and value < (0 if key == "ort.intra_op_threads" else 1):
             fail(key, f"must be positive, got {value}")
     precisions = good.get("precisions", ["fp32"])
-    odd = [v for v in precisions if v not in MODEL_PRECISIONS]
-    if odd:
-        fail("precisions", f"has {odd}; each must be {_alternatives(MODEL_PRECISIONS)}")
-    needs = [k for k in ("int8_fidelity_atol", "int8_min_top1_agreement") if f"budgets.{k}" not in good]
-    if any(v.startswith("int8") for v in precisions) and "budgets" in good and needs:
-        fail("budgets", f"needs {needs} when precisions lists an INT8 precision")
+    problems += _precision_problems(precisions, good)
     for key in ("latency_p50_ms", "latency_p99_ms", "fidelity_atol", "int8_fidelity_atol"):
         value = good.get(f"budgets.{key}")
         if value is not None and value <= 0:
@@ -322,6 +322,18 @@ def validate(body: Any, source: str) -> DeviceProfile:
         source=source,
         raw=body,
     )
+
+
+def _precision_problems(precisions: list[str], good: dict[str, Any]) -> list[str]:
+    """What is wrong with the model-file precisions a profile lists: unknown ones, or INT8 without its limits."""
+    problems = []
+    odd = [v for v in precisions if v not in MODEL_PRECISIONS]
+    if odd:
+        problems.append(f"'precisions' has {odd}; each must be {_alternatives(MODEL_PRECISIONS)}")
+    needs = [k for k in ("int8_fidelity_atol", "int8_min_top1_agreement") if f"budgets.{k}" not in good]
+    if any(v.startswith("int8") for v in precisions) and "budgets" in good and needs:
+        problems.append(f"'budgets' needs {needs} when precisions lists an INT8 precision")
+    return problems
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:

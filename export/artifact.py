@@ -22,7 +22,7 @@ from export.quantize import (
     Recipe,
     calibration_images,
     compare_files,
-    metadata_for,
+    int8_metadata,
     quantize_file,
     validation_images,
 )
@@ -234,9 +234,8 @@ def _quantize(src: Source, fp32: Path, out: Path, meta: dict[str, str], int8: In
     from runtime.data import Preprocessing
 
     described = calibration.describe() | {"seed": 0} if calibration is not None else None
-    done = quantize_file(fp32, out, int8.recipe, calibration.x if calibration is not None else None,
-                         metadata_for(meta, int8.recipe, described))  # fmt: skip
-    meta |= metadata_for({}, int8.recipe, described)
+    meta |= int8_metadata(int8.recipe, described)  # the report's metadata is the INT8 file's
+    done = quantize_file(fp32, out, int8.recipe, calibration.x if calibration is not None else None, meta)
     batch = 8 if dynamic_batch else 1
     if golden:
         from runtime.harness import run_batched

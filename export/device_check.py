@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from devices.profile import DeviceProfile, parse_range
+from devices.profile import DeviceProfile
 from export.onnx_io import load_shaped
 
 # Operators a hiap ViT export can contain, all in TensorRT's ONNX support matrix since 8.x (LayerNormalization
@@ -152,8 +152,8 @@ def check_onnx(path: Path, profile: DeviceProfile) -> dict[str, Any]:
         trt_range = profile.software.tensorrt or ">=10"
         if opset < 9:
             findings.append(Finding("error", "opset", f"opset {opset} is below TensorRT's minimum 9.", "--opset 17"))
-        floors = [bound for op, bound in parse_range(trt_range) if op in (">=", "==", ">")]
-        no_layernorm = bool(floors) and max(floors) < (8, 6)  # the oldest TensorRT the profile admits
+        oldest = profile.software.oldest_tensorrt()
+        no_layernorm = oldest is not None and oldest < (8, 6)
         if no_layernorm and "LayerNormalization" in ops:
             findings.append(Finding("error", "LayerNormalization", f"TensorRT {trt_range} ({profile.name}) cannot "
                                     "parse the opset-17 LayerNormalization op (native support came with 8.6).",

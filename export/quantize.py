@@ -72,12 +72,9 @@ class Recipe:
         return out
 
 
-def check_graph_domains(path: Path) -> None:
-    """Refuse a quantized file that uses non-standard operators (it would run on ONNX Runtime only)."""
-    import onnx
-
-    odd = sorted({n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node
-                  if n.domain not in STANDARD_DOMAINS})  # fmt: skip
+def check_graph_domains(graph: Any) -> None:
+    """Refuse a quantized graph that uses non-standard operators (it would run on ONNX Runtime only)."""
+    odd = sorted({n.op_type for n in graph.node if n.domain not in STANDARD_DOMAINS})
     if odd:
         raise HiapError(f"The quantized graph uses non-standard operators {odd}: TensorRT and OpenVINO cannot read it.")
 
@@ -104,24 +101,50 @@ def _quiet_root_logger() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-def activation_matmuls(path: Path) -> list[str]:
+def activation_matmuls(graph: Any) -> list[str]:
     """The MatMul nodes with no constant input: the two attention matmuls of each block (q @ k^T, attn @ v)."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
     constants = {i.name for i in graph.initializer} | {
         o for n in graph.node if n.op_type == "Constant" for o in n.output
     }
     return [n.name for n in graph.node if n.op_type == "MatMul" and not constants & set(n.input)]
 
 
-def _input_of(path: Path) -> tuple[str, int]:
-    """The model's input name and the batch it is fed with (1 for a fixed batch-1 model)."""
-    import onnx
+def _input_of(graph: Any) -> tuple[str, int]:
+    """The model's input name and the batch it is fed with (its fixed batch, or 8 for a dynamic axis)."""
+    dim = graph.input[0].type.tensor_type.shape.dim[0]
+    return graph.input[0].name, dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else 8
 
-    graph_input = onnx.load(str(path), load_external_data=False).graph.input[0]
-    dim = graph_input.type.tensor_type.shape.dim[0]
-    return graph_input.name, dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else 8
+
+def _run_quantizer(pre: Path, out: Path, recipe: Recipe, calibration: np.ndarray | None) -> None:
+    """ONNX Runtime's quantizer on the pre-processed file, as the recipe asks."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    graph = onnx.load(str(pre), load_external_data=False).graph
+    ops = None if recipe.ops == "all" else ["MatMul", "Gemm"]
+    # ONNX Runtime's MatMulConstBOnly is honoured by its QOperator and dynamic paths only, so with the weight
+    # matmuls alone the attention matmuls are kept in float by name.
+    exclude = activation_matmuls(graph) if recipe.ops == "matmul" else []
+    extra: dict[str, Any] = {"MatMulConstBOnly": recipe.ops == "matmul", "WeightSymmetric": True}
+    if recipe.ops != "all":
+        # A matmul's output stays float unless its consumer is quantized: quantizing GELU's or LayerNorm's inputs
+        # unfuses them (benchmarks/results/quantization.md).
+        extra["OpTypesToExcludeOutputQuantization"] = ["MatMul", "Gemm"]
+    if recipe.precision == "int8-dynamic":
+        quantize_dynamic(str(pre), str(out), op_types_to_quantize=ops or [], per_channel=True,
+                         reduce_range=recipe.reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                         extra_options=extra)  # fmt: skip
+        return
+    assert calibration is not None  # the caller resolves the images before anything is written
+    name, batch = _input_of(graph)
+    extra["ActivationSymmetric"] = recipe.activations == "s8"
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[recipe.calibration]  # fmt: skip
+    quantize_static(str(pre), str(out), _Reader(name, calibration, batch), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=ops, per_channel=True, reduce_range=recipe.reduce_range,
+                    activation_type=QuantType.QInt8 if recipe.activations == "s8" else QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=exclude,
+                    extra_options=extra)  # fmt: skip
 
 
 def quantize_file(fp32: Path, out: Path, recipe: Recipe, calibration: np.ndarray | None,
@@ -129,7 +152,6 @@ def quantize_file(fp32: Path, out: Path, recipe: Recipe, calibration: np.ndarray
     """Write the INT8 version of `fp32` to `out` (atomically), with `metadata` as its metadata_props; returns what
     the quantization did (time, node counts). Failures of ONNX Runtime's tools become one-line errors."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     t0 = time.perf_counter()
@@ -140,40 +162,14 @@ def quantize_file(fp32: Path, out: Path, recipe: Recipe, calibration: np.ndarray
             # progress chatter is not the user's business.
             with contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
                 quant_pre_process(str(fp32), str(pre))
-                # The weight matmuls only, unless the recipe says otherwise: an activation kept in float between
-                # two quantized matmuls costs a Q/DQ pair, and quantizing GELU's pieces or LayerNorm's inputs unfuses
-                # them (measured slower and less accurate, benchmarks/results/quantization.md).
-                ops = None if recipe.ops == "all" else ["MatMul", "Gemm"]
-                # ONNX Runtime's MatMulConstBOnly is honoured by its QOperator and dynamic paths only, so the
-                # attention matmuls are kept in float by name.
-                exclude = activation_matmuls(pre) if recipe.ops == "matmul" else []
-                extra = {"MatMulConstBOnly": recipe.ops == "matmul", "WeightSymmetric": True}
-                if recipe.ops != "all":
-                    extra["OpTypesToExcludeOutputQuantization"] = ["MatMul", "Gemm"]
-                if recipe.precision == "int8-dynamic":
-                    quantize_dynamic(str(pre), str(quantized), op_types_to_quantize=ops or [], per_channel=True,
-                                     reduce_range=recipe.reduce_range, weight_type=QuantType.QInt8,
-                                     nodes_to_exclude=exclude,
-                                     extra_options=extra)  # fmt: skip
-                else:
-                    assert calibration is not None  # the caller resolves the images before anything is written
-                    name, batch = _input_of(pre)
-                    extra["ActivationSymmetric"] = recipe.activations == "s8"
-                    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                              "percentile": CalibrationMethod.Percentile}[recipe.calibration]  # fmt: skip
-                    quantize_static(str(pre), str(quantized), _Reader(name, calibration, batch),
-                                    quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=True,
-                                    reduce_range=recipe.reduce_range,
-                                    activation_type=QuantType.QInt8 if recipe.activations == "s8" else QuantType.QUInt8,
-                                    weight_type=QuantType.QInt8, calibrate_method=method,
-                                    nodes_to_exclude=exclude, extra_options=extra)  # fmt: skip
+                _run_quantizer(pre, quantized, recipe, calibration)
         except HiapError:
             raise
         except Exception as exc:  # ONNX Runtime's tools raise plain Exceptions of every kind
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise HiapError(f"ONNX Runtime could not quantize '{fp32}' ({type(exc).__name__}: {first}).") from None
-        check_graph_domains(quantized)
         model = onnx.load(str(quantized))
+        check_graph_domains(model.graph)
         del model.metadata_props[:]
         for key, value in metadata.items():
             entry = model.metadata_props.add()
@@ -184,11 +180,14 @@ def quantize_file(fp32: Path, out: Path, recipe: Recipe, calibration: np.ndarray
     return {"seconds": time.perf_counter() - t0, "nodes": nodes, "quantize_nodes": q_nodes}
 
 
-def metadata_for(fp32_meta: dict[str, str], recipe: Recipe, calibration: dict[str, Any] | None) -> dict[str, str]:
-    """The INT8 file's metadata: the FP32 file's (model, geometry, preprocessing, plan hash), its precision and how
-    it was quantized."""
-    return fp32_meta | {"precision": recipe.precision, "quantization": json.dumps(recipe.to_dict()),
-                        "calibration": json.dumps(calibration)}  # fmt: skip
+def int8_metadata(recipe: Recipe, calibration: dict[str, Any] | None) -> dict[str, str]:
+    """What an INT8 file's metadata adds to its FP32 file's (model, geometry, preprocessing, plan hash): its
+    precision and how it was quantized."""
+    return {
+        "precision": recipe.precision,
+        "quantization": json.dumps(recipe.to_dict()),
+        "calibration": json.dumps(calibration),
+    }
 
 
 @dataclass(frozen=True)

@@ -352,7 +352,6 @@ def export(
 def _export_engine(out_dir: Path, report: dict[str, Any], profile: DeviceProfile, dynamic_batch: bool) -> None:
     """Build model.engine here when TensorRT is installed; otherwise say how to build it on the device."""
     from devices.bench import engine_build_settings, engine_key, timing_cache_for
-    from devices.profile import parse_range
     from export.device_check import layernorm_node_names
     from runtime.trt_build import build_engine, trtexec_command
     from runtime.trt_env import NOT_VALIDATED, import_tensorrt
@@ -363,8 +362,8 @@ def _export_engine(out_dir: Path, report: dict[str, Any], profile: DeviceProfile
     if trt is None:
         chw = tuple(json.loads(report["metadata"]["input_size"])) if dynamic_batch else None
         # TensorRT names its layers after the ONNX nodes from 10.1 on: before that, trtexec cannot pin them by name.
-        floors = [b for op, b in parse_range(profile.software.tensorrt or ">=10.3") if op in (">=", "==", ">")]
-        by_name = not floors or max(floors) >= (10, 1)
+        oldest = profile.software.oldest_tensorrt()
+        by_name = oldest is None or oldest >= (10, 1)
         cmd = trtexec_command(onnx_path, engine_path, build["fp16"], build["layernorm_fp32"],
                               layernorm_node_names(onnx_path), chw, build["workspace_mb"], build["max_batch"],
                               build["int8"], by_name)  # fmt: skip

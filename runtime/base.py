@@ -30,6 +30,14 @@ class TensorSpec:
             raise HiapError(f"Input '{self.name}' is {value.dtype} but the model expects {self.dtype}.")
 
 
+def check_feeds(inputs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> None:
+    """Refuse feeds that miss one of the model's inputs or do not match its spec (every runner checks the same)."""
+    for spec in inputs:
+        if spec.name not in feeds:
+            raise HiapError(f"Missing input '{spec.name}' (the model takes {[s.name for s in inputs]}).")
+        spec.check(feeds[spec.name])
+
+
 class Runner(Protocol):
     """Open with `with`, then call infer as often as needed; describe() goes into every report."""
 

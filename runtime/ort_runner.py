@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from hiap.errors import HiapError
-from runtime.base import TensorSpec
+from runtime.base import TensorSpec, check_feeds
 
 _TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
@@ -86,10 +86,7 @@ class OrtRunner:
         self.session = None
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for spec in self.inputs:
-            if spec.name not in feeds:
-                raise HiapError(f"Missing input '{spec.name}' (the model takes {[s.name for s in self.inputs]}).")
-            spec.check(feeds[spec.name])
+        check_feeds(self.inputs, feeds)
         values = self.session.run(None, feeds)
         return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from hiap.errors import HiapError
-from runtime.base import TensorSpec
+from runtime.base import TensorSpec, check_feeds
 from runtime.ort_runner import check_model_file
 
 _TYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32"}
@@ -71,10 +71,7 @@ class OvRunner:
         self.request = None
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for spec in self.inputs:
-            if spec.name not in feeds:
-                raise HiapError(f"Missing input '{spec.name}' (the model takes {[s.name for s in self.inputs]}).")
-            spec.check(feeds[spec.name])
+        check_feeds(self.inputs, feeds)
         result = self.request.infer({spec.name: feeds[spec.name] for spec in self.inputs})
         values = list(result.values())
         return {spec.name: np.asarray(value) for spec, value in zip(self.outputs, values, strict=True)}
