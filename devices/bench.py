@@ -421,6 +421,7 @@ class BenchReport:
     note: str = ""
     compare: DenseComparison | None = None
     precision: str = "fp32"  # the model file's, as its export recorded it
+    prediction: dict[str, Any] | None = None  # the latency table's prediction vs this measurement (or why not)
 
     @property
     def measured_on_target(self) -> bool:
@@ -461,7 +462,35 @@ class BenchReport:
         out["protocol_warnings"] = list(self.protocol_warnings)
         if self.compare is not None:
             out["compare"] = self.compare.to_dict()
+        if self.prediction is not None:
+            out["prediction"] = self.prediction
         return out
+
+
+def compare_prediction(meta: dict[str, str], profile: DeviceProfile, runner: Runner, precision: str,
+                       latency: Latency) -> dict[str, Any] | None:  # fmt: skip
+    """The export's predicted latency (from a device's table) against the p50 just measured, when the prediction is
+    for this device, runtime, precision, threads and batch; otherwise why it is not compared. None: no prediction."""
+    try:
+        pred = json.loads(meta["predicted_latency"]) if "predicted_latency" in meta else None
+    except json.JSONDecodeError:
+        return {"compared": False, "reason": "the file's predicted_latency is not valid JSON"}
+    if not isinstance(pred, dict) or not isinstance(pred.get("ms"), dict):
+        return None if pred is None else {"compared": False, "reason": "the file's predicted_latency is malformed"}
+    described = runner.describe()
+    threads = {k: described[k] for k in pred.get("threads", {}) if k in described}
+    for what, theirs, ours in (("device", pred.get("device"), profile.name),
+                               ("runtime", pred.get("runtime"), described.get("runtime")),
+                               ("precision", pred.get("precision"), precision),
+                               ("threads", pred.get("threads", {}), threads)):  # fmt: skip
+        if theirs != ours:
+            return {"compared": False, "reason": f"the prediction is for {what} {theirs}, this bench runs {ours}"}
+    ms = pred["ms"].get(str(latency.batch))
+    if not isinstance(ms, (int, float)):
+        return {"compared": False, "reason": f"the table has no cells at batch {latency.batch}"}
+    return {"compared": True, "device": profile.name, "batch": latency.batch, "predicted_ms": ms,
+            "measured_p50_ms": latency.p50, "error": latency.p50 / ms - 1.0, "table": pred.get("table"),
+            "validated": pred.get("validated", True)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -644,6 +673,7 @@ def run_bench(artifact: Path, target: BenchTarget, opts: BenchOptions) -> BenchR
         model_acc, dense_acc = _measure_accuracy(model, dense, plan.data, pre, opts.limit, profile.batch)
         env = environment(host, model, profile)
         meta = dict(model.metadata)
+        prediction = compare_prediction(meta, profile, model, precision, latency)
         dense_meta = dict(dense.metadata) if dense is not None else {}
     acc = check_accuracy(plan.data, model_acc, dense_acc, meta, opts.limit)
     compare = None
@@ -670,6 +700,7 @@ def run_bench(artifact: Path, target: BenchTarget, opts: BenchOptions) -> BenchR
         protocol_warnings=tuple(protocol_warnings(profile, host, env["power"])),
         note=NOT_VALIDATED if plan.runtime == "trt" else plan.runtime_note,
         compare=compare,
+        prediction=prediction,
     )
 
 

@@ -158,19 +158,25 @@ class Int8Options:
 
 def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynamic_batch: bool = False,
                   simplify: bool = True, target: DeviceProfile | None = None,
-                  int8: Int8Options | None = None) -> dict[str, Any]:  # fmt: skip
+                  int8: Int8Options | None = None, lut: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Write plan.json, model.onnx, golden.npz and export_report.json into `out` (each file atomically); with a
     `target` profile, also check the ONNX against that device. With `int8`, model.onnx is the quantized file (and
-    model-fp32.onnx the float one it was made from), and golden.npz holds the quantized file's own logits."""
+    model-fp32.onnx the float one it was made from), and golden.npz holds the quantized file's own logits. With a
+    latency table (`lut`, or the one a latency-targeted run carries), the report and the file's metadata say what
+    latency the table predicts for the exported network."""
     t0 = time.perf_counter()
     _check_options(align, opset)
     geom = src.gated.geometry
+    precision = "fp32" if int8 is None else int8.recipe.precision
+    prediction = predicted_latency(src, align, precision, lut, target)  # a table that does not fit fails here
     emitted = padded_structure(src.structure, geom.head_dim, align)
     sizes = Sizes.of(geom, src.structure, emitted)
     plan = make_plan(src.model, geom, src.structure, src.data_config, src.num_classes,
                      class_names=src.classes, source=src.origin, model_kwargs=src.model_kwargs)  # fmt: skip
     body = plan.to_dict()
     meta = _metadata(src, body["hash"], geom, sizes, opset, align, dynamic_batch)
+    if prediction is not None:
+        meta["predicted_latency"] = json.dumps(prediction)
     calibration = _calibration(src, meta, int8) if int8 is not None else None  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     plan.write(out / "plan.json", body)
@@ -192,7 +198,7 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     measured = _measured(onnx_path, sizes, geom, (raw_macs, raw_params, raw_zero_params), nodes, checks, golden,
                          golden_src)  # fmt: skip
     report = {"hiap_version": __version__, "plan_hash": body["hash"], "align": align, "opset": opset,
-              "precision": "fp32", **measured}  # fmt: skip
+              "precision": "fp32", "predicted_latency": prediction, **measured}  # fmt: skip
     if int8 is not None and report["parity"]["passed"]:
         report |= _quantize(src, onnx_path, out / "model.onnx", meta, int8, calibration, golden, dynamic_batch)
     elif int8 is not None and (out / "model.onnx").is_file():
@@ -208,6 +214,33 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     _refuse_failed_parity(report, out)
     _refuse_int8_drop(report, out, int8)
     return report
+
+
+def predicted_latency(src: Source, align: int, precision: str, lut: Path | None,
+                      target: DeviceProfile | None) -> dict[str, Any] | None:  # fmt: skip
+    """What the latency table predicts for the exported network, per batch it holds: from `lut`, else the run's own
+    table. A table given explicitly must fit (model, device of --target, precision, align) or the export is refused;
+    the run's own table is skipped with a note when the export differs from what it was measured for."""
+    from hiap.latency import LatencyCost
+    from hiap.lut import GEOMETRY_KEYS, read_lut
+
+    path = lut or src.lut
+    if path is None:
+        return None
+    table = read_lut(path)
+    geom = src.gated.geometry
+    table.check_geometry(src.model, {k: getattr(geom, k) for k in GEOMETRY_KEYS}, "the exported model")
+    try:
+        table.check_use(device=target.name if target is not None else None, precision=precision, align=align)
+    except HiapError as exc:
+        if lut is not None:
+            raise
+        print(f"note: no latency prediction: {exc}", file=sys.stderr)
+        return None
+    ms = {str(b): round(LatencyCost(table, geom, src.model, b).structure_ms(src.structure), 6) for b in table.tables}
+    return {"device": table.device, "runtime": table.runtime, "precision": table.precision,
+            "threads": table.body.get("threads", {}), "align": table.align, "ms": ms, "table": table.digest,
+            "validated": bool(table.body.get("validated", True))}  # fmt: skip
 
 
 def _calibration(src: Source, meta: dict[str, str], int8: Int8Options) -> Images | None:

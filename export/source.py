@@ -35,6 +35,7 @@ class Source:
     dense_val_acc: float | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data: str | None = None  # the run's --data ('builtin' or an ImageFolder root); None for a plan-only export
+    lut: Path | None = None  # the latency table a latency-targeted run was trained to (RUN/lut.json)
 
 
 def source_from_run(run: Path, dense: bool = False) -> Source:
@@ -79,7 +80,13 @@ def source_from_run(run: Path, dense: bool = False) -> Source:
         dense_val_acc=state.get("dense_val_acc") if reference_valid else None,
         model_kwargs=model_kwargs,
         data=str(config["data"]) if config.get("data") else None,
+        lut=_run_lut(run) if not dense else None,
     )
+
+
+def _run_lut(run: Path) -> Path | None:
+    folder = run if run.is_dir() else run.parent
+    return folder / "lut.json" if (folder / "lut.json").is_file() else None
 
 
 def source_from_plan(model: str, plan_path: Path, pretrained: str = "auto") -> Source:

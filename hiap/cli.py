@@ -81,6 +81,11 @@ def train(
     target_tolerance: float = typer.Option(
         None, help="Relative distance from the target that still counts as landed (exit 3 beyond). Default 0.01."
     ),
+    target_latency_ms: float = typer.Option(
+        None, help="Latency budget instead of MACs: the exported network's latency (ms) on the device of --lut."
+    ),
+    lut: str = typer.Option(None, help="The device's latency table (lut.json from hiap profile)."),
+    latency_batch: int = typer.Option(None, help="Batch size of the latency target (a batch in the table). Default 1."),
     epochs: int = typer.Option(None, help="Training epochs. Default 6."),
     batch_size: int = typer.Option(None, help="Images per step. Default 128."),
     lr: float = typer.Option(None, help="Weight learning rate (AdamW)."),
@@ -117,7 +122,7 @@ def train(
 
     values = dict(
         model=model, data=data, pretrained=pretrained, dense=dense, target_macs=target_macs, epochs=epochs,
-        target_tolerance=target_tolerance,
+        target_tolerance=target_tolerance, target_latency_ms=target_latency_ms, lut=lut, latency_batch=latency_batch,
         batch_size=batch_size, lr=lr, gate_lr=gate_lr, lambda_macro=lambda_macro, lambda_micro=lambda_micro,
         tau_start=tau_start, tau_end=tau_end, kd=kd, out=out, seed=seed, device=device, crop_pad=crop_pad,
         scale=scale if scale and scale[0] is not None else None,
@@ -142,6 +147,12 @@ def _refuse_missed_target(summary: dict[str, Any], console: Any) -> None:
     useful), but nothing downstream should take it for a network at the budget."""
     if summary.get("target_met", True):
         return
+    if summary.get("target_latency_ms") is not None:
+        console.print(f"[bold red]warning: the pruned network's predicted latency is {summary['target_error']:+.2%} "
+                      f"off the target {summary['target_latency_ms']:.4g} ms ({summary['predicted_latency_ms']:.4g} "
+                      "ms): the schedule was too short or too fast for the controller to land it. Train longer "
+                      "(--epochs) or lower --gate-lr.[/]")  # fmt: skip
+        raise typer.Exit(3)
     console.print(f"[bold red]warning: the pruned network is {summary['target_error']:+.2%} off the target "
                   f"{summary['target_gmacs']:.4f} GMACs ({summary['pruned_gmacs']:.4f} GMACs): the schedule was "
                   "too short or too fast for the controller to land it. Train longer (--epochs) or lower "
@@ -213,11 +224,16 @@ def pipeline(
 @user_errors
 @needs_train_extra
 def report(
-    run: Path = typer.Argument(..., help="Run directory written by hiap train."),
-    out: Path = typer.Option(None, help="Folder for the PNGs (default RUN/report)."),
+    run: Path = typer.Argument(..., help="Run directory written by hiap train, or a lut.json from hiap profile."),
+    out: Path = typer.Option(None, help="Folder for the PNGs (default RUN/report; a table's: beside it)."),
 ) -> None:
-    """Plot a run: pruned topology per block, temperature and gate polarisation, MACs vs target over training."""
-    from hiap.report import make_report
+    """Plot a run (pruned topology per block, temperature and gate polarisation, MACs or latency vs target over
+    training) or a device's latency table (ms per branch against width)."""
+    from hiap.report import make_report, plot_lut
+
+    if run.suffix == ".json":
+        typer.echo(f"wrote {plot_lut(run, (out or run.parent) / (run.stem + '.png'))}")
+        return
 
     for path in make_report(run, out):
         typer.echo(f"wrote {path}")
@@ -240,6 +256,9 @@ def inspect(
         typer.echo(json.dumps(report, indent=2) if as_json else
                    f"{report['model']} ({target}): {report['gmacs']:.5f} GMACs, {report['params']} params counted from "
                    f"the graph, {report['file_bytes'] / 1e6:.2f} MB, plan {report['plan_hash']}")  # fmt: skip
+        return
+    if target.endswith(".json") and _is_lut(Path(target)):
+        _print_lut(Path(target), as_json)
         return
     if target.endswith(".json"):
         from export.inspect import inspect_plan
@@ -275,6 +294,130 @@ def inspect(
 @app.command()
 @user_errors
 @needs_train_extra
+def profile(
+    device: str = typer.Option(None, help="Device profile name or .yaml (default: the one matching this host)."),
+    model: str = typer.Option(None, help="Built-in 'hiap_vit_fmnist' (default) or a timm ViT name: the geometry."),
+    model_kwargs: list[str] = typer.Option(None, help="Model constructor arguments KEY=VALUE ..., as hiap train."),
+    out: Path = typer.Option(Path("lut.json"), help="The latency table to write."),
+    probes: Path = typer.Option(
+        None, help="Measure this probe folder (from --probes-only) instead of making one: the device side, no torch."
+    ),
+    probes_only: Path = typer.Option(
+        None, help="Only write the probe folder here (the workstation side); measure it on the device with --probes."
+    ),
+    align: int = typer.Option(8, help="The --align hiap export will use: value widths are measured on its grid."),
+    ffn_step: int = typer.Option(16, help="FFN widths are measured every this many neurons."),
+    chain: int = typer.Option(4, help="Copies of a branch per probe (timed in company, as in a network)."),
+    batch: list[int] = typer.Option(None, help="Batch sizes to measure (default 1 and the profile's batch)."),
+    runtime: str = typer.Option(None, help="CPU profiles: onnxruntime or openvino (default: the profile's)."),
+    iterations: int = typer.Option(None, help="Timed calls per probe (default: the profile's protocol)."),
+    warmup: int = typer.Option(None, help="Untimed calls per probe (default: the profile's protocol)."),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Measure another device's profile here."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out table."),
+) -> None:
+    """Measure the device's latency table (lut.json) for a model geometry: what --target-latency-ms trains to.
+
+    On one machine it makes the probes and times them. For a board: --probes-only DIR on the workstation, copy DIR
+    to the board, hiap profile --probes DIR --device NAME there (needs only the device install)."""
+    import tempfile
+
+    from rich.console import Console
+
+    console = Console()
+    if probes is not None and (model or model_kwargs or probes_only):
+        raise HiapError("--probes measures a probe folder as it was made: drop --model, --model-kwargs, --probes-only.")
+    if probes_only is None and out.exists() and not force:
+        raise HiapError(f"'{out}' exists: pass --force to replace it, or --out another file.")
+    if probes_only is not None and (probes_only / "probes.json").exists() and not force:
+        raise HiapError(f"'{probes_only}' holds a probe set already: pass --force to replace it, or another folder.")
+    # The profile decides the batches to write probes for, and is what the timing is judged against.
+    target = _bench_target(device) if device is not None or probes_only is None else None
+    if probes_only is None and target is not None and target.mismatch and not allow_mismatch:
+        raise HiapError(f"{target.mismatch}. Measure the table on the device itself, or pass --allow-mismatch to "
+                        f"measure {target.profile.name}'s runner here.")  # fmt: skip
+    batches = tuple(batch) if batch else tuple(sorted({1, target.profile.batch if target else 1}))
+    with tempfile.TemporaryDirectory(prefix="hiap-probes-") as tmp:
+        folder = probes
+        if folder is None:
+            from export.probes import make_probes
+            from hiap.models import DEFAULT_MODEL, check_model_name, parse_model_kwargs
+
+            name = model or DEFAULT_MODEL
+            check_model_name(name)
+            kwargs = parse_model_kwargs(model_kwargs) if model_kwargs else {}
+            folder = probes_only or Path(tmp)
+            with console.status("writing probes") as status:
+                manifest = make_probes(name, kwargs, folder, align=align, ffn_step=ffn_step, batches=batches,
+                                       chain=chain,
+                                       progress=lambda i, n: status.update(f"writing probes {i}/{n}"))  # fmt: skip
+            if probes_only is not None:
+                console.print(f"wrote {len(manifest['probes'])} probes to {folder}: copy the folder to the device and "
+                              f"run hiap profile --probes {folder} --device NAME there")  # fmt: skip
+                return
+        from devices.lut import measure_lut
+        from hiap.lut import parse_lut, write_lut
+
+        assert target is not None
+        with console.status("timing probes") as status:
+            body = measure_lut(folder, target.profile, runtime=runtime, iterations=iterations, warmup=warmup,
+                               batches=batches if batch or probes is None else None,
+                               progress=lambda i, n: status.update(f"timing probes: round {i}/{n}"))  # fmt: skip
+        if target.mismatch:
+            body["measured_elsewhere"] = target.mismatch
+        write_lut(out, body)
+    table = parse_lut(body, str(out))
+    console.print(f"wrote {out}: {table.model} on {table.describe()}, {len(table.heads)}x{len(table.value_widths)} "
+                  f"attention and {len(table.ffn_widths)} FFN cells at batch "
+                  f"{', '.join(str(b) for b in sorted(table.tables))}")  # fmt: skip
+    if not body.get("validated", True):
+        console.print(f"[yellow]note:[/] {body['note']}")
+
+
+def _is_lut(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("schema") == "hiap-lut"
+    except (OSError, ValueError, AttributeError):
+        return False  # not a readable JSON object: the plan reader says what is wrong
+
+
+def _print_lut(path: Path, as_json: bool) -> None:
+    """The table as a user reads it: ms per branch (overhead removed, per copy) against width, per batch."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from hiap.lut import read_lut
+
+    lut = read_lut(path)
+    if as_json:
+        typer.echo(json.dumps(lut.body, indent=2))
+        return
+    console = Console()
+    console.print(f"{path}: {lut.model} {lut.body.get('model_kwargs') or ''} on {lut.describe()}, align {lut.align}, "
+                  f"measured {lut.body.get('date', '?')}" + ("" if lut.body.get("validated", True) else
+                                                             " (TensorRT: not validated)"))  # fmt: skip
+    for batch, cells in sorted(lut.tables.items()):
+        attn = Table(title=f"attention branch, ms (batch {batch}): kept heads x value width")
+        attn.add_column("heads", justify="right")
+        for w in lut.value_widths:
+            attn.add_column(str(w), justify="right")
+        for h, row in zip(lut.heads, cells.attention, strict=True):
+            attn.add_row(str(h), *(f"{lut.branch_ms(c, batch):.4f}" for c in row))
+        console.print(attn)
+        ffn = Table(title=f"FFN branch, ms (batch {batch})")
+        ffn.add_column("neurons", justify="right")
+        ffn.add_column("ms", justify="right")
+        ffn.add_column("ms per 100 neurons", justify="right")
+        for k, c in zip(lut.ffn_widths, cells.ffn, strict=True):
+            ms = lut.branch_ms(c, batch)
+            ffn.add_row(str(k), f"{ms:.4f}", f"{100 * ms / k:.4f}")
+        console.print(ffn)
+        console.print(f"outside the blocks (patch embedding, head, one call): {cells.fixed.ms:.4f} ms; one call's "
+                      f"overhead {cells.overhead.ms:.4f} ms")  # fmt: skip
+
+
+@app.command()
+@user_errors
+@needs_train_extra
 def export(
     run: Path = typer.Argument(None, help="Run directory or checkpoint.safetensors (or use --model and --plan)."),
     model: str = typer.Option(None, help="With --plan: a timm ViT name or the built-in model."),
@@ -298,6 +441,9 @@ def export(
     calibration_method: str = typer.Option(None, help="INT8: percentile (default), minmax or entropy."),
     eval_images: int = typer.Option(10_000, help="INT8: validation images the INT8-vs-FP32 check runs on (at most)."),
     max_int8_drop: float = typer.Option(1.0, help="INT8: the largest top-1 drop (pp) against the FP32 file accepted."),
+    lut: Path = typer.Option(
+        None, help="A device's latency table: record its predicted latency (default: the table the run trained to)."
+    ),
 ) -> None:
     """Freeze the gates into plan.json and write the compact model.onnx, golden.npz and export_report.json."""
     from export.artifact import Int8Options, export_source
@@ -334,7 +480,7 @@ def export(
         src = source_from_plan(model, plan, pretrained)
         out_dir = out or plan.parent / folder
     report = export_source(src, out_dir, opset=opset, align=align, dynamic_batch=dynamic_batch, simplify=simplify,
-                           target=profile, int8=int8)  # fmt: skip
+                           target=profile, int8=int8, lut=lut)  # fmt: skip
     _print_export(report, src.model, out_dir, align)
     check = report.get("device_check")
     if check is not None:
@@ -403,6 +549,10 @@ def _print_export(report: dict[str, Any], model: str, out_dir: Path, align: int)
             table.add_row(label, "", value)
         else:
             table.add_row("INT8 top-1", "", f"not measured: {check['reason']}")
+    pred = report.get("predicted_latency")
+    if pred is not None:
+        ms = ", ".join(f"{v:.4g} ms at batch {b}" for b, v in pred["ms"].items())
+        table.add_row(f"predicted latency ({pred['device']}, table)", "", ms)
     table.caption = "plan.json, model.onnx, golden.npz, export_report.json; TensorRT path not yet validated"
     Console().print(table)
 
@@ -535,6 +685,14 @@ def print_bench(report: BenchReport) -> None:
         f = report.fidelity.comparison
         notes.append(f"fidelity vs golden ({report.fidelity.images} images): max abs {f.max_abs_diff:.2e}, "
                      f"top-1 agreement {f.top1_agreement:.0%}")  # fmt: skip
+    pred = report.prediction
+    if pred is not None:
+        notes.append(
+            f"latency table predicted {pred['predicted_ms']:.4g} ms, measured p50 {pred['measured_p50_ms']:.4g} ms "
+            f"({pred['error']:+.1%})" + ("" if pred["validated"] else " (TensorRT tables: not validated)")
+            if pred["compared"]
+            else f"latency prediction not compared: {pred['reason']}"
+        )
     if report.label:
         notes.append(report.label)
     notes += [f"protocol: {w}" for w in report.protocol_warnings]

@@ -244,8 +244,11 @@ class GatedViT(nn.Module):
         return Masks(**{k: torch.ones_like(a, requires_grad=False) for k, a in self.gates.as_dict().items()})
 
     # --- cost --------------------------------------------------------------------------------------------
+    def keep_probabilities(self) -> dict[str, torch.Tensor]:
+        return {k: keep_probability(a) for k, a in self.gates.as_dict().items()}
+
     def expected_cost(self) -> ExpectedCost:
-        p = {k: keep_probability(a) for k, a in self.gates.as_dict().items()}
+        p = self.keep_probabilities()
         return expected_cost(self.geometry, p["head"], p["ffn"], p["value"], p["neuron"])
 
     def hard_cost(self) -> torch.Tensor:

@@ -34,11 +34,12 @@ def task_loss(
 
 
 def mac_penalty(
-    cost: ExpectedCost, dense_macs: int, lambda_macro: float, lambda_micro: float, scale: float
+    cost: ExpectedCost, dense: float, lambda_macro: float, lambda_micro: float, scale: float
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """scale * (lambda_macro * E[macro MACs] + lambda_micro * E[micro MACs]) / dense MACs (parts detached)."""
-    macro = cost.macro / dense_macs
-    micro = cost.micro / dense_macs
+    """scale * (lambda_macro * E[macro cost] + lambda_micro * E[micro cost]) / dense cost (parts detached); the
+    cost is MACs, or milliseconds under a latency budget."""
+    macro = cost.macro / dense
+    micro = cost.micro / dense
     loss = scale * (lambda_macro * macro + lambda_micro * micro)
     return loss, {"macro": macro.detach(), "micro": micro.detach()}
 

@@ -13,9 +13,11 @@ from rich.table import Table
 class TrainProgress:
     """A rich progress bar over optimizer steps showing epoch, loss, tau, and expected/hard MACs vs target."""
 
-    def __init__(self, console: Console, total_steps: int, done_steps: int, target_fraction: float) -> None:
+    def __init__(self, console: Console, total_steps: int, done_steps: int, target_fraction: float,
+                 budget: str = "macs") -> None:  # fmt: skip
         self.console = console
         self.target = target_fraction
+        self.unit = "latency" if budget == "latency" else "MACs"
         self.progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
@@ -42,13 +44,18 @@ class TrainProgress:
             return
         info = f"loss {parts['loss']:.3f} tau {parts['tau']:.2f}"
         if "expected_frac" in parts:
-            info += f" MACs E {parts['expected_frac']:.1%} hard {parts['hard_frac']:.1%} / target {self.target:.1%}"
+            info += f" {self.unit} E {parts['expected_frac']:.1%} hard {parts['hard_frac']:.1%}"
+            info += f" / target {self.target:.1%}"
         self.progress.update(self.task, advance=1, epoch=f"{epoch}/{epochs}", info=info)
 
     def epoch_done(self, record: dict[str, Any]) -> None:
+        if record.get("target_latency_ms") is not None:
+            cost = (f"predicted {record['predicted_latency_ms']:.4g} ms (target {record['target_latency_ms']:.4g}), "
+                    f"{record['hard_gmacs'] * 1e3:.2f} MMACs")  # fmt: skip
+        else:
+            cost = f"hard {record['hard_gmacs'] * 1e3:.2f} MMACs (target {record['target_gmacs'] * 1e3:.2f})"
         self.progress.console.print(
-            f"epoch {record['epoch']}: val acc {record['val_acc']:.4f}, hard {record['hard_gmacs'] * 1e3:.2f} MMACs "
-            f"(target {record['target_gmacs'] * 1e3:.2f}), heads {sum(record['kept_heads'])}, "
+            f"epoch {record['epoch']}: val acc {record['val_acc']:.4f}, {cost}, heads {sum(record['kept_heads'])}, "
             f"neurons {sum(record['kept_neurons'])}, {record['epoch_seconds']:.1f} s"
             + (f", {record['skipped_steps']} non-finite steps skipped so far" if record.get("skipped_steps") else "")
         )
@@ -64,7 +71,13 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_column("trained" if dense_run else "pruned", justify="right")
     table.add_row("GMACs", f"{summary['dense_gmacs']:.4f}", f"{summary['pruned_gmacs']:.4f}")
     off = f"{summary['target_error']:+.2%} off" + ("" if summary.get("target_met", True) else ", MISSED")
-    table.add_row("target GMACs", "", f"{summary['target_gmacs']:.4f} ({off})")
+    if summary.get("target_latency_ms") is not None:
+        device = summary["latency_table"]["device"]
+        table.add_row(f"latency ms ({device}, table)", f"{summary['dense_latency_ms']:.4g}",
+                      f"{summary['predicted_latency_ms']:.4g}")  # fmt: skip
+        table.add_row("target ms", "", f"{summary['target_latency_ms']:.4g} ({off})")
+    elif summary.get("target_gmacs") is not None:
+        table.add_row("target GMACs", "", f"{summary['target_gmacs']:.4f} ({off})")
     table.add_row("params (M)", f"{summary['dense_params'] / 1e6:.3f}", f"{summary['pruned_params'] / 1e6:.3f}")
     heads = summary["kept_heads"]
     table.add_row("heads", f"{summary['num_heads'] * len(heads)}", f"{sum(heads)}")

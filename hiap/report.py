@@ -1,4 +1,5 @@
-"""`hiap report RUN`: the per-run plots (pruned topology, temperature and gate polarisation, MACs vs target)."""
+"""`hiap report`: the per-run plots (pruned topology, temperature and gate polarisation, MACs or predicted latency
+vs target), and the plot of a device's latency table."""
 
 from __future__ import annotations
 
@@ -119,37 +120,88 @@ def plot_annealing(records: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_macs(records: list[dict[str, Any]], dense_gmacs: float, path: Path) -> None:
-    """Per-step trace (a few points an epoch) when the run recorded one, else one point per epoch."""
+    """MACs against the target: the per-step trace (a few points an epoch) when the run recorded one, else one point
+    per epoch."""
+    scale, unit = (1e3, "MMACs") if dense_gmacs < 0.1 else (1.0, "GMACs")
+    per_epoch = {"expected (gate probabilities)": [r["expected_gmacs"] * scale for r in records],
+                 "hard (export rule)": [r["hard_gmacs"] * scale for r in records]}  # fmt: skip
+    _plot_cost(records, dense_gmacs * scale, records[-1]["target_gmacs"] * scale, per_epoch, unit,
+               "MACs over training", path)  # fmt: skip
+
+
+def plot_latency(records: list[dict[str, Any]], path: Path) -> None:
+    """A latency-targeted run's predicted latency (its table's ms) against the target, as plot_macs."""
+    last = records[-1]
+    per_epoch = {"hard (export rule)": [r["predicted_latency_ms"] for r in records]}
+    device = last["latency_table"]["device"]
+    _plot_cost(records, last["dense_latency_ms"], last["target_latency_ms"], per_epoch, f"ms on {device} (table)",
+               "predicted latency over training", path)  # fmt: skip
+
+
+def _plot_cost(records: list[dict[str, Any]], dense: float, target: float, per_epoch: dict[str, list[float]],
+               unit: str, title: str, path: Path) -> None:  # fmt: skip
     import matplotlib.pyplot as plt
 
-    scale, unit = (1e3, "MMACs") if dense_gmacs < 0.1 else (1.0, "GMACs")
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    trace = [t for r in records for t in r.get("trace", [])]
+    trace = [t for r in records for t in r.get("trace", [])]  # [step, tau, expected, hard, reference], of dense
     steps_per_epoch = records[0]["step"] / records[0]["epoch"] if records[0].get("step") else 1
     if trace:
         x = [t[0] / steps_per_epoch for t in trace]
-        ax.plot(x, [t[2] * dense_gmacs * scale for t in trace], label="expected (gate probabilities)")
-        ax.plot(x, [t[3] * dense_gmacs * scale for t in trace], label="hard (export rule)")
-        ax.plot(x, [t[4] * dense_gmacs * scale for t in trace], ls=":", color="gray", label="controller reference")
+        ax.plot(x, [t[2] * dense for t in trace], label="expected (gate probabilities)")
+        ax.plot(x, [t[3] * dense for t in trace], label="hard (export rule)")
+        ax.plot(x, [t[4] * dense for t in trace], ls=":", color="gray", label="controller reference")
     else:
         epochs = [r["epoch"] for r in records]
-        ax.plot(
-            epochs, [r["expected_gmacs"] * scale for r in records], marker="o", label="expected (gate probabilities)"
-        )
-        ax.plot(epochs, [r["hard_gmacs"] * scale for r in records], marker="s", label="hard (export rule)")
-    ax.axhline(records[-1]["target_gmacs"] * scale, ls="--", color="black", label="target")
-    ax.axhline(dense_gmacs * scale, color="gray", lw=0.8, label="dense")
+        for (label, values), marker in zip(per_epoch.items(), "os", strict=False):
+            ax.plot(epochs, values, marker=marker, label=label)
+    ax.axhline(target, ls="--", color="black", label="target")
+    ax.axhline(dense, color="gray", lw=0.8, label="dense")
     ax.set_xlabel("epoch")
     ax.set_ylabel(unit)
-    ax.set_title("MACs over training")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def plot_lut(path: Path, out: Path) -> Path:
+    """`hiap report lut.json`: latency per branch against width, one panel per part, so a user sees the device's
+    steps (alignment cliffs, the fixed cost of a branch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hiap.lut import read_lut
+
+    lut = read_lut(path)
+    batches = sorted(lut.tables)
+    fig, axes = plt.subplots(len(batches), 2, figsize=(10, 3.6 * len(batches)), squeeze=False)
+    for (ax1, ax2), batch in zip(axes, batches, strict=True):
+        cells = lut.tables[batch]
+        for h, row in zip(lut.heads, cells.attention, strict=True):
+            ax1.plot(lut.value_widths, [lut.branch_ms(c, batch) for c in row], marker="o", label=f"{h} heads")
+        ax1.set_xlabel(f"value width per head (--align {lut.align})")
+        ax1.set_ylabel("ms per attention branch")
+        ax1.set_ylim(bottom=0)
+        ax1.set_title(f"attention, batch {batch}")
+        ax1.legend(fontsize=7)
+        ax2.plot(lut.ffn_widths, [lut.branch_ms(c, batch) for c in cells.ffn], marker=".")
+        ax2.set_xlabel("FFN neurons")
+        ax2.set_ylabel("ms per FFN branch")
+        ax2.set_ylim(bottom=0)
+        ax2.set_title(f"FFN, batch {batch} (outside the blocks: {cells.fixed.ms:.3g} ms)")
+    fig.suptitle(f"{lut.model} on {lut.device} ({lut.runtime}, {lut.precision})", fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def make_report(run: Path, out: Path | None = None) -> list[Path]:
-    """Write topology.png, annealing.png and macs.png for a run; return their paths."""
+    """Write topology.png, annealing.png and macs.png (latency.png for a latency target) for a run; their paths."""
     import matplotlib  # the train extra; the CLI names it when it is missing (hiap.cli.needs_train_extra)
 
     matplotlib.use("Agg")  # files only: no display on servers and boards
@@ -167,9 +219,13 @@ def make_report(run: Path, out: Path | None = None) -> list[Path]:
     if not isinstance(summary, dict):
         summary = {}
     model = summary.get("model") or run.name
-    paths = [out / "topology.png", out / "annealing.png", out / "macs.png"]
+    latency = records[-1].get("target_latency_ms") is not None
+    paths = [out / "topology.png", out / "annealing.png", out / ("latency.png" if latency else "macs.png")]
     plot_topology(structure, geom, f"{model}: {records[-1]['hard_gmacs']:.4g} of {geom.dense_macs / 1e9:.4g} GMACs",
                   paths[0])  # fmt: skip
     plot_annealing(records, paths[1])
-    plot_macs(records, geom.dense_macs / 1e9, paths[2])
+    if latency:
+        plot_latency(records, paths[2])
+    else:
+        plot_macs(records, geom.dense_macs / 1e9, paths[2])
     return paths

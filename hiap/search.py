@@ -3,6 +3,8 @@ the plain run's stand-in with the same interface, so the trainer's loop has one 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -10,8 +12,10 @@ from torch import nn
 
 from hiap.budget import BudgetController, check_schedule, check_target
 from hiap.config import Target, TrainConfig
-from hiap.cost import Geometry, Structure
+from hiap.cost import ExpectedCost, Geometry, Structure, structure_macs
+from hiap.errors import HiapError
 from hiap.gated import Floors, GatedViT
+from hiap.latency import LatencyCost, format_ms
 from hiap.loss import allocation_loss, feasibility_loss, mac_penalty, polarization_loss
 
 if TYPE_CHECKING:
@@ -32,6 +36,66 @@ def gate_histogram(gates: nn.Module, bins: int = 10) -> dict[str, list[int]]:
     return out
 
 
+@dataclass
+class Budget:
+    """What a budgeted run's penalty and controller count: analytical MACs, or the latency a device's measured
+    table predicts (ms). `dense` and `target` are in that unit; the controller works in fractions of dense."""
+
+    kind: str  # "macs" or "latency"
+    dense: float
+    target: float
+    latency: LatencyCost | None = None
+
+    def expected(self, gated: GatedViT) -> ExpectedCost:
+        if self.latency is None:
+            return gated.expected_cost()
+        p = gated.keep_probabilities()
+        return self.latency.expected(p["head"], p["ffn"], p["value"], p["neuron"])
+
+    def hard(self, gated: GatedViT) -> torch.Tensor:
+        """The exported network's cost as a tensor on the gates' device (no host read-back)."""
+        return gated.hard_cost() if self.latency is None else self.latency.masks_ms(gated.hard_masks())
+
+    def of(self, geometry: Geometry, structure: Structure) -> float:
+        if self.latency is None:
+            return float(structure_macs(geometry, structure))
+        return self.latency.structure_ms(structure)
+
+    def record(self) -> dict[str, Any]:
+        """What a run's checkpoint and summary say of its budget."""
+        if self.latency is None:
+            return {"kind": "macs", "dense_macs": self.dense, "target_macs": self.target}
+        table = self.latency.table
+        return {"kind": "latency", "dense_ms": self.dense, "target_ms": self.target, "batch": self.latency.batch,
+                "table": {"path": table.path, "digest": table.digest, "device": table.device,
+                          "runtime": table.runtime, "precision": table.precision, "align": table.align}}  # fmt: skip
+
+
+def make_budget(cfg: TrainConfig, target: Target, geometry: Geometry, floors: Floors, lut: Path | None) -> Budget:
+    """The run's budget, checked against what the floors can reach before anything trains; a latency target is
+    priced by the table at `lut`."""
+    if not cfg.target_latency_ms:
+        macs = target.resolve(geometry.dense_macs)
+        check_target(geometry, floors, macs, ffn_blocks_removable=cfg.ffn_block_gates)
+        return Budget("macs", float(geometry.dense_macs), float(macs))
+    from hiap.lut import read_lut
+
+    cost = LatencyCost(read_lut(lut or Path(cfg.lut)), geometry, cfg.model, cfg.latency_batch)
+    want, dense = cfg.target_latency_ms, cost.dense
+    if want >= dense:
+        raise HiapError(f"Target {format_ms(want)} is not below the dense model's predicted {format_ms(dense)} on "
+                        f"{cost.table.device}: give a smaller --target-latency-ms.")  # fmt: skip
+    low = cost.min_reachable_ms(floors, cfg.ffn_block_gates)
+    if want < low:
+        raise HiapError(
+            f"Target {format_ms(want)} is below the fastest network the floors allow on {cost.table.device}: "
+            f"{format_ms(low)} ({low / dense:.1%} of dense). Raise --target-latency-ms to at least {low:.4g} or "
+            "lower k_min / min_value_frac / min_neuron_frac"
+            + ("." if cfg.ffn_block_gates else " (or let FFN blocks be removed: ffn_block_gates: true).")
+        )
+    return Budget("latency", dense, want, cost)
+
+
 class PlainRun:
     """A dense run: no gates, nothing searched, the model's own forward; every figure is the dense one."""
 
@@ -40,6 +104,7 @@ class PlainRun:
     def __init__(self, vit: nn.Module, geometry: Geometry) -> None:
         self.vit, self.geometry = vit, geometry
         self.target_macs = geometry.dense_macs
+        self.budget = Budget("macs", float(geometry.dense_macs), float(geometry.dense_macs))
 
     @property
     def core(self) -> nn.Module:
@@ -105,11 +170,12 @@ class GateSearch:
     schedule, and the trace of expected/hard cost that hiap report draws. Built after the model is on its device."""
 
     def __init__(self, vit: nn.Module, geometry: Geometry, cfg: TrainConfig, target: Target,
-                 schedule: Schedule, device: torch.device) -> None:  # fmt: skip
+                 schedule: Schedule, device: torch.device, lut: Path | None = None) -> None:  # fmt: skip
         self.cfg, self.geometry, self.schedule = cfg, geometry, schedule
         floors = Floors(cfg.k_min, cfg.min_value_frac, cfg.min_neuron_frac)
-        self.target_macs = target.resolve(geometry.dense_macs)
-        check_target(geometry, floors, self.target_macs, ffn_blocks_removable=cfg.ffn_block_gates)
+        self.budget = make_budget(cfg, target, geometry, floors, lut)
+        # The MAC target of a MAC budget; a latency budget has none (its figures are the pruned MACs).
+        self.target_macs = round(self.budget.target) if self.budget.kind == "macs" else None
         self.gated = GatedViT(vit, floors=floors, gate_init=cfg.gate_init).to(device)
         if not cfg.ffn_block_gates:
             # Fixed open: keep probability 1 - 5e-5, so a sample drops a block about once in 20,000 steps and the
@@ -121,13 +187,14 @@ class GateSearch:
         if cfg.gate_init_importance:  # a resumed run then loads its own logits over these
             self.gated.init_from_importance(cfg.gate_init_importance)
         # The budget ramp and the freezes run over the first search_steps, as the temperature does.
-        self.controller = BudgetController(self.target_macs / geometry.dense_macs, gain=cfg.controller_gain)
+        gain = cfg.controller_gain or (2.0 if self.budget.kind == "latency" else 0.5)
+        self.controller = BudgetController(self.budget.target / self.budget.dense, gain=gain)
         ramp = self.controller.ramp * schedule.search_steps / schedule.total_steps
         check_schedule(schedule.total_steps, schedule.steps_per_epoch, cfg.gate_init, cfg.gate_lr, ramp)
         self.final_masks: Any = None  # the exported structure's masks once the search has ended
         self.trace: list[list[float]] = []  # [step, tau, expected, hard, reference] (fractions of dense)
-        # Hard MACs of the current gates, refreshed after every optimizer step (computed once per step).
-        self.hard_fraction = self.gated.hard_macs() / geometry.dense_macs
+        # Hard cost of the current gates (fraction of dense), refreshed after every optimizer step.
+        self.hard_fraction = self._fraction(float(self.budget.hard(self.gated)))
 
     @property
     def core(self) -> nn.Module:
@@ -181,8 +248,8 @@ class GateSearch:
         if not self.searching(step):
             return [], {}
         cfg = self.cfg
-        cost = self.gated.expected_cost()
-        penalty, parts = mac_penalty(cost, self.geometry.dense_macs, cfg.lambda_macro, cfg.lambda_micro,
+        cost = self.budget.expected(self.gated)
+        penalty, parts = mac_penalty(cost, self.budget.dense, cfg.lambda_macro, cfg.lambda_micro,
                                      self.controller.scale)  # fmt: skip
         feas = feasibility_loss(self.gated)
         polar_weight = cfg.polarization * self.controller.hard_weight(self.progress(step))
@@ -196,23 +263,27 @@ class GateSearch:
         return terms, parts
 
     def measured(self) -> dict[str, torch.Tensor]:
-        """Expected and hard MACs after the optimizer step, as tensors for the step's single read-back."""
+        """Expected and hard cost after the optimizer step, as tensors for the step's single read-back."""
         with torch.no_grad():
-            return {"expected_macs": self.gated.expected_cost().total, "hard_macs": self.gated.hard_cost()}
+            return {"expected_cost": self.budget.expected(self.gated).total, "hard_cost": self.budget.hard(self.gated)}
 
     def observe(self, parts: dict[str, float], step: int, tau: float) -> None:
         """Feed the step's measured cost to the controller (while searching) and keep a few trace points; `parts`
-        trades the raw MAC counts for fractions of dense and the penalty scale this step used."""
-        dense = self.geometry.dense_macs
+        trades the raw costs for fractions of dense and the penalty scale this step used."""
+        dense = self.budget.dense
         parts["penalty_scale"] = self.controller.scale
-        expected = parts.pop("expected_macs") / dense
-        hard = self.hard_fraction = round(parts.pop("hard_macs")) / dense
+        expected = parts.pop("expected_cost") / dense
+        hard = self.hard_fraction = self._fraction(parts.pop("hard_cost"))
         if self.searching(step):
             self.controller.update(expected, hard, self.progress(step + 1))
         parts.update(expected_frac=expected, hard_frac=hard)
         if step % self.schedule.trace_every == 0:  # a few points per epoch for hiap report's curves
             ref = self.controller.reference(self.progress(step + 1))
             self.trace.append([step, round(tau, 5), expected, hard, ref])
+
+    def _fraction(self, hard_cost: float) -> float:
+        """A hard cost as a fraction of dense; MACs are whole numbers (a float32 sum read back is not)."""
+        return (round(hard_cost) if self.budget.kind == "macs" else hard_cost) / self.budget.dense
 
     def structure(self) -> Structure:
         return self.gated.hard_structure()

@@ -55,7 +55,11 @@ class RunPaths:
 
 
 def default_run_name(cfg: TrainConfig) -> str:
-    return cfg.name or (f"{cfg.model}-dense" if cfg.dense else f"{cfg.model}-macs{cfg.target_macs}")
+    if cfg.name or cfg.dense:
+        return cfg.name or f"{cfg.model}-dense"
+    if cfg.target_latency_ms:
+        return f"{cfg.model}-lat{cfg.target_latency_ms:g}ms"
+    return f"{cfg.model}-macs{cfg.target_macs}"
 
 
 def resolve_run_dir(cfg: TrainConfig, resume: bool) -> Path:
@@ -240,7 +244,7 @@ class Trainer:
         self.search: PlainRun | GateSearch = (
             PlainRun(self.vit, self.geometry)
             if target is None
-            else GateSearch(self.vit, self.geometry, cfg, target, self.schedule, self.device)
+            else GateSearch(self.vit, self.geometry, cfg, target, self.schedule, self.device, self._lut())
         )
         self.teacher = copy.deepcopy(self.vit).eval().requires_grad_(False) if cfg.kd and not cfg.dense else None
         groups = param_groups(self.vit, cfg) + self.search.gate_groups(cfg.gate_lr)
@@ -252,6 +256,14 @@ class Trainer:
         if self.ckpt is not None:
             self._restore(self.ckpt)
         self.forward_model = self._wrap_for_ddp(self.search.core)
+
+    def _lut(self) -> Path | None:
+        """The latency table of a latency target: the run's own copy when resuming (the file --lut named may have
+        been measured again since), else --lut."""
+        if not self.cfg.target_latency_ms:
+            return None
+        own = self.paths.root / "lut.json"
+        return own if self.resume and own.is_file() else Path(self.cfg.lut)
 
     def _build_model_and_data(self) -> None:
         """The model (rebuilt for the data's class count), its data pipeline, geometry and starting weights."""
@@ -291,7 +303,8 @@ class Trainer:
         return self.geometry.dense_macs
 
     @property
-    def target_macs(self) -> int:
+    def target_macs(self) -> int | None:
+        """The MAC target (None under a latency budget)."""
         return self.search.target_macs
 
     def _restore(self, ckpt: Checkpoint) -> None:
@@ -444,6 +457,7 @@ class Trainer:
             "data_config": self.data_cfg,
             "dense_macs": self.dense_macs,
             "target_macs": self.target_macs,
+            "budget": self.search.budget.record(),
             "floors": self.search.floors_state(),
             "weights_source": self.weights_source,
             "skipped_steps": self.skipped_steps,
@@ -458,6 +472,14 @@ class Trainer:
             state=state,
         )
         save_checkpoint(self.paths.checkpoint, ckpt)
+
+    def _latency_fields(self, structure: Structure) -> dict[str, Any]:
+        """The latency budget's figures (none for a MAC budget): target and predicted ms of the structure."""
+        budget = self.search.budget
+        if budget.latency is None:
+            return {}
+        return {"target_latency_ms": budget.target, "predicted_latency_ms": budget.of(self.geometry, structure),
+                "dense_latency_ms": budget.dense, "latency_table": budget.record()["table"]}  # fmt: skip
 
     def _epoch_record(
         self, epoch: int, sums: dict[str, float], counts: dict[str, int], val: tuple[float, float], secs: float
@@ -481,7 +503,8 @@ class Trainer:
             "penalty_scale": self.search.penalty_scale(),
             "expected_gmacs": self.search.expected_macs() / 1e9,
             "hard_gmacs": self.search.hard_macs() / 1e9,
-            "target_gmacs": self.target_macs / 1e9,
+            "target_gmacs": self.target_macs / 1e9 if self.target_macs is not None else None,
+            **self._latency_fields(structure),
             "val_acc": val[0],
             "val_loss": val[1],
             "epoch_seconds": secs,
@@ -509,8 +532,9 @@ class Trainer:
         if self.dense_val_acc is None:
             self.dense_val_acc = self.evaluate(open_gates=True)[0]
         self.search.core.train()
-        fraction = self.target_macs / self.dense_macs
-        with TrainProgress(self.console, self.schedule.total_steps, self.step, fraction) as progress:
+        budget = self.search.budget
+        fraction = budget.target / budget.dense
+        with TrainProgress(self.console, self.schedule.total_steps, self.step, fraction, budget.kind) as progress:
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 self._train_epoch(epoch, progress)
         summary = self._summary(time.perf_counter() - t_start)
@@ -559,6 +583,12 @@ class Trainer:
             for stale_file in (paths.metrics, paths.summary):
                 stale_file.unlink(missing_ok=True)
         write_yaml(paths.config, self.cfg.to_dict())
+        if self.cfg.lut and self.cfg.target_latency_ms and not self.resume:  # the run carries its table
+            from hiap.atomic import write_bytes_atomic
+
+            source = Path(self.cfg.lut).resolve()
+            if source != (paths.root / "lut.json").resolve():
+                write_bytes_atomic(paths.root / "lut.json", source.read_bytes())
         for stale in remove_stale_temporaries(paths.root):
             self.console.print(f"[yellow]note:[/] removed {stale.name}, left by a process that was killed")
 
@@ -575,6 +605,8 @@ class Trainer:
         # The last epoch already validated this exact network; a resumed run with nothing left evaluates once.
         val_acc = self.last_val_acc if self.last_val_acc is not None else self.evaluate()[0]
         pruned_macs = self.search.hard_macs()
+        budget = self.search.budget
+        landed = budget.of(self.geometry, structure)
         return {
             "hiap_version": __version__,
             "model": self.cfg.model,
@@ -586,10 +618,13 @@ class Trainer:
             "epochs": self.cfg.epochs,
             "dense_gmacs": self.dense_macs / 1e9,
             "pruned_gmacs": pruned_macs / 1e9,
-            "target_gmacs": self.target_macs / 1e9,
-            "target_error": (pruned_macs - self.target_macs) / self.target_macs,
-            # The promise: the exported network lands within target_tolerance of the target (the CLI exits 3 if not).
-            "target_met": abs(pruned_macs - self.target_macs) <= self.cfg.target_tolerance * self.target_macs,
+            "budget": budget.kind,
+            "target_gmacs": self.target_macs / 1e9 if self.target_macs is not None else None,
+            **self._latency_fields(structure),
+            # The promise: the exported network lands within target_tolerance of the target, in the budget's unit
+            # (MACs, or the table's predicted ms); the CLI exits 3 if not.
+            "target_error": (landed - budget.target) / budget.target,
+            "target_met": abs(landed - budget.target) <= self.cfg.target_tolerance * budget.target,
             "dense_params": self.geometry.dense_params,
             "pruned_params": structure_params(self.geometry, structure),
             "val_acc": val_acc,

@@ -1,0 +1,320 @@
+"""Latency as the budget, on ONNX Runtime CPU here (the x86-cpu profile: 2 intra-op threads, batch 1).
+
+Parts (a restart skips what is finished: geometries in results/latency_budget.json, runs with an export):
+- prediction: per geometry (the built-in model, DeiT-Tiny, DeiT-Small; random weights) the probe set and 8 structures
+  (dense, uniform halves, FFN removed, thin, mixed, two random, a learned-shaped plan) exported as hiap exports them,
+  all timed in the same rounds, alternating; the table built from those probe timings predicts each structure;
+- training: the built-in model trained (default recipe) and exported, to 4 latency targets on its measured table
+  (landing, seed 0), and for 3 seeds the default MAC-targeted run (50 % of MACs) beside a latency-targeted run whose
+  target is the table's latency of the MAC run's network (value);
+- measure: every exported run timed in the same rounds, alternating, with the machine quiet: landing is the measured
+  latency against the target, value the top-1 on the built-in held-out split at (nearly) equal measured latency.
+Latency is the steady figure of devices/lut.py (the median of the fastest of 20 rounds): on this shared 2-core VM
+slow spells of seconds move the median of all calls by +-20 % between repeats, the fastest round's by ~1 %.
+
+    python benchmarks/latency_budget.py --part prediction|training|measure|report|all
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import environment, learned_like_plan, results_dir
+from devices.lut import measure_lut_alongside, steady_ms, time_in_rounds
+from devices.profile import load_profile
+from export.compact import build_compact
+from export.onnx_io import simplify_onnx, torch2onnx
+from export.probes import make_probes
+from hiap.cost import BlockStructure, Geometry, Structure, structure_macs
+from hiap.gated import describe_vit
+from hiap.latency import LatencyCost
+from hiap.lut import parse_lut, write_lut
+from hiap.models import create_model, data_config
+
+GEOMETRIES = {"builtin": ("hiap_vit_fmnist", 1000), "deit_tiny": ("deit_tiny_patch16_224", 300),
+              "deit_small": ("deit_small_patch16_224", 200)}  # name: (model, timed calls per file)  # fmt: skip
+LANDING = (0.45, 0.55, 0.65, 0.8)  # latency targets as fractions of the dense model's predicted latency
+SEEDS = (0, 1, 2)
+CACHE = Path(tempfile.gettempdir()) / "hiap-latency-bench"
+RESULTS = "latency_budget"
+
+
+def _load() -> dict[str, Any]:
+    path = results_dir() / f"{RESULTS}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"environment": environment("latency_budget: ORT CPU x86-cpu profile"), "prediction": [], "landing": [],
+            "value": []}  # fmt: skip
+
+
+def _save(results: dict[str, Any]) -> None:
+    (results_dir() / f"{RESULTS}.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+def _block(h: int, w: int, k: int, geom: Geometry) -> BlockStructure:
+    h, w = max(1, min(h, geom.num_heads)), max(1, min(w, geom.head_dim))
+    return BlockStructure(tuple(range(h)), tuple(tuple(range(w)) for _ in range(h)), k > 0, tuple(range(k)))
+
+
+def structures(geom: Geometry) -> dict[str, Structure]:
+    """Eight hand-made and random structures of one geometry (widths off the align grid included)."""
+    H, D, K, L = geom.num_heads, geom.head_dim, geom.hidden, geom.depth
+    rng = np.random.default_rng(7)
+    out = {
+        "dense": geom.dense_structure(),
+        "uniform half": Structure(tuple(_block(H // 2, D // 2, K // 2, geom) for _ in range(L))),
+        "FFN removed": Structure(tuple(_block(H, D, 0, geom) for _ in range(L))),
+        "thin": Structure(tuple(_block(1, 8, K // 8, geom) for _ in range(L))),
+        "mixed": Structure(
+            tuple(_block(H - i % H, D - 8 * (i % 3), 0 if i % 3 == 1 else K // (1 + i % 4), geom) for i in range(L))
+        ),
+    }
+    for r in range(2):
+        blocks = []
+        for _ in range(L):
+            k = int(rng.integers(K // 10, K + 1)) if rng.random() > 0.25 else 0
+            blocks.append(_block(int(rng.integers(1, H + 1)), int(rng.integers(D // 4, D + 1)), k, geom))
+        out[f"random {r}"] = Structure(tuple(blocks))
+    out["learned-shaped"] = learned_like_plan(geom, 3, 0.5 * geom.dense_macs / 1e9)
+    return out
+
+
+def _export(vit: torch.nn.Module, structure: Structure, input_size: tuple[int, ...], path: Path) -> Path:
+    if not path.is_file():
+        torch2onnx(build_compact(vit, structure, align=8), input_size, path)
+        simplify_onnx(path)
+    return path
+
+
+def part_prediction(results: dict[str, Any], repeat: int = 1) -> None:
+    """`repeat` 2, 3, ...: the same probes and structures timed again (a new table from the new probe timings)."""
+    profile = load_profile("x86-cpu")
+    for name, (model, iterations) in GEOMETRIES.items():
+        if any(r["geometry"] == name and r.get("repeat", 1) == repeat for r in results["prediction"]):
+            continue
+        folder = CACHE / name
+        torch.manual_seed(0)
+        vit = create_model(model).eval()
+        geom = describe_vit(vit)
+        if not (folder / "probes" / "probes.json").is_file():
+            make_probes(model, {}, folder / "probes")
+        shapes = structures(geom)
+        files = {label: _export(vit, s, tuple(data_config(vit)["input_size"]), folder / f"s{i}.onnx")
+                 for i, (label, s) in enumerate(shapes.items())}  # fmt: skip
+        print(f"{name}: timing {len(files)} structures with the probes", flush=True)
+        body, samples = measure_lut_alongside(folder / "probes", profile, list(files.values()), iterations=iterations,
+                                              warmup=10)  # fmt: skip
+        lut_path = folder / ("lut.json" if repeat == 1 else f"lut-{repeat}.json")  # training uses the first
+        write_lut(lut_path, body)
+        cost = LatencyCost(parse_lut(body, str(lut_path)), geom, model)
+        for label, s in shapes.items():
+            calls = samples[(1, files[label])]
+            predicted, measured = cost.structure_ms(s), steady_ms(calls)
+            results["prediction"].append({
+                "geometry": name, "repeat": repeat, "model": model, "structure": label, "predicted_ms": predicted,
+                "measured_ms": measured, "measured_p50_all_calls_ms": float(np.median(calls)),
+                "error": predicted / measured - 1, "mac_fraction": structure_macs(geom, s) / geom.dense_macs,
+                "latency_fraction": predicted / cost.dense,
+            })  # fmt: skip
+            print(f"  {label:15s} predicted {predicted:.4f} measured {measured:.4f} ({predicted / measured - 1:+.1%})")
+        _save(results)
+
+
+def _builtin_lut() -> Path:
+    path = CACHE / "builtin" / "lut.json"
+    if not path.is_file():
+        raise SystemExit("run --part prediction first: the built-in table comes from it")
+    return path
+
+
+def _train_and_export(run: Path, **cfg: Any) -> dict[str, Any]:
+    """hiap train (default recipe, in-process) then hiap export of the run; the run's summary."""
+    from rich.console import Console
+
+    from export.artifact import export_source
+    from export.source import source_from_run
+    from hiap.config import TrainConfig
+    from hiap.train import Trainer
+
+    if not (run / "summary.json").is_file():
+        Trainer(TrainConfig(out=str(run), **cfg), Console(quiet=True)).run()
+    if not (run / "export" / "model.onnx").is_file():
+        export_source(source_from_run(run), run / "export")
+    return json.loads((run / "summary.json").read_text())
+
+
+def part_training(results: dict[str, Any]) -> None:
+    """Every run of the landing and value parts, trained and exported (minutes each; timing-insensitive)."""
+    lut, dense = _builtin_lut(), _builtin_dense_ms(results)
+    for fraction in LANDING:
+        print(f"landing: target {round(fraction * dense, 4)} ms ({fraction:.0%} of dense)", flush=True)
+        _train_and_export(CACHE / f"landing-{fraction}", target_latency_ms=round(fraction * dense, 4), lut=str(lut))
+    for seed in SEEDS:
+        print(f"value: seed {seed}", flush=True)
+        mac = _train_and_export(CACHE / f"value-macs-{seed}", target_macs="0.5", seed=seed)
+        # The latency run's target: the table's latency of the MAC run's exported network (both are then measured
+        # side by side, and the comparison is at their measured latencies).
+        target = round(_predict_run(CACHE / f"value-macs-{seed}", mac), 4)
+        _train_and_export(CACHE / f"value-latency-{seed}", target_latency_ms=target, lut=str(lut), seed=seed)
+
+
+def _builtin_dense_ms(results: dict[str, Any]) -> float:
+    return next(r["predicted_ms"] for r in results["prediction"] if r["geometry"] == "builtin" and
+                r["structure"] == "dense")  # fmt: skip
+
+
+def _predict_run(run: Path, summary: dict[str, Any]) -> float:
+    from export.plan import read_plan_json, structure_from_dict
+    from hiap.lut import read_lut
+
+    vit = create_model(summary["model"])
+    geom = describe_vit(vit)
+    structure = structure_from_dict(read_plan_json(run / "export" / "plan.json")["blocks"], geom)
+    return LatencyCost(read_lut(_builtin_lut()), geom, summary["model"]).structure_ms(structure)
+
+
+def part_measure(results: dict[str, Any]) -> None:
+    """Every exported run timed in the same rounds, alternating (the machine quiet), then the landing and value
+    records."""
+    runs = [CACHE / f"landing-{f}" for f in LANDING] + [CACHE / f"value-{k}-{s}" for s in SEEDS
+                                                         for k in ("macs", "latency")]  # fmt: skip
+    missing = [r for r in runs if not (r / "export" / "model.onnx").is_file()]
+    if missing:
+        raise SystemExit(f"train first (--part training): {', '.join(str(m) for m in missing)}")
+    files = [r / "export" / "model.onnx" for r in runs]
+    print(f"timing {len(files)} exported runs", flush=True)
+    samples, _ = time_in_rounds(files, load_profile("x86-cpu"), "ort", (1,), 600, 20)
+    calls = {r: samples[(1, f)] for r, f in zip(runs, files, strict=True)}
+    measured = {r: (steady_ms(c), float(np.median(c))) for r, c in calls.items()}
+    summaries = {r: json.loads((r / "summary.json").read_text()) for r in runs}
+    results["landing"], results["value"] = [], []
+    for fraction in LANDING:
+        run = CACHE / f"landing-{fraction}"
+        s, (ms, p50) = summaries[run], measured[run]
+        results["landing"].append({
+            "fraction": fraction, "target_ms": s["target_latency_ms"], "predicted_ms": s["predicted_latency_ms"],
+            "measured_ms": ms, "measured_p50_all_calls_ms": p50, "error_vs_target": ms / s["target_latency_ms"] - 1,
+            "prediction_error": s["predicted_latency_ms"] / ms - 1, "val_acc": s["val_acc"],
+            "mac_fraction": s["pruned_gmacs"] / s["dense_gmacs"], "target_met": s["target_met"],
+        })  # fmt: skip
+    for seed in SEEDS:
+        row: dict[str, Any] = {"seed": seed}
+        for kind in ("macs", "latency"):
+            run = CACHE / f"value-{kind}-{seed}"
+            s = summaries[run]
+            row[kind] = {"val_acc": s["val_acc"], "measured_ms": measured[run][0],
+                         "predicted_ms": _predict_run(run, s), "mac_fraction": s["pruned_gmacs"] / s["dense_gmacs"],
+                         "structure": _kept(s)}  # fmt: skip
+        row["target_ms"] = summaries[CACHE / f"value-latency-{seed}"]["target_latency_ms"]
+        row["dense_val_acc"] = summaries[CACHE / f"value-macs-{seed}"]["dense_val_acc"]
+        results["value"].append(row)
+    _save(results)
+
+
+def _kept(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ("kept_heads", "kept_ffn", "kept_neurons")}
+
+
+def part_report(results: dict[str, Any]) -> None:
+    env = results["environment"]
+    lines = ["# Latency as the budget (ONNX Runtime CPU, x86-cpu profile)", "",
+             f"{env['machine']}, {env['processor']}, {env['cpu_count']} cores; torch {env['torch']}, hiap "
+             f"{env['hiap']}, {env['date']}. ONNX Runtime with 2 intra-op threads, batch 1, FP32. Latency: the median "
+             "of the fastest of 20 rounds (devices/lut.py::steady_ms); tables and structures timed in the same "
+             "rounds. Probes: chains of 4 branches, align 8, FFN every 16 neurons.", "", "## Prediction", "",
+             "| geometry | pass | structure | MACs | predicted ms | measured ms | error | p50 of all calls / ms |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results["prediction"]:
+        lines.append(f"| {r['geometry']} | {r.get('repeat', 1)} | {r['structure']} | {r['mac_fraction']:.2f} | "
+                     f"{r['predicted_ms']:.4f} | {r['measured_ms']:.4f} | {r['error']:+.1%} | "
+                     f"{r['measured_p50_all_calls_ms'] / r['measured_ms']:.2f} |")  # fmt: skip
+    for repeat in sorted({r.get("repeat", 1) for r in results["prediction"]}):
+        rows = [r for r in results["prediction"] if r.get("repeat", 1) == repeat]
+        worst = max(rows, key=lambda r: abs(r["error"]))
+        median = np.median([abs(r["error"]) for r in rows])
+        where = f"{worst['error']:+.1%} ({worst['geometry']}, {worst['structure']})"
+        lines += ["", f"Pass {repeat}: median |error| {median:.1%} over {len(rows)} structures; worst {where}."]
+    lines += ["", "## Landing (built-in model, default recipe, seed 0)", "",
+              "| target ms | predicted ms | measured ms | measured vs target | MACs | val top-1 |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results["landing"]:
+        lines.append(f"| {r['target_ms']:.4f} | {r['predicted_ms']:.4f} | {r['measured_ms']:.4f} | "
+                     f"{r['error_vs_target']:+.1%} | {r['mac_fraction']:.2f} | {r['val_acc']:.4f} |")  # fmt: skip
+    lines += ["", "## Value: latency-targeted vs MAC-targeted at equal measured latency (built-in model)", "",
+              "| seed | MAC run: ms / top-1 / MACs | latency run: ms / top-1 / MACs | top-1 difference (pp) |",
+              "|---|---|---|---|"]  # fmt: skip
+    for r in results["value"]:
+        m, t = r["macs"], r["latency"]
+        lines.append(f"| {r['seed']} | {m['measured_ms']:.4f} / {m['val_acc']:.4f} / {m['mac_fraction']:.2f} | "
+                     f"{t['measured_ms']:.4f} / {t['val_acc']:.4f} / {t['mac_fraction']:.2f} | "
+                     f"{100 * (t['val_acc'] - m['val_acc']):+.2f} |")  # fmt: skip
+    if results["value"]:
+        diffs = [100 * (r["latency"]["val_acc"] - r["macs"]["val_acc"]) for r in results["value"]]
+        lines += ["", f"Mean top-1 difference (latency - MACs): {np.mean(diffs):+.2f} pp over {len(diffs)} seeds."]
+    (results_dir() / f"{RESULTS}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _plot(results)
+
+
+def _plot(results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name in GEOMETRIES:
+        rows = [r for r in results["prediction"] if r["geometry"] == name]
+        if rows:
+            ax1.scatter([r["measured_ms"] for r in rows], [r["predicted_ms"] for r in rows], label=name)
+    lim = max([r["measured_ms"] for r in results["prediction"]] or [1.0]) * 1.1
+    ax1.plot([0.01, lim], [0.01, lim], color="gray", lw=0.8)
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("measured ms")
+    ax1.set_ylabel("predicted ms (table)")
+    ax1.set_title("prediction")
+    ax1.legend(fontsize=8)
+    for kind, marker in (("macs", "s"), ("latency", "o")):
+        pts = [(r[kind]["measured_ms"], r[kind]["val_acc"]) for r in results["value"]]
+        if pts:
+            ax2.scatter(*zip(*pts, strict=True), marker=marker, label=f"{kind}-targeted (value runs)")
+    if results["landing"]:
+        ax2.scatter([r["measured_ms"] for r in results["landing"]], [r["val_acc"] for r in results["landing"]],
+                    marker="^", label="latency-targeted (landing runs)")  # fmt: skip
+    ax2.set_xlabel("measured ms (ORT CPU, batch 1)")
+    ax2.set_ylabel("val top-1")
+    ax2.set_title("built-in model: accuracy vs measured latency")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(results_dir() / f"{RESULTS}.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("prediction", "training", "measure", "report", "all"), default="all")
+    parser.add_argument("--repeat", type=int, default=1, help="prediction: time the structures again (pass 2, 3..)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    results = _load()
+    if args.part in ("prediction", "all"):
+        part_prediction(results, args.repeat)
+    for part, fn in (("training", part_training), ("measure", part_measure)):
+        if args.part in (part, "all"):
+            fn(results)
+    part_report(results)
+
+
+if __name__ == "__main__":
+    main()

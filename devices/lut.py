@@ -1,0 +1,173 @@
+"""`hiap profile` on the device: time every probe of a probe set with the profile's runner, threads and protocol,
+and write the latency table (lut.json) that describes itself (torch-free)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from devices.bench import open_runner, random_feeds, resolve_runtime
+from devices.host import detect_host
+from devices.profile import DeviceProfile
+from hiap import __version__
+from hiap.errors import HiapError
+from hiap.lut import LUT_SCHEMA, LUT_VERSION, parse_lut
+
+# Probes are timed in rounds, every probe a share of its calls per round (see time_in_rounds).
+ROUNDS = 20
+
+
+def read_manifest(probes: Path) -> dict[str, Any]:
+    path = probes / "probes.json"
+    if not path.is_file():
+        raise HiapError(f"'{probes}' holds no probes.json: write a probe set with hiap profile --model M "
+                        f"--probes-only {probes}.")  # fmt: skip
+    try:
+        body = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HiapError(f"'{path}' is not valid JSON ({exc}).") from None
+    if not isinstance(body, dict) or body.get("schema") != "hiap-probes" or not isinstance(body.get("probes"), list):
+        raise HiapError(f"'{path}' is not a hiap probe set: write one with hiap profile --probes-only.")
+    for probe in body["probes"]:
+        file = probe.get("file") if isinstance(probe, dict) else None
+        if not isinstance(file, str) or "/" in file or "\\" in file or not (probes / file).is_file():
+            raise HiapError(f"'{path}' names a probe file {file!r} that is missing from '{probes}': copy the whole "
+                            "folder to the device.")  # fmt: skip
+    grid = body.get("grid")
+    try:
+        wanted = {"overhead.onnx", "fixed.onnx"} | {f"ffn_k{k}.onnx" for k in grid["ffn_widths"]}
+        wanted |= {f"attn_h{h}_w{w}.onnx" for h in grid["heads"] for w in grid["value_widths"]}
+        listed = {p["file"] for p in body["probes"]}
+        complete = all(k in body for k in ("model", "geometry", "align")) and wanted <= listed
+    except (TypeError, KeyError):
+        complete = False
+    if not complete:
+        raise HiapError(f"'{path}' is incomplete (model, geometry, align, grid and a probe per grid cell): write the "
+                        "probe set again with hiap profile --probes-only.")  # fmt: skip
+    return body
+
+
+def steady_ms(samples: list[float]) -> float:
+    """The device's steady latency: the median of the fastest round (samples in round order, ROUNDS rounds).
+
+    On a shared machine slow spells last seconds and raise every call in them alike; the median of all calls
+    then depends on how many rounds a spell hit (measured: +-20 % between repeats on a 2-core VM), the fastest
+    round's median does not (+-1 %). On a quiet device both agree."""
+    rounds = np.array_split(np.asarray(samples, dtype=np.float64), ROUNDS)
+    return float(min(np.median(r) for r in rounds if len(r)))
+
+
+def _cell(samples: list[float]) -> dict[str, float]:
+    p50, p90 = (float(v) for v in np.percentile(np.asarray(samples), [50, 90]))
+    return {"ms": round(steady_ms(samples), 6), "p50": round(p50, 6), "p90": round(p90, 6)}
+
+
+def time_in_rounds(files: list[Path], profile: DeviceProfile, runtime: str, batches: tuple[int, ...],
+                   iterations: int, warmup: int, progress: Any = None,
+                   ) -> tuple[dict[tuple[int, Path], list[float]], dict[str, Any]]:  # fmt: skip
+    """Single-call latencies (ms) of every file at every batch, `iterations` each, taken in ROUNDS rounds that time
+    every file in turn for its share of the calls, so that a slow spell of a shared machine (seconds long, up to
+    1.7x on a 2-core VM) falls on every file alike. One session is open at a time: the idle thread pool of another
+    open session spins and slows the one being timed. Returns the samples and the runner's describe()."""
+    per_round = -(-iterations // ROUNDS)
+    samples: dict[tuple[int, Path], list[float]] = {}
+    describe: dict[str, Any] = {}
+    for r in range(ROUNDS):
+        for path in files:
+            with open_runner(path, profile, runtime) as runner:
+                describe = runner.describe()
+                for b in batches:
+                    feeds = random_feeds(runner, b)
+                    for _ in range(warmup):  # a new session each round: its first calls allocate
+                        runner.infer(feeds)
+                    out = samples.setdefault((b, path), [])
+                    for _ in range(per_round):
+                        t0 = time.perf_counter()
+                        runner.infer(feeds)
+                        out.append((time.perf_counter() - t0) * 1000.0)
+        if progress is not None:
+            progress(r + 1, ROUNDS)
+    return samples, describe
+
+
+def measure_lut(probes: Path, profile: DeviceProfile, runtime: str | None = None, iterations: int | None = None,
+                warmup: int | None = None, batches: tuple[int, ...] | None = None,
+                progress: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Time every probe at each batch; returns the lut.json body (validated)."""
+    return measure_lut_alongside(probes, profile, [], runtime, iterations, warmup, batches, progress)[0]
+
+
+def measure_lut_alongside(probes: Path, profile: DeviceProfile, others: list[Path], runtime: str | None = None,
+                          iterations: int | None = None, warmup: int | None = None,
+                          batches: tuple[int, ...] | None = None, progress: Any = None,
+                          ) -> tuple[dict[str, Any], dict[tuple[int, Path], list[float]]]:  # fmt: skip
+    """measure_lut, with `others` (whole networks) timed in the same rounds, alternating with the probes: how a
+    table's predictions are checked against measurements that saw the same machine. Returns the body and the
+    samples of `others` by (batch, path)."""
+    manifest = read_manifest(probes)
+    runtime, _ = resolve_runtime(profile, runtime)
+    iterations = iterations if iterations is not None else profile.protocol.iterations
+    warmup = warmup if warmup is not None else profile.protocol.warmup
+    if iterations < 1:
+        raise HiapError(f"--iterations must be >= 1, got {iterations}.")
+    made = tuple(manifest.get("batches") or (1,))
+    batches = tuple(sorted(set(batches or made)))
+    if any(b != 1 for b in batches) and made == (1,):
+        raise HiapError(f"The probes in '{probes}' have a fixed batch of 1; write them with --batch "
+                        f"{' --batch '.join(str(b) for b in batches)} to measure other batches.")  # fmt: skip
+    files = [probes / p["file"] for p in manifest["probes"]]
+    samples, describe = time_in_rounds(files + others, profile, runtime, batches, iterations, warmup, progress)
+    grid = manifest["grid"]
+    tables = {}
+    for b in batches:
+        cells = {p["file"]: _cell(samples[(b, probes / p["file"])]) for p in manifest["probes"]}
+        attention = [[cells[f"attn_h{h}_w{w}.onnx"] for w in grid["value_widths"]] for h in grid["heads"]]
+        tables[str(b)] = {
+            "overhead": cells["overhead.onnx"],
+            "fixed": cells["fixed.onnx"],
+            "attention": attention,
+            "ffn": [cells[f"ffn_k{k}.onnx"] for k in grid["ffn_widths"]],
+        }
+    host = detect_host()
+    body = {
+        "schema": LUT_SCHEMA,
+        "schema_version": LUT_VERSION,
+        "device": profile.name,
+        "host": {"describe": host.describe(), "cpu": host.cpu, "arch": host.arch, "python": platform.python_version()},
+        "runtime": describe.get("runtime", runtime),
+        "runner": describe,
+        "precision": profile.precision if runtime == "trt" else manifest.get("precision", "fp32"),
+        "threads": _threads(describe),
+        "model": manifest["model"],
+        "model_kwargs": manifest.get("model_kwargs", {}),
+        "input_size": manifest.get("input_size"),
+        "geometry": manifest["geometry"],
+        "align": manifest["align"],
+        "chain": manifest.get("chain", 1),
+        "grid": grid,
+        "protocol": {
+            "warmup": warmup,
+            "iterations": iterations,
+            "rounds": ROUNDS,
+            "statistic": "ms: median of the fastest round; p50/p90: of all calls",
+        },
+        "validated": runtime != "trt",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hiap_version": __version__,
+        "tables": tables,
+    }
+    if runtime == "trt":
+        body["note"] = "TensorRT probes are not validated against measured networks yet: check its predictions there."
+    parse_lut(body, "measured table")  # what was written is what every reader accepts
+    return body, {k: v for k, v in samples.items() if k[1] in others}
+
+
+def _threads(describe: dict[str, Any]) -> dict[str, Any]:
+    keys = ("intra_op_threads", "inter_op_threads", "threads", "hint")
+    return {k: describe[k] for k in keys if k in describe}

@@ -1,0 +1,144 @@
+"""The probe set of a latency table: small ONNX files of single block branches of one model geometry, over a grid
+of kept heads, value widths and FFN widths, plus the parts outside the blocks and a call-overhead graph.
+
+Each probe is cut from the model exactly as the exporter cuts a pruned network (export/compact.py): an attention
+branch is norm1, attention with h heads of value width w (the emitted, padded width), LayerScale and the residual
+add; an FFN branch is norm2, an MLP of k neurons, LayerScale and the add; `fixed` is the network with no blocks
+(patch embedding, prefix tokens, final norm, head). They are written, simplified and checked as `hiap export`
+writes a model, so the device runs the same operators it will run in the real file. The weights are the random
+init of the model: latency does not depend on their values at FP32.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from export.compact import _compact_block, build_compact
+from export.onnx_io import simplify_onnx, torch2onnx
+from hiap import __version__
+from hiap.atomic import write_json_atomic
+from hiap.cost import BlockStructure, Geometry
+from hiap.errors import HiapError
+from hiap.gated import describe_vit
+from hiap.models import create_model, data_config
+
+MANIFEST = "probes.json"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The widths a table is measured at; each ends at the dense width."""
+
+    heads: tuple[int, ...]
+    value_widths: tuple[int, ...]  # emitted widths: multiples of align (and the head width)
+    ffn_widths: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.heads) * len(self.value_widths) + len(self.ffn_widths) + 2
+
+
+def default_grid(geom: Geometry, align: int, ffn_step: int) -> Grid:
+    """Every head count, every value width the exporter can emit with `align`, FFN widths every `ffn_step`."""
+    if align < 1:
+        raise HiapError(f"--align must be >= 1, got {align}.")
+    if ffn_step < 1:
+        raise HiapError(f"--ffn-step must be >= 1, got {ffn_step}.")
+    widths = sorted({min(w, geom.head_dim) for w in range(align, geom.head_dim + align, align)})
+    ffn = sorted(set(range(ffn_step, geom.hidden, ffn_step)) | {geom.hidden})
+    return Grid(heads=tuple(range(1, geom.num_heads + 1)), value_widths=tuple(widths), ffn_widths=tuple(ffn))
+
+
+def geometry_record(geom: Geometry) -> dict[str, int]:
+    return {k: getattr(geom, k) for k in ("num_tokens", "dim", "depth", "num_heads", "head_dim", "hidden")}
+
+
+class _Copy(nn.Module):
+    """Returns its input: the probe of one call's cost (session dispatch, input binding, output copy)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+
+def _branch(block: nn.Module, geom: Geometry, heads: int, width: int, neurons: int, align: int,
+            chain: int = 1) -> nn.Module:  # fmt: skip
+    """`chain` compact blocks in a row that keep only an attention branch (heads > 0) or only an FFN branch
+    (neurons > 0), each with its own copy of the weights, as the blocks of a network have."""
+    plan = BlockStructure(
+        heads=tuple(range(heads)),
+        value_dims=tuple(tuple(range(width)) for _ in range(heads)),
+        ffn=neurons > 0,
+        neurons=tuple(range(neurons)),
+    )
+    one = _compact_block(block, plan, align)
+    return nn.Sequential(one, *(copy.deepcopy(one) for _ in range(chain - 1))).eval()
+
+
+def make_probes(model: str, model_kwargs: dict[str, Any], out: Path, align: int = 8, ffn_step: int = 16,
+                batches: tuple[int, ...] = (1,), opset: int = 17, simplify: bool = True, chain: int = 4,
+                progress: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Write the probe files and `probes.json` (what `hiap profile --probes` measures on the device) into `out`."""
+    if chain < 1:
+        raise HiapError(f"--chain must be >= 1, got {chain}.")
+    vit = create_model(model, model_kwargs=model_kwargs).eval()
+    geom = describe_vit(vit)
+    grid = default_grid(geom, align, ffn_step)
+    cfg = data_config(vit)
+    out.mkdir(parents=True, exist_ok=True)
+    tokens = (geom.num_tokens, geom.dim)
+    compact = build_compact(vit, geom.dense_structure(), align)
+    compact.vit.blocks = nn.Sequential()  # the network around the blocks
+    probes: list[dict[str, Any]] = [
+        {"kind": "overhead", "file": "overhead.onnx", "module": _Copy(), "input": tokens},
+        {"kind": "fixed", "file": "fixed.onnx", "module": compact, "input": tuple(cfg["input_size"])},
+    ]
+    block = vit.blocks[0]
+    for h in grid.heads:
+        for w in grid.value_widths:
+            probes.append({"kind": "attention", "heads": h, "width": w, "file": f"attn_h{h}_w{w}.onnx",
+                           "module": _branch(block, geom, h, w, 0, align, chain), "input": tokens})  # fmt: skip
+    for k in grid.ffn_widths:
+        probes.append({"kind": "ffn", "neurons": k, "file": f"ffn_k{k}.onnx",
+                       "module": _branch(block, geom, 0, 0, k, align, chain), "input": tokens})  # fmt: skip
+    dynamic = any(b != 1 for b in batches)
+    for i, probe in enumerate(probes):
+        module, shape = probe.pop("module"), probe.pop("input")
+        meta = {"hiap_probe": json.dumps({k: v for k, v in probe.items() if k != "file"}), "precision": "fp32"}
+        path = out / probe["file"]
+        with torch.no_grad():
+            torch2onnx(module, shape, path, opset=opset, dynamic_batch=dynamic, metadata=meta)
+        if simplify:
+            simplify_onnx(path)
+        if progress is not None:
+            progress(i + 1, len(probes))
+    manifest = {
+        "schema": "hiap-probes",
+        "schema_version": 1,
+        "hiap_version": __version__,
+        "model": model,
+        "model_kwargs": dict(model_kwargs),
+        "input_size": list(cfg["input_size"]),
+        "geometry": geometry_record(geom),
+        "dense_macs": geom.dense_macs,
+        "align": align,
+        "ffn_step": ffn_step,
+        "chain": chain,
+        "opset": opset,
+        "batches": sorted(set(batches)),
+        "precision": "fp32",
+        "grid": {
+            "heads": list(grid.heads),
+            "value_widths": list(grid.value_widths),
+            "ffn_widths": list(grid.ffn_widths),
+        },
+        "probes": probes,
+    }
+    write_json_atomic(out / MANIFEST, manifest, indent=1)
+    return manifest

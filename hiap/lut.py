@@ -1,0 +1,212 @@
+"""The latency table of one device (lut.json, written by `hiap profile`): its schema, reading with one-line errors,
+and the checks that a table fits the model, device and precision it is used for (torch-free)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hiap.errors import HiapError
+
+LUT_SCHEMA = "hiap-lut"
+LUT_VERSION = 1
+# The shapes a table must agree on with the model it prices (hiap.cost.Geometry's names).
+GEOMETRY_KEYS = ("num_tokens", "dim", "depth", "num_heads", "head_dim", "hidden")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One probe's measured latency of one call, in ms: `ms` the steady figure the cost model uses (the median of the
+    fastest round, devices/lut.py::steady_ms), p50/p90 over all calls for the spread."""
+
+    ms: float
+    p50: float
+    p90: float
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The cells at one batch size.
+
+    overhead: a graph that only copies its input (the cost of one call, which every probe file pays once and a
+    whole network pays once); fixed: the network without blocks (patch embedding, prefix tokens, final norm, head);
+    attention[i][j]: the attention branch (norm, attention, residual add) with heads[i] heads of value width
+    value_widths[j]; ffn[k]: the FFN branch (norm, MLP, residual add) with ffn_widths[k] neurons.
+    """
+
+    overhead: Cell
+    fixed: Cell
+    attention: tuple[tuple[Cell, ...], ...]
+    ffn: tuple[Cell, ...]
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """A measured lut.json: what it was measured on (device, runner, precision, threads), for which model geometry
+    and export layout (align), over which grid, and the cells per batch size."""
+
+    device: str
+    runtime: str
+    precision: str
+    model: str
+    model_kwargs: dict[str, Any]
+    geometry: dict[str, int]
+    align: int
+    chain: int  # branches per probe file (a branch costs (cell - overhead) / chain)
+    heads: tuple[int, ...]
+    value_widths: tuple[int, ...]
+    ffn_widths: tuple[int, ...]
+    tables: dict[int, Tables]
+    body: dict[str, Any]  # the whole file, for reports and the artifact's record
+    path: str = ""
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the cells and what they describe (first 16 hex): names the table a prediction came from."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.body, sort_keys=True).encode()).hexdigest()[:16]
+
+    def at(self, batch: int) -> Tables:
+        if batch not in self.tables:
+            have = ", ".join(str(b) for b in sorted(self.tables))
+            raise HiapError(f"Latency table '{self.path}' has no cells at batch {batch} (it has batch {have}): "
+                            f"measure it with hiap profile --batch {batch}.")  # fmt: skip
+        return self.tables[batch]
+
+    def branch_ms(self, cell: Cell, batch: int) -> float:
+        """One branch's cost from its probe's cell: less one call's overhead, per copy in the chain. A noisy cell can
+        come out below the overhead; a branch never costs less than nothing."""
+        return max(cell.ms - self.at(batch).overhead.ms, 0.0) / self.chain
+
+    def describe(self) -> str:
+        return f"{self.device} ({self.runtime}, {self.precision}, {self.body.get('threads', {})})"
+
+    def check_geometry(self, model: str, geometry: dict[str, int], what: str) -> None:
+        """Refuse a table measured for other shapes than `what` has, naming the first field that differs."""
+        for key in GEOMETRY_KEYS:
+            if self.geometry.get(key) != geometry.get(key):
+                raise HiapError(
+                    f"Latency table '{self.path}' was measured for {self.model} with {key}={self.geometry.get(key)}, "
+                    f"but {what} ({model}) has {key}={geometry.get(key)}: measure a table for this model with "
+                    f"hiap profile --model {model}."
+                )
+
+    def check_use(self, device: str | None = None, precision: str | None = None, align: int | None = None) -> None:
+        """Refuse a table of another device, precision or export layout than the one it is used for."""
+        if device is not None and device != self.device:
+            raise HiapError(f"Latency table '{self.path}' was measured on device '{self.device}', not '{device}': "
+                            f"measure it there with hiap profile --device {device}.")  # fmt: skip
+        if precision is not None and precision != self.precision:
+            raise HiapError(f"Latency table '{self.path}' holds {self.precision} latencies, but the model is "
+                            f"{precision}: measure a table at that precision.")  # fmt: skip
+        if align is not None and align != self.align:
+            raise HiapError(f"Latency table '{self.path}' was measured with value widths on --align {self.align}, "
+                            f"not {align}: export with --align {self.align} or measure a table with --align "
+                            f"{align}.")  # fmt: skip
+
+
+def write_lut(path: Path, body: dict[str, Any]) -> None:
+    from hiap.atomic import write_json_atomic
+
+    write_json_atomic(path, body, indent=1)
+
+
+def _cell(raw: Any, where: str) -> Cell:
+    if not isinstance(raw, dict) or not all(
+        isinstance(raw.get(k), (int, float)) and not isinstance(raw.get(k), bool) for k in ("ms", "p50", "p90")
+    ):
+        raise HiapError(f"{where}: expected an object with numbers ms, p50, p90.")
+    cell = Cell(float(raw["ms"]), float(raw["p50"]), float(raw["p90"]))
+    if not all(math.isfinite(v) and v > 0 for v in (cell.ms, cell.p50, cell.p90)):
+        raise HiapError(f"{where}: latencies must be positive finite milliseconds, got {raw!r:.80}.")
+    return cell
+
+
+def _ints(raw: Any, where: str) -> tuple[int, ...]:
+    if (
+        not isinstance(raw, list)
+        or not raw
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw)
+        or raw != sorted(set(raw))
+    ):
+        raise HiapError(f"{where}: expected a non-empty ascending list of positive integers, got {raw!r:.80}.")
+    return tuple(raw)
+
+
+def parse_lut(body: Any, path: str = "") -> LatencyTable:
+    """Validate a lut.json body; every error names the file and the field."""
+    where = f"Latency table '{path}'"
+    if not isinstance(body, dict) or body.get("schema") != LUT_SCHEMA:
+        raise HiapError(f"{where} is not a hiap latency table (no \"schema\": \"{LUT_SCHEMA}\"): write one with "
+                        "hiap profile.")  # fmt: skip
+    if body.get("schema_version") != LUT_VERSION:
+        raise HiapError(f"{where} has schema_version {body.get('schema_version')!r}; this hiap reads {LUT_VERSION}.")
+    for key in ("device", "runtime", "precision", "model", "geometry", "align", "chain", "grid", "tables"):
+        if key not in body:
+            raise HiapError(f"{where}: missing field '{key}'.")
+    geometry = body["geometry"]
+    if not isinstance(geometry, dict) or not all(
+        isinstance(geometry.get(k), int) and geometry[k] > 0 for k in GEOMETRY_KEYS
+    ):
+        raise HiapError(f"{where}: 'geometry' must give positive integers {', '.join(GEOMETRY_KEYS)}.")
+    grid = body["grid"]
+    if not isinstance(grid, dict):
+        raise HiapError(f"{where}: 'grid' must be an object with heads, value_widths, ffn_widths.")
+    heads = _ints(grid.get("heads"), f"{where} grid 'heads'")
+    widths = _ints(grid.get("value_widths"), f"{where} grid 'value_widths'")
+    ffn = _ints(grid.get("ffn_widths"), f"{where} grid 'ffn_widths'")
+    if heads[-1] != geometry["num_heads"] or widths[-1] != geometry["head_dim"] or ffn[-1] != geometry["hidden"]:
+        raise HiapError(f"{where}: the grid must reach the dense widths (heads {geometry['num_heads']}, value width "
+                        f"{geometry['head_dim']}, FFN {geometry['hidden']}).")  # fmt: skip
+    for key in ("align", "chain"):
+        if not isinstance(body.get(key), int) or isinstance(body.get(key), bool) or body[key] < 1:
+            raise HiapError(f"{where}: '{key}' must be a positive integer.")
+    raw_tables = body["tables"]
+    if not isinstance(raw_tables, dict) or not raw_tables:
+        raise HiapError(f"{where}: 'tables' must map batch sizes to cells.")
+    tables: dict[int, Tables] = {}
+    for key, t in raw_tables.items():
+        if not str(key).isdigit() or int(key) < 1 or not isinstance(t, dict):
+            raise HiapError(f"{where}: 'tables' keys must be batch sizes, got {key!r}.")
+        at = f"{where} batch {key}"
+        attention = t.get("attention")
+        if not isinstance(attention, list) or len(attention) != len(heads):
+            raise HiapError(f"{at} 'attention': expected one row per head count ({len(heads)}).")
+        rows = []
+        for i, row in enumerate(attention):
+            if not isinstance(row, list) or len(row) != len(widths):
+                raise HiapError(f"{at} 'attention'[{i}]: expected one cell per value width ({len(widths)}).")
+            rows.append(tuple(_cell(c, f"{at} 'attention'[{i}]") for c in row))
+        ffn_cells = t.get("ffn")
+        if not isinstance(ffn_cells, list) or len(ffn_cells) != len(ffn):
+            raise HiapError(f"{at} 'ffn': expected one cell per FFN width ({len(ffn)}).")
+        tables[int(key)] = Tables(
+            overhead=_cell(t.get("overhead"), f"{at} 'overhead'"),
+            fixed=_cell(t.get("fixed"), f"{at} 'fixed'"),
+            attention=tuple(rows),
+            ffn=tuple(_cell(c, f"{at} 'ffn'") for c in ffn_cells),
+        )
+    kwargs = body.get("model_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise HiapError(f"{where}: 'model_kwargs' must be an object.")
+    return LatencyTable(
+        device=str(body["device"]), runtime=str(body["runtime"]), precision=str(body["precision"]),
+        model=str(body["model"]), model_kwargs=kwargs, geometry={k: int(geometry[k]) for k in GEOMETRY_KEYS},
+        align=body["align"], chain=body["chain"], heads=heads, value_widths=widths, ffn_widths=ffn, tables=tables,
+        body=body, path=path,
+    )  # fmt: skip
+
+
+def read_lut(path: Path) -> LatencyTable:
+    path = Path(path)
+    if not path.is_file():
+        raise HiapError(f"Latency table '{path}' does not exist: measure one with hiap profile.")
+    try:
+        body = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HiapError(f"Latency table '{path}' is not valid JSON ({exc}).") from None
+    return parse_lut(body, str(path))

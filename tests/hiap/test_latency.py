@@ -1,0 +1,215 @@
+"""The latency cost model: a table read with one-line errors, hard latency of structures and masks, the expected
+latency of the gates (exact at 0/1, differentiable), interpolation, padding, the reachable minimum, and a run that
+lands on a latency target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hiap.config import TrainConfig
+from hiap.cost import BlockStructure, Structure
+from hiap.errors import HiapError
+from hiap.gated import Floors, GatedViT, masks_to_structure
+from hiap.latency import LatencyCost
+from hiap.lut import parse_lut, read_lut
+from hiap.models import create_model
+from hiap.train import Trainer
+
+OVERHEAD, CHAIN, FIXED = 0.01, 2, 0.05
+
+
+def head_ms(h: float, w: float) -> float:
+    return 0.004 * h + 0.0001 * h * w + 0.002
+
+
+def ffn_ms(k: float) -> float:
+    return 0.00005 * k + 0.001
+
+
+def synthetic_lut(geom, align: int = 8, ffn_step: int = 64, model: str = "hiap_vit_fmnist_tiny") -> dict:
+    """A lut.json body whose branches cost head_ms / ffn_ms exactly (each cell is a chain of CHAIN plus one call)."""
+    heads = list(range(1, geom.num_heads + 1))
+    widths = sorted({min(w, geom.head_dim) for w in range(align, geom.head_dim + align, align)})
+    ffn = sorted(set(range(ffn_step, geom.hidden, ffn_step)) | {geom.hidden})
+
+    def cell(ms: float) -> dict:
+        return {"ms": ms, "p50": ms * 1.01, "p90": ms * 1.1}
+
+    table = {
+        "overhead": cell(OVERHEAD),
+        "fixed": cell(FIXED),
+        "attention": [[cell(OVERHEAD + CHAIN * head_ms(h, w)) for w in widths] for h in heads],
+        "ffn": [cell(OVERHEAD + CHAIN * ffn_ms(k)) for k in ffn],
+    }
+    return {
+        "schema": "hiap-lut", "schema_version": 1, "device": "x86-cpu", "runtime": "onnxruntime", "precision": "fp32",
+        "threads": {"intra_op_threads": 2}, "model": model, "model_kwargs": {},
+        "geometry": {k: getattr(geom, k) for k in ("num_tokens", "dim", "depth", "num_heads", "head_dim", "hidden")},
+        "align": align, "chain": CHAIN, "grid": {"heads": heads, "value_widths": widths, "ffn_widths": ffn},
+        "tables": {"1": table},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny() -> GatedViT:
+    return GatedViT(create_model("hiap_vit_fmnist_tiny", num_classes=10))
+
+
+@pytest.fixture(scope="module")
+def cost(tiny: GatedViT) -> LatencyCost:
+    return LatencyCost(parse_lut(synthetic_lut(tiny.geometry), "synthetic"), tiny.geometry, "hiap_vit_fmnist_tiny")
+
+
+def _block(h: int, widths: list[int], k: int) -> BlockStructure:
+    return BlockStructure(tuple(range(h)), tuple(tuple(range(w)) for w in widths), k > 0, tuple(range(k)))
+
+
+def test_hard_latency_is_the_table_on_its_grid_and_pads_to_align(cost: LatencyCost, tiny: GatedViT) -> None:
+    g = tiny.geometry  # 4 heads of 16, FFN 256, 4 blocks
+    dense = FIXED + g.depth * (head_ms(4, 16) + ffn_ms(256))
+    assert cost.dense == pytest.approx(dense, rel=1e-12)
+    # Widths 3 and 9 are emitted as 16 (the widest, rounded up to align 8); 5 as 8; no FFN costs nothing.
+    structure = Structure((_block(2, [3, 9], 128), _block(1, [5], 0), _block(4, [8] * 4, 64), _block(3, [16] * 3, 256)))
+    want = FIXED + head_ms(2, 16) + ffn_ms(128) + head_ms(1, 8) + head_ms(4, 8) + ffn_ms(64) + head_ms(3, 16)
+    want += ffn_ms(256)
+    assert cost.structure_ms(structure) == pytest.approx(want, rel=1e-12)
+
+
+def test_ffn_width_between_grid_points_is_interpolated_and_held_beyond(cost: LatencyCost) -> None:
+    base = [_block(1, [8], 0)] * 3
+    # 96 lies between 64 and 128: linear in between (ffn_ms is linear, so exact); 10 is below the grid: held at 64.
+    for k, want in ((96, ffn_ms(96)), (10, ffn_ms(64))):
+        s = Structure((*base, _block(1, [8], k)))
+        assert cost.structure_ms(s) - cost.structure_ms(Structure((*base, _block(1, [8], 0)))) == pytest.approx(want)
+
+
+def test_masks_and_structures_agree_and_expected_is_exact_at_zero_one(cost: LatencyCost, tiny: GatedViT) -> None:
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        with torch.no_grad():
+            for logits in tiny.gates.as_dict().values():
+                logits.copy_(torch.randn(logits.shape, generator=gen) * 2)
+        masks = tiny.hard_masks()
+        structure = masks_to_structure(masks)
+        assert float(cost.masks_ms(masks)) == pytest.approx(cost.structure_ms(structure), rel=1e-9)
+    # Expected latency with 0/1 probabilities, every kept head at one grid width: the hard latency exactly.
+    head = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.float32)
+    value = torch.zeros(4, 4, 16)
+    value[:, :, :8] = 1
+    value[3, :, :] = 1
+    ffn = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    neuron = torch.zeros(4, 256)
+    neuron[:, :128] = 1
+    exp = cost.expected(head, ffn, value, neuron)
+    want = FIXED + head_ms(2, 8) + ffn_ms(128) + head_ms(1, 8) + head_ms(4, 8) + ffn_ms(128) + head_ms(3, 16)
+    want += ffn_ms(128)
+    assert float(exp.total) == pytest.approx(want, rel=1e-6)
+    assert float(exp.macro + exp.micro) == pytest.approx(want - FIXED, rel=1e-6)
+
+
+def test_expected_latency_gives_every_gate_kind_a_gradient(cost: LatencyCost, tiny: GatedViT) -> None:
+    p = {k: torch.full_like(v, 0.7).requires_grad_(True) for k, v in tiny.gates.as_dict().items()}
+    exp = cost.expected(p["head"], p["ffn"], p["value"], p["neuron"])
+    exp.total.backward()
+    for kind, t in p.items():
+        assert t.grad is not None and float(t.grad.abs().min()) > 0, kind
+    # The macro part moves only with heads and FFN gates (kept at all); widths only move the micro part.
+    q = {k: torch.full_like(v, 0.7).requires_grad_(True) for k, v in tiny.gates.as_dict().items()}
+    cost.expected(q["head"], q["ffn"], q["value"], q["neuron"]).macro.backward()
+    assert q["value"].grad is None or float(q["value"].grad.abs().max()) == 0
+    assert float(q["head"].grad.abs().min()) > 0
+
+
+def test_min_reachable_latency_is_the_floors_network(cost: LatencyCost) -> None:
+    floors = Floors(k_min=1, min_value_frac=0.25, min_neuron_frac=0.1)  # 1 head of 4 dims (emitted 8), no FFN
+    assert cost.min_reachable_ms(floors) == pytest.approx(FIXED + 4 * head_ms(1, 8))
+    narrowed = FIXED + 4 * (head_ms(1, 8) + ffn_ms(64))  # 26 neurons: below the grid, held at 64
+    assert cost.min_reachable_ms(floors, ffn_blocks_removable=False) == pytest.approx(narrowed)
+
+
+def _broken(body: dict, path: list, value: object) -> dict:
+    body = json.loads(json.dumps(body))
+    node = body
+    for key in path[:-1]:
+        node = node[key]
+    if value is KeyError:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return body
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (["schema"], "other", "not a hiap latency table"),
+        (["chain"], KeyError, "missing field 'chain'"),
+        (["grid", "ffn_widths"], [64, 128], "must reach the dense widths"),
+        (["grid", "heads"], [2, 1, 3, 4], "ascending"),
+        (["tables", "1", "ffn", 0, "ms"], -1.0, "positive finite"),
+        (["tables", "1", "attention", 1], [], "one cell per value width"),
+        (["tables", "x"], {}, "batch sizes"),
+        (["geometry", "dim"], "64", "positive integers"),
+    ],
+)
+def test_malformed_tables_are_one_line_errors(tiny: GatedViT, path: list, value: object, message: str) -> None:
+    with pytest.raises(HiapError, match=message) as exc:
+        parse_lut(_broken(synthetic_lut(tiny.geometry), path, value), "t.json")
+    assert "\n" not in str(exc.value)
+
+
+def test_tables_of_another_geometry_device_precision_or_align_are_refused(tmp_path: Path, tiny: GatedViT) -> None:
+    other = GatedViT(create_model("hiap_vit_fmnist", num_classes=10)).geometry
+    table = parse_lut(synthetic_lut(other, model="hiap_vit_fmnist"), "big.json")
+    with pytest.raises(HiapError, match=r"measured for hiap_vit_fmnist with dim=128, but the model .* has dim=64"):
+        LatencyCost(table, tiny.geometry, "hiap_vit_fmnist_tiny")
+    small = parse_lut(synthetic_lut(tiny.geometry), "t.json")
+    with pytest.raises(HiapError, match="measured on device 'x86-cpu', not 'rpi5'"):
+        small.check_use(device="rpi5")
+    with pytest.raises(HiapError, match="holds fp32 latencies, but the model is int8"):
+        small.check_use(precision="int8")
+    with pytest.raises(HiapError, match="--align 8, not 4"):
+        small.check_use(align=4)
+    with pytest.raises(HiapError, match="no cells at batch 8"):
+        LatencyCost(small, tiny.geometry, "hiap_vit_fmnist_tiny", batch=8)
+    with pytest.raises(HiapError, match="does not exist"):
+        read_lut(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(HiapError, match="not valid JSON"):
+        read_lut(tmp_path / "bad.json")
+
+
+def _latency_run(tmp_path: Path, target_ms: float, **extra: object) -> TrainConfig:
+    geom = GatedViT(create_model("hiap_vit_fmnist_tiny", num_classes=10)).geometry
+    lut = tmp_path / "lut.json"
+    lut.write_text(json.dumps(synthetic_lut(geom)))
+    values = dict(model="hiap_vit_fmnist_tiny", pretrained="none", epochs=6, batch_size=64, train_images=3200,
+                  target_latency_ms=target_ms, lut=str(lut), kd=False, out=str(tmp_path / "r"))  # fmt: skip
+    return TrainConfig(**(values | extra))
+
+
+def test_a_latency_target_is_landed_and_reported(tmp_path: Path) -> None:
+    """The controller lands the table's latency of the exported network within 1 % of the target."""
+    cfg = _latency_run(tmp_path, 0.12)
+    summary = Trainer(cfg).run()
+    assert summary["budget"] == "latency"
+    assert summary["target_latency_ms"] == 0.12
+    assert abs(summary["predicted_latency_ms"] / 0.12 - 1) <= 0.01, summary["predicted_latency_ms"]
+    assert summary["target_met"] and abs(summary["target_error"]) <= 0.01
+    assert summary["latency_table"]["device"] == "x86-cpu"
+    assert (tmp_path / "r" / "lut.json").read_text() == (tmp_path / "lut.json").read_text()  # the run carries it
+
+
+def test_latency_targets_out_of_reach_are_refused_up_front(tmp_path: Path) -> None:
+    dense = FIXED + 4 * (head_ms(4, 16) + ffn_ms(256))
+    low = FIXED + 4 * head_ms(1, 8)
+    with pytest.raises(HiapError, match=f"below the fastest network the floors allow on x86-cpu: {low:.3f} ms"):
+        Trainer(_latency_run(tmp_path, 0.05)).setup()
+    with pytest.raises(HiapError, match=f"not below the dense model's predicted {dense:.3f} ms"):
+        Trainer(_latency_run(tmp_path, 1.0)).setup()
+    with pytest.raises(HiapError, match="needs the device's latency table"):
+        TrainConfig(target_latency_ms=0.1).validate()
