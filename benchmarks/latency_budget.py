@@ -186,11 +186,18 @@ def _predict_run(run: Path, summary: dict[str, Any]) -> float:
 def part_measure(results: dict[str, Any]) -> None:
     """Every exported run timed in the same rounds, alternating (the machine quiet), then the landing and value
     records."""
-    runs = [CACHE / f"landing-{f}" for f in LANDING] + [CACHE / f"value-{k}-{s}" for s in SEEDS
+
+    def exported(run: Path) -> bool:
+        return (run / "export" / "model.onnx").is_file()
+
+    # Whatever training has finished: every landing target, and the seeds whose two value runs both exported
+    # (a later --part measure, after --part training resumed, times them all again).
+    landing = [f for f in LANDING if exported(CACHE / f"landing-{f}")]
+    seeds = [s for s in SEEDS if all(exported(CACHE / f"value-{k}-{s}") for k in ("macs", "latency"))]
+    runs = [CACHE / f"landing-{f}" for f in landing] + [CACHE / f"value-{k}-{s}" for s in seeds
                                                          for k in ("macs", "latency")]  # fmt: skip
-    missing = [r for r in runs if not (r / "export" / "model.onnx").is_file()]
-    if missing:
-        raise SystemExit(f"train first (--part training): {', '.join(str(m) for m in missing)}")
+    if not runs:
+        raise SystemExit("train first (--part training)")
     files = [r / "export" / "model.onnx" for r in runs]
     print(f"timing {len(files)} exported runs", flush=True)
     samples, _ = time_in_rounds(files, load_profile("x86-cpu"), "ort", (1,), 600, 20)
@@ -198,7 +205,7 @@ def part_measure(results: dict[str, Any]) -> None:
     measured = {r: (steady_ms(c), float(np.median(c))) for r, c in calls.items()}
     summaries = {r: json.loads((r / "summary.json").read_text()) for r in runs}
     results["landing"], results["value"] = [], []
-    for fraction in LANDING:
+    for fraction in landing:
         run = CACHE / f"landing-{fraction}"
         s, (ms, p50) = summaries[run], measured[run]
         results["landing"].append({
@@ -207,7 +214,7 @@ def part_measure(results: dict[str, Any]) -> None:
             "prediction_error": s["predicted_latency_ms"] / ms - 1, "val_acc": s["val_acc"],
             "mac_fraction": s["pruned_gmacs"] / s["dense_gmacs"], "target_met": s["target_met"],
         })  # fmt: skip
-    for seed in SEEDS:
+    for seed in seeds:
         row: dict[str, Any] = {"seed": seed}
         for kind in ("macs", "latency"):
             run = CACHE / f"value-{kind}-{seed}"
