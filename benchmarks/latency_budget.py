@@ -18,6 +18,7 @@ slow spells of seconds move the median of all calls by +-20 % between repeats, t
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import tempfile
@@ -30,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import environment, learned_like_plan, results_dir
-from devices.lut import measure_lut_alongside, steady_ms, time_in_rounds
+from devices.lut import all_calls, measure_lut, measure_lut_alongside, steady_ms
 from devices.profile import load_profile
 from export.compact import build_compact
 from export.onnx_io import simplify_onnx, torch2onnx
@@ -38,7 +39,7 @@ from export.probes import make_probes
 from hiap.cost import BlockStructure, Geometry, Structure, structure_macs
 from hiap.gated import describe_vit
 from hiap.latency import LatencyCost
-from hiap.lut import parse_lut, write_lut
+from hiap.lut import LatencyTable, parse_lut, read_lut, write_lut
 from hiap.models import create_model, data_config
 
 GEOMETRIES = {"builtin": ("hiap_vit_fmnist", 1000), "deit_tiny": ("deit_tiny_patch16_224", 300),
@@ -46,6 +47,8 @@ GEOMETRIES = {"builtin": ("hiap_vit_fmnist", 1000), "deit_tiny": ("deit_tiny_pat
 LANDING = (0.45, 0.55, 0.65, 0.8)  # latency targets as fractions of the dense model's predicted latency
 SEEDS = (0, 1, 2)
 CACHE = Path(tempfile.gettempdir()) / "hiap-latency-bench"
+CIFAR_CACHE = Path.home() / ".cache" / "hiap" / "cifar10"  # benchmarks/cifar10.py's unpacked images and splits
+CIFAR_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
 RESULTS = "latency_budget"
 
 
@@ -122,7 +125,7 @@ def part_prediction(results: dict[str, Any], repeat: int = 1) -> None:
             predicted, measured = cost.structure_ms(s), steady_ms(calls)
             results["prediction"].append({
                 "geometry": name, "repeat": repeat, "model": model, "structure": label, "predicted_ms": predicted,
-                "measured_ms": measured, "measured_p50_all_calls_ms": float(np.median(calls)),
+                "measured_ms": measured, "measured_p50_all_calls_ms": float(np.median(all_calls(calls))),
                 "error": predicted / measured - 1, "mac_fraction": structure_macs(geom, s) / geom.dense_macs,
                 "latency_fraction": predicted / cost.dense,
             })  # fmt: skip
@@ -173,59 +176,115 @@ def _builtin_dense_ms(results: dict[str, Any]) -> float:
                 r["structure"] == "dense")  # fmt: skip
 
 
-def _predict_run(run: Path, summary: dict[str, Any]) -> float:
+def _predict_run(run: Path, summary: dict[str, Any], lut: Path | None = None,
+                 table: LatencyTable | None = None) -> float:  # fmt: skip
+    """The table's latency (ms) of a run's exported network: `table`, else the one at `lut`, else the built-in's."""
     from export.plan import read_plan_json, structure_from_dict
-    from hiap.lut import read_lut
 
-    vit = create_model(summary["model"])
+    vit = create_model(summary["model"], model_kwargs=summary.get("model_kwargs") or {})
     geom = describe_vit(vit)
     structure = structure_from_dict(read_plan_json(run / "export" / "plan.json")["blocks"], geom)
-    return LatencyCost(read_lut(_builtin_lut()), geom, summary["model"]).structure_ms(structure)
+    table = table or read_lut(lut or _builtin_lut())
+    return LatencyCost(table, geom, summary["model"]).structure_ms(structure)
+
+
+def part_cifar(data: Path) -> None:
+    """The value comparison on the CIFAR-10 CPU setting (benchmarks/cifar10.py): its committed dense start, its
+    table measured here, and for 3 seeds the default MAC-targeted run at 50 % beside a latency-targeted run whose
+    target is the table's latency of the MAC run's network; 2 epochs x 45,000 images each, top-1 on CIFAR-10's
+    official test split (no choice is made on it: the latency recipe is the one chosen on the built-in data)."""
+    import cifar10
+
+    spec, folder = cifar10.SETTINGS["cpu"], CACHE / "cifar"
+    roots = cifar10.prepare(data, CIFAR_CACHE)
+    weights, _ = cifar10.dense_start("cpu", roots, CIFAR_CACHE)
+    lut = folder / "lut.json"
+    if not lut.is_file():
+        if not (folder / "probes" / "probes.json").is_file():
+            make_probes(spec["model"], spec["model_kwargs"], folder / "probes")
+        print("cifar: timing its table", flush=True)  # the machine should be quiet for this
+        write_lut(lut, measure_lut(folder / "probes", load_profile("x86-cpu"), iterations=1000, warmup=10))
+    common = {"model": spec["model"], "model_kwargs": spec["model_kwargs"], "data": str(roots["test"]),
+              "pretrained": str(weights), "workers": 0, **spec["prune"]}  # fmt: skip
+    for seed in SEEDS:
+        print(f"cifar: seed {seed}", flush=True)
+        mac = _train_and_export(folder / f"value-macs-{seed}", target_macs="0.5", seed=seed, **common)
+        target = round(_predict_run(folder / f"value-macs-{seed}", mac, lut), 4)
+        _train_and_export(folder / f"value-latency-{seed}", target_latency_ms=target, lut=str(lut), seed=seed,
+                          **common)  # fmt: skip
 
 
 def part_measure(results: dict[str, Any]) -> None:
-    """Every exported run timed in the same rounds, alternating (the machine quiet), then the landing and value
-    records."""
+    """One measuring pass (appended, earlier passes kept): every exported run timed in the same rounds as its
+    table's probes, timed again, alternating, with the machine quiet. Landing is the measured latency against the
+    target; value the top-1 at (nearly) equal measured latency. The re-timed table tells drift of the machine since
+    the training table was timed (its dense prediction moves) from error of the table (its prediction of the run)."""
 
     def exported(run: Path) -> bool:
         return (run / "export" / "model.onnx").is_file()
 
-    # Whatever training has finished: every landing target, and the seeds whose two value runs both exported
-    # (a later --part measure, after --part training resumed, times them all again).
-    landing = [f for f in LANDING if exported(CACHE / f"landing-{f}")]
-    seeds = [s for s in SEEDS if all(exported(CACHE / f"value-{k}-{s}") for k in ("macs", "latency"))]
-    runs = [CACHE / f"landing-{f}" for f in landing] + [CACHE / f"value-{k}-{s}" for s in seeds
-                                                         for k in ("macs", "latency")]  # fmt: skip
-    if not runs:
-        raise SystemExit("train first (--part training)")
-    files = [r / "export" / "model.onnx" for r in runs]
-    print(f"timing {len(files)} exported runs", flush=True)
-    samples, _ = time_in_rounds(files, load_profile("x86-cpu"), "ort", (1,), 600, 20)
-    calls = {r: samples[(1, f)] for r, f in zip(runs, files, strict=True)}
-    measured = {r: (steady_ms(c), float(np.median(c))) for r, c in calls.items()}
-    summaries = {r: json.loads((r / "summary.json").read_text()) for r in runs}
-    results["landing"], results["value"] = [], []
-    for fraction in landing:
-        run = CACHE / f"landing-{fraction}"
-        s, (ms, p50) = summaries[run], measured[run]
-        results["landing"].append({
-            "fraction": fraction, "target_ms": s["target_latency_ms"], "predicted_ms": s["predicted_latency_ms"],
-            "measured_ms": ms, "measured_p50_all_calls_ms": p50, "error_vs_target": ms / s["target_latency_ms"] - 1,
-            "prediction_error": s["predicted_latency_ms"] / ms - 1, "val_acc": s["val_acc"],
-            "mac_fraction": s["pruned_gmacs"] / s["dense_gmacs"], "target_met": s["target_met"],
-        })  # fmt: skip
-    for seed in seeds:
-        row: dict[str, Any] = {"seed": seed}
-        for kind in ("macs", "latency"):
-            run = CACHE / f"value-{kind}-{seed}"
-            s = summaries[run]
-            row[kind] = {"val_acc": s["val_acc"], "measured_ms": measured[run][0],
-                         "predicted_ms": _predict_run(run, s), "mac_fraction": s["pruned_gmacs"] / s["dense_gmacs"],
-                         "structure": _kept(s)}  # fmt: skip
-        row["target_ms"] = summaries[CACHE / f"value-latency-{seed}"]["target_latency_ms"]
-        row["dense_val_acc"] = summaries[CACHE / f"value-macs-{seed}"]["dense_val_acc"]
-        results["value"].append(row)
-    _save(results)
+    def value_runs(folder: Path) -> list[tuple[int, Path, Path]]:
+        return [(s, folder / f"value-macs-{s}", folder / f"value-latency-{s}") for s in SEEDS
+                if exported(folder / f"value-macs-{s}") and exported(folder / f"value-latency-{s}")]  # fmt: skip
+
+    # Whatever training has finished: a later pass, after more training, times them all again.
+    groups = {"builtin": ([CACHE / f"landing-{f}" for f in LANDING if exported(CACHE / f"landing-{f}")],
+                          value_runs(CACHE), _builtin_lut()),
+              "cifar10": ([], value_runs(CACHE / "cifar"), CACHE / "cifar" / "lut.json")}  # fmt: skip
+    if not any(landing or value for landing, value, _ in groups.values()):
+        raise SystemExit("train first (--part training, --part cifar)")
+    for key in ("landing", "value"):
+        for r in results[key]:
+            r.setdefault("pass", 1)  # the first pass timed only the runs (its table was timed ~2 h before)
+    n = 1 + max((r["pass"] for key in ("landing", "value") for r in results[key]), default=0)
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes")
+    for data, (landing, value, lut) in groups.items():
+        runs = landing + [run for _, *pair in value for run in pair]
+        if not runs:
+            continue
+        files = [r / "export" / "model.onnx" for r in runs]
+        print(f"pass {n}, {data}: timing {len(files)} exported runs with the table's probes", flush=True)
+        body, samples = measure_lut_alongside(lut.parent / "probes", load_profile("x86-cpu"), files, iterations=600,
+                                              warmup=10)  # fmt: skip
+        write_lut(lut.parent / f"lut-pass{n}.json", body)
+        retimed = parse_lut(body, f"pass {n}")
+        measured = {r: steady_ms(samples[(1, f)]) for r, f in zip(runs, files, strict=True)}
+        p50 = {r: float(np.median(all_calls(samples[(1, f)]))) for r, f in zip(runs, files, strict=True)}
+        summaries = {r: json.loads((r / "summary.json").read_text()) for r in runs}
+        # The machine's drift since the training table: the re-timed table's dense prediction over the first's.
+        drift = _predict_dense(retimed, summaries[runs[0]]) / _predict_dense(read_lut(lut), summaries[runs[0]])
+        for run in landing:
+            s, ms = summaries[run], measured[run]
+            again, target, predicted = (
+                _predict_run(run, s, table=retimed),
+                s["target_latency_ms"],
+                s["predicted_latency_ms"],
+            )
+            results["landing"].append({
+                "pass": n, "timed": when, "fraction": float(run.name.split("-")[1]), "target_ms": target,
+                "predicted_ms": predicted, "measured_ms": ms, "measured_p50_all_calls_ms": p50[run],
+                "error_vs_target": ms / target - 1, "prediction_error": predicted / ms - 1,
+                "retimed_predicted_ms": again, "retimed_prediction_error": again / ms - 1, "drift": drift,
+                "error_vs_drifted_target": ms / (drift * target) - 1, "val_acc": s["val_acc"],
+                "mac_fraction": s["pruned_gmacs"] / s["dense_gmacs"], "target_met": s["target_met"],
+            })  # fmt: skip
+        for seed, *pair in value:
+            row: dict[str, Any] = {"pass": n, "timed": when, "data": data, "seed": seed, "drift": drift}
+            for kind, run in zip(("macs", "latency"), pair, strict=True):
+                s = summaries[run]
+                row[kind] = {"val_acc": s["val_acc"], "measured_ms": measured[run],
+                             "predicted_ms": _predict_run(run, s, lut),
+                             "retimed_predicted_ms": _predict_run(run, s, table=retimed),
+                             "mac_fraction": s["pruned_gmacs"] / s["dense_gmacs"], "structure": _kept(s)}  # fmt: skip
+            row["target_ms"] = summaries[pair[1]]["target_latency_ms"]
+            row["dense_val_acc"] = summaries[pair[0]]["dense_val_acc"]
+            results["value"].append(row)
+        _save(results)
+
+
+def _predict_dense(table: LatencyTable, summary: dict[str, Any]) -> float:
+    vit = create_model(summary["model"], model_kwargs=summary.get("model_kwargs") or {})
+    return LatencyCost(table, describe_vit(vit), summary["model"]).dense
 
 
 def _kept(summary: dict[str, Any]) -> dict[str, Any]:
@@ -252,25 +311,48 @@ def part_report(results: dict[str, Any]) -> None:
         where = f"{worst['error']:+.1%} ({worst['geometry']}, {worst['structure']})"
         lines += ["", f"Pass {repeat}: median |error| {median:.1%} over {len(rows)} structures; worst {where}."]
     lines += ["", "## Landing (built-in model, default recipe, seed 0)", "",
-              "| target ms | predicted ms | measured ms | measured vs target | MACs | val top-1 |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+              "Every measuring pass is kept. From pass 2 the table's probes are timed again in the same rounds as the "
+              "networks: 'drift' is that table's dense prediction over the training table's (how much the machine "
+              "moved since), 'vs drifted target' the measured latency against the target scaled by it, 're-timed "
+              "error' the re-timed table's prediction of the network against its measurement.", "",
+              "| pass | timed | target ms | predicted ms | measured ms | measured vs target | drift "
+              "| vs drifted target | re-timed error | MACs | val top-1 |", "|---" * 11 + "|"]  # fmt: skip
     for r in results["landing"]:
-        lines.append(f"| {r['target_ms']:.4f} | {r['predicted_ms']:.4f} | {r['measured_ms']:.4f} | "
-                     f"{r['error_vs_target']:+.1%} | {r['mac_fraction']:.2f} | {r['val_acc']:.4f} |")  # fmt: skip
-    lines += ["", "## Value: latency-targeted vs MAC-targeted at equal measured latency (built-in model)", "",
-              "| seed | MAC run: ms / top-1 / MACs | latency run: ms / top-1 / MACs | top-1 difference (pp) |",
-              "|---|---|---|---|"]  # fmt: skip
-    for r in results["value"]:
-        m, t = r["macs"], r["latency"]
-        lines.append(f"| {r['seed']} | {m['measured_ms']:.4f} / {m['val_acc']:.4f} / {m['mac_fraction']:.2f} | "
-                     f"{t['measured_ms']:.4f} / {t['val_acc']:.4f} / {t['mac_fraction']:.2f} | "
-                     f"{100 * (t['val_acc'] - m['val_acc']):+.2f} |")  # fmt: skip
-    if results["value"]:
-        diffs = [100 * (r["latency"]["val_acc"] - r["macs"]["val_acc"]) for r in results["value"]]
-        lines += ["", f"Mean top-1 difference (latency - MACs): {np.mean(diffs):+.2f} pp over {len(diffs)} seeds."]
+        extra = (f"{r['drift']:.3f} | {r['error_vs_drifted_target']:+.1%} | {r['retimed_prediction_error']:+.1%}"
+                 if "drift" in r else "- | - | -")  # fmt: skip
+        lines.append(f"| {r.get('pass', 1)} | {r.get('timed', '-')} | {r['target_ms']:.4f} | {r['predicted_ms']:.4f} | "
+                     f"{r['measured_ms']:.4f} | {r['error_vs_target']:+.1%} | {extra} | {r['mac_fraction']:.2f} | "
+                     f"{r['val_acc']:.4f} |")  # fmt: skip
+    for data, title in (("builtin", "built-in model, its held-out split"),
+                        ("cifar10", "CIFAR-10 CPU setting, official test split")):  # fmt: skip
+        rows = _latest(r for r in results["value"] if r.get("data", "builtin") == data)
+        if not rows:
+            continue
+        lines += ["", f"## Value: latency-targeted vs MAC-targeted at equal measured latency ({title})", "",
+                  f"Measuring pass {rows[0].get('pass', 1)} ({rows[0].get('timed', '-')}).", "",
+                  "| seed | MAC run: ms / top-1 / MACs | latency run: ms / top-1 / MACs | top-1 difference (pp) |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for r in rows:
+            m, t = r["macs"], r["latency"]
+            lines.append(f"| {r['seed']} | {m['measured_ms']:.4f} / {m['val_acc']:.4f} / {m['mac_fraction']:.2f} | "
+                         f"{t['measured_ms']:.4f} / {t['val_acc']:.4f} / {t['mac_fraction']:.2f} | "
+                         f"{100 * (t['val_acc'] - m['val_acc']):+.2f} |")  # fmt: skip
+        diffs = [100 * (r["latency"]["val_acc"] - r["macs"]["val_acc"]) for r in rows]
+        ms = [r["latency"]["measured_ms"] / r["macs"]["measured_ms"] - 1 for r in rows]
+        lines += ["", f"Mean top-1 difference (latency - MACs): {np.mean(diffs):+.2f} pp over {len(diffs)} seeds; "
+                  f"the latency run's measured latency {np.mean(ms):+.1%} against the MAC run's (mean)."]  # fmt: skip
     (results_dir() / f"{RESULTS}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(results)
+
+
+def _latest(rows: Any) -> list[dict[str, Any]]:
+    """The value records of the latest measuring pass that timed each seed, by seed."""
+    by_seed: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        if r["seed"] not in by_seed or r.get("pass", 1) >= by_seed[r["seed"]].get("pass", 1):
+            by_seed[r["seed"]] = r
+    return [by_seed[s] for s in sorted(by_seed)]
 
 
 def _plot(results: dict[str, Any]) -> None:
@@ -279,7 +361,7 @@ def _plot(results: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax1, *value_axes) = plt.subplots(1, 3, figsize=(15, 4.2))
     for name in GEOMETRIES:
         rows = [r for r in results["prediction"] if r["geometry"] == name]
         if rows:
@@ -292,24 +374,32 @@ def _plot(results: dict[str, Any]) -> None:
     ax1.set_ylabel("predicted ms (table)")
     ax1.set_title("prediction")
     ax1.legend(fontsize=8)
-    for kind, marker in (("macs", "s"), ("latency", "o")):
-        pts = [(r[kind]["measured_ms"], r[kind]["val_acc"]) for r in results["value"]]
-        if pts:
-            ax2.scatter(*zip(*pts, strict=True), marker=marker, label=f"{kind}-targeted (value runs)")
-    if results["landing"]:
-        ax2.scatter([r["measured_ms"] for r in results["landing"]], [r["val_acc"] for r in results["landing"]],
-                    marker="^", label="latency-targeted (landing runs)")  # fmt: skip
-    ax2.set_xlabel("measured ms (ORT CPU, batch 1)")
-    ax2.set_ylabel("val top-1")
-    ax2.set_title("built-in model: accuracy vs measured latency")
-    ax2.legend(fontsize=8)
+    last = max((r.get("pass", 1) for r in results["landing"]), default=1)
+    for ax, data, title in zip(value_axes, ("builtin", "cifar10"), ("built-in model", "CIFAR-10 CPU setting"),
+                               strict=True):  # fmt: skip
+        rows = _latest(r for r in results["value"] if r.get("data", "builtin") == data)
+        for kind, marker in (("macs", "s"), ("latency", "o")):
+            pts = [(r[kind]["measured_ms"], r[kind]["val_acc"]) for r in rows]
+            if pts:
+                ax.scatter(*zip(*pts, strict=True), marker=marker, label=f"{kind}-targeted (value runs)")
+        landing = [r for r in results["landing"] if r.get("pass", 1) == last] if data == "builtin" else []
+        if landing:
+            ax.scatter([r["measured_ms"] for r in landing], [r["val_acc"] for r in landing], marker="^",
+                       label="latency-targeted (landing runs)")  # fmt: skip
+        ax.set_xlabel("measured ms (ORT CPU, batch 1)")
+        ax.set_ylabel("top-1")
+        ax.set_title(f"{title}: accuracy vs measured latency")
+        if rows or landing:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(results_dir() / f"{RESULTS}.png", dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("prediction", "training", "measure", "report", "all"), default="all")
+    parser.add_argument("--part", choices=("prediction", "training", "cifar", "measure", "report", "all"),
+                        default="all")  # fmt: skip
+    parser.add_argument("--data", type=Path, default=CIFAR_ARCHIVE, help="cifar: the CIFAR-10 archive or root")
     parser.add_argument("--repeat", type=int, default=1, help="prediction: time the structures again (pass 2, 3..)")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -317,9 +407,12 @@ def main() -> None:
     results = _load()
     if args.part in ("prediction", "all"):
         part_prediction(results, args.repeat)
-    for part, fn in (("training", part_training), ("measure", part_measure)):
-        if args.part in (part, "all"):
-            fn(results)
+    if args.part in ("training", "all"):
+        part_training(results)
+    if args.part in ("cifar", "all"):
+        part_cifar(args.data)
+    if args.part in ("measure", "all"):
+        part_measure(results)
     part_report(results)
 
 

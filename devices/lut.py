@@ -4,9 +4,7 @@ and write the latency table (lut.json) that describes itself (torch-free)."""
 from __future__ import annotations
 
 import datetime
-import json
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,14 @@ from devices.host import detect_host
 from devices.profile import DeviceProfile
 from hiap import __version__
 from hiap.errors import HiapError
-from hiap.lut import LUT_SCHEMA, LUT_VERSION, parse_lut
+from hiap.jsonfile import read_json_object
+from hiap.lut import FIXED_PROBE, LUT_SCHEMA, LUT_VERSION, OVERHEAD_PROBE, attention_probe, ffn_probe, parse_lut
+from runtime.harness import time_calls
 
 # Probes are timed in rounds, every probe a share of its calls per round (see time_in_rounds).
 ROUNDS = 20
+# Samples of one file at one batch: the call latencies (ms) of each round, in round order.
+Rounds = list[list[float]]
 
 
 def read_manifest(probes: Path) -> dict[str, Any]:
@@ -28,11 +30,8 @@ def read_manifest(probes: Path) -> dict[str, Any]:
     if not path.is_file():
         raise HiapError(f"'{probes}' holds no probes.json: write a probe set with hiap profile --model M "
                         f"--probes-only {probes}.")  # fmt: skip
-    try:
-        body = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HiapError(f"'{path}' is not valid JSON ({exc}).") from None
-    if not isinstance(body, dict) or body.get("schema") != "hiap-probes" or not isinstance(body.get("probes"), list):
+    body = read_json_object(path, "Probe set")
+    if body.get("schema") != "hiap-probes" or not isinstance(body.get("probes"), list):
         raise HiapError(f"'{path}' is not a hiap probe set: write one with hiap profile --probes-only.")
     for probe in body["probes"]:
         file = probe.get("file") if isinstance(probe, dict) else None
@@ -41,8 +40,8 @@ def read_manifest(probes: Path) -> dict[str, Any]:
                             "folder to the device.")  # fmt: skip
     grid = body.get("grid")
     try:
-        wanted = {"overhead.onnx", "fixed.onnx"} | {f"ffn_k{k}.onnx" for k in grid["ffn_widths"]}
-        wanted |= {f"attn_h{h}_w{w}.onnx" for h in grid["heads"] for w in grid["value_widths"]}
+        wanted = {OVERHEAD_PROBE, FIXED_PROBE} | {ffn_probe(k) for k in grid["ffn_widths"]}
+        wanted |= {attention_probe(h, w) for h in grid["heads"] for w in grid["value_widths"]}
         listed = {p["file"] for p in body["probes"]}
         complete = all(k in body for k in ("model", "geometry", "align")) and wanted <= listed
     except (TypeError, KeyError):
@@ -53,60 +52,58 @@ def read_manifest(probes: Path) -> dict[str, Any]:
     return body
 
 
-def steady_ms(samples: list[float]) -> float:
-    """The device's steady latency: the median of the fastest round (samples in round order, ROUNDS rounds).
+def steady_ms(rounds: Rounds) -> float:
+    """The device's steady latency: the median of the fastest round.
 
     On a shared machine slow spells last seconds and raise every call in them alike; the median of all calls
     then depends on how many rounds a spell hit (measured: +-20 % between repeats on a 2-core VM), the fastest
     round's median does not (+-1 %). On a quiet device both agree."""
-    rounds = np.array_split(np.asarray(samples, dtype=np.float64), ROUNDS)
-    return float(min(np.median(r) for r in rounds if len(r)))
+    return float(min(np.median(r) for r in rounds if r))
 
 
-def _cell(samples: list[float]) -> dict[str, float]:
-    p50, p90 = (float(v) for v in np.percentile(np.asarray(samples), [50, 90]))
-    return {"ms": round(steady_ms(samples), 6), "p50": round(p50, 6), "p90": round(p90, 6)}
+def all_calls(rounds: Rounds) -> list[float]:
+    return [ms for r in rounds for ms in r]
+
+
+def _cell(rounds: Rounds) -> dict[str, float]:
+    p50, p90 = (float(v) for v in np.percentile(np.asarray(all_calls(rounds)), [50, 90]))
+    return {"ms": round(steady_ms(rounds), 6), "p50": round(p50, 6), "p90": round(p90, 6)}
 
 
 def time_in_rounds(files: list[Path], profile: DeviceProfile, runtime: str, batches: tuple[int, ...],
-                   iterations: int, warmup: int, progress: Any = None,
-                   ) -> tuple[dict[tuple[int, Path], list[float]], dict[str, Any]]:  # fmt: skip
-    """Single-call latencies (ms) of every file at every batch, `iterations` each, taken in ROUNDS rounds that time
-    every file in turn for its share of the calls, so that a slow spell of a shared machine (seconds long, up to
-    1.7x on a 2-core VM) falls on every file alike. One session is open at a time: the idle thread pool of another
-    open session spins and slows the one being timed. Returns the samples and the runner's describe()."""
-    per_round = -(-iterations // ROUNDS)
-    samples: dict[tuple[int, Path], list[float]] = {}
+                   iterations: int, warmup: int, progress: Any = None, rounds: int = ROUNDS,
+                   ) -> tuple[dict[tuple[int, Path], Rounds], dict[str, Any]]:  # fmt: skip
+    """Single-call latencies (ms) of every file at every batch, `iterations` each, taken in `rounds` rounds that
+    time every file in turn for its share of the calls, so that a slow spell of a shared machine (seconds long, up
+    to 1.7x on a 2-core VM) falls on every file alike. One session is open at a time: the idle thread pool of
+    another open session spins and slows the one being timed. Returns the samples and the runner's describe()."""
+    per_round = -(-iterations // rounds)
+    samples: dict[tuple[int, Path], Rounds] = {}
     describe: dict[str, Any] = {}
-    for r in range(ROUNDS):
+    for r in range(rounds):
         for path in files:
             with open_runner(path, profile, runtime) as runner:
                 describe = runner.describe()
                 for b in batches:
-                    feeds = random_feeds(runner, b)
-                    for _ in range(warmup):  # a new session each round: its first calls allocate
-                        runner.infer(feeds)
-                    out = samples.setdefault((b, path), [])
-                    for _ in range(per_round):
-                        t0 = time.perf_counter()
-                        runner.infer(feeds)
-                        out.append((time.perf_counter() - t0) * 1000.0)
+                    # A new session each round: its first `warmup` calls allocate.
+                    calls = time_calls(runner, random_feeds(runner, b), warmup, per_round)
+                    samples.setdefault((b, path), []).append(calls)
         if progress is not None:
-            progress(r + 1, ROUNDS)
+            progress(r + 1, rounds)
     return samples, describe
 
 
 def measure_lut(probes: Path, profile: DeviceProfile, runtime: str | None = None, iterations: int | None = None,
-                warmup: int | None = None, batches: tuple[int, ...] | None = None,
-                progress: Any = None) -> dict[str, Any]:  # fmt: skip
+                warmup: int | None = None, batches: tuple[int, ...] | None = None, progress: Any = None,
+                rounds: int = ROUNDS) -> dict[str, Any]:  # fmt: skip
     """Time every probe at each batch; returns the lut.json body (validated)."""
-    return measure_lut_alongside(probes, profile, [], runtime, iterations, warmup, batches, progress)[0]
+    return measure_lut_alongside(probes, profile, [], runtime, iterations, warmup, batches, progress, rounds)[0]
 
 
 def measure_lut_alongside(probes: Path, profile: DeviceProfile, others: list[Path], runtime: str | None = None,
                           iterations: int | None = None, warmup: int | None = None,
-                          batches: tuple[int, ...] | None = None, progress: Any = None,
-                          ) -> tuple[dict[str, Any], dict[tuple[int, Path], list[float]]]:  # fmt: skip
+                          batches: tuple[int, ...] | None = None, progress: Any = None, rounds: int = ROUNDS,
+                          ) -> tuple[dict[str, Any], dict[tuple[int, Path], Rounds]]:  # fmt: skip
     """measure_lut, with `others` (whole networks) timed in the same rounds, alternating with the probes: how a
     table's predictions are checked against measurements that saw the same machine. Returns the body and the
     samples of `others` by (batch, path)."""
@@ -114,25 +111,26 @@ def measure_lut_alongside(probes: Path, profile: DeviceProfile, others: list[Pat
     runtime, _ = resolve_runtime(profile, runtime)
     iterations = iterations if iterations is not None else profile.protocol.iterations
     warmup = warmup if warmup is not None else profile.protocol.warmup
-    if iterations < 1:
-        raise HiapError(f"--iterations must be >= 1, got {iterations}.")
+    for flag, value in (("--iterations", iterations), ("--rounds", rounds)):
+        if value < 1:
+            raise HiapError(f"{flag} must be >= 1, got {value}.")
     made = tuple(manifest.get("batches") or (1,))
     batches = tuple(sorted(set(batches or made)))
     if any(b != 1 for b in batches) and made == (1,):
         raise HiapError(f"The probes in '{probes}' have a fixed batch of 1; write them with --batch "
                         f"{' --batch '.join(str(b) for b in batches)} to measure other batches.")  # fmt: skip
     files = [probes / p["file"] for p in manifest["probes"]]
-    samples, describe = time_in_rounds(files + others, profile, runtime, batches, iterations, warmup, progress)
+    samples, describe = time_in_rounds(files + others, profile, runtime, batches, iterations, warmup, progress, rounds)
     grid = manifest["grid"]
     tables = {}
     for b in batches:
         cells = {p["file"]: _cell(samples[(b, probes / p["file"])]) for p in manifest["probes"]}
-        attention = [[cells[f"attn_h{h}_w{w}.onnx"] for w in grid["value_widths"]] for h in grid["heads"]]
+        attention = [[cells[attention_probe(h, w)] for w in grid["value_widths"]] for h in grid["heads"]]
         tables[str(b)] = {
-            "overhead": cells["overhead.onnx"],
-            "fixed": cells["fixed.onnx"],
+            "overhead": cells[OVERHEAD_PROBE],
+            "fixed": cells[FIXED_PROBE],
             "attention": attention,
-            "ffn": [cells[f"ffn_k{k}.onnx"] for k in grid["ffn_widths"]],
+            "ffn": [cells[ffn_probe(k)] for k in grid["ffn_widths"]],
         }
     host = detect_host()
     body = {
@@ -154,7 +152,7 @@ def measure_lut_alongside(probes: Path, profile: DeviceProfile, others: list[Pat
         "protocol": {
             "warmup": warmup,
             "iterations": iterations,
-            "rounds": ROUNDS,
+            "rounds": rounds,
             "statistic": "ms: median of the fastest round; p50/p90: of all calls",
         },
         "validated": runtime != "trt",

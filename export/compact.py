@@ -15,7 +15,6 @@ for every token layout (class token before or after the position embedding, regi
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from timm.layers import resample_abs_pos_embed
@@ -23,22 +22,20 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from hiap.cost import BlockStructure, Structure
+from hiap.cost import BlockStructure, Structure, emitted_width
 from hiap.errors import HiapError
 
 
-def emitted_width(block: BlockStructure, head_dim: int, align: int) -> int:
-    """The value width every kept head of `block` gets: the widest kept width rounded up to `align`, but never
-    past the original head width (padding beyond it would only add zero columns)."""
-    widest = max((len(v) for v in block.value_dims), default=0)
-    return min(int(math.ceil(widest / align) * align), head_dim) if widest else 0
+def block_width(block: BlockStructure, head_dim: int, align: int) -> int:
+    """The value width every kept head of `block` gets in the export (hiap.cost.emitted_width of its widest)."""
+    return emitted_width(max((len(v) for v in block.value_dims), default=0), head_dim, align)
 
 
 def padded_structure(structure: Structure, head_dim: int, align: int) -> Structure:
     """The structure the exporter emits (value widths padded), for counting its MACs and parameters."""
     blocks = []
     for b in structure.blocks:
-        dims = tuple(tuple(range(emitted_width(b, head_dim, align))) for _ in b.heads)
+        dims = tuple(tuple(range(block_width(b, head_dim, align))) for _ in b.heads)
         blocks.append(BlockStructure(heads=b.heads, value_dims=dims, ffn=b.ffn, neurons=b.neurons))
     return Structure(blocks=tuple(blocks))
 
@@ -105,7 +102,7 @@ def _compact_block(blk: nn.Module, plan: BlockStructure, align: int) -> CompactB
     big_h, dh = attn_src.num_heads, attn_src.head_dim
     attn = None
     if plan.heads:
-        width = emitted_width(plan, dh, align)
+        width = block_width(plan, dh, align)
         attn = CompactAttention(
             dim, len(plan.heads), dh, width, attn_src.qkv.bias is not None, attn_src.proj.bias is not None,
             copy.deepcopy(attn_src.q_norm), copy.deepcopy(attn_src.k_norm),

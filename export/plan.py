@@ -11,6 +11,7 @@ from typing import Any
 from hiap.atomic import write_json_atomic
 from hiap.cost import BlockStructure, Geometry, Structure, structure_macs, structure_params
 from hiap.errors import HiapError
+from hiap.jsonfile import read_json_object
 
 SCHEMA_VERSION = 1
 
@@ -132,13 +133,8 @@ def structure_from_dict(blocks: Any, geom: Geometry) -> Structure:
 
 
 def read_plan_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise HiapError(f"Plan '{path}' does not exist.")
-    try:
-        body = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HiapError(f"Plan '{path}' is not valid JSON ({exc}).") from None
-    if not isinstance(body, dict) or body.get("schema_version") != SCHEMA_VERSION:
+    body = read_json_object(path, "Plan")
+    if body.get("schema_version") != SCHEMA_VERSION:
         raise HiapError(f"Plan '{path}': expected a JSON object with schema_version {SCHEMA_VERSION}.")
     for key in ("model", "num_classes", "input_size", "mean", "std", "blocks"):
         if key not in body:

@@ -27,6 +27,7 @@ from hiap.atomic import write_json_atomic
 from hiap.cost import BlockStructure, Geometry
 from hiap.errors import HiapError
 from hiap.gated import describe_vit
+from hiap.lut import FIXED_PROBE, OVERHEAD_PROBE, attention_probe, ffn_probe
 from hiap.models import create_model, data_config
 
 MANIFEST = "probes.json"
@@ -96,16 +97,16 @@ def make_probes(model: str, model_kwargs: dict[str, Any], out: Path, align: int 
     compact = build_compact(vit, geom.dense_structure(), align)
     compact.vit.blocks = nn.Sequential()  # the network around the blocks
     probes: list[dict[str, Any]] = [
-        {"kind": "overhead", "file": "overhead.onnx", "module": _Copy(), "input": tokens},
-        {"kind": "fixed", "file": "fixed.onnx", "module": compact, "input": tuple(cfg["input_size"])},
+        {"kind": "overhead", "file": OVERHEAD_PROBE, "module": _Copy(), "input": tokens},
+        {"kind": "fixed", "file": FIXED_PROBE, "module": compact, "input": tuple(cfg["input_size"])},
     ]
     block = vit.blocks[0]
     for h in grid.heads:
         for w in grid.value_widths:
-            probes.append({"kind": "attention", "heads": h, "width": w, "file": f"attn_h{h}_w{w}.onnx",
+            probes.append({"kind": "attention", "heads": h, "width": w, "file": attention_probe(h, w),
                            "module": _branch(block, geom, h, w, 0, align, chain), "input": tokens})  # fmt: skip
     for k in grid.ffn_widths:
-        probes.append({"kind": "ffn", "neurons": k, "file": f"ffn_k{k}.onnx",
+        probes.append({"kind": "ffn", "neurons": k, "file": ffn_probe(k),
                        "module": _branch(block, geom, 0, 0, k, align, chain), "input": tokens})  # fmt: skip
     dynamic = any(b != 1 for b in batches)
     for i, probe in enumerate(probes):

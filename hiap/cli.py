@@ -312,6 +312,9 @@ def profile(
     runtime: str = typer.Option(None, help="CPU profiles: onnxruntime or openvino (default: the profile's)."),
     iterations: int = typer.Option(None, help="Timed calls per probe (default: the profile's protocol)."),
     warmup: int = typer.Option(None, help="Untimed calls per probe (default: the profile's protocol)."),
+    rounds: int = typer.Option(
+        20, help="Rounds the calls are split into, every probe timed once per round (fewer: faster, on a quiet board)."
+    ),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Measure another device's profile here."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out table."),
 ) -> None:
@@ -339,17 +342,8 @@ def profile(
     with tempfile.TemporaryDirectory(prefix="hiap-probes-") as tmp:
         folder = probes
         if folder is None:
-            from export.probes import make_probes
-            from hiap.models import DEFAULT_MODEL, check_model_name, parse_model_kwargs
-
-            name = model or DEFAULT_MODEL
-            check_model_name(name)
-            kwargs = parse_model_kwargs(model_kwargs) if model_kwargs else {}
             folder = probes_only or Path(tmp)
-            with console.status("writing probes") as status:
-                manifest = make_probes(name, kwargs, folder, align=align, ffn_step=ffn_step, batches=batches,
-                                       chain=chain,
-                                       progress=lambda i, n: status.update(f"writing probes {i}/{n}"))  # fmt: skip
+            manifest = _write_probes(model, model_kwargs, folder, align, ffn_step, batches, chain, console)
             if probes_only is not None:
                 console.print(f"wrote {len(manifest['probes'])} probes to {folder}: copy the folder to the device and "
                               f"run hiap profile --probes {folder} --device NAME there")  # fmt: skip
@@ -360,7 +354,7 @@ def profile(
         assert target is not None
         with console.status("timing probes") as status:
             body = measure_lut(folder, target.profile, runtime=runtime, iterations=iterations, warmup=warmup,
-                               batches=batches if batch or probes is None else None,
+                               batches=batches if batch or probes is None else None, rounds=rounds,
                                progress=lambda i, n: status.update(f"timing probes: round {i}/{n}"))  # fmt: skip
         if target.mismatch:
             body["measured_elsewhere"] = target.mismatch
@@ -371,6 +365,20 @@ def profile(
                   f"{', '.join(str(b) for b in sorted(table.tables))}")  # fmt: skip
     if not body.get("validated", True):
         console.print(f"[yellow]note:[/] {body['note']}")
+
+
+def _write_probes(model: str | None, model_kwargs: list[str] | None, folder: Path, align: int, ffn_step: int,
+                  batches: tuple[int, ...], chain: int, console: Any) -> dict[str, Any]:  # fmt: skip
+    """The probe set of a model geometry written to `folder` (hiap profile's workstation side); its manifest."""
+    from export.probes import make_probes
+    from hiap.models import DEFAULT_MODEL, check_model_name, parse_model_kwargs
+
+    name = model or DEFAULT_MODEL
+    check_model_name(name)
+    kwargs = parse_model_kwargs(model_kwargs) if model_kwargs else {}
+    with console.status("writing probes") as status:
+        return make_probes(name, kwargs, folder, align=align, ffn_step=ffn_step, batches=batches, chain=chain,
+                           progress=lambda i, n: status.update(f"writing probes {i}/{n}"))  # fmt: skip
 
 
 def _is_lut(path: Path) -> bool:

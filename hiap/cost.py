@@ -22,8 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TypeVar
 
 import torch
+
+WidthT = TypeVar("WidthT", int, torch.Tensor)
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,14 @@ class BlockStructure:
 @dataclass(frozen=True)
 class Structure:
     blocks: tuple[BlockStructure, ...]
+
+
+def emitted_width(widest: WidthT, head_dim: int, align: int) -> WidthT:
+    """The value width the exporter gives every kept head of a block whose widest kept head keeps `widest` dims:
+    rounded up to `align`, but never past the head width (padding beyond it would only add zero columns). For an
+    int, or elementwise for a tensor of widths (the latency model prices the export layout with it)."""
+    padded = -(-widest // align) * align  # ceiling division for ints and tensors alike; 0 stays 0
+    return padded.clamp(max=head_dim) if isinstance(padded, torch.Tensor) else min(padded, head_dim)
 
 
 def block_macs(geom: Geometry, block: BlockStructure) -> int:

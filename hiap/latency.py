@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from hiap.cost import ExpectedCost, Geometry, Structure
+from hiap.cost import ExpectedCost, Geometry, Structure, emitted_width
 from hiap.gated import Floors, Masks
 from hiap.lut import Cell, LatencyTable
 
@@ -136,8 +136,8 @@ class LatencyCost:
         """Latency per block of the exported layout: `heads` kept, value widths padded from the widest kept one
         to a multiple of align (at most the head width), `neurons` kept (0: no FFN)."""
         t = self._on(heads)
-        emitted = torch.clamp(torch.ceil(widest / self.align) * self.align, max=self.geometry.head_dim)
-        attention = torch.where(heads > 0, interp2(heads, emitted, t.heads, t.widths, t.attention), 0.0)
+        width = emitted_width(widest, self.geometry.head_dim, self.align)
+        attention = torch.where(heads > 0, interp2(heads, width, t.heads, t.widths, t.attention), 0.0)
         ffn = torch.where(neurons > 0, interp1(neurons, t.ffn_widths, t.ffn), 0.0)
         return attention + ffn
 

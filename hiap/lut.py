@@ -10,11 +10,22 @@ from pathlib import Path
 from typing import Any
 
 from hiap.errors import HiapError
+from hiap.jsonfile import read_json_object
 
 LUT_SCHEMA = "hiap-lut"
 LUT_VERSION = 1
 # The shapes a table must agree on with the model it prices (hiap.cost.Geometry's names).
 GEOMETRY_KEYS = ("num_tokens", "dim", "depth", "num_heads", "head_dim", "hidden")
+# The probe files of a probe set (written by export/probes.py, timed by devices/lut.py).
+OVERHEAD_PROBE, FIXED_PROBE = "overhead.onnx", "fixed.onnx"
+
+
+def attention_probe(heads: int, width: int) -> str:
+    return f"attn_h{heads}_w{width}.onnx"
+
+
+def ffn_probe(neurons: int) -> str:
+    return f"ffn_k{neurons}.onnx"
 
 
 @dataclass(frozen=True)
@@ -203,10 +214,4 @@ def parse_lut(body: Any, path: str = "") -> LatencyTable:
 
 def read_lut(path: Path) -> LatencyTable:
     path = Path(path)
-    if not path.is_file():
-        raise HiapError(f"Latency table '{path}' does not exist: measure one with hiap profile.")
-    try:
-        body = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HiapError(f"Latency table '{path}' is not valid JSON ({exc}).") from None
-    return parse_lut(body, str(path))
+    return parse_lut(read_json_object(path, "Latency table", "measure one with hiap profile"), str(path))

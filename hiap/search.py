@@ -41,10 +41,13 @@ class Budget:
     """What a budgeted run's penalty and controller count: analytical MACs, or the latency a device's measured
     table predicts (ms). `dense` and `target` are in that unit; the controller works in fractions of dense."""
 
-    kind: str  # "macs" or "latency"
     dense: float
     target: float
     latency: LatencyCost | None = None
+
+    @property
+    def kind(self) -> str:
+        return "macs" if self.latency is None else "latency"
 
     def expected(self, gated: GatedViT) -> ExpectedCost:
         if self.latency is None:
@@ -77,7 +80,7 @@ def make_budget(cfg: TrainConfig, target: Target, geometry: Geometry, floors: Fl
     if not cfg.target_latency_ms:
         macs = target.resolve(geometry.dense_macs)
         check_target(geometry, floors, macs, ffn_blocks_removable=cfg.ffn_block_gates)
-        return Budget("macs", float(geometry.dense_macs), float(macs))
+        return Budget(float(geometry.dense_macs), float(macs))
     from hiap.lut import read_lut
 
     cost = LatencyCost(read_lut(lut or Path(cfg.lut)), geometry, cfg.model, cfg.latency_batch)
@@ -93,7 +96,7 @@ def make_budget(cfg: TrainConfig, target: Target, geometry: Geometry, floors: Fl
             "lower k_min / min_value_frac / min_neuron_frac"
             + ("." if cfg.ffn_block_gates else " (or let FFN blocks be removed: ffn_block_gates: true).")
         )
-    return Budget("latency", dense, want, cost)
+    return Budget(dense, want, cost)
 
 
 class PlainRun:
@@ -104,7 +107,7 @@ class PlainRun:
     def __init__(self, vit: nn.Module, geometry: Geometry) -> None:
         self.vit, self.geometry = vit, geometry
         self.target_macs = geometry.dense_macs
-        self.budget = Budget("macs", float(geometry.dense_macs), float(geometry.dense_macs))
+        self.budget = Budget(float(geometry.dense_macs), float(geometry.dense_macs))
 
     @property
     def core(self) -> nn.Module:
@@ -174,8 +177,6 @@ class GateSearch:
         self.cfg, self.geometry, self.schedule = cfg, geometry, schedule
         floors = Floors(cfg.k_min, cfg.min_value_frac, cfg.min_neuron_frac)
         self.budget = make_budget(cfg, target, geometry, floors, lut)
-        # The MAC target of a MAC budget; a latency budget has none (its figures are the pruned MACs).
-        self.target_macs = round(self.budget.target) if self.budget.kind == "macs" else None
         self.gated = GatedViT(vit, floors=floors, gate_init=cfg.gate_init).to(device)
         if not cfg.ffn_block_gates:
             # Fixed open: keep probability 1 - 5e-5, so a sample drops a block about once in 20,000 steps and the
@@ -195,6 +196,11 @@ class GateSearch:
         self.trace: list[list[float]] = []  # [step, tau, expected, hard, reference] (fractions of dense)
         # Hard cost of the current gates (fraction of dense), refreshed after every optimizer step.
         self.hard_fraction = self._fraction(float(self.budget.hard(self.gated)))
+
+    @property
+    def target_macs(self) -> int | None:
+        """The MAC target of a MAC budget; a latency budget has none (its figures are the pruned MACs)."""
+        return round(self.budget.target) if self.budget.kind == "macs" else None
 
     @property
     def core(self) -> nn.Module:

@@ -57,6 +57,15 @@ def random_feeds(runner: Runner, batch: int, seed: int = 0) -> dict[str, np.ndar
 def measure_latency(runner: Runner, feeds: dict[str, np.ndarray], warmup: int = 20, iterations: int = 200,
                     min_seconds: float = 0.0) -> Latency:  # fmt: skip
     """Time `iterations` calls after `warmup`, continuing until min_seconds have passed; every call is kept."""
+    samples = time_calls(runner, feeds, warmup, iterations, min_seconds)
+    batch = next(iter(feeds.values())).shape[0]
+    return latency_stats(samples, batch, warmup)
+
+
+def time_calls(runner: Runner, feeds: dict[str, np.ndarray], warmup: int, iterations: int,
+               min_seconds: float = 0.0) -> list[float]:  # fmt: skip
+    """The latency (ms) of each of `iterations` calls after `warmup` untimed ones, continuing until min_seconds
+    have passed."""
     for _ in range(warmup):
         runner.infer(feeds)
     samples: list[float] = []
@@ -65,8 +74,7 @@ def measure_latency(runner: Runner, feeds: dict[str, np.ndarray], warmup: int = 
         t0 = time.perf_counter()
         runner.infer(feeds)
         samples.append((time.perf_counter() - t0) * 1000.0)
-    batch = next(iter(feeds.values())).shape[0]
-    return latency_stats(samples, batch, warmup)
+    return samples
 
 
 def interleaved_latency(runners: dict[str, Runner], feeds: dict[str, dict[str, np.ndarray]], warmup: int,

@@ -4,7 +4,6 @@ the sidecar JSON."""
 from __future__ import annotations
 
 import hashlib
-import json
 import shlex
 import sys
 import time
@@ -14,6 +13,7 @@ from typing import Any
 from hiap import __version__
 from hiap.atomic import write_bytes_atomic, write_json_atomic
 from hiap.errors import HiapError
+from hiap.jsonfile import read_json_object
 from runtime.trt_env import NOT_VALIDATED, cudart, gpu_name, import_tensorrt
 
 # Where JetPack installs trtexec (it is not on PATH there).
@@ -207,10 +207,4 @@ def read_sidecar(engine_path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise HiapError(f"Engine '{engine_path}' has no sidecar '{path.name}': it is incomplete or not from hiap; "
                         "rebuild it from the .onnx.")  # fmt: skip
-    try:
-        body = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HiapError(f"Engine sidecar '{path}' is not valid JSON ({exc}).") from None
-    if not isinstance(body, dict):
-        raise HiapError(f"Engine sidecar '{path}' must hold a JSON object.")
-    return body
+    return read_json_object(path, "Engine sidecar")

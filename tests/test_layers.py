@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("hiap", "export", "runtime", "devices")
 # The torch-free base every part may import (docs/architecture.md names the same modules).
-BASE = frozenset({"hiap", "hiap.errors", "hiap.atomic", "hiap.builtin_data", "hiap.lut"})
+BASE = frozenset({"hiap", "hiap.errors", "hiap.atomic", "hiap.jsonfile", "hiap.builtin_data", "hiap.lut"})
 # The one module that ties the four parts together, and `python -m hiap`, which only starts it.
 CLI = frozenset({"hiap.cli", "hiap.__main__"})
 # Import names of the train extra: what the device install does not have.

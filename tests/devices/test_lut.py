@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devices.lut import ROUNDS, steady_ms
+from devices.lut import ROUNDS, all_calls, steady_ms
 
-SMALL = ["--model", "hiap_vit_fmnist_tiny", "--ffn-step", "64", "--iterations", "40", "--warmup", "2"]
+SMALL = ["--model", "hiap_vit_fmnist_tiny", "--ffn-step", "64", "--iterations", "40", "--warmup", "2", "--rounds", "5"]
 
 
 def test_steady_latency_is_the_median_of_the_fastest_round() -> None:
@@ -20,9 +20,9 @@ def test_steady_latency_is_the_median_of_the_fastest_round() -> None:
     rounds = [rng.normal(1.0, 0.01, 10) for _ in range(ROUNDS)]
     for i in range(0, ROUNDS, 2):  # a slow spell over every other round: the median of all calls moves with it
         rounds[i] = rounds[i] * 1.7
-    samples = np.concatenate(rounds).tolist()
+    samples = [r.tolist() for r in rounds]
     assert steady_ms(samples) == pytest.approx(min(float(np.median(r)) for r in rounds))
-    assert abs(steady_ms(samples) - 1.0) < 0.02 < abs(float(np.median(samples)) - 1.0)
+    assert abs(steady_ms(samples) - 1.0) < 0.02 < abs(float(np.median(all_calls(samples))) - 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_profile_writes_a_self_describing_table(lut: Path) -> None:
     assert body["geometry"] == {"num_tokens": 17, "dim": 64, "depth": 4, "num_heads": 4, "head_dim": 16,
                                 "hidden": 256}  # fmt: skip
     assert body["threads"] == {"intra_op_threads": 2, "inter_op_threads": 1}
-    assert body["protocol"]["iterations"] == 40 and body["validated"] is True
+    assert body["protocol"]["iterations"] == 40 and body["protocol"]["rounds"] == 5 and body["validated"] is True
     for key in ("host", "runner", "date", "hiap_version", "model_kwargs"):
         assert key in body
     cells = table.at(1)
@@ -93,6 +93,8 @@ def test_probes_made_on_one_side_are_measured_on_the_other(tmp_path: Path, cli) 
     code, text = cli(["profile", "--probes", str(probes), "--out", str(tmp_path / "lut.json")])
     assert code == 2 and "exists: pass --force" in text
     assert (tmp_path / "lut.json").read_bytes() == before
+    code, text = cli(["profile", "--probes", str(probes), "--rounds", "0", "--out", str(tmp_path / "other.json")])
+    assert code == 2 and "--rounds must be >= 1, got 0" in text and not (tmp_path / "other.json").exists()
     (probes / "ffn_k128.onnx").unlink()
     code, text = cli(["profile", "--probes", str(probes), "--out", str(tmp_path / "other.json")])
     assert code == 2 and "'ffn_k128.onnx' that is missing" in text
@@ -203,8 +205,9 @@ def test_a_tensorrt_table_is_labelled_not_validated(tmp_path: Path, monkeypatch:
                 "batches": [1], "probes": probes}  # fmt: skip
     (tmp_path / "probes.json").write_text(json.dumps(manifest))
 
-    def fake_time(files, profile, runtime, batches, iterations, warmup, progress=None):
-        return {(1, f): [1.0 + i] * ROUNDS for i, f in enumerate(files)}, {"runtime": "tensorrt", "version": "10.3"}
+    def fake_time(files, profile, runtime, batches, iterations, warmup, progress=None, rounds=ROUNDS):
+        samples = {(1, f): [[1.0 + i]] * rounds for i, f in enumerate(files)}
+        return samples, {"runtime": "tensorrt", "version": "10.3"}
 
     monkeypatch.setattr(lut_mod, "time_in_rounds", fake_time)
     body = lut_mod.measure_lut(tmp_path, load_profile("jetson-orin-nano"), iterations=ROUNDS, warmup=0)

@@ -56,7 +56,7 @@ def test_hand_edited_plan_errors_name_block_and_field(edit, message: str) -> Non
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("text, message", [("{", "not valid JSON"), ("[]", "schema_version"),
+@pytest.mark.parametrize("text, message", [("{", "not valid JSON"), ("[]", "must hold a JSON object, not list"),
                                            ('{"schema_version": 1}', "missing field 'model'")])  # fmt: skip
 def test_unreadable_plan_files(tmp_path: Path, text: str, message: str) -> None:
     f = tmp_path / "plan.json"
