@@ -99,10 +99,13 @@ def _export(vit: torch.nn.Module, structure: Structure, input_size: tuple[int, .
     return path
 
 
-def part_prediction(results: dict[str, Any], repeat: int = 1) -> None:
-    """`repeat` 2, 3, ...: the same probes and structures timed again (a new table from the new probe timings)."""
+def part_prediction(results: dict[str, Any], repeat: int = 1, only: list[str] | None = None) -> None:
+    """`repeat` 2, 3, ...: the same probes and structures timed again (a new table from the new probe timings);
+    `only`: these geometries."""
     profile = load_profile("x86-cpu")
     for name, (model, iterations) in GEOMETRIES.items():
+        if only and name not in only:
+            continue
         if any(r["geometry"] == name and r.get("repeat", 1) == repeat for r in results["prediction"]):
             continue
         folder = CACHE / name
@@ -401,12 +404,13 @@ def main() -> None:
                         default="all")  # fmt: skip
     parser.add_argument("--data", type=Path, default=CIFAR_ARCHIVE, help="cifar: the CIFAR-10 archive or root")
     parser.add_argument("--repeat", type=int, default=1, help="prediction: time the structures again (pass 2, 3..)")
+    parser.add_argument("--geometry", nargs="+", choices=tuple(GEOMETRIES), help="prediction: only these")
     args = parser.parse_args()
     torch.set_num_threads(2)
     CACHE.mkdir(parents=True, exist_ok=True)
     results = _load()
     if args.part in ("prediction", "all"):
-        part_prediction(results, args.repeat)
+        part_prediction(results, args.repeat, args.geometry)
     if args.part in ("training", "all"):
         part_training(results)
     if args.part in ("cifar", "all"):

@@ -490,7 +490,7 @@ def compare_prediction(meta: dict[str, str], profile: DeviceProfile, runner: Run
         return {"compared": False, "reason": f"the table has no cells at batch {latency.batch}"}
     return {"compared": True, "device": profile.name, "batch": latency.batch, "predicted_ms": ms,
             "measured_p50_ms": latency.p50, "error": latency.p50 / ms - 1.0, "table": pred.get("table"),
-            "validated": pred.get("validated", True)}  # fmt: skip
+            "validated": pred.get("validated", True), "measured_elsewhere": pred.get("measured_elsewhere")}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -240,7 +240,8 @@ def predicted_latency(src: Source, align: int, precision: str, lut: Path | None,
     ms = {str(b): round(LatencyCost(table, geom, src.model, b).structure_ms(src.structure), 6) for b in table.tables}
     return {"device": table.device, "runtime": table.runtime, "precision": table.precision,
             "threads": table.body.get("threads", {}), "align": table.align, "ms": ms, "table": table.digest,
-            "validated": bool(table.body.get("validated", True))}  # fmt: skip
+            "validated": bool(table.body.get("validated", True)),
+            **({"measured_elsewhere": table.measured_elsewhere} if table.measured_elsewhere else {})}  # fmt: skip
 
 
 def _calibration(src: Source, meta: dict[str, str], int8: Int8Options) -> Images | None:

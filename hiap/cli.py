@@ -246,7 +246,10 @@ def inspect(
     target: str = typer.Argument(..., help="timm model name, run directory, checkpoint, plan.json or .onnx."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Dense and pruned GMACs, params and the per-block structure."""
+    """Dense and pruned GMACs, params and the per-block structure; or a latency table (lut.json) as rows."""
+    if target.endswith(".json") and _is_lut(Path(target)):
+        _print_lut(Path(target), as_json)  # torch-free: a board reads the table it measured
+        return
     from hiap.inspect import inspect_target
 
     if target.endswith(".onnx"):
@@ -256,9 +259,6 @@ def inspect(
         typer.echo(json.dumps(report, indent=2) if as_json else
                    f"{report['model']} ({target}): {report['gmacs']:.5f} GMACs, {report['params']} params counted from "
                    f"the graph, {report['file_bytes'] / 1e6:.2f} MB, plan {report['plan_hash']}")  # fmt: skip
-        return
-    if target.endswith(".json") and _is_lut(Path(target)):
-        _print_lut(Path(target), as_json)
         return
     if target.endswith(".json"):
         from export.inspect import inspect_plan
@@ -403,6 +403,8 @@ def _print_lut(path: Path, as_json: bool) -> None:
     console.print(f"{path}: {lut.model} {lut.body.get('model_kwargs') or ''} on {lut.describe()}, align {lut.align}, "
                   f"measured {lut.body.get('date', '?')}" + ("" if lut.body.get("validated", True) else
                                                              " (TensorRT: not validated)"))  # fmt: skip
+    if lut.measured_elsewhere:
+        console.print(f"[yellow]warning:[/] not measured on {lut.device}: {lut.measured_elsewhere}")
     for batch, cells in sorted(lut.tables.items()):
         attn = Table(title=f"attention branch, ms (batch {batch}): kept heads x value width")
         attn.add_column("heads", justify="right")
@@ -653,6 +655,19 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _prediction_note(pred: dict[str, Any]) -> str:
+    """The latency table's prediction against the measured p50, with what qualifies it; or why it was not compared."""
+    if not pred["compared"]:
+        return f"latency prediction not compared: {pred['reason']}"
+    note = (f"latency table predicted {pred['predicted_ms']:.4g} ms, measured p50 {pred['measured_p50_ms']:.4g} ms "
+            f"({pred['error']:+.1%})")  # fmt: skip
+    if not pred["validated"]:
+        note += " (TensorRT tables: not validated)"
+    if pred.get("measured_elsewhere"):
+        note += f" (the table was not measured on this device: {pred['measured_elsewhere']})"
+    return note
+
+
 def print_bench(report: BenchReport) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -693,14 +708,8 @@ def print_bench(report: BenchReport) -> None:
         f = report.fidelity.comparison
         notes.append(f"fidelity vs golden ({report.fidelity.images} images): max abs {f.max_abs_diff:.2e}, "
                      f"top-1 agreement {f.top1_agreement:.0%}")  # fmt: skip
-    pred = report.prediction
-    if pred is not None:
-        notes.append(
-            f"latency table predicted {pred['predicted_ms']:.4g} ms, measured p50 {pred['measured_p50_ms']:.4g} ms "
-            f"({pred['error']:+.1%})" + ("" if pred["validated"] else " (TensorRT tables: not validated)")
-            if pred["compared"]
-            else f"latency prediction not compared: {pred['reason']}"
-        )
+    if report.prediction is not None:
+        notes.append(_prediction_note(report.prediction))
     if report.label:
         notes.append(report.label)
     notes += [f"protocol: {w}" for w in report.protocol_warnings]

@@ -96,6 +96,12 @@ class LatencyTable:
     def describe(self) -> str:
         return f"{self.device} ({self.runtime}, {self.precision}, {self.body.get('threads', {})})"
 
+    @property
+    def measured_elsewhere(self) -> str | None:
+        """Why the table's timings are not its device's (hiap profile --allow-mismatch, an emulator), or None."""
+        why = self.body.get("measured_elsewhere")
+        return str(why) if why else None
+
     def check_geometry(self, model: str, geometry: dict[str, int], what: str) -> None:
         """Refuse a table measured for other shapes than `what` has, naming the first field that differs."""
         for key in GEOMETRY_KEYS:

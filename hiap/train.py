@@ -256,6 +256,10 @@ class Trainer:
         if self.ckpt is not None:
             self._restore(self.ckpt)
         self.forward_model = self._wrap_for_ddp(self.search.core)
+        table = self.search.budget.latency.table if self.search.budget.latency is not None else None
+        if table is not None and table.measured_elsewhere:
+            self.notes.append(f"latency table '{table.path}' was not measured on {table.device} "
+                              f"({table.measured_elsewhere}): the latencies trained to are not its")  # fmt: skip
 
     def _lut(self) -> Path | None:
         """The latency table of a latency target: the run's own copy when resuming (the file --lut named may have

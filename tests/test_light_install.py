@@ -67,6 +67,28 @@ def test_training_commands_name_the_extra_they_need(tmp_path: Path, command: str
     assert not (tmp_path / "run").exists()
 
 
+def test_a_latency_table_is_read_without_the_train_extra(tmp_path: Path) -> None:
+    """The device side of hiap profile: the board that measured a table prints it."""
+
+    def cell(ms: float) -> dict:
+        return {"ms": ms, "p50": ms, "p90": ms}
+
+    geometry = {"num_tokens": 5, "dim": 8, "depth": 2, "num_heads": 2, "head_dim": 8, "hidden": 32}
+    table = {"overhead": cell(0.01), "fixed": cell(0.05), "attention": [[cell(0.03)], [cell(0.05)]],
+             "ffn": [cell(0.02), cell(0.0345)]}  # fmt: skip
+    body = {"schema": "hiap-lut", "schema_version": 1, "device": "rpi5", "runtime": "onnxruntime", "precision": "fp32",
+            "threads": {}, "model": "m", "geometry": geometry, "align": 8, "chain": 1,
+            "grid": {"heads": [1, 2], "value_widths": [8], "ffn_widths": [16, 32]}, "tables": {"1": table},
+            "measured_elsewhere": "this aarch64 host is emulated (qemu-user)"}  # fmt: skip
+    (tmp_path / "lut.json").write_text(json.dumps(body))
+    done = _hiap("inspect", str(tmp_path / "lut.json"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    # The FFN branch of 32 neurons: its cell less one call's overhead, per copy of the chain.
+    text = " ".join(done.stdout.split())
+    assert "0.0245" in text and "on rpi5" in text, text
+    assert "warning: not measured on rpi5: this aarch64 host is emulated" in text
+
+
 def test_help_and_bench_work_without_the_train_extra(tmp_path: Path) -> None:
     done = _hiap("--help")
     assert done.returncode == 0 and "bench" in done.stdout and "train" in done.stdout, done.stderr[-2000:]

@@ -204,6 +204,19 @@ def test_a_latency_target_is_landed_and_reported(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "lut.json").read_text() == (tmp_path / "lut.json").read_text()  # the run carries it
 
 
+def test_a_table_measured_elsewhere_is_named_before_training(tmp_path: Path) -> None:
+    """A table timed under an emulator or for another device's profile (--allow-mismatch) trains, with a note."""
+    cfg = _latency_run(tmp_path, 0.12)
+    body = json.loads(Path(cfg.lut).read_text())
+    trainer = Trainer(cfg)
+    trainer.setup()
+    assert not any("not measured on" in n for n in trainer.notes)
+    Path(cfg.lut).write_text(json.dumps(body | {"measured_elsewhere": "this aarch64 host is emulated (qemu-user)"}))
+    trainer = Trainer(cfg)
+    trainer.setup()
+    assert any("was not measured on x86-cpu (this aarch64 host is emulated (qemu-user))" in n for n in trainer.notes)
+
+
 def test_latency_targets_out_of_reach_are_refused_up_front(tmp_path: Path) -> None:
     dense = FIXED + 4 * (head_ms(4, 16) + ffn_ms(256))
     low = FIXED + 4 * head_ms(1, 8)
