@@ -7,12 +7,18 @@ Parts (a restart skips what is finished: geometries in results/latency_budget.js
 - training: the built-in model trained (default recipe) and exported, to 4 latency targets on its measured table
   (landing, seed 0), and for 3 seeds the default MAC-targeted run (50 % of MACs) beside a latency-targeted run whose
   target is the table's latency of the MAC run's network (value);
-- measure: every exported run timed in the same rounds, alternating, with the machine quiet: landing is the measured
-  latency against the target, value the top-1 on the built-in held-out split at (nearly) equal measured latency.
-Latency is the steady figure of devices/lut.py (the median of the fastest of 20 rounds): on this shared 2-core VM
-slow spells of seconds move the median of all calls by +-20 % between repeats, the fastest round's by ~1 %.
+- cifar: the same value comparison on the CIFAR-10 CPU setting of benchmarks/cifar10.py (its committed dense start,
+  a table of its geometry, 2 epochs x 45,000 images per run, top-1 on the official test split);
+- measure: one pass, appended (earlier passes kept): every exported run timed in the same rounds as its table's
+  probes, timed again, alternating, with the machine quiet (MEASURE_ROUNDS rounds). Landing is the measured latency
+  against the target, value the top-1 at (nearly) equal measured latency; the re-timed table separates the machine's
+  drift since the training table from the table's error.
+Latency is the steady figure of devices/lut.py (the median of the fastest round): on this shared 2-core VM slow
+spells of seconds move the median of all calls by +-20 % between repeats; in 20 rounds near-identical networks still
+measured up to 30 % apart within one pass, in 60 shorter rounds two passes agreed within ~4 %.
 
-    python benchmarks/latency_budget.py --part prediction|training|measure|report|all
+    python benchmarks/latency_budget.py --part prediction|training|cifar|measure|report|all
+    python benchmarks/latency_budget.py --part prediction --repeat 2 --geometry deit_tiny   # time one again
 """
 
 from __future__ import annotations
@@ -304,8 +310,9 @@ def part_report(results: dict[str, Any]) -> None:
     lines = ["# Latency as the budget (ONNX Runtime CPU, x86-cpu profile)", "",
              f"{env['machine']}, {env['processor']}, {env['cpu_count']} cores; torch {env['torch']}, hiap "
              f"{env['hiap']}, {env['date']}. ONNX Runtime with 2 intra-op threads, batch 1, FP32. Latency: the median "
-             "of the fastest of 20 rounds (devices/lut.py::steady_ms); tables and structures timed in the same "
-             "rounds. Probes: chains of 4 branches, align 8, FFN every 16 neurons.", "", "## Prediction", "",
+             "of the fastest round (devices/lut.py::steady_ms; 20 rounds for tables and prediction, a measuring pass "
+             "as it says); tables and structures timed in the same rounds. Probes: chains of 4 branches, align 8, "
+             "FFN every 16 neurons.", "", "## Prediction", "",
              "| geometry | pass | structure | MACs | predicted ms | measured ms | error | p50 of all calls / ms |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results["prediction"]:
