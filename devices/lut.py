@@ -16,7 +16,16 @@ from devices.profile import DeviceProfile
 from hiap import __version__
 from hiap.errors import HiapError
 from hiap.jsonfile import read_json_object
-from hiap.lut import FIXED_PROBE, LUT_SCHEMA, LUT_VERSION, OVERHEAD_PROBE, attention_probe, ffn_probe, parse_lut
+from hiap.lut import (
+    FIXED_PROBE,
+    LUT_SCHEMA,
+    LUT_VERSION,
+    OVERHEAD_PROBE,
+    PROBE_MANIFEST,
+    attention_probe,
+    ffn_probe,
+    parse_lut,
+)
 from runtime.harness import time_calls
 
 # Probes are timed in rounds, every probe a share of its calls per round (see time_in_rounds).
@@ -26,7 +35,7 @@ Rounds = list[list[float]]
 
 
 def read_manifest(probes: Path) -> dict[str, Any]:
-    path = probes / "probes.json"
+    path = probes / PROBE_MANIFEST
     if not path.is_file():
         raise HiapError(f"'{probes}' holds no probes.json: write a probe set with hiap profile --model M "
                         f"--probes-only {probes}.")  # fmt: skip

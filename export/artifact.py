@@ -222,14 +222,14 @@ def predicted_latency(src: Source, align: int, precision: str, lut: Path | None,
     table. A table given explicitly must fit (model, device of --target, precision, align) or the export is refused;
     the run's own table is skipped with a note when the export differs from what it was measured for."""
     from hiap.latency import LatencyCost
-    from hiap.lut import GEOMETRY_KEYS, read_lut
+    from hiap.lut import geometry_record, read_lut
 
     path = lut or src.lut
     if path is None:
         return None
     table = read_lut(path)
     geom = src.gated.geometry
-    table.check_geometry(src.model, {k: getattr(geom, k) for k in GEOMETRY_KEYS}, "the exported model")
+    table.check_geometry(src.model, geometry_record(geom), "the exported model")
     try:
         table.check_use(device=target.name if target is not None else None, precision=precision, align=align)
     except HiapError as exc:
@@ -240,7 +240,7 @@ def predicted_latency(src: Source, align: int, precision: str, lut: Path | None,
     ms = {str(b): round(LatencyCost(table, geom, src.model, b).structure_ms(src.structure), 6) for b in table.tables}
     return {"device": table.device, "runtime": table.runtime, "precision": table.precision,
             "threads": table.body.get("threads", {}), "align": table.align, "ms": ms, "table": table.digest,
-            "validated": bool(table.body.get("validated", True)),
+            "validated": table.validated,
             **({"measured_elsewhere": table.measured_elsewhere} if table.measured_elsewhere else {})}  # fmt: skip
 
 

@@ -96,7 +96,7 @@ class CompactBlock(nn.Module):
 
 
 @torch.no_grad()
-def _compact_block(blk: nn.Module, plan: BlockStructure, align: int) -> CompactBlock:
+def compact_block(blk: nn.Module, plan: BlockStructure, align: int) -> CompactBlock:
     attn_src, mlp_src = blk.attn, blk.mlp
     dim = attn_src.qkv.in_features
     big_h, dh = attn_src.num_heads, attn_src.head_dim
@@ -215,6 +215,6 @@ def build_compact(vit: VisionTransformer, structure: Structure, align: int = 8) 
         raise HiapError(f"Plan has {len(structure.blocks)} blocks, the model {len(vit.blocks)}.")
     compact = copy.deepcopy(vit).eval()
     compact.blocks = nn.Sequential(
-        *(_compact_block(b, p, align) for b, p in zip(vit.blocks, structure.blocks, strict=True))
+        *(compact_block(b, p, align) for b, p in zip(vit.blocks, structure.blocks, strict=True))
     )
     return CompactViT(compact).eval()

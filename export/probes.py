@@ -20,17 +20,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from export.compact import _compact_block, build_compact
+from export.compact import build_compact, compact_block
 from export.onnx_io import simplify_onnx, torch2onnx
 from hiap import __version__
 from hiap.atomic import write_json_atomic
 from hiap.cost import BlockStructure, Geometry
 from hiap.errors import HiapError
 from hiap.gated import describe_vit
-from hiap.lut import FIXED_PROBE, OVERHEAD_PROBE, attention_probe, ffn_probe
+from hiap.lut import FIXED_PROBE, OVERHEAD_PROBE, PROBE_MANIFEST, attention_probe, ffn_probe, geometry_record
 from hiap.models import create_model, data_config
-
-MANIFEST = "probes.json"
 
 
 @dataclass(frozen=True)
@@ -57,10 +55,6 @@ def default_grid(geom: Geometry, align: int, ffn_step: int) -> Grid:
     return Grid(heads=tuple(range(1, geom.num_heads + 1)), value_widths=tuple(widths), ffn_widths=tuple(ffn))
 
 
-def geometry_record(geom: Geometry) -> dict[str, int]:
-    return {k: getattr(geom, k) for k in ("num_tokens", "dim", "depth", "num_heads", "head_dim", "hidden")}
-
-
 class _Copy(nn.Module):
     """Returns its input: the probe of one call's cost (session dispatch, input binding, output copy)."""
 
@@ -78,7 +72,7 @@ def _branch(block: nn.Module, geom: Geometry, heads: int, width: int, neurons: i
         ffn=neurons > 0,
         neurons=tuple(range(neurons)),
     )
-    one = _compact_block(block, plan, align)
+    one = compact_block(block, plan, align)
     return nn.Sequential(one, *(copy.deepcopy(one) for _ in range(chain - 1))).eval()
 
 
@@ -141,5 +135,5 @@ def make_probes(model: str, model_kwargs: dict[str, Any], out: Path, align: int 
         },
         "probes": probes,
     }
-    write_json_atomic(out / MANIFEST, manifest, indent=1)
+    write_json_atomic(out / PROBE_MANIFEST, manifest, indent=1)
     return manifest

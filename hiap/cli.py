@@ -247,8 +247,9 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Dense and pruned GMACs, params and the per-block structure; or a latency table (lut.json) as rows."""
-    if target.endswith(".json") and _is_lut(Path(target)):
-        _print_lut(Path(target), as_json)  # torch-free: a board reads the table it measured
+    lut = _lut_body(Path(target)) if target.endswith(".json") else None
+    if lut is not None:
+        _print_lut(Path(target), lut, as_json)  # torch-free: a board reads the table it measured
         return
     from hiap.inspect import inspect_target
 
@@ -326,12 +327,14 @@ def profile(
 
     from rich.console import Console
 
+    from hiap.lut import PROBE_MANIFEST
+
     console = Console()
     if probes is not None and (model or model_kwargs or probes_only):
         raise HiapError("--probes measures a probe folder as it was made: drop --model, --model-kwargs, --probes-only.")
     if probes_only is None and out.exists() and not force:
         raise HiapError(f"'{out}' exists: pass --force to replace it, or --out another file.")
-    if probes_only is not None and (probes_only / "probes.json").exists() and not force:
+    if probes_only is not None and (probes_only / PROBE_MANIFEST).exists() and not force:
         raise HiapError(f"'{probes_only}' holds a probe set already: pass --force to replace it, or another folder.")
     # The profile decides the batches to write probes for, and is what the timing is judged against.
     target = _bench_target(device) if device is not None or probes_only is None else None
@@ -381,28 +384,31 @@ def _write_probes(model: str | None, model_kwargs: list[str] | None, folder: Pat
                            progress=lambda i, n: status.update(f"writing probes {i}/{n}"))  # fmt: skip
 
 
-def _is_lut(path: Path) -> bool:
+def _lut_body(path: Path) -> dict[str, Any] | None:
+    """The body of a latency table at `path`; None for any other file (the plan reader says what is wrong)."""
     try:
-        return json.loads(path.read_text()).get("schema") == "hiap-lut"
-    except (OSError, ValueError, AttributeError):
-        return False  # not a readable JSON object: the plan reader says what is wrong
+        body = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) and body.get("schema") == "hiap-lut" else None
 
 
-def _print_lut(path: Path, as_json: bool) -> None:
+def _print_lut(path: Path, body: dict[str, Any], as_json: bool) -> None:
     """The table as a user reads it: ms per branch (overhead removed, per copy) against width, per batch."""
     from rich.console import Console
     from rich.table import Table
 
-    from hiap.lut import read_lut
+    from hiap.lut import parse_lut
 
-    lut = read_lut(path)
+    lut = parse_lut(body, str(path))
     if as_json:
         typer.echo(json.dumps(lut.body, indent=2))
         return
     console = Console()
-    console.print(f"{path}: {lut.model} {lut.body.get('model_kwargs') or ''} on {lut.describe()}, align {lut.align}, "
-                  f"measured {lut.body.get('date', '?')}" + ("" if lut.body.get("validated", True) else
-                                                             " (TensorRT: not validated)"))  # fmt: skip
+    console.print(
+        f"{path}: {lut.model} {lut.body.get('model_kwargs') or ''} on {lut.describe()}, align {lut.align}, "
+        f"measured {lut.body.get('date', '?')}" + ("" if lut.validated else " (TensorRT: not validated)")
+    )
     if lut.measured_elsewhere:
         console.print(f"[yellow]warning:[/] not measured on {lut.device}: {lut.measured_elsewhere}")
     for batch, cells in sorted(lut.tables.items()):

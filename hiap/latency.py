@@ -25,7 +25,7 @@ import torch
 
 from hiap.cost import ExpectedCost, Geometry, Structure, emitted_width
 from hiap.gated import Floors, Masks
-from hiap.lut import Cell, LatencyTable
+from hiap.lut import Cell, LatencyTable, geometry_record
 
 
 def _weights(x: torch.Tensor, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,9 +80,7 @@ class LatencyCost:
     """The latency model of one table at one batch size, for one model geometry (checked)."""
 
     def __init__(self, table: LatencyTable, geometry: Geometry, model: str, batch: int = 1) -> None:
-        from hiap.lut import GEOMETRY_KEYS
-
-        table.check_geometry(model, {k: getattr(geometry, k) for k in GEOMETRY_KEYS}, "the model")
+        table.check_geometry(model, geometry_record(geometry), "the model")
         cells = table.at(batch)
         self.table, self.geometry, self.batch, self.align = table, geometry, batch, table.align
 
@@ -118,16 +116,17 @@ class LatencyCost:
         heads = p_head.sum(-1)
         width = (p_head * p_value.sum(-1)).sum(-1) / heads.clamp_min(1e-6)
         neurons = p_neuron.sum(-1)
+
         # The value is the table's; the gradient the table's trend (a least-squares plane), because between two
         # neighbouring cells a measured table is as often flat or falling as rising: a local slope of zero there
         # stalls the gates it prices (measured: neurons never closed on the built-in model's table).
-        trend = per_head * heads + per_head_width * heads * width
-        attention = _valued(interp2(heads, width, t.heads, t.widths, t.attention), trend)
+        def attention_at(w: torch.Tensor) -> torch.Tensor:
+            trend = per_head * heads + per_head_width * heads * w
+            return _valued(interp2(heads, w, t.heads, t.widths, t.attention), trend)
+
+        attention = attention_at(width)
         ffn = p_ffn * _valued(interp1(neurons, t.ffn_widths, t.ffn), per_neuron * neurons)
-        narrowest = t.widths[:1].expand_as(heads)
-        macro = _valued(interp2(heads, narrowest, t.heads, t.widths, t.attention),
-                        per_head * heads + per_head_width * heads * narrowest)  # fmt: skip
-        macro = macro + p_ffn * t.ffn[0]
+        macro = attention_at(t.widths[:1].expand_as(heads)) + p_ffn * t.ffn[0]
         total = self.fixed + attention.sum() + ffn.sum()
         return ExpectedCost(macro=macro.sum(), micro=total - self.fixed - macro.sum(), total=total)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,13 @@ LUT_SCHEMA = "hiap-lut"
 LUT_VERSION = 1
 # The shapes a table must agree on with the model it prices (hiap.cost.Geometry's names).
 GEOMETRY_KEYS = ("num_tokens", "dim", "depth", "num_heads", "head_dim", "hidden")
-# The probe files of a probe set (written by export/probes.py, timed by devices/lut.py).
-OVERHEAD_PROBE, FIXED_PROBE = "overhead.onnx", "fixed.onnx"
+# The files of a probe set (written by export/probes.py, timed by devices/lut.py): its manifest and the probes.
+PROBE_MANIFEST, OVERHEAD_PROBE, FIXED_PROBE = "probes.json", "overhead.onnx", "fixed.onnx"
+
+
+def geometry_record(geometry: Any) -> dict[str, int]:
+    """The shapes of a geometry (hiap.cost.Geometry, or anything with its attribute names) that a table records."""
+    return {k: getattr(geometry, k) for k in GEOMETRY_KEYS}
 
 
 def attention_probe(heads: int, width: int) -> str:
@@ -74,7 +80,7 @@ class LatencyTable:
     body: dict[str, Any]  # the whole file, for reports and the artifact's record
     path: str = ""
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """sha256 of the cells and what they describe (first 16 hex): names the table a prediction came from."""
         import hashlib
@@ -95,6 +101,11 @@ class LatencyTable:
 
     def describe(self) -> str:
         return f"{self.device} ({self.runtime}, {self.precision}, {self.body.get('threads', {})})"
+
+    @property
+    def validated(self) -> bool:
+        """False for tables whose probes have not been checked against measured networks (TensorRT)."""
+        return bool(self.body.get("validated", True))
 
     @property
     def measured_elsewhere(self) -> str | None:
