@@ -85,8 +85,14 @@ class TrainConfig:
     lambda_micro: float = 1.0  # together, so their ratio (paper's best: 2:1) is kept
     target_tolerance: float = 0.01  # the run must end this close to the target (relative) or `hiap train` exits 3
     # Share of the run in which the gates learn (budget ramp, temperature anneal, freezes, all compressed into it);
-    # after it the exported structure is fixed and only its weights train (1.0: search for the whole run).
+    # after it the exported structure is fixed and only its weights train (1.0: search for the whole run). The gate
+    # lr is gate_lr / search_fraction, so a shorter search moves the gates as far per unit of its progress as a
+    # whole-run search does (at gate_lr itself a 0.3 search lagged its budget ramp and collapsed the network).
     search_fraction: float = 1.0
+    # Where the fixed structure's weights start when the search ends before the run does: 'gated' (the weights the
+    # search trained) or 'start' (the weights the run started from, the kept units copied; the weight lr and its
+    # AdamW state restart for the remaining steps, as a one-shot prune-then-fine-tune would).
+    adapt_from: str = "gated"
     # Integral gain of the budget controller, per step per unit of cost error (fraction of dense); 0: auto, 0.5 for a
     # MAC target and 2.0 for a latency target. A table prices heads and whole FFN branches high and neurons low, so
     # after the macro freeze the fine knobs need a stronger pull: on the built-in model at 0.4 ms, gain 0.5 ended
@@ -125,6 +131,8 @@ class TrainConfig:
                 raise HiapError(f"Config '{key}' must be > 0, got {getattr(self, key)}.")
         if not 0.0 < self.search_fraction <= 1.0:
             raise HiapError(f"Config 'search_fraction' must lie in (0, 1], got {self.search_fraction}.")
+        if self.adapt_from not in ("gated", "start"):
+            raise HiapError(f"Config 'adapt_from' must be 'gated' or 'start', got '{self.adapt_from}'.")
         if not self.dense:
             self.target()  # a malformed --target-macs is refused before any model or data is loaded
         if self.even_allocation < 0:

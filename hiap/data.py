@@ -32,6 +32,17 @@ class Dataset(Protocol):
         ...
 
 
+SEARCH_PER_CLASS = 120  # 10 % of the built-in training images of each class
+
+
+def search_carve(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Boolean mask of the last `per_class` images of each class in `labels` (the order of the file)."""
+    carved = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        carved[np.flatnonzero(labels == c)[-per_class:]] = True
+    return carved
+
+
 @dataclass
 class BuiltinData:
     """Fashion-MNIST subset held in memory; batches are resized and normalised for the model's input."""
@@ -41,17 +52,26 @@ class BuiltinData:
     std: tuple[float, ...]
     augment: bool = True
     path: Path | None = None
+    # 'val': the shipped validation split. 'search': the last `SEARCH_PER_CLASS` training images of each class
+    # become the validation set and the rest the training set, so recipes are chosen without the reported split.
+    split: str = "val"
 
     def __post_init__(self) -> None:
         arrays = load_builtin_arrays(self.path)
-        self.x_train = torch.from_numpy(arrays["x_train"])
-        self.y_train = torch.from_numpy(arrays["y_train"].astype(np.int64))
-        self.x_val = torch.from_numpy(arrays["x_val"])
-        self.y_val = torch.from_numpy(arrays["y_val"].astype(np.int64))
+        x_train, y_train = arrays["x_train"], arrays["y_train"].astype(np.int64)
+        x_val, y_val = arrays["x_val"], arrays["y_val"].astype(np.int64)
+        if self.split == "search":
+            carved = search_carve(y_train, SEARCH_PER_CLASS)
+            x_train, y_train, x_val, y_val = x_train[~carved], y_train[~carved], x_train[carved], y_train[carved]
+        elif self.split != "val":
+            raise HiapError(f"Unknown built-in split '{self.split}': use 'val' or 'search'.")
+        self.x_train, self.y_train = torch.from_numpy(x_train), torch.from_numpy(y_train)
+        self.x_val, self.y_val = torch.from_numpy(x_val), torch.from_numpy(y_val)
         self.classes = [str(c) for c in arrays["classes"]]
         self.provenance = str(arrays["provenance"])
         self.num_train, self.num_val = len(self.y_train), len(self.y_val)
-        self.description = f"builtin Fashion-MNIST subset ({self.num_train} train / {self.num_val} val)"
+        what = "search split: val carved from train" if self.split == "search" else "val"
+        self.description = f"builtin Fashion-MNIST subset ({self.num_train} train / {self.num_val} {what})"
         self.augmentation = "random crop of the image padded by 2, hflip 0.5" if self.augment else "none"
         c = self.input_size[0]
         if len(self.mean) != c or len(self.std) != c:

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,8 +165,17 @@ class Schedule:
 class Trainer:
     """Builds everything from a TrainConfig, then runs epochs; every epoch ends in a complete checkpoint."""
 
-    def __init__(self, cfg: TrainConfig, console: Console | None = None, resume: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        console: Console | None = None,
+        resume: bool = False,
+        make_data: Callable[[dict[str, Any]], Dataset] | None = None,
+    ) -> None:
+        """`make_data`, given the model's data config, builds the data instead of `cfg.data` (benchmarks use it for
+        the built-in data's search split)."""
         self.cfg = cfg
+        self.make_data = make_data
         self.dist = dd.from_env()
         # Under torchrun only rank 0 talks and writes; the others compute the same steps in silence.
         self.console = (console or Console()) if self.dist.is_main else Console(quiet=True)
@@ -247,6 +257,10 @@ class Trainer:
             else GateSearch(self.vit, self.geometry, cfg, target, self.schedule, self.device, self._lut())
         )
         self.teacher = copy.deepcopy(self.vit).eval().requires_grad_(False) if cfg.kd and not cfg.dense else None
+        # The weights the fixed structure restarts from when the search ends early (adapt_from: start).
+        self.rewind_to = None
+        if self.rewinds:
+            self.rewind_to = {k: v.detach().clone() for k, v in self.vit.state_dict().items()}
         groups = param_groups(self.vit, cfg) + self.search.gate_groups(cfg.gate_lr)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
         self.amp = cfg.amp and self.device.type == "cuda"
@@ -274,8 +288,12 @@ class Trainer:
         cfg = self.cfg
         vit = create_model(cfg.model, drop_path_rate=cfg.drop_path, model_kwargs=cfg.model_kwargs)
         self.data_cfg = data_config(vit)
-        self.data: Dataset = create_data(cfg.data, self.data_cfg, workers=cfg.workers,
-                                         augment=Augment.from_config(cfg), cache=cfg.data_cache)  # fmt: skip
+        self.data: Dataset = (
+            self.make_data(self.data_cfg)
+            if self.make_data is not None
+            else create_data(cfg.data, self.data_cfg, workers=cfg.workers, augment=Augment.from_config(cfg),
+                             cache=cfg.data_cache)
+        )  # fmt: skip
         num_classes = len(self.data.classes)
         if getattr(vit, "num_classes", num_classes) != num_classes:
             vit = create_model(cfg.model, num_classes=num_classes, drop_path_rate=cfg.drop_path,
@@ -341,8 +359,27 @@ class Trainer:
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
 
+    @property
+    def rewinds(self) -> bool:
+        """The search ends before the run and the fixed structure restarts from the starting weights."""
+        cfg = self.cfg
+        return not cfg.dense and cfg.adapt_from == "start" and self.schedule.search_steps < self.schedule.total_steps
+
+    def _rewind(self) -> None:
+        """The search has ended: the weights go back to the run's start (pruned units are masked by the fixed
+        structure, so the kept ones are what a one-shot prune would copy) and their AdamW state is dropped."""
+        self.vit.load_state_dict(self.rewind_to)
+        for group in self.optimizer.param_groups:
+            if group.get("base_lr") is not None:
+                for p in group["params"]:
+                    self.optimizer.state.pop(p, None)
+
     def _set_lr(self) -> None:
-        f = lr_factor(self.step, self.schedule.total_steps, self.schedule.warmup_steps, self.cfg.min_lr_ratio)
+        sched, first = self.schedule, 0
+        if self.rewinds and self.step >= sched.search_steps:  # a fresh cosine over the remaining steps
+            first = sched.search_steps
+        f = lr_factor(self.step - first, sched.total_steps - first, sched.warmup_steps if first == 0 else 0,
+                      self.cfg.min_lr_ratio)  # fmt: skip
         for g in self.optimizer.param_groups:
             if g.get("base_lr") is not None:
                 g["lr"] = g["base_lr"] * f
@@ -350,6 +387,8 @@ class Trainer:
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.rewinds and self.step == self.schedule.search_steps:
+            self._rewind()
         self._set_lr()
         tau = self.tau(self.step)
         loss, stats = self._loss(x, y, tau)
@@ -629,6 +668,8 @@ class Trainer:
             # (MACs, or the table's predicted ms); the CLI exits 3 if not.
             "target_error": (landed - budget.target) / budget.target,
             "target_met": abs(landed - budget.target) <= self.cfg.target_tolerance * budget.target,
+            # What the end of a short search added to the micro-gate logits to land (GateSearch.land); 0 otherwise.
+            "landing_shift": self.search.landing_shift,
             "dense_params": self.geometry.dense_params,
             "pruned_params": structure_params(self.geometry, structure),
             "val_acc": val_acc,

@@ -1,0 +1,220 @@
+"""Where HiAP's accuracy goes at a budget: its own run (the path) against its structure trained like a peer.
+
+    python benchmarks/decompose.py [--split search|val] [--budgets 0.5 0.33 0.2] [--seeds 0]
+                                   [--variants hiap ...] [--parts path structure l1-sizes uniform]
+
+For every HiAP variant, budget and seed, on the built-in data:
+- path: the variant's own `hiap train` run (its validation top-1 as the run ends);
+- structure: the structure that run exported, its kept units copied from the dense start, fine-tuned like the peers
+  (benchmarks/peers.py::finetune: the same epochs x images and KD recipe);
+- l1-sizes: the same per-block sizes (heads, value widths, FFN neurons; removed FFNs stay removed), the units chosen
+  by l1 magnitude from the dense start, fine-tuned like the peers;
+- uniform: the uniform l1 cut (every layer alike) at the MACs of the variant's exported network, fine-tuned (the
+  peer HiAP loses to).
+path vs structure is what the training path costs; structure vs l1-sizes what the gates' choice of units costs;
+l1-sizes vs uniform what the learned allocation costs. Every MAC figure is the exported (align-8) network's, counted
+by torch's FlopCounterMode, and every network of a (budget, seed) is matched to the variant's exported MACs.
+
+Splits: `search` (the choices: 10,800 training images, validated on the 1,200 carved from the training set, from a
+dense start trained without them, benchmarks/search_split.py) and `val` (reported: the shipped checkpoint and the
+built-in validation split). Resumable: every finished run is appended to `results/decompose[-search].jsonl` and
+skipped on a rerun; the table is rebuilt from that file (`--report-only`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import environment, results_dir
+from peers import MODEL, finetune, macs_of, prune_to
+from rich.console import Console
+from search_split import dense_start, search_data, val_data
+
+from export.compact import build_compact
+from hiap.config import TrainConfig
+from hiap.cost import BlockStructure, Structure
+from hiap.models import create_model, data_config, load_pretrained
+from hiap.train import Trainer, structure_summary
+
+# HiAP variants: TrainConfig overrides of the default recipe, named after what they change.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "hiap": {},
+    # the search in the first 30 % of the run (gates 1/0.3x faster), then the fixed structure trains on
+    "hiap-s30": {"search_fraction": 0.3},
+    # ... from the dense start's weights (kept units copied, weight lr and AdamW state restarted)
+    "hiap-s30-start": {"search_fraction": 0.3, "adapt_from": "start"},
+    # ... and the micro gates starting in l1-magnitude order
+    "hiap-s30-start-l1": {"search_fraction": 0.3, "adapt_from": "start", "gate_init_importance": 1.0},
+    "hiap-s15-start-l1": {"search_fraction": 0.15, "adapt_from": "start", "gate_init_importance": 1.0},
+    "hiap-s50-start-l1": {"search_fraction": 0.5, "adapt_from": "start", "gate_init_importance": 1.0},
+    # ... and FFN blocks never removed
+    "hiap-s30-start-l1-keepffn": {
+        "search_fraction": 0.3,
+        "adapt_from": "start",
+        "gate_init_importance": 1.0,
+        "ffn_block_gates": False,
+    },
+}
+PARTS = ("path", "structure", "l1-sizes", "uniform")
+
+
+def l1_sized(dense: torch.nn.Module, learned: Structure) -> Structure:
+    """The learned per-block sizes with the units chosen by l1 magnitude of the dense weights they read and write:
+    heads by their q/k/v rows and proj columns, the learned value widths given to the heads in order of magnitude,
+    value dims and FFN neurons by their own rows and columns."""
+    blocks = []
+    for blk, plan in zip(dense.blocks, learned.blocks, strict=True):
+        attn, mlp = blk.attn, blk.mlp
+        h, dh = attn.num_heads, attn.head_dim
+        w = attn.qkv.weight.detach().abs().view(3, h, dh, -1)  # q, k, v rows per head
+        proj = attn.proj.weight.detach().abs().view(-1, h, dh)  # proj columns per head
+        head_score = w.sum(dim=(0, 2, 3)) + proj.sum(dim=(0, 2))
+        heads = sorted(head_score.argsort(descending=True)[: len(plan.heads)].tolist())
+        by_score = sorted(heads, key=lambda i: -float(head_score[i]))
+        widths = dict(zip(by_score, sorted((len(v) for v in plan.value_dims), reverse=True), strict=True))
+        value_score = w[2].sum(-1) + proj.sum(0)  # [h, dh]
+        dims = tuple(tuple(sorted(value_score[i].argsort(descending=True)[: widths[i]].tolist())) for i in heads)
+        neurons: tuple[int, ...] = ()
+        if plan.ffn and plan.neurons:
+            score = mlp.fc1.weight.detach().abs().sum(1) + mlp.fc2.weight.detach().abs().sum(0)
+            neurons = tuple(sorted(score.argsort(descending=True)[: len(plan.neurons)].tolist()))
+        blocks.append(BlockStructure(tuple(heads), dims, bool(neurons), neurons))
+    return Structure(tuple(blocks))
+
+
+def run_path(variant: str, budget: float, seed: int, epochs: int, split: str,
+             start: Path | None) -> tuple[float, torch.nn.Module, Structure, dict[str, Any]]:  # fmt: skip
+    """The variant's own run: its accuracy, the exported (align-8) network, its structure and summary."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(target_macs=str(budget), seed=seed, epochs=epochs, out=f"{tmp}/run",
+                          pretrained=str(start) if start else "auto", **VARIANTS[variant])  # fmt: skip
+        trainer = Trainer(cfg, Console(quiet=True), make_data=search_data if split == "search" else val_data)
+        summary = trainer.run()
+        structure = trainer.gated.hard_structure()
+        compact = build_compact(trainer.vit.eval(), structure, align=8)
+    keys = ("target_error", "target_met", "kept_heads", "kept_ffn", "kept_neurons")
+    return summary["val_acc"], compact, structure, {k: summary[k] for k in keys}
+
+
+def load_runs(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", choices=("search", "val"), default="search")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.33, 0.2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--variants", nargs="+", default=["hiap"], choices=sorted(VARIANTS))
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = "decompose" + ("-search" if args.split == "search" else "")
+    log = results_dir() / f"{name}.jsonl"
+    if not args.report_only:
+        cache = Path(tempfile.gettempdir()) / "hiap-search-split"
+        cache.mkdir(exist_ok=True)
+        start = dense_start(cache) if args.split == "search" else None
+        dense = create_model(MODEL, num_classes=10).eval()
+        load_pretrained(dense, MODEL, str(start) if start else "auto")
+        data = (search_data if args.split == "search" else val_data)(data_config(dense))
+        dense_macs = macs_of(dense)
+        for seed in args.seeds:
+            for budget in args.budgets:
+                for variant in args.variants:
+                    train(args, log, variant, budget, seed, start, dense, data, dense_macs)
+    report(name, log)
+
+
+def train(args: argparse.Namespace, log: Path, variant: str, budget: float, seed: int, start: Path | None,
+          dense: torch.nn.Module, data: Any, dense_macs: int) -> None:  # fmt: skip
+    """Every part of one (variant, budget, seed) not yet in the log; `path` first (the others need its structure)."""
+    done = {(r["variant"], r["budget"], r["seed"], r["part"]) for r in load_runs(log)}
+    todo = [p for p in args.parts if (variant, budget, seed, p) not in done]
+    if not todo:
+        return
+    path_runs = [r for r in load_runs(log) if (r["variant"], r["budget"], r["seed"], r["part"]) ==
+                 (variant, budget, seed, "path")]  # fmt: skip
+    t0 = time.perf_counter()
+    acc, model, structure, summary = run_path(variant, budget, seed, args.epochs, args.split, start)
+    exported = macs_of(model)
+    if "path" in todo:
+        seconds = time.perf_counter() - t0
+        append(log, {"variant": variant, "budget": budget, "seed": seed, "part": "path", "val_acc": acc,
+                     "mac_fraction": exported / dense_macs, "seconds": seconds, **summary})  # fmt: skip
+    elif path_runs and abs(path_runs[0]["val_acc"] - acc) > 1e-9:
+        print(f"note: {variant} {budget} {seed} reran to {acc:.4f}, logged {path_runs[0]['val_acc']:.4f}")
+    for part in todo:
+        if part == "path":
+            continue
+        t0 = time.perf_counter()
+        if part == "uniform":
+            net, _ = prune_to(dense, "uniform", exported, data)
+            kept = {}
+        else:
+            plan = structure if part == "structure" else l1_sized(dense, structure)
+            net = build_compact(copy.deepcopy(dense), plan, align=8)
+            kept = structure_summary(plan)
+        macs = macs_of(net)
+        teacher = copy.deepcopy(dense).eval().requires_grad_(False)
+        part_acc = finetune(net, teacher, data, args.epochs, seed)
+        append(log, {"variant": variant, "budget": budget, "seed": seed, "part": part, "val_acc": part_acc,
+                     "mac_fraction": macs / dense_macs, "seconds": time.perf_counter() - t0,
+                     "kept_heads": kept.get("kept_heads"), "kept_neurons": kept.get("kept_neurons")})  # fmt: skip
+
+
+def append(log: Path, run: dict[str, Any]) -> None:
+    run["date"] = time.strftime("%Y-%m-%d %H:%M")
+    run["threads"] = torch.get_num_threads()
+    print(json.dumps(run), flush=True)
+    with open(log, "a") as f:
+        f.write(json.dumps(run) + "\n")
+
+
+def report(name: str, log: Path) -> None:
+    runs = load_runs(log)
+    rows = [
+        "| variant | budget | seeds | path (own run) | structure (kept units, fine-tuned) "
+        "| l1-sizes (its sizes, l1 units) | uniform l1 | path - uniform | MACs (of dense) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = dict.fromkeys((r["variant"], r["budget"]) for r in runs)
+    for variant, budget in sorted(keys, key=lambda k: (-k[1], k[0])):
+        mine = [r for r in runs if r["variant"] == variant and r["budget"] == budget]
+        cells, means = [], {}
+        for part in PARTS:
+            accs = [100 * r["val_acc"] for r in mine if r["part"] == part]
+            means[part] = statistics.mean(accs) if accs else None
+            sd = f" +- {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
+            cells.append(f"{means[part]:.2f}{sd}" if accs else "")
+        seeds = len({r["seed"] for r in mine})
+        gap = (f"{means['path'] - means['uniform']:+.2f}" if means["path"] is not None and means["uniform"] is not None
+               else "")  # fmt: skip
+        macs = statistics.mean(r["mac_fraction"] for r in mine if r["part"] == "path") if means["path"] else 0
+        rows.append(f"| {variant} | {budget} | {seeds} | " + " | ".join(cells) + f" | {gap} | {macs:.3f} |")
+    searched = name.endswith("search")
+    split = "search split (1,200 images carved from the training set)" if searched else "validation split"
+    env = environment(f"{MODEL}, built-in data, {split}, 6 epochs per network, KD from the dense start")
+    results = results_dir()
+    head = [f"# Where HiAP's accuracy goes ({split})", "", f"{env['recipe']}; {env['machine']}, torch {env['torch']}, "
+            f"hiap {env['hiap']}, {env['date']}. Top-1 % (mean over seeds). Every run: `{log.name}`.", ""]  # fmt: skip
+    (results / f"{name}.md").write_text("\n".join(head + rows) + "\n")
+    print("\n".join(head + rows))
+
+
+if __name__ == "__main__":
+    main()

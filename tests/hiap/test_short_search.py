@@ -1,0 +1,98 @@
+"""A search that ends before the run: its faster gates, the landing shift, the rewind to the starting weights, and
+the built-in data's search split that such recipes are chosen on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hiap.builtin_data import load_builtin_arrays
+from hiap.config import TrainConfig
+from hiap.data import SEARCH_PER_CLASS, BuiltinData
+from hiap.errors import HiapError
+from hiap.train import Trainer
+
+FMNIST = ((1, 28, 28), (0.2860,), (0.3530,))
+
+
+def _tiny(tmp_path: Path, **overrides: object) -> TrainConfig:
+    values = dict(model="hiap_vit_fmnist_tiny", pretrained="none", epochs=2, train_images=512, batch_size=32,
+                  gate_lr=1.0, target_tolerance=1.0, out=str(tmp_path / "r")) | overrides  # fmt: skip
+    return TrainConfig(**values)  # type: ignore[arg-type]
+
+
+def test_search_split_validates_on_images_carved_from_the_training_set() -> None:
+    shipped, carved = BuiltinData(*FMNIST, augment=False), BuiltinData(*FMNIST, augment=False, split="search")
+    assert (carved.num_train, carved.num_val) == (shipped.num_train - 10 * SEARCH_PER_CLASS, 10 * SEARCH_PER_CLASS)
+    assert np.bincount(carved.y_val.numpy()).tolist() == [SEARCH_PER_CLASS] * 10
+    train = {bytes(x) for x in load_builtin_arrays()["x_train"]}
+    val = [bytes(x) for x in carved.x_val.numpy()]
+    assert all(v in train for v in val)  # carved from the training images ...
+    assert not set(val) & {bytes(x) for x in carved.x_train.numpy()}  # ... and no longer trained on
+    assert not set(val) & {bytes(x) for x in shipped.x_val.numpy()}  # never the reported split
+    with pytest.raises(HiapError, match="Unknown built-in split 'test'"):
+        BuiltinData(*FMNIST, split="test")
+
+
+def test_a_short_search_moves_its_gates_faster_by_the_same_factor(tmp_path: Path) -> None:
+    trainer = Trainer(_tiny(tmp_path, search_fraction=0.25, gate_lr=0.5))
+    trainer.setup()
+    trainer._set_lr()
+    gate_lrs = [g["lr"] for g in trainer.optimizer.param_groups if g.get("gates")]
+    assert trainer.schedule.search_steps == 8 and gate_lrs == [pytest.approx(2.0)] * 2
+
+
+def test_landing_shifts_the_micro_logits_onto_the_target_and_keeps_their_order(tmp_path: Path) -> None:
+    trainer = Trainer(_tiny(tmp_path, target_macs="0.5", target_tolerance=0.01))
+    trainer.setup()
+    search, gates = trainer.search, trainer.gated.gates
+    with torch.no_grad():  # a search that ended far above its target (every unit kept), with uneven logits
+        gates.value.copy_(torch.randn(gates.value.shape, generator=torch.Generator().manual_seed(0)) + 3)
+        gates.neuron.copy_(torch.randn(gates.neuron.shape, generator=torch.Generator().manual_seed(1)) + 3)
+    before = {k: v.detach().clone() for k, v in gates.as_dict().items()}
+    assert search.hard_macs() / trainer.dense_macs > 0.9
+    shift = search.land()
+    landed = search.hard_macs() / search.target_macs - 1
+    assert shift < 0 and abs(landed) < 0.005, (shift, landed)
+    after = gates.as_dict()
+    assert torch.equal(after["head"], before["head"]) and torch.equal(after["ffn"], before["ffn"])
+    for kind in ("value", "neuron"):
+        assert torch.allclose(after[kind] - before[kind], torch.full_like(before[kind], shift))
+    assert search.land() == 0.0  # landed: a second call (a resumed run) changes nothing
+
+
+def test_adapt_from_start_rewinds_the_weights_when_the_search_ends(tmp_path: Path) -> None:
+    """Search in the first half of 2 epochs; at its end the weights are the starting weights again, their AdamW
+    state is gone and their lr restarts at the base lr; the gated run's weights are kept with adapt_from gated."""
+    seen: dict[str, object] = {}
+    for adapt in ("start", "gated"):
+        trainer = Trainer(_tiny(tmp_path / adapt, search_fraction=0.5, adapt_from=adapt))
+        trainer.setup()
+        start = {k: v.clone() for k, v in trainer.vit.state_dict().items()}
+        original = trainer._set_lr
+
+        def at_search_end(trainer: Trainer = trainer, original=original, adapt: str = adapt) -> None:  # noqa: ANN001
+            original()
+            if trainer.step == trainer.schedule.search_steps:
+                state = trainer.vit.state_dict()
+                seen[adapt] = {
+                    "rewound": all(torch.equal(state[k], v) for k, v in start.items()),
+                    "adam_state": sum(p in trainer.optimizer.state for p in trainer.vit.parameters()),
+                    "lr": trainer.optimizer.param_groups[0]["lr"],
+                }
+
+        trainer._set_lr = at_search_end  # type: ignore[method-assign]
+        trainer.setup = lambda: None  # type: ignore[method-assign]  # already set up above
+        trainer.run()
+        assert trainer.step == 32
+    assert seen["start"] == {"rewound": True, "adam_state": 0, "lr": pytest.approx(5e-4)}
+    assert seen["gated"]["rewound"] is False and seen["gated"]["adam_state"] > 0  # type: ignore[index]
+    assert seen["gated"]["lr"] < 4e-4  # type: ignore[index]  # the whole run's cosine goes on
+
+
+def test_adapt_from_is_checked() -> None:
+    with pytest.raises(HiapError, match="'adapt_from' must be 'gated' or 'start'"):
+        TrainConfig(adapt_from="dense").validate()
