@@ -76,6 +76,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hiap": {},
     "hiap-search50": {"search_fraction": 0.5},  # gates learn in the first half, then the fixed structure trains
     "hiap-search30": {"search_fraction": 0.3},
+    # the search in the first 30 % (gates 1/0.3x faster), then the fixed structure restarts from the dense start's
+    # weights (kept units copied, fresh lr and AdamW state); with micro gates started in l1 order
+    "hiap-s30-start": {"search_fraction": 0.3, "adapt_from": "start"},
+    "hiap-s30-start-l1": {"search_fraction": 0.3, "adapt_from": "start", "gate_init_importance": 1.0},
     "hiap-l1init": {"gate_init_importance": 1.0},  # micro-gate logits start ordered by l1 magnitude
     # ... and the macro penalty (heads, FFN blocks) an eighth of the default relative to the micro one (0.25:1
     # instead of 2:1), so the budget is met by narrowing widths before whole FFN blocks go

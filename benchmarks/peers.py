@@ -1,12 +1,12 @@
 """Pruning quality against peers on the built-in data, from the shipped dense checkpoint, at equal MACs and epochs.
 
-    python benchmarks/peers.py [--budgets 0.67 0.5] [--seeds 0 1 2] [--epochs 6]
+    python benchmarks/peers.py [--budgets 0.67 0.5 0.33 0.2] [--seeds 0 1 2] [--epochs 6] [--methods ...]
 
 Methods, each ending at the same MACs (counted by torch's FlopCounterMode on the pruned network, matmuls of the
 attention included; the peers are pruned to the MACs of HiAP's exported network for that budget and seed, which
 includes its value-width padding, so no method gets more compute than HiAP) and trained for the same epochs x
 images with the same recipe as HiAP's default (AdamW 5e-4, cosine, label smoothing 0.1, KD from the frozen dense
-start, alpha 0.7, T 4):
+start, alpha 0.7, T 4; weight decay on matrices only, as hiap train decays):
 - hiap: the default `hiap train` recipe at the target;
 - torch-pruning: Torch-Pruning's ViT recipe (PyPI torch-pruning; Taylor importance from 10 batches, global
   ranking, whole heads and FFN neurons), pruning ratio searched to the target MACs, then fine-tuned;
@@ -15,8 +15,9 @@ start, alpha 0.7, T 4):
 - dense: the dense start fine-tuned for the same epochs (the control).
 Every final network is exported to ONNX (hiap's exporter, opset 17) and, after all training, timed with ONNX Runtime
 at batch 1 in one process, every model alternating with the others, so latencies compare side by side.
-Writes benchmarks/results/peers.json / .md (every run, mean and spread per method and budget) and peers.png (the
-accuracy-vs-MACs plot of every run).
+Resumable: every finished run is appended to benchmarks/results/peers.jsonl and skipped on a rerun (its ONNX file
+kept in --cache for the latency phase). Writes benchmarks/results/peers.json / .md (every run, mean and spread per
+method and budget) and peers.png (the accuracy-vs-MACs plot of every run).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import json
 import math
 import statistics
 import tempfile
@@ -144,10 +146,16 @@ def evaluate(model: torch.nn.Module, data: Any) -> float:
 
 
 def finetune(model: torch.nn.Module, teacher: torch.nn.Module, data: Any, epochs: int, seed: int) -> float:
-    """The default recipe's weight training: AdamW 5e-4 (wd 0.05), cosine to 1 %, LS 0.1, KD alpha 0.7 T 4."""
+    """The default recipe's weight training: AdamW 5e-4, cosine to 1 %, LS 0.1, KD alpha 0.7 T 4, and weight decay
+    0.05 on the weights hiap train decays (matrices; not norms, biases, tokens or position embeddings)."""
+    from export.compact import CompactViT
+    from hiap.config import TrainConfig
+    from hiap.train import param_groups
+
     torch.manual_seed(seed)
     model.to(DEVICE), teacher.to(DEVICE)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+    core = model.vit if isinstance(model, CompactViT) else model  # a compact network's timm parameter names
+    opt = torch.optim.AdamW(param_groups(core, TrainConfig(lr=5e-4, weight_decay=0.05)), lr=5e-4)
     steps = epochs * (data.num_train // 128)
     step = 0
     for epoch in range(epochs):
@@ -238,82 +246,135 @@ def plot(points: list[tuple[str, float, float, float]], dense_top1: float | None
     plt.close(fig)
 
 
+def load_runs(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budgets", type=float, nargs="+", default=[0.67, 0.5])
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.67, 0.5, 0.33, 0.2])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--methods", nargs="+", default=["hiap", "torch-pruning", "uniform", "l1-ffn", "dense"])
     parser.add_argument("--rounds", type=int, default=20, help="latency rounds (every model timed once per round)")
     parser.add_argument("--iters", type=int, default=50, help="calls per model per round")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "hiap-peers",
+        help="where every run's ONNX file is kept for the latency phase (across sittings)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads while training (0: torch's default)")
+    parser.add_argument("--report-only", action="store_true", help="time and tabulate the runs already logged")
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train and log, no latency phase (when another process shares the cores)",
+    )
     args = parser.parse_args()
     if importlib.util.find_spec("torch_pruning") is None and set(args.methods) - {"hiap", "dense"}:
         raise SystemExit("peers.py needs Torch-Pruning for its pruning peers: pip install -e '.[bench]'")
-    from export.onnx_io import onnx_cost, torch2onnx
+    from export.onnx_io import torch2onnx
 
     dense = create_model(MODEL, num_classes=10).eval()
     load_pretrained(dense, MODEL, "auto")
     cfg = data_config(dense)
     data = BuiltinData(cfg["input_size"], cfg["mean"], cfg["std"])
-    dense_macs = macs_of(dense)
-    dense_acc = evaluate(dense, data)
-    tmp = Path(tempfile.mkdtemp(prefix="hiap-peers-"))
-    onnx_paths = {"dense start": tmp / "dense-start.onnx"}
+    args.cache.mkdir(parents=True, exist_ok=True)
+    log = results_dir() / "peers.jsonl"
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.report_only:
+        for seed in args.seeds:
+            for method in args.methods:
+                for budget in [1.0] if method == "dense" else args.budgets:
+                    run_one(method, budget, seed, args, dense, data, log)
+    torch.set_num_threads(threads)
+    if args.train_only:
+        return
+    onnx_paths = {"dense start": args.cache / "dense-start.onnx"}
     torch2onnx(dense, cfg["input_size"], onnx_paths["dense start"])
-    runs = []
-    hiap_macs: dict[tuple[int, float], int] = {}
-    for seed in args.seeds:
-        for method in args.methods:
-            for budget in [1.0] if method == "dense" else args.budgets:
-                t0 = time.perf_counter()
-                if method == "hiap":
-                    acc, model = hiap_run(budget, seed, args.epochs)
-                    macs, params, ratio = macs_of(model), sum(p.numel() for p in model.parameters()), None
-                    hiap_macs[(seed, budget)] = macs
-                else:
-                    teacher = copy.deepcopy(dense).eval().requires_grad_(False)
-                    target = hiap_macs.get((seed, budget), budget * dense_macs)
-                    model, ratio = (copy.deepcopy(dense), 0.0) if method == "dense" else prune_to(
-                        dense, method, target, data)  # fmt: skip
-                    macs, params = macs_of(model), sum(p.numel() for p in model.parameters())
-                    acc = finetune(model, teacher, data, args.epochs, seed)
-                key = f"{method} {budget} {seed}"
-                onnx_paths[key] = tmp / f"{method}-{budget}-{seed}.onnx"
-                torch2onnx(model.eval(), cfg["input_size"], onnx_paths[key])
-                onnx_macs, onnx_params = onnx_cost(onnx_paths[key])
-                run = {"method": method, "budget": budget, "seed": seed, "val_acc": acc, "macs": int(macs),
-                       "mac_fraction": macs / dense_macs, "params": int(params), "onnx_macs": onnx_macs,
-                       "onnx_params": onnx_params, "onnx_bytes": onnx_paths[key].stat().st_size,
-                       "prune_ratio": ratio, "seconds": time.perf_counter() - t0}  # fmt: skip
-                print(run, flush=True)
-                runs.append(run)
+    report(load_runs(log), onnx_paths, args, dense, data)
+
+
+def run_one(method: str, budget: float, seed: int, args: argparse.Namespace, dense: torch.nn.Module, data: Any,
+            log: Path) -> None:  # fmt: skip
+    """Train one method at one budget and seed unless the log has it; append its result to the log."""
+    from export.onnx_io import onnx_cost, torch2onnx
+
+    runs = load_runs(log)
+    if any((r["method"], r["budget"], r["seed"]) == (method, budget, seed) for r in runs):
+        return
+    dense_macs = macs_of(dense)
+    t0 = time.perf_counter()
+    if method == "hiap":
+        acc, model = hiap_run(budget, seed, args.epochs)
+        macs, params, ratio = macs_of(model), sum(p.numel() for p in model.parameters()), None
+    else:
+        teacher = copy.deepcopy(dense).eval().requires_grad_(False)
+        # Matched to HiAP's exported MACs for the same budget and seed (its run comes first in every seed).
+        hiap = [r["macs"] for r in runs if (r["method"], r["budget"], r["seed"]) == ("hiap", budget, seed)]
+        target = hiap[0] if hiap else budget * dense_macs
+        model, ratio = (copy.deepcopy(dense), 0.0) if method == "dense" else prune_to(dense, method, target, data)
+        macs, params = macs_of(model), sum(p.numel() for p in model.parameters())
+        acc = finetune(model, teacher, data, args.epochs, seed)
+    onnx = args.cache / f"{method}-{budget}-{seed}.onnx"
+    torch2onnx(model.eval(), data_config(dense)["input_size"], onnx)
+    onnx_macs, onnx_params = onnx_cost(onnx)
+    run = {"method": method, "budget": budget, "seed": seed, "val_acc": acc, "macs": int(macs),
+           "mac_fraction": macs / dense_macs, "params": int(params), "onnx_macs": onnx_macs,
+           "onnx_params": onnx_params, "onnx_bytes": onnx.stat().st_size, "prune_ratio": ratio,
+           "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(),
+           "date": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
+    print(run, flush=True)
+    with open(log, "a") as f:
+        f.write(json.dumps(run) + "\n")
+
+
+def report(runs: list[dict[str, Any]], onnx_paths: dict[str, Path], args: argparse.Namespace,
+           dense: torch.nn.Module, data: Any) -> None:  # fmt: skip
+    """Time every logged run's ONNX file side by side (those still in the cache) and write the tables and plot."""
+    for r in runs:
+        path = args.cache / f"{r['method']}-{r['budget']}-{r['seed']}.onnx"
+        if path.is_file():
+            onnx_paths[f"{r['method']} {r['budget']} {r['seed']}"] = path
     latency = time_models(onnx_paths, args.rounds, args.iters)
     for run in runs:
-        run["ort_ms"] = latency[f"{run['method']} {run['budget']} {run['seed']}"]
-        run["ort_speedup"] = latency["dense start"] / run["ort_ms"]
+        ms = latency.get(f"{run['method']} {run['budget']} {run['seed']}")
+        run["ort_ms"] = ms
+        run["ort_speedup"] = latency["dense start"] / ms if ms else None
     table = [
         "| method | budget | seeds | val top-1 % (mean +- sd) | min..max | MACs (of dense) | params (M) "
         "| ORT ms (batch 1) | speedup vs dense |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for method in args.methods:
-        for budget in [1.0] if method == "dense" else args.budgets:
+    budgets = sorted({r["budget"] for r in runs if r["method"] != "dense"}, reverse=True)
+    for method in dict.fromkeys(r["method"] for r in runs):
+        for budget in [1.0] if method == "dense" else budgets:
             rs = [r for r in runs if r["method"] == method and r["budget"] == budget]
+            if not rs:
+                continue
             accs = [100 * r["val_acc"] for r in rs]
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            timed = [r for r in rs if r["ort_ms"]]
+            ms = f"{statistics.mean(r['ort_ms'] for r in timed):.3f}" if timed else "-"
+            speedup = f"{statistics.mean(r['ort_speedup'] for r in timed):.2f}x" if timed else "-"
             table.append(f"| {method} | {budget} | {len(rs)} | {statistics.mean(accs):.2f} +- {sd:.2f} | "
                          f"{min(accs):.2f}..{max(accs):.2f} | "
                          f"{statistics.mean(r['mac_fraction'] for r in rs):.3f} | "
-                         f"{statistics.mean(r['params'] for r in rs) / 1e6:.3f} | "
-                         f"{statistics.mean(r['ort_ms'] for r in rs):.3f} | "
-                         f"{statistics.mean(r['ort_speedup'] for r in rs):.2f}x |")  # fmt: skip
-    table.append(f"\nDense start (no fine-tuning): {100 * dense_acc:.2f} %, {dense_macs / 1e6:.2f} MMACs, "
+                         f"{statistics.mean(r['params'] for r in rs) / 1e6:.3f} | {ms} | {speedup} |")  # fmt: skip
+    dense_acc = evaluate(dense, data)
+    table.append(f"\nDense start (no fine-tuning): {100 * dense_acc:.2f} %, {macs_of(dense) / 1e6:.2f} MMACs, "
                  f"ORT {latency['dense start']:.3f} ms. Latency: median of {args.rounds} rounds x {args.iters} "
-                 "calls, all models alternating in one process after training.")  # fmt: skip
+                 "calls, all models alternating in one process after training (a run whose ONNX file is no longer "
+                 "in the cache shows -). Every run: `peers.jsonl`.")  # fmt: skip
     env = environment(f"{MODEL} from the shipped dense checkpoint, built-in data, {args.epochs} epochs per method, "
-                      f"seeds {args.seeds}, budgets {args.budgets}")  # fmt: skip
+                      f"seeds {sorted({r['seed'] for r in runs})}, budgets {budgets}")  # fmt: skip
     env["onnxruntime"] = __import__("onnxruntime").__version__
-    env["dense_start"] = {"val_acc": dense_acc, "macs": dense_macs, "ort_ms": latency["dense start"]}
+    env["dense_start"] = {"val_acc": dense_acc, "macs": macs_of(dense), "ort_ms": latency["dense start"]}
     write_results("peers", "Pruning quality against peers (built-in data)", env, runs, table)
     points = [(r["method"], r["budget"], r["mac_fraction"], 100 * r["val_acc"]) for r in runs]
     plot(points, 100 * dense_acc, results_dir() / "peers.png", "Built-in data, equal MACs and epochs (dots: seeds)")

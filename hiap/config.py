@@ -88,11 +88,11 @@ class TrainConfig:
     # after it the exported structure is fixed and only its weights train (1.0: search for the whole run). The gate
     # lr is gate_lr / search_fraction, so a shorter search moves the gates as far per unit of its progress as a
     # whole-run search does (at gate_lr itself a 0.3 search lagged its budget ramp and collapsed the network).
-    search_fraction: float = 1.0
+    search_fraction: float = 0.3
     # Where the fixed structure's weights start when the search ends before the run does: 'gated' (the weights the
     # search trained) or 'start' (the weights the run started from, the kept units copied; the weight lr and its
     # AdamW state restart for the remaining steps, as a one-shot prune-then-fine-tune would).
-    adapt_from: str = "gated"
+    adapt_from: str = "start"
     # Integral gain of the budget controller, per step per unit of cost error (fraction of dense); 0: auto, 0.5 for a
     # MAC target and 2.0 for a latency target. A table prices heads and whole FFN branches high and neurons low, so
     # after the macro freeze the fine knobs need a stronger pull: on the built-in model at 0.4 ms, gain 0.5 ended

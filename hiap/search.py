@@ -191,10 +191,10 @@ class GateSearch:
         # The budget ramp and the freezes run over the first search_steps, as the temperature does.
         gain = cfg.controller_gain or (2.0 if self.budget.kind == "latency" else 0.5)
         self.controller = BudgetController(self.budget.target / self.budget.dense, gain=gain)
-        # A search over a share of the run moves its gates proportionally faster (see TrainConfig.search_fraction).
+        # A search over a share of the run moves its gates proportionally faster (see TrainConfig.search_fraction),
+        # so what the schedule check asks of the run does not depend on that share.
         self.gate_lr = cfg.gate_lr * schedule.total_steps / schedule.search_steps
-        ramp = self.controller.ramp * schedule.search_steps / schedule.total_steps
-        check_schedule(schedule.total_steps, schedule.steps_per_epoch, cfg.gate_init, self.gate_lr, ramp)
+        check_schedule(schedule.total_steps, schedule.steps_per_epoch, cfg.gate_init, cfg.gate_lr, self.controller.ramp)
         self.final_masks: Any = None  # the exported structure's masks once the search has ended
         self.landing_shift = 0.0  # what land() added to the micro logits when the search ended
         self.trace: list[list[float]] = []  # [step, tau, expected, hard, reference] (fractions of dense)
@@ -276,13 +276,18 @@ class GateSearch:
         for _ in range(50):
             mid = 0.5 * (lo + hi)
             lo, hi = (lo, mid) if error(mid) > 0 else (mid, hi)
-        shift = min((lo, hi), key=lambda c: abs(error(c)))
+        # No shift unless it lands closer (the macro gates may leave the micro ones nothing to reach it with).
+        shift = min((0.0, lo, hi), key=lambda c: (round(abs(error(c)), 12), abs(c)))
         error(shift)
         self.landing_shift = shift
         return shift
 
     def eval_masks(self, open_gates: bool) -> tuple[Any, ...]:
         return (self.gated.open_masks() if open_gates else self.gated.hard_masks(),)
+
+    def freeze(self) -> None:
+        """The search is over: no gate logit takes a gradient again."""
+        self.gated.gates.requires_grad_(False)
 
     def penalty(self, step: int) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """The terms added to the task loss while searching: the MAC penalty at the controller's scale, the soft

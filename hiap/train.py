@@ -269,6 +269,8 @@ class Trainer:
         self.last_val_acc: float | None = None
         if self.ckpt is not None:
             self._restore(self.ckpt)
+        if self.search.gated is not None and self.step >= self.schedule.search_steps:
+            self.search.freeze()  # resumed after the search: the gates are constants from here on
         self.forward_model = self._wrap_for_ddp(self.search.core)
         table = self.search.budget.latency.table if self.search.budget.latency is not None else None
         if table is not None and table.measured_elsewhere:
@@ -365,6 +367,15 @@ class Trainer:
         cfg = self.cfg
         return not cfg.dense and cfg.adapt_from == "start" and self.schedule.search_steps < self.schedule.total_steps
 
+    def _end_search(self) -> None:
+        """The search has ended before the run: the gates become constants (under torchrun the wrapper is rebuilt
+        without them, since DDP refuses parameters that get no gradient), and with adapt_from start the weights
+        rewind."""
+        self.search.freeze()
+        self.forward_model = self._wrap_for_ddp(self.search.core)
+        if self.rewinds:
+            self._rewind()
+
     def _rewind(self) -> None:
         """The search has ended: the weights go back to the run's start (pruned units are masked by the fixed
         structure, so the kept ones are what a one-shot prune would copy) and their AdamW state is dropped."""
@@ -387,8 +398,8 @@ class Trainer:
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        if self.rewinds and self.step == self.schedule.search_steps:
-            self._rewind()
+        if self.search.gated is not None and self.step == self.schedule.search_steps:
+            self._end_search()
         self._set_lr()
         tau = self.tau(self.step)
         loss, stats = self._loss(x, y, tau)

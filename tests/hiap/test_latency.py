@@ -193,8 +193,9 @@ def _latency_run(tmp_path: Path, target_ms: float, **extra: object) -> TrainConf
 
 
 def test_a_latency_target_is_landed_and_reported(tmp_path: Path) -> None:
-    """The controller lands the table's latency of the exported network within 1 % of the target."""
-    cfg = _latency_run(tmp_path, 0.12)
+    """The controller of a whole-run search lands the table's latency of the exported network within 1 % of the
+    target (this model's value widths are 8 or 16 at align 8: too coarse for a short search's landing shift)."""
+    cfg = _latency_run(tmp_path, 0.12, search_fraction=1.0, adapt_from="gated")
     summary = Trainer(cfg).run()
     assert summary["budget"] == "latency"
     assert summary["target_latency_ms"] == 0.12

@@ -74,7 +74,7 @@ def test_adapt_from_start_rewinds_the_weights_when_the_search_ends(tmp_path: Pat
         start = {k: v.clone() for k, v in trainer.vit.state_dict().items()}
         original = trainer._set_lr
 
-        def at_search_end(trainer: Trainer = trainer, original=original, adapt: str = adapt) -> None:  # noqa: ANN001
+        def at_search_end(trainer: Trainer = trainer, original=original, adapt: str = adapt, start=start) -> None:
             original()
             if trainer.step == trainer.schedule.search_steps:
                 state = trainer.vit.state_dict()

@@ -62,7 +62,7 @@ def test_cli_train_end_to_end_writes_every_output(tmp_path: Path) -> None:
     ):
         assert key in lines[-1]
     assert len(lines[-1]["kept_heads"]) == 4
-    assert lines[0]["tau"] > lines[1]["tau"] >= 0.5
+    assert lines[0]["tau"] >= lines[1]["tau"] == pytest.approx(0.5)  # annealed to its end once the search is over
     summary = json.loads((out / "summary.json").read_text())
     for key in ("dense_gmacs", "pruned_gmacs", "target_gmacs", "val_acc", "dense_val_acc"):
         assert isinstance(summary[key], float)
