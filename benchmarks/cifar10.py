@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import environment, results_dir
+from common import environment, load_runs, results_dir
 from peers import example_input, finetune, macs_of, plot, prune_to, time_models
 from rich.console import Console
 
@@ -172,12 +172,6 @@ def hiap_run(setting: str, variant: str, root: Path, weights: Path, budget: floa
     compact = build_compact(trainer.vit.eval(), trainer.gated.hard_structure(), align=8)
     keys = ("kept_heads", "kept_ffn", "kept_neurons", "target_error")
     return summary["val_acc"], compact, {k: summary[k] for k in keys}
-
-
-def load_runs(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def run_one(method: str, budget: float, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:

@@ -76,6 +76,13 @@ def train_run(**overrides: Any) -> dict[str, Any]:
     return summary
 
 
+def load_runs(path: Path) -> list[dict[str, Any]]:
+    """Every run a resumable benchmark has appended to its JSON-lines log (none when it has none yet)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def results_dir() -> Path:
     """benchmarks/results, or $HIAP_BENCH_RESULTS (run_all.py's reduced runs write there, not over the committed
     results)."""

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import environment, results_dir
+from common import environment, load_runs, results_dir
 from peers import MODEL, finetune, macs_of, prune_to
 from rich.console import Console
 from search_split import dense_start, search_data, val_data
@@ -46,25 +46,29 @@ from hiap.train import Trainer, structure_summary
 
 # HiAP variants: TrainConfig overrides of the default recipe, named after what they change.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "hiap": {},  # the default recipe: search in the first 30 %, then the structure from the dense start's weights
+    # the default recipe: search in the first 30 %, land with every kept head filled to the exported value width,
+    # then the structure from the dense start's weights
+    "hiap": {},
     # the previous default: the gates learn for the whole run, the final structure keeps the gated run's weights
-    "hiap-whole-run": {"search_fraction": 1.0, "adapt_from": "gated"},
-    # the search in the first 30 % of the run (gates 1/0.3x faster), then the fixed structure trains on ...
-    "hiap-s30": {"search_fraction": 0.3, "adapt_from": "gated"},
-    # ... from the dense start's weights (kept units copied, weight lr and AdamW state restarted)
-    "hiap-s30-start": {"search_fraction": 0.3, "adapt_from": "start"},
-    "hiap-s20-start": {"search_fraction": 0.2, "adapt_from": "start"},
+    "hiap-whole-run": {"search_fraction": 1.0, "adapt_from": "gated", "value_align": 0},
+    # the search in the first 30 % of the run (gates 1/0.3x faster), no fill, then the fixed structure trains on
+    # from the dense start's weights (kept units copied, weight lr and AdamW state restarted) ...
+    "hiap-s30-start": {"search_fraction": 0.3, "adapt_from": "start", "value_align": 0},
     # ... and the micro gates starting in l1-magnitude order
-    "hiap-s30-start-l1": {"search_fraction": 0.3, "adapt_from": "start", "gate_init_importance": 1.0},
-    "hiap-s15-start-l1": {"search_fraction": 0.15, "adapt_from": "start", "gate_init_importance": 1.0},
-    "hiap-s50-start-l1": {"search_fraction": 0.5, "adapt_from": "start", "gate_init_importance": 1.0},
+    "hiap-s30-start-l1": {"search_fraction": 0.3, "adapt_from": "start", "gate_init_importance": 1.0, "value_align": 0},
     # ... and FFN blocks never removed
     "hiap-s30-start-l1-keepffn": {
         "search_fraction": 0.3,
         "adapt_from": "start",
         "gate_init_importance": 1.0,
         "ffn_block_gates": False,
+        "value_align": 0,
     },
+    # the default with another search share
+    "hiap-s20": {"search_fraction": 0.2},
+    "hiap-s50": {"search_fraction": 0.5},
+    # the default keeping the gated run's weights after the search
+    "hiap-gated": {"adapt_from": "gated"},
 }
 PARTS = ("path", "structure", "l1-sizes", "uniform")
 
@@ -105,12 +109,6 @@ def run_path(variant: str, budget: float, seed: int, epochs: int, split: str,
         compact = build_compact(trainer.vit.eval(), structure, align=8)
     keys = ("target_error", "target_met", "kept_heads", "kept_ffn", "kept_neurons")
     return summary["val_acc"], compact, structure, {k: summary[k] for k in keys}
-
-
-def load_runs(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import environment, latency_ms, results_dir, write_results
+from common import environment, latency_ms, load_runs, results_dir, write_results
 from timm.models.vision_transformer import Attention, Mlp
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -244,12 +244,6 @@ def plot(points: list[tuple[str, float, float, float]], dense_top1: float | None
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def load_runs(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def main() -> None:

@@ -93,6 +93,10 @@ class TrainConfig:
     # search trained) or 'start' (the weights the run started from, the kept units copied; the weight lr and its
     # AdamW state restart for the remaining steps, as a one-shot prune-then-fine-tune would).
     adapt_from: str = "start"
+    # When a short search lands, every kept head of a block is filled to the value width the export emits (its
+    # widest kept head rounded up to this alignment, the export's --align) with its next-best value dims, instead
+    # of the zero padding the exporter would add; the landing counts them. 0: no fill.
+    value_align: int = 8
     # Integral gain of the budget controller, per step per unit of cost error (fraction of dense); 0: auto, 0.5 for a
     # MAC target and 2.0 for a latency target. A table prices heads and whole FFN branches high and neurons low, so
     # after the macro freeze the fine knobs need a stronger pull: on the built-in model at 0.4 ms, gain 0.5 ended
@@ -131,6 +135,8 @@ class TrainConfig:
                 raise HiapError(f"Config '{key}' must be > 0, got {getattr(self, key)}.")
         if not 0.0 < self.search_fraction <= 1.0:
             raise HiapError(f"Config 'search_fraction' must lie in (0, 1], got {self.search_fraction}.")
+        if self.value_align < 0:
+            raise HiapError(f"Config 'value_align' must be >= 0 (0: no fill), got {self.value_align}.")
         if self.adapt_from not in ("gated", "start"):
             raise HiapError(f"Config 'adapt_from' must be 'gated' or 'start', got '{self.adapt_from}'.")
         if not self.dense:

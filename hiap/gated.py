@@ -17,7 +17,7 @@ from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from hiap.cost import BlockStructure, ExpectedCost, Geometry, Structure, expected_cost
+from hiap.cost import BlockStructure, ExpectedCost, Geometry, Structure, emitted_width, expected_cost
 from hiap.errors import UnsupportedModelError
 from hiap.gates import export_rule, gumbel_sigmoid, keep_probability, logistic_noise
 
@@ -43,6 +43,10 @@ class Floors:
 
     def neurons(self, hidden: int) -> int:
         return max(1, min(hidden, math.ceil(self.min_neuron_frac * hidden)))
+
+
+# The logit a filled value dim gets when it was below the export threshold (kept: logit > 0).
+FILLED_LOGIT = 0.01
 
 
 @dataclass
@@ -238,6 +242,19 @@ class GatedViT(nn.Module):
         ffn = export_rule(self.gates.ffn)
         neuron = _with_floor(self.gates.neuron, fl.neurons(g.hidden)) & ffn.unsqueeze(-1)
         return Masks(head=head.float(), value=value.float(), ffn=ffn.float(), neuron=neuron.float())
+
+    @torch.no_grad()
+    def fill_value_widths(self, align: int) -> None:
+        """Give every kept head of a block the block's emitted value width (its widest kept head rounded up to
+        `align`, hiap.cost.emitted_width) by raising the logits of each head's next-best value dims just above the
+        export threshold: the exporter would emit those columns anyway, as zero padding, so they cost nothing more
+        in the exported graph and carry weights instead."""
+        masks = self.hard_masks()
+        widest = masks.value.sum(-1).amax(-1).long()  # [blocks]
+        width = emitted_width(widest, self.geometry.head_dim, align).view(-1, 1, 1)
+        rank = self.gates.value.argsort(dim=-1, descending=True).argsort(dim=-1)  # 0 = the head's best dim
+        fill = (rank < width) & masks.head.bool().unsqueeze(-1)
+        self.gates.value.copy_(torch.where(fill, self.gates.value.clamp_min(FILLED_LOGIT), self.gates.value))
 
     def open_masks(self) -> Masks:
         """All gates open: the wrapped model computes exactly the timm model."""

@@ -257,9 +257,10 @@ class Trainer:
             else GateSearch(self.vit, self.geometry, cfg, target, self.schedule, self.device, self._lut())
         )
         self.teacher = copy.deepcopy(self.vit).eval().requires_grad_(False) if cfg.kd and not cfg.dense else None
-        # The weights the fixed structure restarts from when the search ends early (adapt_from: start).
-        self.rewind_to = None
-        if self.rewinds:
+        # The weights the fixed structure restarts from when the search ends early (adapt_from: start): the
+        # teacher's, which are the starting weights, or a copy of them when there is no teacher.
+        self.rewind_to: dict[str, torch.Tensor] | None = None
+        if self.rewinds and self.teacher is None:
             self.rewind_to = {k: v.detach().clone() for k, v in self.vit.state_dict().items()}
         groups = param_groups(self.vit, cfg) + self.search.gate_groups(cfg.gate_lr)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
@@ -379,7 +380,7 @@ class Trainer:
     def _rewind(self) -> None:
         """The search has ended: the weights go back to the run's start (pruned units are masked by the fixed
         structure, so the kept ones are what a one-shot prune would copy) and their AdamW state is dropped."""
-        self.vit.load_state_dict(self.rewind_to)
+        self.vit.load_state_dict(self.rewind_to if self.teacher is None else self.teacher.state_dict())
         for group in self.optimizer.param_groups:
             if group.get("base_lr") is not None:
                 for p in group["params"]:

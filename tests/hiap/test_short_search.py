@@ -46,7 +46,7 @@ def test_a_short_search_moves_its_gates_faster_by_the_same_factor(tmp_path: Path
 
 
 def test_landing_shifts_the_micro_logits_onto_the_target_and_keeps_their_order(tmp_path: Path) -> None:
-    trainer = Trainer(_tiny(tmp_path, target_macs="0.5", target_tolerance=0.01))
+    trainer = Trainer(_tiny(tmp_path, target_macs="0.5", target_tolerance=0.01, value_align=0))
     trainer.setup()
     search, gates = trainer.search, trainer.gated.gates
     with torch.no_grad():  # a search that ended far above its target (every unit kept), with uneven logits
@@ -61,15 +61,43 @@ def test_landing_shifts_the_micro_logits_onto_the_target_and_keeps_their_order(t
     assert torch.equal(after["head"], before["head"]) and torch.equal(after["ffn"], before["ffn"])
     for kind in ("value", "neuron"):
         assert torch.allclose(after[kind] - before[kind], torch.full_like(before[kind], shift))
-    assert search.land() == 0.0  # landed: a second call (a resumed run) changes nothing
+    landed_logits = {k: v.detach().clone() for k, v in gates.as_dict().items()}
+    assert search.land() == shift  # landed: a second call (a resumed run) changes nothing
+    assert all(torch.equal(v, landed_logits[k]) for k, v in gates.as_dict().items())
+
+
+def test_landing_fills_every_kept_head_to_the_width_the_export_emits(tmp_path: Path) -> None:
+    """With value_align 8 (head dim 16 here) each block's kept heads end with one width, 8 or 16, made of each
+    head's best value dims by logit; the exported layout then adds no zero padding, and it is that network (the
+    exported MACs) that lands on the target."""
+    from export.compact import padded_structure
+    from hiap.cost import structure_macs
+
+    trainer = Trainer(_tiny(tmp_path, target_macs="0.5", target_tolerance=0.01, value_align=8))
+    trainer.setup()
+    search, gates, geom = trainer.search, trainer.gated.gates, trainer.geometry
+    with torch.no_grad():
+        gates.value.copy_(torch.randn(gates.value.shape, generator=torch.Generator().manual_seed(0)))
+        gates.neuron.copy_(torch.randn(gates.neuron.shape, generator=torch.Generator().manual_seed(1)) + 3)
+    order = gates.value.detach().argsort(dim=-1, descending=True)
+    search.land()
+    structure = trainer.gated.hard_structure()
+    for i, block in enumerate(structure.blocks):
+        widths = {len(v) for v in block.value_dims}
+        assert len(widths) == 1 and widths <= {8, 16}, (i, widths)
+        for h, dims in zip(block.heads, block.value_dims, strict=True):
+            assert set(dims) == set(order[i, h, : len(dims)].tolist())  # the head's best dims by logit
+    exported = structure_macs(geom, padded_structure(structure, geom.head_dim, 8))
+    assert exported == structure_macs(geom, structure)
+    assert abs(exported / search.target_macs - 1) < 0.01
 
 
 def test_adapt_from_start_rewinds_the_weights_when_the_search_ends(tmp_path: Path) -> None:
     """Search in the first half of 2 epochs; at its end the weights are the starting weights again, their AdamW
     state is gone and their lr restarts at the base lr; the gated run's weights are kept with adapt_from gated."""
     seen: dict[str, object] = {}
-    for adapt in ("start", "gated"):
-        trainer = Trainer(_tiny(tmp_path / adapt, search_fraction=0.5, adapt_from=adapt))
+    for adapt, kd in (("start", True), ("start-no-teacher", False), ("gated", True)):
+        trainer = Trainer(_tiny(tmp_path / adapt, search_fraction=0.5, adapt_from=adapt.split("-")[0], kd=kd))
         trainer.setup()
         start = {k: v.clone() for k, v in trainer.vit.state_dict().items()}
         original = trainer._set_lr
@@ -89,6 +117,7 @@ def test_adapt_from_start_rewinds_the_weights_when_the_search_ends(tmp_path: Pat
         trainer.run()
         assert trainer.step == 32
     assert seen["start"] == {"rewound": True, "adam_state": 0, "lr": pytest.approx(5e-4)}
+    assert seen["start-no-teacher"] == seen["start"]  # from its own copy of the starting weights
     assert seen["gated"]["rewound"] is False and seen["gated"]["adam_state"] > 0  # type: ignore[index]
     assert seen["gated"]["lr"] < 4e-4  # type: ignore[index]  # the whole run's cosine goes on
 

@@ -32,6 +32,7 @@ def test_openvino_runner_matches_onnx_runtime_and_reads_the_metadata(tmp_path: P
         assert [(s.name, s.shape, s.dtype) for s in ov.inputs] == [("input", (1, 1, 28, 28), "float32")]
         assert np.abs(run_batched(ov, x, 1) - run_batched(ort, x, 1)).max() < 1e-4
         assert ov.describe()["runtime"] == "openvino" and ov.describe()["precision"] == "fp32"
+        assert ov.describe()["inference_precision"] == "f32"  # whatever the CPU plugin would choose by default
         with pytest.raises(HiapError, match="has shape 2x1x28x28 but the model expects 1x1x28x28"):
             ov.infer({"input": np.zeros((2, 1, 28, 28), np.float32)})
 
