@@ -203,12 +203,16 @@ def report(name: str, log: Path) -> None:
             sd = f" +- {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
             cells.append(f"{means[part]:.2f}{sd}" if accs else "")
         seeds = len({r["seed"] for r in mine})
-        if means["uniform"] is None:  # a variant without its own uniform cut: the one at the same budget and seeds
-            same = [100 * r["val_acc"] for r in runs if r["part"] == "uniform" and r["budget"] == budget
-                    and r["seed"] in {m["seed"] for m in mine}]  # fmt: skip
-            if same:
-                means["uniform"] = statistics.mean(same)
-                cells[3] = f"({means['uniform']:.2f})"
+        paths = [m for m in mine if m["part"] == "path"]
+        if means["uniform"] is None and paths:  # no uniform cut of its own: per seed, the one closest in MACs
+            closest = []
+            for m in paths:
+                others = [r for r in runs if (r["part"], r["budget"], r["seed"]) == ("uniform", budget, m["seed"])]
+                if others:
+                    closest.append(min(others, key=lambda r: abs(r["mac_fraction"] - m["mac_fraction"])))
+            if closest:
+                means["uniform"] = statistics.mean(100 * r["val_acc"] for r in closest)
+                cells[3] = f"({means['uniform']:.2f} at {statistics.mean(r['mac_fraction'] for r in closest):.3f})"
         gap = (f"{means['path'] - means['uniform']:+.2f}" if means["path"] is not None and means["uniform"] is not None
                else "")  # fmt: skip
         macs = statistics.mean(r["mac_fraction"] for r in mine if r["part"] == "path") if means["path"] else 0
@@ -217,9 +221,14 @@ def report(name: str, log: Path) -> None:
     split = "search split (1,200 images carved from the training set)" if searched else "validation split"
     env = environment(f"{MODEL}, built-in data, {split}, 6 epochs per network, KD from the dense start")
     results = results_dir()
-    head = [f"# Where HiAP's accuracy goes ({split})", "", f"{env['recipe']}; {env['machine']}, torch {env['torch']}, "
-            f"hiap {env['hiap']}, {env['date']}. Top-1 % (mean over seeds); a uniform cut in parentheses is the one "
-            "matched to another variant at the same budget and seed. Every run: `{log.name}`.", ""]  # fmt: skip
+    note = (
+        "Top-1 % (mean over seeds); a uniform cut in parentheses is the one matched to another variant, at the "
+        f"same budget and seed and closest in MACs. Every run: `{log.name}`."
+    )
+    head = [f"# Where HiAP's accuracy goes ({split})", "",
+            f"{env['recipe']}; {env['machine']}, {env['cpu']['model']} ({' '.join(env['cpu']['flags'])}), 1 thread "
+            f"per run, torch {env['torch']}, hiap {env['hiap']}, {env['date']}. {note}",
+            ""]  # fmt: skip
     (results / f"{name}.md").write_text("\n".join(head + rows) + "\n")
     print("\n".join(head + rows))
 

@@ -122,6 +122,8 @@ def test_adapt_from_start_rewinds_the_weights_when_the_search_ends(tmp_path: Pat
     assert seen["gated"]["lr"] < 4e-4  # type: ignore[index]  # the whole run's cosine goes on
 
 
-def test_adapt_from_is_checked() -> None:
+def test_adapt_from_and_value_align_are_checked() -> None:
     with pytest.raises(HiapError, match="'adapt_from' must be 'gated' or 'start'"):
         TrainConfig(adapt_from="dense").validate()
+    with pytest.raises(HiapError, match="'value_align' must be >= 0"):
+        TrainConfig(value_align=-8).validate()
