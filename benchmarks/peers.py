@@ -176,9 +176,9 @@ def finetune(model: torch.nn.Module, teacher: torch.nn.Module, data: Any, epochs
     return acc
 
 
-def hiap_run(budget: float, seed: int, epochs: int) -> tuple[float, torch.nn.Module]:
-    """The default `hiap train` at the target; returns its validation accuracy and the compact network (counted
-    with the same FlopCounterMode as the peers)."""
+def hiap_run(budget: float, seed: int, epochs: int) -> tuple[float, torch.nn.Module, dict[str, Any]]:
+    """The default `hiap train` at the target; returns its validation accuracy, the compact network (counted
+    with the same FlopCounterMode as the peers) and what it kept."""
     import tempfile
 
     from rich.console import Console
@@ -191,9 +191,10 @@ def hiap_run(budget: float, seed: int, epochs: int) -> tuple[float, torch.nn.Mod
         trainer = Trainer(TrainConfig(target_macs=str(budget), seed=seed, epochs=epochs, out=f"{tmp}/run"),
                           Console(quiet=True))  # fmt: skip
         summary = trainer.run()
-        # The exported network (align 8, the export default): its value-width padding counts against HiAP.
+        # The exported network (align 8, the export default): any value-width padding counts against HiAP.
         compact = build_compact(trainer.vit.eval(), trainer.gated.hard_structure(), align=8)
-    return summary["val_acc"], compact
+    kept = {k: summary[k] for k in ("kept_heads", "kept_ffn", "kept_neurons", "target_error")}
+    return summary["val_acc"], compact, kept
 
 
 def time_models(
@@ -257,7 +258,8 @@ def main() -> None:
     parser.add_argument(
         "--cache",
         type=Path,
-        default=Path(tempfile.gettempdir()) / "hiap-peers",
+        # one per results folder, so run_all.py's reduced runs never replace the full runs' files
+        default=Path(tempfile.gettempdir()) / "hiap-peers" / results_dir().resolve().name,
         help="where every run's ONNX file is kept for the latency phase (across sittings)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads while training (0: torch's default)")
@@ -304,8 +306,9 @@ def run_one(method: str, budget: float, seed: int, args: argparse.Namespace, den
         return
     dense_macs = macs_of(dense)
     t0 = time.perf_counter()
+    kept: dict[str, Any] = {}
     if method == "hiap":
-        acc, model = hiap_run(budget, seed, args.epochs)
+        acc, model, kept = hiap_run(budget, seed, args.epochs)
         macs, params, ratio = macs_of(model), sum(p.numel() for p in model.parameters()), None
     else:
         teacher = copy.deepcopy(dense).eval().requires_grad_(False)
@@ -322,7 +325,7 @@ def run_one(method: str, budget: float, seed: int, args: argparse.Namespace, den
            "mac_fraction": macs / dense_macs, "params": int(params), "onnx_macs": onnx_macs,
            "onnx_params": onnx_params, "onnx_bytes": onnx.stat().st_size, "prune_ratio": ratio,
            "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(),
-           "date": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
+           "date": time.strftime("%Y-%m-%d %H:%M"), **kept}  # fmt: skip
     print(run, flush=True)
     with open(log, "a") as f:
         f.write(json.dumps(run) + "\n")
