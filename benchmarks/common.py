@@ -14,34 +14,20 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from devices.host import detect_host
 from hiap import __version__
 from hiap.config import TrainConfig
 from hiap.cost import BlockStructure, Geometry, Structure, structure_macs
 from hiap.train import Trainer
 
-# CPU features that change which kernels (and so which speeds and precisions) a run gets.
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "asimddp", "fphp", "asimdhp",
-             "bf16", "i8mm")  # fmt: skip
-
-
-def cpu_features() -> dict[str, Any]:
-    """The CPU's model name and which of CPU_FLAGS it has (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"model": platform.processor(), "flags": []}
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = set((fields.get("flags") or fields.get("Features") or "").split())
-    return {"model": fields.get("model name", platform.machine()), "flags": [f for f in CPU_FLAGS if f in flags]}
-
 
 def environment(recipe: str) -> dict[str, Any]:
+    host = detect_host()
     return {
         "date": time.strftime("%Y-%m-%d"),
         "machine": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "cpu": cpu_features(),
+        "cpu": {"model": host.cpu, "flags": host.cpu_flags},
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -21,6 +21,7 @@ import torch
 import yaml
 from rich.console import Console
 
+from devices.host import detect_host
 from hiap.checkpoint import export_weights
 from hiap.config import TrainConfig
 from hiap.data import BuiltinData, Dataset
@@ -52,12 +53,14 @@ def dense_start(cache: Path) -> Path:
     cfg = TrainConfig(**recipe | {"out": str(run)})
     t0 = time.perf_counter()
     summary = Trainer(cfg, Console(), resume=resume, make_data=search_data).run()
+    host = detect_host()
     curve = [json.loads(line)["val_acc"] for line in (run / "metrics.jsonl").read_text().splitlines() if line]
     START_DIR.mkdir(parents=True, exist_ok=True)
     export_weights(run / "checkpoint.safetensors", WEIGHTS)
     info = {"config": cfg.to_dict(), "data": summary["data"], "val_acc_carved": summary["val_acc"],
             "val_curve": curve, "train_seconds": summary["seconds"], "seconds_this_sitting": time.perf_counter() - t0,
-            "threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu": {"model": host.cpu, "flags": host.cpu_flags}}  # fmt: skip
     INFO.write_text(json.dumps(info, indent=1) + "\n")
     return WEIGHTS
 

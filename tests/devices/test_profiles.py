@@ -112,6 +112,15 @@ def test_host_detection_jetson_pi_and_mismatch(tmp_path: Path, monkeypatch: pyte
     assert emulated.emulated and "emulated" in profile_mismatch(load_profile("rpi5"), emulated)
 
 
+def test_host_records_the_cpu_features_that_decide_kernels(tmp_path: Path) -> None:
+    amx = "model name\t: Xeon\nflags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16 amx_int8\n"
+    assert detect_host(_fake_root(tmp_path / "x", cpuinfo=amx)).cpu_flags == [
+        "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"]  # fmt: skip
+    a76 = "Features\t: fp asimd evtstrm aes pmull crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc asimddp\n"
+    assert detect_host(_fake_root(tmp_path / "a", cpuinfo=a76)).cpu_flags == ["asimddp", "fphp", "asimdhp"]
+    assert detect_host(_fake_root(tmp_path / "n", cpuinfo="")).cpu_flags == []
+
+
 def test_every_problem_of_a_profile_is_reported_in_one_error(tmp_path: Path) -> None:
     edit = {"runtime": "tflite", "budgets.latency_p50_ms": "fast", "protocol.warmup": KeyError}
     with pytest.raises(HiapError) as err:
