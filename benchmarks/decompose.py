@@ -144,21 +144,26 @@ def main() -> None:
 def train(args: argparse.Namespace, log: Path, variant: str, budget: float, seed: int, start: Path | None,
           dense: torch.nn.Module, data: Any, dense_macs: int) -> None:  # fmt: skip
     """Every part of one (variant, budget, seed) not yet in the log; `path` first (the others need its structure)."""
-    done = {(r["variant"], r["budget"], r["seed"], r["part"]) for r in load_runs(log)}
+    runs = load_runs(log)
+    done = {(r["variant"], r["budget"], r["seed"], r["part"]) for r in runs}
     todo = [p for p in args.parts if (variant, budget, seed, p) not in done]
     if not todo:
         return
-    path_runs = [r for r in load_runs(log) if (r["variant"], r["budget"], r["seed"], r["part"]) ==
-                 (variant, budget, seed, "path")]  # fmt: skip
-    t0 = time.perf_counter()
-    acc, model, structure, summary = run_path(variant, budget, seed, args.epochs, args.split, start)
-    exported = macs_of(model)
-    if "path" in todo:
-        seconds = time.perf_counter() - t0
-        append(log, {"variant": variant, "budget": budget, "seed": seed, "part": "path", "val_acc": acc,
-                     "mac_fraction": exported / dense_macs, "seconds": seconds, **summary})  # fmt: skip
-    elif path_runs and abs(path_runs[0]["val_acc"] - acc) > 1e-9:
-        print(f"note: {variant} {budget} {seed} reran to {acc:.4f}, logged {path_runs[0]['val_acc']:.4f}")
+    key = (variant, budget, seed)
+    path_runs = [r for r in runs if (r["variant"], r["budget"], r["seed"], r["part"]) == (*key, "path")]
+    structure = None
+    if path_runs and set(todo) <= {"uniform"}:  # the uniform cut needs only the logged run's exported MACs
+        exported = round(path_runs[0]["mac_fraction"] * dense_macs)
+    else:
+        t0 = time.perf_counter()
+        acc, model, structure, summary = run_path(variant, budget, seed, args.epochs, args.split, start)
+        exported = macs_of(model)
+        if "path" in todo:
+            seconds = time.perf_counter() - t0
+            append(log, {"variant": variant, "budget": budget, "seed": seed, "part": "path", "val_acc": acc,
+                         "mac_fraction": exported / dense_macs, "seconds": seconds, **summary})  # fmt: skip
+        elif abs(path_runs[0]["val_acc"] - acc) > 1e-9:
+            print(f"note: {variant} {budget} {seed} reran to {acc:.4f}, logged {path_runs[0]['val_acc']:.4f}")
     for part in todo:
         if part == "path":
             continue
@@ -167,6 +172,7 @@ def train(args: argparse.Namespace, log: Path, variant: str, budget: float, seed
             net, _ = prune_to(dense, "uniform", exported, data)
             kept = {}
         else:
+            assert structure is not None  # run above whenever a part other than uniform is missing
             plan = structure if part == "structure" else l1_sized(dense, structure)
             net = build_compact(copy.deepcopy(dense), plan, align=8)
             kept = structure_summary(plan)
