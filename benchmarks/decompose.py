@@ -69,6 +69,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hiap-s50": {"search_fraction": 0.5},
     # the default keeping the gated run's weights after the search
     "hiap-gated": {"adapt_from": "gated"},
+    # the default with a prior towards every block keeping the same share of its MACs (loss.allocation_loss)
+    "hiap-even1": {"even_allocation": 1.0},
+    "hiap-even10": {"even_allocation": 10.0},
+    # the default with the search in the first 15 %: the fixed structure trains 85 % of the run
+    "hiap-s15": {"search_fraction": 0.15},
 }
 PARTS = ("path", "structure", "l1-sizes", "uniform")
 
