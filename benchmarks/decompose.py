@@ -74,6 +74,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hiap-even10": {"even_allocation": 10.0},
     # the default with the search in the first 15 %: the fixed structure trains 85 % of the run
     "hiap-s15": {"search_fraction": 0.15},
+    # both: the 15 % search with the weak allocation prior
+    "hiap-s15-even1": {"search_fraction": 0.15, "even_allocation": 1.0},
 }
 PARTS = ("path", "structure", "l1-sizes", "uniform")
 

@@ -42,10 +42,10 @@ from devices.profile import load_profile
 from export.compact import build_compact
 from export.onnx_io import simplify_onnx, torch2onnx
 from export.probes import make_probes
+from hiap.base.lut import LatencyTable, parse_lut, read_lut, write_lut
 from hiap.cost import BlockStructure, Geometry, Structure, structure_macs
 from hiap.gated import describe_vit
 from hiap.latency import LatencyCost
-from hiap.lut import LatencyTable, parse_lut, read_lut, write_lut
 from hiap.models import create_model, data_config
 
 GEOMETRIES = {"builtin": ("hiap_vit_fmnist", 1000), "deit_tiny": ("deit_tiny_patch16_224", 300),

@@ -16,7 +16,7 @@ import numpy as np
 from devices.host import Host, power_state, profile_mismatch
 from devices.profile import MODEL_PRECISIONS, DeviceProfile, version_in_range
 from hiap import __version__
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 from runtime.base import Runner, batch_of
 from runtime.data import (
     Preprocessing,

@@ -14,9 +14,9 @@ from devices.bench import open_runner, random_feeds, resolve_runtime
 from devices.host import detect_host
 from devices.profile import DeviceProfile
 from hiap import __version__
-from hiap.errors import HiapError
-from hiap.jsonfile import read_json_object
-from hiap.lut import (
+from hiap.base.errors import HiapError
+from hiap.base.jsonfile import read_json_object
+from hiap.base.lut import (
     FIXED_PROBE,
     LUT_SCHEMA,
     LUT_VERSION,

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from hiap.errors import HiapError, did_you_mean
+from hiap.base.errors import HiapError, did_you_mean
 
 SCHEMA_VERSION = 1
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from export.compact import build_compact, padded_structure
+from export.compact import padded_structure
 from export.onnx_io import onnx_cost, simplify_onnx, torch2onnx, zero_params
 from export.plan import make_plan
 from export.quantize import (
@@ -28,9 +27,9 @@ from export.quantize import (
 )
 from export.source import Source
 from hiap import __version__
-from hiap.atomic import write_bytes_atomic, write_json_atomic
+from hiap.base.atomic import write_bytes_atomic, write_json_atomic
+from hiap.base.errors import HiapError
 from hiap.cost import Geometry, Structure, structure_macs, structure_params
-from hiap.errors import HiapError
 from runtime.harness import Tolerance, compare_logits, run_batched
 from runtime.ort_runner import default_runner
 
@@ -108,6 +107,13 @@ def _validation_images(src: Source, meta: dict[str, str], n: int) -> Golden:
     return golden
 
 
+def _sample_images(src: Source) -> Golden:
+    """The caller's own sample inputs as golden.npz's inputs (hiap.api.export): already preprocessed tensors."""
+    assert src.golden_inputs is not None
+    x = src.golden_inputs.detach().float().cpu().numpy()
+    return Golden(x, "sample inputs given to the export", split_reason="sample inputs, not a validation split")
+
+
 def _inputs(golden: Golden, input_size: tuple[int, int, int], n_random: int = 4) -> dict[str, np.ndarray]:
     """Random inputs, plus the real validation images when there are some."""
     rng = np.random.default_rng(0)
@@ -168,24 +174,26 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     _check_options(align, opset)
     geom = src.gated.geometry
     precision = "fp32" if int8 is None else int8.recipe.precision
-    prediction = predicted_latency(src, align, precision, lut, target)  # a table that does not fit fails here
+    notes: list[str] = []  # what the caller should tell the user (report["notes"]); the library prints nothing
+    prediction = predicted_latency(src, align, precision, lut, target, notes)  # a table that does not fit fails here
     emitted = padded_structure(src.structure, geom.head_dim, align)
     sizes = Sizes.of(geom, src.structure, emitted)
     plan = make_plan(src.model, geom, src.structure, src.data_config, src.num_classes,
                      class_names=src.classes, source=src.origin, model_kwargs=src.model_kwargs)  # fmt: skip
     body = plan.to_dict()
     meta = _metadata(src, body["hash"], geom, sizes, opset, align, dynamic_batch)
+    if src.wrapper is not None:  # the file is the user's whole model; the plan is its backbone's
+        meta["wrapper"] = json.dumps({"class": type(src.wrapper).__name__, "backbone": src.backbone_path})
     if prediction is not None:
         meta["predicted_latency"] = json.dumps(prediction)
-    calibration = _calibration(src, meta, int8) if int8 is not None else None  # before anything is written
+    calibration = _calibration(src, meta, int8, notes) if int8 is not None else None  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     plan.write(out / "plan.json", body)
-    compact = build_compact(src.vit, src.structure, align=align)
-    golden_src = _validation_images(src, meta, GOLDEN_IMAGES)
+    compact = src.exported(align)
+    golden_src = _sample_images(src) if src.golden_inputs is not None else _validation_images(src, meta, GOLDEN_IMAGES)
     # The bench compares its --data with this to decide whether the training accuracies above apply to it.
     meta["val_split"] = json.dumps(golden_src.fingerprint)
-    for note in golden_src.notes:
-        print(f"note: {note}", file=sys.stderr)
+    notes += golden_src.notes
     onnx_path = out / ("model-fp32.onnx" if int8 is not None else "model.onnx")
     torch2onnx(compact, tuple(src.data_config["input_size"]), onnx_path, opset, dynamic_batch, meta)
     # Counted on the exporter's own file first: there every planned weight is an initializer, so its MACs and
@@ -196,7 +204,7 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     nodes = simplify_onnx(onnx_path) if simplify else None  # the checks below run on the final file
     checks, golden = _parity_checks(src, compact, onnx_path, golden_src, dynamic_batch)
     measured = _measured(onnx_path, sizes, geom, (raw_macs, raw_params, raw_zero_params), nodes, checks, golden,
-                         golden_src)  # fmt: skip
+                         golden_src, whole_model=src.wrapper is not None)  # fmt: skip
     report = {"hiap_version": __version__, "plan_hash": body["hash"], "align": align, "opset": opset,
               "precision": "fp32", "predicted_latency": prediction, **measured}  # fmt: skip
     if int8 is not None and report["parity"]["passed"]:
@@ -204,7 +212,7 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     elif int8 is not None and (out / "model.onnx").is_file():
         (out / "model.onnx").unlink()  # an INT8 file from an earlier export is not this export's: it must not stay
     _write_golden(out / "golden.npz", golden)
-    report |= {"seconds": time.perf_counter() - t0, "metadata": meta}
+    report |= {"seconds": time.perf_counter() - t0, "metadata": meta, "notes": notes}
     model_path = out / "model.onnx"
     if target is not None:
         from export.device_check import check_onnx
@@ -216,13 +224,13 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     return report
 
 
-def predicted_latency(src: Source, align: int, precision: str, lut: Path | None,
-                      target: DeviceProfile | None) -> dict[str, Any] | None:  # fmt: skip
+def predicted_latency(src: Source, align: int, precision: str, lut: Path | None, target: DeviceProfile | None,
+                      notes: list[str]) -> dict[str, Any] | None:  # fmt: skip
     """What the latency table predicts for the exported network, per batch it holds: from `lut`, else the run's own
     table. A table given explicitly must fit (model, device of --target, precision, align) or the export is refused;
     the run's own table is skipped with a note when the export differs from what it was measured for."""
+    from hiap.base.lut import geometry_record, read_lut
     from hiap.latency import LatencyCost
-    from hiap.lut import geometry_record, read_lut
 
     path = lut or src.lut
     if path is None:
@@ -235,7 +243,7 @@ def predicted_latency(src: Source, align: int, precision: str, lut: Path | None,
     except HiapError as exc:
         if lut is not None:
             raise
-        print(f"note: no latency prediction: {exc}", file=sys.stderr)
+        notes.append(f"no latency prediction: {exc}")
         return None
     ms = {str(b): round(LatencyCost(table, geom, src.model, b).structure_ms(src.structure), 6) for b in table.tables}
     return {"device": table.device, "runtime": table.runtime, "precision": table.precision,
@@ -244,7 +252,7 @@ def predicted_latency(src: Source, align: int, precision: str, lut: Path | None,
             **({"measured_elsewhere": table.measured_elsewhere} if table.measured_elsewhere else {})}  # fmt: skip
 
 
-def _calibration(src: Source, meta: dict[str, str], int8: Int8Options) -> Images | None:
+def _calibration(src: Source, meta: dict[str, str], int8: Int8Options, notes: list[str]) -> Images | None:
     """The calibration images of a static INT8 export (None for a dynamic one), read before anything is written:
     no data, or too few images, is an error that leaves the output folder as it was."""
     from runtime.data import Preprocessing
@@ -257,7 +265,7 @@ def _calibration(src: Source, meta: dict[str, str], int8: Int8Options) -> Images
     images, warnings = calibration_images(int8.calibration_data or src.data, src.builtin_data, pre,
                                           int8.calibration_images)  # fmt: skip
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        notes.append(f"warning: {warning}")
     return images
 
 
@@ -295,13 +303,16 @@ def _measured(
     checks: list[dict[str, Any]],
     golden: dict[str, np.ndarray],
     golden_src: Golden,
+    whole_model: bool = False,
 ) -> dict[str, Any]:
-    """export_report.json's measurements: the sizes as planned and as counted in the final file, parity, golden."""
+    """export_report.json's measurements: the sizes as planned and as counted in the final file, parity, golden.
+    The file of a whole model (a backbone with the user's own parts) holds MACs the plan does not count: its counts
+    are reported, not matched (counts_match None)."""
     raw_macs, raw_params, raw_zero_params = raw
     # The final file: re-counted only when onnxsim rewrote it.
     onnx_macs, onnx_params = onnx_cost(onnx_path) if nodes is not None else (raw_macs, raw_params)
-    counts_match = (raw_macs == onnx_macs == sizes.macs and raw_params == sizes.params
-                    and 0 <= raw_params - onnx_params <= raw_zero_params)  # fmt: skip
+    counts_match = None if whole_model else (raw_macs == onnx_macs == sizes.macs and raw_params == sizes.params
+                                             and 0 <= raw_params - onnx_params <= raw_zero_params)  # fmt: skip
     return {
         "gmacs": sizes.macs / 1e9,
         "unpadded_gmacs": sizes.unpadded_macs / 1e9,
@@ -370,7 +381,7 @@ def _parity_checks(src: Source, compact: torch.nn.Module, onnx_path: Path, golde
     with default_runner(onnx_path) as runner:
         for kind, x in _inputs(golden_src, tuple(src.data_config["input_size"])).items():
             with torch.no_grad():
-                ref = src.gated(torch.from_numpy(x), src.masks).numpy()
+                ref = src.reference(torch.from_numpy(x)).numpy()
                 mid = compact(torch.from_numpy(x)).numpy()
             onnx_out = run_batched(runner, x, len(x) if dynamic_batch else 1)  # a fixed-batch model: row by row
             checks += [_check(kind, "gated-vs-compact", ref, mid), _check(kind, "gated-vs-onnx", ref, onnx_out)]
@@ -397,12 +408,12 @@ def _parity_summary(checks: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _refuse_failed_parity(report: dict[str, Any], out: Path) -> None:
     """An export whose files disagree with the gated reference or the plan ends in an error (the report stays)."""
-    if report["parity"]["passed"] and report["counts_match"]:
+    if report["parity"]["passed"] and report["counts_match"] is not False:
         return
     checks = report["parity"]["checks"]
     failed = [f"{c['pair']} on {c['inputs']}: max abs {c['max_abs_diff']:.2e}, top-1 {c['top1_agreement']:.2%}"
               for c in checks if not c["passed"]]  # fmt: skip
-    if not report["counts_match"]:
+    if report["counts_match"] is False:
         failed.append("ONNX MACs/params differ from the plan")
     raise HiapError(f"Export parity failed ({'; '.join(failed)}); report written to {out / 'export_report.json'}.")
 

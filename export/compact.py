@@ -22,8 +22,12 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from hiap.base.errors import HiapError
 from hiap.cost import BlockStructure, Structure, emitted_width
-from hiap.errors import HiapError
+
+# The attribute under which hiap.pruner keeps the gate logits in a ViT (hiap.pruner.GATES; the export layer reads
+# the name, it does not import the trainer).
+GATES_ATTR = "hiap_gates"
 
 
 def block_width(block: BlockStructure, head_dim: int, align: int) -> int:
@@ -213,8 +217,42 @@ def build_compact(vit: VisionTransformer, structure: Structure, align: int = 8) 
         raise HiapError(f"--align must be >= 1, got {align}.")
     if len(structure.blocks) != len(vit.blocks):
         raise HiapError(f"Plan has {len(structure.blocks)} blocks, the model {len(vit.blocks)}.")
-    compact = copy.deepcopy(vit).eval()
+    compact = _copy(vit).eval()
+    if hasattr(compact, GATES_ATTR):
+        delattr(compact, GATES_ATTR)
     compact.blocks = nn.Sequential(
         *(compact_block(b, p, align) for b, p in zip(vit.blocks, structure.blocks, strict=True))
     )
     return CompactViT(compact).eval()
+
+
+@torch.no_grad()
+def compact_in_place(model: nn.Module, backbone_path: str, structure: Structure, align: int = 8,
+                     copy_model: bool = False) -> nn.Module:  # fmt: skip
+    """The ViT at `backbone_path` in `model` ('' : `model` itself) with its blocks replaced by compact blocks of
+    `structure` and its gate logits removed; every other part of `model` (the user's head) is left as it is.
+    With `copy_model`, a copy is changed and `model` is not. Returns the changed model, in eval mode."""
+    if align < 1:
+        raise HiapError(f"--align must be >= 1, got {align}.")
+    vit = model.get_submodule(backbone_path) if backbone_path else model
+    if len(structure.blocks) != len(vit.blocks):
+        raise HiapError(f"Plan has {len(structure.blocks)} blocks, the model {len(vit.blocks)}.")
+    blocks = [compact_block(b, p, align) for b, p in zip(vit.blocks, structure.blocks, strict=True)]
+    if copy_model:
+        model = _copy(model)
+        vit = model.get_submodule(backbone_path) if backbone_path else model
+    vit.blocks = nn.Sequential(*blocks)
+    if hasattr(vit, GATES_ATTR):
+        delattr(vit, GATES_ATTR)
+    return model.eval()
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """A deep copy of `model`; the gated blocks of a pruned ViT hold their pruner (not a module), which the copy
+    does not drag along."""
+    memo: dict[int, object] = {}
+    for m in model.modules():
+        pruner = getattr(m, "pruner", None)
+        if pruner is not None and not isinstance(pruner, nn.Module):
+            memo[id(pruner)] = None
+    return copy.deepcopy(model, memo)

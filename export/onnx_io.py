@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hiap.atomic import write_bytes_atomic
-from hiap.errors import HiapError
+from hiap.base.atomic import write_bytes_atomic
+from hiap.base.errors import HiapError
 from runtime.ort_runner import default_runner
 
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hiap.atomic import write_json_atomic
+from hiap.base.atomic import write_json_atomic
+from hiap.base.errors import HiapError
+from hiap.base.jsonfile import read_json_object
 from hiap.cost import BlockStructure, Geometry, Structure, structure_macs, structure_params
-from hiap.errors import HiapError
-from hiap.jsonfile import read_json_object
 
 SCHEMA_VERSION = 1
 

@@ -23,11 +23,11 @@ from torch import nn
 from export.compact import build_compact, compact_block
 from export.onnx_io import simplify_onnx, torch2onnx
 from hiap import __version__
-from hiap.atomic import write_json_atomic
+from hiap.base.atomic import write_json_atomic
+from hiap.base.errors import HiapError
+from hiap.base.lut import FIXED_PROBE, OVERHEAD_PROBE, PROBE_MANIFEST, attention_probe, ffn_probe, geometry_record
 from hiap.cost import BlockStructure, Geometry
-from hiap.errors import HiapError
 from hiap.gated import describe_vit
-from hiap.lut import FIXED_PROBE, OVERHEAD_PROBE, PROBE_MANIFEST, attention_probe, ffn_probe, geometry_record
 from hiap.models import create_model, data_config
 
 
@@ -137,3 +137,23 @@ def make_probes(model: str, model_kwargs: dict[str, Any], out: Path, align: int 
     }
     write_json_atomic(out / PROBE_MANIFEST, manifest, indent=1)
     return manifest
+
+
+def profile_model(model: str, model_kwargs: dict[str, Any], profile: Any, align: int = 8, ffn_step: int = 16,
+                  batches: tuple[int, ...] = (1,), chain: int = 4, runtime: str | None = None,
+                  iterations: int | None = None, warmup: int | None = None, rounds: int | None = None,
+                  progress: Any = None) -> dict[str, Any]:  # fmt: skip
+    """`hiap profile` on one machine: the model's probe set made in a temporary folder and timed there with the
+    device profile's runner; returns the lut.json body. `progress(stage, i, n)` follows both stages."""
+    import tempfile
+
+    from devices.lut import ROUNDS, measure_lut
+
+    def stage(name: str) -> Any:
+        return None if progress is None else (lambda i, n: progress(name, i, n))
+
+    with tempfile.TemporaryDirectory(prefix="hiap-probes-") as tmp:
+        make_probes(model, model_kwargs, Path(tmp), align=align, ffn_step=ffn_step, batches=batches, chain=chain,
+                    progress=stage("writing probes"))  # fmt: skip
+        return measure_lut(Path(tmp), profile, runtime=runtime, iterations=iterations, warmup=warmup, batches=batches,
+                           progress=stage("timing probes"), rounds=rounds or ROUNDS)  # fmt: skip

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from hiap.atomic import write_bytes_atomic
-from hiap.errors import HiapError
+from hiap.base.atomic import write_bytes_atomic
+from hiap.base.errors import HiapError
 
 PRECISIONS = ("fp32", "int8", "int8-dynamic")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -219,7 +219,7 @@ def calibration_images(data: str | None, builtin_model: bool, pre: Any, n: int) 
                         "tree).")  # fmt: skip
     warnings = []
     if data in (None, "builtin"):
-        from hiap.builtin_data import load_builtin_arrays
+        from hiap.base.builtin_data import load_builtin_arrays
 
         available = len(load_builtin_arrays()["y_train"])
         picked = np.sort(np.random.default_rng(0).choice(available, size=min(n, available), replace=False))

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from export.plan import read_plan_json, structure_from_dict
-from hiap.checkpoint import load_checkpoint
+from hiap.base.errors import HiapError
+from hiap.checkpoint import gated_from_checkpoint, load_checkpoint
 from hiap.cost import Structure
-from hiap.errors import HiapError
-from hiap.gated import Floors, GatedViT, Masks, masks_to_structure, structure_to_masks
+from hiap.gated import GatedViT, Masks, masks_to_structure, structure_to_masks
 from hiap.models import BUILTIN_MODELS, create_model, data_config, load_pretrained, load_weights
 
 
@@ -36,6 +36,26 @@ class Source:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data: str | None = None  # the run's --data ('builtin' or an ImageFolder root); None for a plan-only export
     lut: Path | None = None  # the latency table a latency-targeted run was trained to (RUN/lut.json)
+    # A ViT inside the user's own model (hiap.api.export): the whole model is exported, `vit` being its backbone at
+    # `backbone_path`; its reference forward is the model itself, gated by its pruner (or already compact).
+    wrapper: torch.nn.Module | None = None
+    backbone_path: str = ""
+    golden_inputs: torch.Tensor | None = None  # the user's sample inputs for golden.npz (hiap.api.export)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The network the export must reproduce: the gated model with the structure's masks."""
+        with torch.no_grad():
+            if self.wrapper is None:
+                return self.gated(x, self.masks)
+            return self.wrapper.eval()(x)
+
+    def exported(self, align: int) -> torch.nn.Module:
+        """The module to write as ONNX: the compact ViT, or a copy of the user's model with a compact backbone."""
+        from export.compact import build_compact, compact_in_place
+
+        if self.wrapper is None:
+            return build_compact(self.vit, self.structure, align=align)
+        return compact_in_place(self.wrapper, self.backbone_path, self.structure, align, copy_model=True)
 
 
 def source_from_run(run: Path, dense: bool = False) -> Source:
@@ -45,7 +65,8 @@ def source_from_run(run: Path, dense: bool = False) -> Source:
     ckpt = load_checkpoint(run)
     state, config = ckpt.state, ckpt.config
     model_kwargs = dict(state.get("model_kwargs") or {})
-    vit = create_model(state["model"], num_classes=state["num_classes"], model_kwargs=model_kwargs).eval()
+    gated = gated_from_checkpoint(ckpt, str(run)).eval()
+    vit = gated.vit
     origin = str(run)
     pretrained = str(config.get("pretrained", "none"))
     reference_valid = bool(state.get("dense_reference_valid", True))
@@ -57,12 +78,7 @@ def source_from_run(run: Path, dense: bool = False) -> Source:
             origin = f"{run} (dense start: {described})"
     else:
         load_weights(vit, ckpt.model, str(run))
-    gated = GatedViT(vit, floors=Floors(**state["floors"]) if state.get("floors") else Floors()).eval()
-    if ckpt.gates and not dense:
-        gated.gates.load_state_dict(ckpt.gates)
-        masks = gated.hard_masks()
-    else:
-        masks = gated.open_masks()
+    masks = gated.hard_masks() if ckpt.gates and not dense else gated.open_masks()
     start = origin != str(run)
     val_acc = state.get("dense_val_acc") if start else state.get("val_acc")
     return Source(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from hiap.base.errors import HiapError
 from hiap.cost import Geometry
-from hiap.errors import HiapError
 from hiap.gated import Floors
 
 
@@ -49,11 +49,19 @@ def min_search_steps(gate_init: float, gate_lr: float, ramp: float) -> int:
     return math.ceil(max(gate_init, 0.0) / gate_lr / ramp)
 
 
-def check_schedule(total_steps: int, steps_per_epoch: int, gate_init: float, gate_lr: float, ramp: float) -> None:
-    """Refuse a run too short to reach its target before it starts (it would end with the structure unchanged)."""
+def check_schedule(total_steps: int, steps_per_epoch: int | None, gate_init: float, gate_lr: float,
+                   ramp: float) -> None:  # fmt: skip
+    """Refuse a run too short to reach its target before it starts (it would end with the structure unchanged);
+    with `steps_per_epoch` the message speaks of epochs, as the CLI's user sets them."""
     need = min_search_steps(gate_init, gate_lr, ramp)
     if total_steps >= need:
         return
+    if not steps_per_epoch:
+        raise HiapError(
+            f"total_steps={total_steps} is too few to reach the target: gate logits start at {gate_init:g} and move "
+            f"about gate_lr={gate_lr:g} per step, so closing a gate within the budget ramp (the first {ramp:.0%} of "
+            f"the run) needs at least {need} steps. Give total_steps >= {need} (or a higher gate_lr)."
+        )
     epochs = math.ceil(need / steps_per_epoch)
     raise HiapError(
         f"The schedule has {total_steps} steps ({total_steps // steps_per_epoch} epochs x {steps_per_epoch}), too few "

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from hiap import __version__, faults
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 
 FORMAT = "hiap-checkpoint"
 FORMAT_VERSION = "1"
@@ -177,3 +177,24 @@ if __name__ == "__main__":
 
     export_weights(Path(sys.argv[1]), Path(sys.argv[2]))
     print(f"wrote {sys.argv[2]}")
+
+
+def gated_from_checkpoint(ckpt: Checkpoint, where: str, meta: bool = False) -> Any:
+    """The run's model rebuilt (its geometry and class count) as a GatedViT with the run's floors and gate logits
+    (every gate open when the run was dense); weights are not loaded. `meta`: shapes only, no memory (inspect)."""
+    from hiap.gated import Floors, GatedViT
+    from hiap.models import create_model
+
+    state = ckpt.state
+    vit = create_model(state["model"], num_classes=state.get("num_classes"), meta=meta,
+                       model_kwargs=state.get("model_kwargs"))  # fmt: skip
+    floors = state.get("floors")
+    gated = GatedViT(vit, floors=Floors(**floors) if floors else Floors())
+    if ckpt.gates:
+        try:
+            gated.gates.load_state_dict(ckpt.gates)
+        except RuntimeError as exc:
+            raise HiapError(
+                f"Checkpoint '{where}' gates do not fit model '{state['model']}' ({str(exc).splitlines()[0]})."
+            ) from None
+    return gated

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 
 if TYPE_CHECKING:
     from devices.bench import BenchReport, BenchTarget
@@ -180,7 +180,7 @@ def pipeline(
     from devices.bench import BenchOptions, run_bench
     from export.artifact import export_source
     from export.source import source_from_run
-    from hiap.atomic import write_json_atomic
+    from hiap.base.atomic import write_json_atomic
     from hiap.config import resolve_config
     from hiap.progress import summary_table
     from hiap.train import Trainer
@@ -323,11 +323,9 @@ def profile(
 
     On one machine it makes the probes and times them. For a board: --probes-only DIR on the workstation, copy DIR
     to the board, hiap profile --probes DIR --device NAME there (needs only the device install)."""
-    import tempfile
-
     from rich.console import Console
 
-    from hiap.lut import PROBE_MANIFEST
+    from hiap.base.lut import PROBE_MANIFEST
 
     console = Console()
     if probes is not None and (model or model_kwargs or probes_only):
@@ -342,26 +340,33 @@ def profile(
         raise HiapError(f"{target.mismatch}. Measure the table on the device itself, or pass --allow-mismatch to "
                         f"measure {target.profile.name}'s runner here.")  # fmt: skip
     batches = tuple(batch) if batch else tuple(sorted({1, target.profile.batch if target else 1}))
-    with tempfile.TemporaryDirectory(prefix="hiap-probes-") as tmp:
-        folder = probes
-        if folder is None:
-            folder = probes_only or Path(tmp)
-            manifest = _write_probes(model, model_kwargs, folder, align, ffn_step, batches, chain, console)
-            if probes_only is not None:
-                console.print(f"wrote {len(manifest['probes'])} probes to {folder}: copy the folder to the device and "
-                              f"run hiap profile --probes {folder} --device NAME there")  # fmt: skip
-                return
-        from devices.lut import measure_lut
-        from hiap.lut import parse_lut, write_lut
+    if probes_only is not None:
+        manifest = _write_probes(model, model_kwargs, probes_only, align, ffn_step, batches, chain, console)
+        console.print(f"wrote {len(manifest['probes'])} probes to {probes_only}: copy the folder to the device and "
+                      f"run hiap profile --probes {probes_only} --device NAME there")  # fmt: skip
+        return
+    from devices.lut import measure_lut
+    from hiap.base.lut import parse_lut, write_lut
 
-        assert target is not None
-        with console.status("timing probes") as status:
-            body = measure_lut(folder, target.profile, runtime=runtime, iterations=iterations, warmup=warmup,
-                               batches=batches if batch or probes is None else None, rounds=rounds,
+    assert target is not None
+    with console.status("timing probes") as status:
+        if probes is not None:  # the device side: no torch, the folder as it was made
+            body = measure_lut(probes, target.profile, runtime=runtime, iterations=iterations, warmup=warmup,
+                               batches=batches if batch else None, rounds=rounds,
                                progress=lambda i, n: status.update(f"timing probes: round {i}/{n}"))  # fmt: skip
-        if target.mismatch:
-            body["measured_elsewhere"] = target.mismatch
-        write_lut(out, body)
+        else:
+            from export.probes import profile_model
+            from hiap.models import DEFAULT_MODEL, check_model_name, parse_model_kwargs
+
+            name = model or DEFAULT_MODEL
+            check_model_name(name)
+            body = profile_model(name, parse_model_kwargs(model_kwargs) if model_kwargs else {}, target.profile,
+                                 align=align, ffn_step=ffn_step, batches=batches, chain=chain, runtime=runtime,
+                                 iterations=iterations, warmup=warmup, rounds=rounds,
+                                 progress=lambda stage, i, n: status.update(f"{stage}: {i}/{n}"))  # fmt: skip
+    if target.mismatch:
+        body["measured_elsewhere"] = target.mismatch
+    write_lut(out, body)
     table = parse_lut(body, str(out))
     console.print(f"wrote {out}: {table.model} on {table.describe()}, {len(table.heads)}x{len(table.value_widths)} "
                   f"attention and {len(table.ffn_widths)} FFN cells at batch "
@@ -398,7 +403,7 @@ def _print_lut(path: Path, body: dict[str, Any], as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from hiap.lut import parse_lut
+    from hiap.base.lut import parse_lut
 
     lut = parse_lut(body, str(path))
     if as_json:
@@ -512,30 +517,11 @@ def export(
 
 
 def _export_engine(out_dir: Path, report: dict[str, Any], profile: DeviceProfile, dynamic_batch: bool) -> None:
-    """Build model.engine here when TensorRT is installed; otherwise say how to build it on the device."""
-    from devices.bench import engine_build_settings, engine_key, timing_cache_for
-    from export.device_check import layernorm_node_names
-    from runtime.trt_build import build_engine, trtexec_command
-    from runtime.trt_env import NOT_VALIDATED, import_tensorrt
+    from export.engine import export_engine
+    from runtime.trt_env import NOT_VALIDATED
 
-    onnx_path, engine_path = out_dir / "model.onnx", out_dir / "model.engine"
-    build = engine_build_settings(profile, report["metadata"])
-    trt = import_tensorrt()
-    if trt is None:
-        chw = tuple(json.loads(report["metadata"]["input_size"])) if dynamic_batch else None
-        # TensorRT names its layers after the ONNX nodes from 10.1 on: before that, trtexec cannot pin them by name.
-        oldest = profile.software.oldest_tensorrt()
-        by_name = oldest is None or oldest >= (10, 1)
-        cmd = trtexec_command(onnx_path, engine_path, build["fp16"], build["layernorm_fp32"],
-                              layernorm_node_names(onnx_path), chw, build["workspace_mb"], build["max_batch"],
-                              build["int8"], by_name)  # fmt: skip
-        raise HiapError(
-            f"TensorRT is not installed here and engines only run where they are built ({NOT_VALIDATED}); "
-            f"{out_dir} holds model.onnx, plan.json and golden.npz. On the device run "
-            f"'hiap bench {onnx_path} --device {profile.name}' (builds and caches the engine) or '{cmd}'."
-        )
-    sidecar = build_engine(onnx_path, engine_path, **build, timing_cache=timing_cache_for(onnx_path, engine_key(trt)),
-                           metadata=report["metadata"])  # fmt: skip
+    sidecar = export_engine(out_dir, report["metadata"], profile, dynamic_batch)
+    engine_path = out_dir / "model.engine"
     size_mb = engine_path.stat().st_size / 1e6
     typer.echo(f"wrote {engine_path} ({size_mb:.2f} MB, TensorRT {sidecar['tensorrt_version']} "
                f"on {sidecar['gpu']}, {sidecar['engine_precision']}); {NOT_VALIDATED}")  # fmt: skip
@@ -545,6 +531,8 @@ def _print_export(report: dict[str, Any], model: str, out_dir: Path, align: int)
     from rich.console import Console
     from rich.table import Table
 
+    for note in report.get("notes", []):  # the export's notes and warnings, on stderr as they were written
+        print(note if note.startswith("warning: ") else f"note: {note}", file=sys.stderr)
     parity = report["parity"]
     table = Table(title=f"hiap export: {model} -> {out_dir}")
     for col in ("", "dense", "exported"):
@@ -621,7 +609,7 @@ def bench(
                         compare_runtime=compare_runtime)  # fmt: skip
     report = run_bench(artifact, target, opts)
     if json_out is not None:
-        from hiap.atomic import write_json_atomic
+        from hiap.base.atomic import write_json_atomic
 
         write_json_atomic(json_out, report.to_dict())
     print_bench(report)

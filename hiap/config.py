@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -10,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from hiap.atomic import write_text_atomic
-from hiap.errors import HiapError, did_you_mean
+from hiap.base.atomic import write_text_atomic
+from hiap.base.errors import HiapError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,66 @@ def parse_target(text: str) -> Target:
     raise HiapError(f"--target-macs '{text}' is ambiguous: give a fraction in (0, 1] or a count with a unit (3.1G).")
 
 
+# The TrainConfig keys that shape the gate search: what hiap.pruner.Pruner takes as its options.
+PRUNE_KEYS = (
+    "search_fraction", "adapt_from", "value_align", "gate_lr", "lambda_macro", "lambda_micro", "target_tolerance",
+    "controller_gain", "even_allocation", "polarization", "tau_start", "tau_end", "gate_mode", "gate_init",
+    "gate_init_importance", "ffn_block_gates", "k_min", "min_value_frac", "min_neuron_frac", "seed",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """How the gates search: the defaults of the TrainConfig keys of the same names (described there)."""
+
+    search_fraction: float = 0.3
+    adapt_from: str = "start"
+    value_align: int = 8
+    gate_lr: float = 0.05
+    lambda_macro: float = 2.0
+    lambda_micro: float = 1.0
+    target_tolerance: float = 0.01
+    controller_gain: float = 0.0
+    even_allocation: float = 0.0
+    polarization: float = 0.0
+    tau_start: float = 2.0
+    tau_end: float = 0.5
+    gate_mode: str = "hard"
+    gate_init: float = 3.0
+    gate_init_importance: float = 0.0
+    ffn_block_gates: bool = True
+    k_min: int = 1
+    min_value_frac: float = 0.25
+    min_neuron_frac: float = 0.1
+    seed: int = 0  # keys the gate noise: sample of step t is a function of (seed, t) only, the same on every rank
+
+    def validate(self) -> None:
+        """Every value in range, or a HiapError naming the key."""
+        for key in ("gate_lr", "tau_start", "tau_end"):
+            if not getattr(self, key) > 0:  # `not >` also refuses NaN
+                raise HiapError(f"Config '{key}' must be > 0, got {getattr(self, key)}.")
+        if not 0.0 < self.search_fraction <= 1.0:
+            raise HiapError(f"Config 'search_fraction' must lie in (0, 1], got {self.search_fraction}.")
+        if self.value_align < 0:
+            raise HiapError(f"Config 'value_align' must be >= 0 (0: no fill), got {self.value_align}.")
+        if self.adapt_from not in ("gated", "start"):
+            raise HiapError(f"Config 'adapt_from' must be 'gated' or 'start', got '{self.adapt_from}'.")
+        for key in ("even_allocation", "controller_gain", "target_tolerance", "polarization"):
+            if not getattr(self, key) >= 0:
+                raise HiapError(f"Config '{key}' must be >= 0, got {getattr(self, key)}.")
+        for key in ("min_value_frac", "min_neuron_frac"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise HiapError(f"Config '{key}' must lie in [0, 1], got {getattr(self, key)}.")
+        if self.gate_mode not in ("hard", "soft"):
+            raise HiapError(f"Config 'gate_mode' must be 'hard' or 'soft', got '{self.gate_mode}'.")
+        if self.k_min < 1:
+            raise HiapError(f"Config 'k_min' must be >= 1 (a block keeps at least one head), got {self.k_min}.")
+        if not (self.lambda_macro >= 0 and self.lambda_micro >= 0) or self.lambda_macro + self.lambda_micro == 0:
+            raise HiapError("Config 'lambda_macro' and 'lambda_micro' must be >= 0 and not both 0.")
+        if not math.isfinite(self.gate_init) or not math.isfinite(self.gate_init_importance):
+            raise HiapError("Config 'gate_init' and 'gate_init_importance' must be finite numbers.")
+
+
 @dataclass
 class TrainConfig:
     """Everything `hiap train` needs; written resolved as config.yaml beside every run."""
@@ -63,7 +124,7 @@ class TrainConfig:
     train_images: int = 0  # use only the first N training images of each epoch's order (0: all); smoke runs
     batch_size: int = 128
     lr: float = 5e-4  # weights; AdamW
-    gate_lr: float = 0.05  # gate logits move much faster than weights (paper leaves it open; see docs)
+    gate_lr: float = PruneOptions.gate_lr  # gate logits move much faster than weights (paper leaves it open; see docs)
     weight_decay: float = 0.05  # weights only; gate logits never decay
     warmup_epochs: float = 0.0  # linear warm-up of the weight lr, then cosine to min_lr_ratio * lr
     min_lr_ratio: float = 0.01
@@ -81,46 +142,49 @@ class TrainConfig:
     color_jitter: float = 0.0  # brightness/contrast/saturation strength (timm's ImageNet default is 0.4)
     auto_augment: str = ""  # a timm policy such as 'rand-m9-mstd0.5-inc1' or 'augmix-m5-w4-d2'; '' none
     data_cache: str = "auto"  # decode ImageFolder images into memory once: 'auto' (small images), 'on', 'off'
-    lambda_macro: float = 2.0  # weights of the decoupled MAC penalties; the budget controller scales both
-    lambda_micro: float = 1.0  # together, so their ratio (paper's best: 2:1) is kept
-    target_tolerance: float = 0.01  # the run must end this close to the target (relative) or `hiap train` exits 3
+    # weights of the decoupled MAC penalties; the budget controller scales both
+    lambda_macro: float = PruneOptions.lambda_macro
+    lambda_micro: float = PruneOptions.lambda_micro  # together, so their ratio (paper's best: 2:1) is kept
+    # the run must end this close to the target (relative) or `hiap train` exits 3
+    target_tolerance: float = PruneOptions.target_tolerance
     # Share of the run in which the gates learn (budget ramp, temperature anneal, freezes, all compressed into it);
     # after it the exported structure is fixed and only its weights train (1.0: search for the whole run). The gate
     # lr is gate_lr / search_fraction, so a shorter search moves the gates as far per unit of its progress as a
     # whole-run search does (at gate_lr itself a 0.3 search lagged its budget ramp and collapsed the network).
-    search_fraction: float = 0.3
+    search_fraction: float = PruneOptions.search_fraction
     # Where the fixed structure's weights start when the search ends before the run does: 'gated' (the weights the
     # search trained) or 'start' (the weights the run started from, the kept units copied; the weight lr and its
     # AdamW state restart for the remaining steps, as a one-shot prune-then-fine-tune would).
-    adapt_from: str = "start"
+    adapt_from: str = PruneOptions.adapt_from
     # When a short search lands, every kept head of a block is filled to the value width the export emits (its
     # widest kept head rounded up to this alignment, the export's --align) with its next-best value dims, instead
     # of the zero padding the exporter would add; the landing counts them. 0: no fill.
-    value_align: int = 8
+    value_align: int = PruneOptions.value_align
     # Integral gain of the budget controller, per step per unit of cost error (fraction of dense); 0: auto, 0.5 for a
     # MAC target and 2.0 for a latency target. A table prices heads and whole FFN branches high and neurons low, so
     # after the macro freeze the fine knobs need a stronger pull: on the built-in model at 0.4 ms, gain 0.5 ended
     # 2.7 % over the target, 2.0 0.25 %.
-    controller_gain: float = 0.0
+    controller_gain: float = PruneOptions.controller_gain
     # Weight of the penalty on uneven per-block kept fractions (loss.allocation_loss) while searching; 0: off.
-    even_allocation: float = 0.0
-    polarization: float = 0.0  # weight of the gate-entropy term after the budget ramp (see loss.polarization_loss)
-    tau_start: float = 2.0
-    tau_end: float = 0.5
-    gate_mode: str = "hard"  # 'hard' (0/1 forward, straight-through gradient) or 'soft'
-    gate_init: float = 3.0  # initial logit: every gate starts open (sigmoid(3) = 0.95)
+    even_allocation: float = PruneOptions.even_allocation
+    # weight of the gate-entropy term after the budget ramp (see loss.polarization_loss)
+    polarization: float = PruneOptions.polarization
+    tau_start: float = PruneOptions.tau_start
+    tau_end: float = PruneOptions.tau_end
+    gate_mode: str = PruneOptions.gate_mode  # 'hard' (0/1 forward, straight-through gradient) or 'soft'
+    gate_init: float = PruneOptions.gate_init  # initial logit: every gate starts open (sigmoid(3) = 0.95)
     # Micro-gate logits start at gate_init + gate_init_importance * (their unit's standardised log l1-magnitude in
     # its block, clipped to +-2); 0: every gate starts alike (GatedViT.init_from_importance).
-    gate_init_importance: float = 0.0
+    gate_init_importance: float = PruneOptions.gate_init_importance
     # False: FFN blocks are only narrowed, never removed (their gates are fixed open, logit 10).
-    ffn_block_gates: bool = True
-    k_min: int = 1  # heads kept per block at least
-    min_value_frac: float = 0.25  # value dims kept per kept head at least
-    min_neuron_frac: float = 0.1  # neurons kept per kept FFN at least
+    ffn_block_gates: bool = PruneOptions.ffn_block_gates
+    k_min: int = PruneOptions.k_min  # heads kept per block at least
+    min_value_frac: float = PruneOptions.min_value_frac  # value dims kept per kept head at least
+    min_neuron_frac: float = PruneOptions.min_neuron_frac  # neurons kept per kept FFN at least
     kd: bool = True  # distil from the frozen dense starting network
     kd_alpha: float = 0.7
     kd_temperature: float = 4.0
-    seed: int = 0
+    seed: int = PruneOptions.seed
     device: str = "auto"  # 'auto', 'cpu', 'cuda' or 'cuda:N'
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU, where runs stay deterministic)
     workers: int = 2  # DataLoader workers for ImageFolder data
@@ -129,22 +193,12 @@ class TrainConfig:
     name: str = ""  # run name; default derived from model and target
 
     def validate(self) -> None:
-        positive = ("epochs", "batch_size", "lr", "gate_lr", "tau_start", "tau_end", "kd_temperature")
-        for key in positive:
-            if getattr(self, key) <= 0:
+        for key in ("epochs", "batch_size", "lr", "kd_temperature"):
+            if not getattr(self, key) > 0:  # `not >` also refuses NaN
                 raise HiapError(f"Config '{key}' must be > 0, got {getattr(self, key)}.")
-        if not 0.0 < self.search_fraction <= 1.0:
-            raise HiapError(f"Config 'search_fraction' must lie in (0, 1], got {self.search_fraction}.")
-        if self.value_align < 0:
-            raise HiapError(f"Config 'value_align' must be >= 0 (0: no fill), got {self.value_align}.")
-        if self.adapt_from not in ("gated", "start"):
-            raise HiapError(f"Config 'adapt_from' must be 'gated' or 'start', got '{self.adapt_from}'.")
+        self.prune_options().validate()
         if not self.dense:
             self.target()  # a malformed --target-macs is refused before any model or data is loaded
-        if self.even_allocation < 0:
-            raise HiapError(f"Config 'even_allocation' must be >= 0, got {self.even_allocation}.")
-        if self.controller_gain < 0:
-            raise HiapError(f"Config 'controller_gain' must be >= 0 (0: auto), got {self.controller_gain}.")
         if self.target_latency_ms < 0:
             raise HiapError(f"Config 'target_latency_ms' must be > 0 (0: a MAC target), got {self.target_latency_ms}.")
         if self.target_latency_ms and not self.lut:
@@ -154,19 +208,11 @@ class TrainConfig:
             raise HiapError("--lut is the table of a latency target: pass --target-latency-ms MS with it.")
         if self.latency_batch < 1:
             raise HiapError(f"Config 'latency_batch' must be >= 1, got {self.latency_batch}.")
-        if self.target_tolerance < 0:
-            raise HiapError(f"Config 'target_tolerance' must be >= 0, got {self.target_tolerance}.")
-        for key in ("min_value_frac", "min_neuron_frac", "kd_alpha", "label_smoothing", "drop_path", "min_lr_ratio"):
+        for key in ("kd_alpha", "label_smoothing", "drop_path", "min_lr_ratio"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise HiapError(f"Config '{key}' must lie in [0, 1], got {getattr(self, key)}.")
         if self.on_nonfinite not in ("stop", "skip"):
             raise HiapError(f"Config 'on_nonfinite' must be 'stop' or 'skip', got '{self.on_nonfinite}'.")
-        if self.gate_mode not in ("hard", "soft"):
-            raise HiapError(f"Config 'gate_mode' must be 'hard' or 'soft', got '{self.gate_mode}'.")
-        if self.k_min < 1:
-            raise HiapError(f"Config 'k_min' must be >= 1 (a block keeps at least one head), got {self.k_min}.")
-        if self.lambda_macro < 0 or self.lambda_micro < 0 or self.lambda_macro + self.lambda_micro == 0:
-            raise HiapError("Config 'lambda_macro' and 'lambda_micro' must be >= 0 and not both 0.")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise HiapError(f"Config 'warmup_epochs' must lie in [0, epochs), got {self.warmup_epochs}.")
         if self.crop_pad < -1:
@@ -187,6 +233,10 @@ class TrainConfig:
         check_model_kwargs(self.model_kwargs)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise HiapError(f"Config 'device' must be auto, cpu, cuda or cuda:N, got '{self.device}'.")
+
+    def prune_options(self) -> PruneOptions:
+        """The keys that shape the gate search, as the Pruner takes them."""
+        return PruneOptions(**{k: getattr(self, k) for k in PRUNE_KEYS})
 
     def target(self) -> Target:
         """The MAC target of a budgeted run, parsed from target_macs."""

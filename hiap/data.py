@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hiap.builtin_data import load_builtin_arrays
-from hiap.errors import HiapError
+from hiap.base.builtin_data import load_builtin_arrays
+from hiap.base.errors import HiapError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

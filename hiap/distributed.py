@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 
 
 @dataclass(frozen=True)

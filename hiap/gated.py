@@ -17,8 +17,8 @@ from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from hiap.base.errors import UnsupportedModelError
 from hiap.cost import BlockStructure, ExpectedCost, Geometry, Structure, emitted_width, expected_cost
-from hiap.errors import UnsupportedModelError
 from hiap.gates import export_rule, gumbel_sigmoid, keep_probability, logistic_noise
 
 SUPPORTED = (

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hiap.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from hiap.base.errors import HiapError
+from hiap.checkpoint import CHECKPOINT_NAME, gated_from_checkpoint, load_checkpoint
 from hiap.cost import Structure, block_macs, structure_macs, structure_params
-from hiap.errors import HiapError
-from hiap.gated import Floors, GatedViT, describe_vit
+from hiap.gated import describe_vit
 from hiap.models import check_model_name, create_model, data_config
 
 
@@ -51,20 +51,9 @@ def inspect_target(target: str) -> dict[str, Any]:
         if path.is_file() and path.suffix != ".safetensors":
             raise HiapError(f"Cannot inspect '{path}': expected a timm model name, a run directory or a checkpoint.")
         ckpt = load_checkpoint(path)
-        name = ckpt.state["model"]
-        model = create_model(name, num_classes=ckpt.state.get("num_classes"), meta=True,
-                             model_kwargs=ckpt.state.get("model_kwargs"))  # fmt: skip
-        if not ckpt.gates:
-            return structure_report(name, str(path), model, describe_vit(model).dense_structure())
-        floors = Floors(**ckpt.state["floors"]) if ckpt.state.get("floors") else Floors()
-        gated = GatedViT(model, floors=floors)
-        try:
-            gated.gates.load_state_dict(ckpt.gates)
-        except RuntimeError as exc:
-            raise HiapError(
-                f"Checkpoint '{path}' gates do not fit model '{name}' ({str(exc).splitlines()[0]})."
-            ) from None
-        return structure_report(name, str(path), model, gated.hard_structure())
+        gated = gated_from_checkpoint(ckpt, str(path), meta=True)
+        structure = gated.hard_structure() if ckpt.gates else gated.geometry.dense_structure()
+        return structure_report(ckpt.state["model"], str(path), gated.vit, structure)
     check_model_name(target)
     model = create_model(target, meta=True)
     return structure_report(target, target, model, describe_vit(model).dense_structure())

@@ -1,4 +1,4 @@
-"""Latency as the cost of a structure: a device's measured table (hiap.lut) turned into the expected latency of
+"""Latency as the cost of a structure: a device's measured table (hiap.base.lut) turned into the expected latency of
 the gates (differentiable, what a latency-targeted run penalises) and the latency of a hard structure.
 
 A network's latency is modelled as the table's `fixed` cell (everything outside the blocks, plus one call) and,
@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from hiap.base.lut import Cell, LatencyTable, geometry_record
 from hiap.cost import ExpectedCost, Geometry, Structure, emitted_width
 from hiap.gated import Floors, Masks
-from hiap.lut import Cell, LatencyTable, geometry_record
 
 
 def _weights(x: torch.Tensor, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

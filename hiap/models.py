@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hiap.errors import HiapError, did_you_mean
+from hiap.base.errors import HiapError, did_you_mean
 
 # The built-in model: a small timm VisionTransformer sized for 28x28 Fashion-MNIST so that the default run
 # (prune the shipped dense checkpoint to half its MACs) finishes in about 3 minutes on 2 CPU cores.

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
@@ -32,19 +32,12 @@ def _records(run: Path) -> list[dict[str, Any]]:
 
 def run_structure(run: Path) -> tuple[Any, Any]:
     """(structure, geometry) of the run's last checkpoint with the export rule applied."""
-    from hiap.checkpoint import load_checkpoint
-    from hiap.gated import Floors, GatedViT
-    from hiap.models import create_model
+    from hiap.checkpoint import gated_from_checkpoint, load_checkpoint
 
     ckpt = load_checkpoint(run)
-    vit = create_model(ckpt.state["model"], num_classes=ckpt.state["num_classes"],
-                       model_kwargs=ckpt.state.get("model_kwargs"))  # fmt: skip
-    floors = ckpt.state.get("floors")
-    gated = GatedViT(vit, floors=Floors(**floors) if floors else Floors())
-    if ckpt.gates:
-        gated.gates.load_state_dict(ckpt.gates)
-        return gated.hard_structure(), gated.geometry
-    return gated.geometry.dense_structure(), gated.geometry
+    gated = gated_from_checkpoint(ckpt, str(run))
+    structure = gated.hard_structure() if ckpt.gates else gated.geometry.dense_structure()
+    return structure, gated.geometry
 
 
 def plot_topology(structure: Any, geom: Any, title: str, path: Path) -> None:
@@ -173,7 +166,7 @@ def plot_lut(path: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hiap.lut import read_lut
+    from hiap.base.lut import read_lut
 
     lut = read_lut(path)
     batches = sorted(lut.tables)

@@ -1,4 +1,5 @@
-"""The trainer: one budgeted single-phase run (search, adaptation and export together), resumable and seeded."""
+"""The trainer behind `hiap train`: model, data, optimizer, KD and checkpoints around the public Pruner, resumable
+and seeded."""
 
 from __future__ import annotations
 
@@ -18,17 +19,17 @@ from torch import nn
 
 from hiap import __version__, faults
 from hiap import distributed as dd
-from hiap.atomic import write_json_atomic, write_text_atomic
+from hiap.base.atomic import write_json_atomic, write_text_atomic
+from hiap.base.errors import HiapError
 from hiap.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from hiap.config import TrainConfig, write_yaml
 from hiap.cost import Structure, structure_params
 from hiap.data import Augment, Dataset, create_data
-from hiap.errors import HiapError
 from hiap.gated import GatedViT, describe_vit
 from hiap.gates import TemperatureSchedule
 from hiap.loss import task_loss
 from hiap.models import create_model, data_config, load_pretrained
-from hiap.search import GateSearch, PlainRun
+from hiap.pruner import GATES, Budget, Pruner, gate_histogram
 
 # Config keys that may differ when a run is resumed (they do not change what is computed).
 RESUMABLE_CHANGES = {"device", "workers", "amp", "on_nonfinite"}
@@ -123,11 +124,12 @@ def all_finite(tensors: list[torch.Tensor], device: torch.device) -> torch.Tenso
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups of the weights: decayed matrices, and non-decayed 1-D params and tokens."""
+    """AdamW groups of the weights: decayed matrices, and non-decayed 1-D params and tokens (the gate logits of a
+    pruned model are the Pruner's groups)."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or name.startswith(f"{GATES}."):
             continue
         (no_decay if p.ndim < 2 or name in skip else decay).append(p)
     return [
@@ -172,13 +174,16 @@ class Trainer:
         resume: bool = False,
         make_data: Callable[[dict[str, Any]], Dataset] | None = None,
     ) -> None:
-        """`make_data`, given the model's data config, builds the data instead of `cfg.data` (benchmarks use it for
-        the built-in data's search split)."""
+        """`console`: where notes and the progress bar go (none: silent, as a library). `make_data`, given the
+        model's data config, builds the data instead of `cfg.data` (benchmarks use it for the built-in data's search
+        split)."""
+        cfg.validate()
         self.cfg = cfg
         self.make_data = make_data
         self.dist = dd.from_env()
-        # Under torchrun only rank 0 talks and writes; the others compute the same steps in silence.
-        self.console = (console or Console()) if self.dist.is_main else Console(quiet=True)
+        # Prints only to the console the caller gives (the CLI's); under torchrun only rank 0 talks and writes, the
+        # others compute the same steps in silence.
+        self.console = console if console is not None and self.dist.is_main else Console(quiet=True)
         self.resume = resume
         self.device = select_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
         dd.init(self.dist, self.device)
@@ -250,19 +255,15 @@ class Trainer:
             raise HiapError(f"Batch size {cfg.batch_size} must divide evenly over {self.dist.world} processes.")
         self._build_model_and_data()
         self.schedule = Schedule.of(cfg, self.data.num_train)
-        self.tau = TemperatureSchedule(cfg.tau_start, cfg.tau_end, self.schedule.search_steps)
-        self.search: PlainRun | GateSearch = (
-            PlainRun(self.vit, self.geometry)
-            if target is None
-            else GateSearch(self.vit, self.geometry, cfg, target, self.schedule, self.device, self._lut())
-        )
+        # The teacher is the plain starting network: copied before the pruner gates the model in place.
         self.teacher = copy.deepcopy(self.vit).eval().requires_grad_(False) if cfg.kd and not cfg.dense else None
-        # The weights the fixed structure restarts from when the search ends early (adapt_from: start): the
-        # teacher's, which are the starting weights, or a copy of them when there is no teacher.
-        self.rewind_to: dict[str, torch.Tensor] | None = None
-        if self.rewinds and self.teacher is None:
-            self.rewind_to = {k: v.detach().clone() for k, v in self.vit.state_dict().items()}
-        groups = param_groups(self.vit, cfg) + self.search.gate_groups(cfg.gate_lr)
+        self.pruner = None if target is None else self._pruner()
+        self.tau = (
+            self.pruner.temperature
+            if self.pruner
+            else TemperatureSchedule(cfg.tau_start, cfg.tau_end, self.schedule.search_steps)
+        )
+        groups = param_groups(self.vit, cfg) + (self.pruner.param_groups() if self.pruner else [])
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
         self.amp = cfg.amp and self.device.type == "cuda"
         self.start_epoch, self.step = 0, 0
@@ -270,13 +271,28 @@ class Trainer:
         self.last_val_acc: float | None = None
         if self.ckpt is not None:
             self._restore(self.ckpt)
-        if self.search.gated is not None and self.step >= self.schedule.search_steps:
-            self.search.freeze()  # resumed after the search: the gates are constants from here on
-        self.forward_model = self._wrap_for_ddp(self.search.core)
-        table = self.search.budget.latency.table if self.search.budget.latency is not None else None
+        self.forward_model = self._wrap_for_ddp(self.vit)
+        table = self.budget.latency.table if self.budget.latency is not None else None
         if table is not None and table.measured_elsewhere:
             self.notes.append(f"latency table '{table.path}' was not measured on {table.device} "
                               f"({table.measured_elsewhere}): the latencies trained to are not its")  # fmt: skip
+
+    def _pruner(self) -> Pruner:
+        """The run's pruner, on the model as built (before a resumed run's weights are loaded)."""
+        cfg = self.cfg
+        latency = bool(cfg.target_latency_ms)
+        return Pruner(
+            self.vit,
+            self.schedule.total_steps,
+            target_macs=None if latency else cfg.target_macs,
+            target_latency_ms=cfg.target_latency_ms if latency else None,
+            lut=self._lut(),
+            latency_batch=cfg.latency_batch,
+            options=cfg.prune_options(),
+            model_name=cfg.model,
+            steps_per_epoch=self.schedule.steps_per_epoch,
+            trace_every=self.schedule.trace_every,
+        )
 
     def _lut(self) -> Path | None:
         """The latency table of a latency target: the run's own copy when resuming (the file --lut named may have
@@ -321,7 +337,14 @@ class Trainer:
     @property
     def gated(self) -> GatedViT | None:
         """The gated model of a budgeted run (None for a dense run)."""
-        return self.search.gated
+        return self.pruner.gated if self.pruner else None
+
+    @property
+    def budget(self) -> Budget:
+        """The run's budget; a dense run's is the dense MACs themselves."""
+        if self.pruner is not None:
+            return self.pruner.budget
+        return Budget(float(self.geometry.dense_macs), float(self.geometry.dense_macs))
 
     @property
     def dense_macs(self) -> int:
@@ -330,12 +353,19 @@ class Trainer:
     @property
     def target_macs(self) -> int | None:
         """The MAC target (None under a latency budget)."""
-        return self.search.target_macs
+        return self.pruner.target_macs if self.pruner else self.geometry.dense_macs
 
     def _restore(self, ckpt: Checkpoint) -> None:
-        self.vit.load_state_dict(ckpt.model)
         st = ckpt.state
-        self.search.load_state(st["controller"], ckpt.gates)
+        if self.pruner is None:
+            self.vit.load_state_dict(ckpt.model)
+        else:
+            # The gate logits are entries of the model's state_dict; the checkpoint keeps them apart.
+            self.vit.load_state_dict({**ckpt.model, **{f"{GATES}.{k}": v for k, v in ckpt.gates.items()}})
+            if not isinstance(st.get("pruner"), dict):
+                raise HiapError(f"'{self.paths.checkpoint}' was written by an older hiap (no pruner state): it can be "
+                                "exported, not resumed; start the run again.")  # fmt: skip
+            self.pruner.load_state_dict({**st["pruner"], "gates": ckpt.gates})
         if ckpt.optimizer is not None:
             self.optimizer.load_state_dict(ckpt.optimizer)
         if "torch" in ckpt.rng:
@@ -368,24 +398,6 @@ class Trainer:
         cfg = self.cfg
         return not cfg.dense and cfg.adapt_from == "start" and self.schedule.search_steps < self.schedule.total_steps
 
-    def _end_search(self) -> None:
-        """The search has ended before the run: the gates become constants (under torchrun the wrapper is rebuilt
-        without them, since DDP refuses parameters that get no gradient), and with adapt_from start the weights
-        rewind."""
-        self.search.freeze()
-        self.forward_model = self._wrap_for_ddp(self.search.core)
-        if self.rewinds:
-            self._rewind()
-
-    def _rewind(self) -> None:
-        """The search has ended: the weights go back to the run's start (pruned units are masked by the fixed
-        structure, so the kept ones are what a one-shot prune would copy) and their AdamW state is dropped."""
-        self.vit.load_state_dict(self.rewind_to if self.teacher is None else self.teacher.state_dict())
-        for group in self.optimizer.param_groups:
-            if group.get("base_lr") is not None:
-                for p in group["params"]:
-                    self.optimizer.state.pop(p, None)
-
     def _set_lr(self) -> None:
         sched, first = self.schedule, 0
         if self.rewinds and self.step >= sched.search_steps:  # a fresh cosine over the remaining steps
@@ -393,17 +405,14 @@ class Trainer:
         f = lr_factor(self.step - first, sched.total_steps - first, sched.warmup_steps if first == 0 else 0,
                       self.cfg.min_lr_ratio)  # fmt: skip
         for g in self.optimizer.param_groups:
-            if g.get("base_lr") is not None:
+            if g.get("base_lr") is not None:  # the weights; the pruner sets its gates' lrs
                 g["lr"] = g["base_lr"] * f
-        self.search.set_gate_lr(self.optimizer.param_groups, self.step)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        if self.search.gated is not None and self.step == self.schedule.search_steps:
-            self._end_search()
         self._set_lr()
         tau = self.tau(self.step)
-        loss, stats = self._loss(x, y, tau)
+        loss, stats = self._loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         cause = self._nonfinite_cause(loss)
@@ -411,30 +420,31 @@ class Trainer:
             return self._nonfinite(cause, tau)
         self.optimizer.step()
         stats["loss"] = loss.detach()
-        stats.update(self.search.measured())
-        # The logged scalars stay tensors until this one read-back: on a GPU each float() is a synchronisation
-        # that leaves the device idle while the host queues the next kernels (measured on an H100: gated steps
-        # took 1.43x plain wall time at 1.04x its kernel time with ten of them).
-        values = torch.stack([v.detach().reshape(()).double() for v in stats.values()]).tolist()
-        parts = {"tau": tau, **dict(zip(stats, values, strict=True))}
-        self.search.observe(parts, self.step, tau)
+        if self.pruner is None:
+            # One read-back for every logged scalar (on a GPU each float() is a synchronisation that leaves the
+            # device idle while the host queues the next kernels).
+            values = torch.stack([v.detach().reshape(()).double() for v in stats.values()]).tolist()
+            parts = {"tau": tau, **dict(zip(stats, values, strict=True))}
+        else:
+            report = self.pruner.step(self.optimizer, log=stats)  # the same single read-back, pruner's figures too
+            parts = {"tau": tau, **report.logged, "penalty_scale": report.penalty_scale,
+                     "expected_frac": report.expected_fraction, "hard_frac": report.hard_fraction}  # fmt: skip
         self.step += 1
         return parts
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Task loss (with KD from the frozen dense start) plus the search's penalty terms, and their parts."""
         cfg = self.cfg
         with self._autocast():
-            logits = self.forward_model(x, *self.search.train_masks(self.step, tau))
+            logits = self.forward_model(x)
             teacher_logits = None
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher_logits = self.teacher(x)
         loss, stats = task_loss(logits, y, cfg.label_smoothing, teacher_logits, cfg.kd_alpha, cfg.kd_temperature)
-        terms, parts = self.search.penalty(self.step)
-        for term in terms:
-            loss = loss + term
-        stats.update(parts)
+        if self.pruner is not None:
+            loss = self.pruner.penalty(loss)
+            stats.update(self.pruner.penalty_parts)
         return loss, stats
 
     def _nonfinite_cause(self, loss: torch.Tensor) -> str | None:
@@ -455,6 +465,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.cfg.on_nonfinite == "skip":
             self.skipped_steps += 1
+            if self.pruner is not None:
+                self.pruner.skip_step(self.optimizer)
             self.step += 1  # schedules move on; the batch is simply not learned from
             return {"tau": tau, "skipped": 1.0}
         last = self.paths.checkpoint
@@ -467,31 +479,32 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, open_gates: bool = False) -> tuple[float, float]:
         """Top-1 accuracy and loss on the validation split with hard gates (the exported network)."""
-        model = self.search.core
+        model = self.vit
         model.eval()
         # Sums stay on the device (float64, so the result equals summing Python floats) until one read-back.
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # correct, total, loss
-        masks = self.search.eval_masks(open_gates)  # once per evaluation, not per batch
+        dense = self.pruner.open_gates() if open_gates and self.pruner is not None else nullcontext()
         # Under torchrun each rank reads and validates every world-th batch; the sums are added across ranks.
-        for x, y in self.data.val_batches(256, self.dist.rank, self.dist.world):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = model(x, *masks)
-            loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-            sums[0] += (logits.argmax(-1) == y).sum()
-            sums[1] += y.numel()
-            sums[2] += loss.double()
+        with dense:
+            for x, y in self.data.val_batches(256, self.dist.rank, self.dist.world):
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                with self._autocast():
+                    logits = model(x)
+                loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+                sums[0] += (logits.argmax(-1) == y).sum()
+                sums[1] += y.numel()
+                sums[2] += loss.double()
         model.train()
         correct, total, loss_sum = dd.sum_across(self.dist, sums.tolist(), self.device)
         return correct / total, loss_sum / total
 
     # --- outputs -----------------------------------------------------------------------------------------
     def _structure(self) -> Structure:
-        return self.search.structure()
+        return self.pruner.structure() if self.pruner else self.geometry.dense_structure()
 
     def _check_finite_weights(self, epoch: int) -> None:
         """Never write a poisoned checkpoint (weights are equal on every rank, so every rank decides alike)."""
-        tensors = [*self.vit.parameters(), *self.search.gate_parameters()]
+        tensors = list(self.vit.parameters())  # the gate logits of a pruned model included
         if not bool(all_finite([t.detach() for t in tensors], self.device)):
             raise HiapError(
                 f"Weights or gates became non-finite in epoch {epoch}; not writing a poisoned checkpoint. The last "
@@ -499,10 +512,12 @@ class Trainer:
             )
 
     def _save(self, epoch: int, val_acc: float) -> None:
+        pruner = self.pruner.state_dict() if self.pruner else None
+        gates = pruner.pop("gates") if pruner else {}
         state = {
             "epoch": epoch,
             "step": self.step,
-            "controller": self.search.state(),
+            "pruner": pruner,
             "dense_val_acc": self.dense_val_acc,
             "val_acc": val_acc,
             "model": self.cfg.model,
@@ -512,15 +527,15 @@ class Trainer:
             "data_config": self.data_cfg,
             "dense_macs": self.dense_macs,
             "target_macs": self.target_macs,
-            "budget": self.search.budget.record(),
-            "floors": self.search.floors_state(),
+            "budget": self.budget.record(),
+            "floors": vars(self.pruner.floors) if self.pruner else None,
             "weights_source": self.weights_source,
             "skipped_steps": self.skipped_steps,
             "dense_reference_valid": self.dense_reference_valid,
         }
         ckpt = Checkpoint(
-            model=self.vit.state_dict(),
-            gates=self.search.gate_tensors(),
+            model={k: v for k, v in self.vit.state_dict().items() if not k.startswith(f"{GATES}.")},
+            gates=gates,
             optimizer=self.optimizer.state_dict(),
             rng={"torch": torch.get_rng_state()},
             config=self.cfg.to_dict(),
@@ -530,7 +545,7 @@ class Trainer:
 
     def _latency_fields(self, structure: Structure) -> dict[str, Any]:
         """The latency budget's figures (none for a MAC budget): target and predicted ms of the structure."""
-        budget = self.search.budget
+        budget = self.budget
         if budget.latency is None:
             return {}
         return {"target_latency_ms": budget.target, "predicted_latency_ms": budget.of(self.geometry, structure),
@@ -555,9 +570,9 @@ class Trainer:
             "macro": means.get("macro"),
             "micro": means.get("micro"),
             "feasibility": means.get("feasibility"),
-            "penalty_scale": self.search.penalty_scale(),
-            "expected_gmacs": self.search.expected_macs() / 1e9,
-            "hard_gmacs": self.search.hard_macs() / 1e9,
+            "penalty_scale": self.pruner.penalty_scale if self.pruner else None,
+            "expected_gmacs": (self.pruner.expected_macs() if self.pruner else self.dense_macs) / 1e9,
+            "hard_gmacs": (self.pruner.hard_macs() if self.pruner else self.dense_macs) / 1e9,
             "target_gmacs": self.target_macs / 1e9 if self.target_macs is not None else None,
             **self._latency_fields(structure),
             "val_acc": val[0],
@@ -566,7 +581,9 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
         }
         record.update(structure_summary(structure))
-        record.update(self.search.epoch_fields())
+        if self.pruner is not None:  # the gate histogram and the epoch's trace points (the trace starts afresh)
+            trace, self.pruner.trace = self.pruner.trace, []
+            record.update(gate_histogram=gate_histogram(self.pruner.gates), trace=trace)
         return record
 
     # --- the run -----------------------------------------------------------------------------------------
@@ -586,8 +603,8 @@ class Trainer:
         t_start = time.perf_counter()
         if self.dense_val_acc is None:
             self.dense_val_acc = self.evaluate(open_gates=True)[0]
-        self.search.core.train()
-        budget = self.search.budget
+        self.vit.train()
+        budget = self.budget
         fraction = budget.target / budget.dense
         with TrainProgress(self.console, self.schedule.total_steps, self.step, fraction, budget.kind) as progress:
             for epoch in range(self.start_epoch, self.cfg.epochs):
@@ -625,7 +642,9 @@ class Trainer:
     def _ranks_agree(self) -> dict[str, Any]:
         """Under torchrun every rank must end with the same gates (they decide the structure) to the bit; a dense
         run compares its weights."""
-        spread = dd.max_spread(self.dist, self.search.gate_parameters() or list(self.vit.parameters()))
+        spread = dd.max_spread(
+            self.dist, list(self.pruner.gates.parameters() if self.pruner else self.vit.parameters())
+        )
         if spread != 0.0:
             raise HiapError(f"Ranks ended with different gates (max abs diff {spread:.3g}): report this as a bug.")
         return {"world_size": self.dist.world, "backend": torch.distributed.get_backend(),
@@ -639,7 +658,7 @@ class Trainer:
                 stale_file.unlink(missing_ok=True)
         write_yaml(paths.config, self.cfg.to_dict())
         if self.cfg.lut and self.cfg.target_latency_ms and not self.resume:  # the run carries its table
-            from hiap.atomic import write_bytes_atomic
+            from hiap.base.atomic import write_bytes_atomic
 
             source = Path(self.cfg.lut).resolve()
             if source != (paths.root / "lut.json").resolve():
@@ -659,8 +678,8 @@ class Trainer:
         structure = self._structure()
         # The last epoch already validated this exact network; a resumed run with nothing left evaluates once.
         val_acc = self.last_val_acc if self.last_val_acc is not None else self.evaluate()[0]
-        pruned_macs = self.search.hard_macs()
-        budget = self.search.budget
+        pruned_macs = self.pruner.hard_macs() if self.pruner else self.dense_macs
+        budget = self.budget
         landed = budget.of(self.geometry, structure)
         return {
             "hiap_version": __version__,
@@ -680,8 +699,8 @@ class Trainer:
             # (MACs, or the table's predicted ms); the CLI exits 3 if not.
             "target_error": (landed - budget.target) / budget.target,
             "target_met": abs(landed - budget.target) <= self.cfg.target_tolerance * budget.target,
-            # What the end of a short search added to the micro-gate logits to land (GateSearch.land); 0 otherwise.
-            "landing_shift": self.search.landing_shift,
+            # What the end of a short search added to the micro-gate logits to land (Pruner.land); 0 otherwise.
+            "landing_shift": self.pruner.landing_shift if self.pruner else 0.0,
             "dense_params": self.geometry.dense_params,
             "pruned_params": structure_params(self.geometry, structure),
             "val_acc": val_acc,

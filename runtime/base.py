@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 
 
 @dataclass(frozen=True)

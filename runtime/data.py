@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hiap.builtin_data import load_builtin_arrays
-from hiap.errors import HiapError
+from hiap.base.builtin_data import load_builtin_arrays
+from hiap.base.errors import HiapError
 
 # torchvision's IMG_EXTENSIONS: the files `hiap train` reads from an ImageFolder are the files the bench reads.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

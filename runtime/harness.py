@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 from runtime.base import Runner
 
 

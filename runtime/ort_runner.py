@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 from runtime.base import TensorSpec, check_feeds
 
 _TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 from runtime.base import TensorSpec, check_feeds
 from runtime.ort_runner import check_model_file
 

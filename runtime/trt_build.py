@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from hiap import __version__
-from hiap.atomic import write_bytes_atomic, write_json_atomic
-from hiap.errors import HiapError
-from hiap.jsonfile import read_json_object
+from hiap.base.atomic import write_bytes_atomic, write_json_atomic
+from hiap.base.errors import HiapError
+from hiap.base.jsonfile import read_json_object
 from runtime.trt_env import NOT_VALIDATED, cudart, gpu_name, import_tensorrt
 
 # Where JetPack installs trtexec (it is not on PATH there).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 
 # TensorRT cannot be installed on the machines this was written on: the TensorRT path is exercised only where
 # `tensorrt` imports (tests marked `tensorrt`), and every engine and message says so.

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 from runtime.base import TensorSpec
 from runtime.ort_runner import check_model_file
 from runtime.trt_build import read_sidecar

@@ -52,7 +52,7 @@ def lut(tmp_path_factory: pytest.TempPathFactory, cli) -> Path:
 
 
 def test_profile_writes_a_self_describing_table(lut: Path) -> None:
-    from hiap.lut import read_lut
+    from hiap.base.lut import read_lut
 
     table = read_lut(lut)
     body = table.body
@@ -113,8 +113,8 @@ def test_inspect_and_report_show_the_table(lut: Path, tmp_path: Path, cli) -> No
 def test_latency_target_end_to_end(lut: Path, tmp_path: Path, cli) -> None:
     """Train to a latency on the measured table, export (prediction in the report and the file), bench (predicted
     vs measured on the same device; not compared on another)."""
+    from hiap.base.lut import read_lut
     from hiap.latency import LatencyCost
-    from hiap.lut import read_lut
 
     table = read_lut(lut)
     cells = table.at(1)

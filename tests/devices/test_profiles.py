@@ -5,7 +5,7 @@ import yaml
 
 from devices.host import detect_host, profile_mismatch
 from devices.profile import all_profiles, load_profile, profiles_dir, read_profile, version_in_range
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 
 REQUIRED = {"jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "rpi5", "rpi4", "x86-cpu", "cuda-gpu"}
 

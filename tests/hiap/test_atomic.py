@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import hiap.atomic as atomic
-from hiap.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from hiap.errors import HiapError
+import hiap.base.atomic as atomic
+from hiap.base.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from hiap.base.errors import HiapError
 
 
 def test_writes_replace_the_whole_file(tmp_path: Path) -> None:
@@ -68,5 +68,5 @@ def test_a_missing_folder_is_one_line_error(tmp_path: Path) -> None:
 
 def test_imports_without_torch() -> None:
     """The device install writes its reports with it and has no torch."""
-    code = "import sys, hiap.atomic; sys.exit(int(any(m.split('.')[0] in ('torch', 'timm') for m in sys.modules)))"
+    code = "import sys, hiap.base.atomic; sys.exit(int(any(m.split('.')[0] in ('torch', 'timm') for m in sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

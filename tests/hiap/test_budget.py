@@ -1,9 +1,9 @@
 import pytest
 from vit_zoo import make_vit
 
+from hiap.base.errors import HiapError
 from hiap.budget import BudgetController, check_target, min_reachable_macs
 from hiap.config import parse_target
-from hiap.errors import HiapError
 from hiap.gated import Floors, describe_vit
 
 

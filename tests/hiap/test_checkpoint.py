@@ -10,8 +10,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from hiap.base.errors import HiapError
 from hiap.checkpoint import CHECKPOINT_NAME, Checkpoint, export_weights, load_checkpoint, save_checkpoint
-from hiap.errors import HiapError
 from hiap.gated import GatedViT
 from hiap.models import create_model, read_state_dict
 

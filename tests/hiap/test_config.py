@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from hiap.base.errors import HiapError
 from hiap.config import TrainConfig, resolve_config
-from hiap.errors import HiapError
 
 
 def test_precedence_defaults_then_file_then_flags(tmp_path: Path) -> None:

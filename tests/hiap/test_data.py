@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from hiap.base.errors import HiapError
 from hiap.data import BuiltinData, ImageFolderData
-from hiap.errors import HiapError
 
 N_TRAIN, N_VAL = 14, 5
 IDENTITY = ((1, 28, 28), (0.0,), (1.0,))  # no resize, no normalisation: batches are the pixels / 255

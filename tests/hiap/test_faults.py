@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import hiap.train as train_mod
+from hiap.base.errors import HiapError
 from hiap.checkpoint import load_checkpoint
 from hiap.config import TrainConfig
-from hiap.errors import HiapError
 from hiap.train import Trainer
 
 # 4 steps an epoch; gates fast enough for the schedule check (gate_init 1 / gate_lr 1 / ramp 0.4: 3 steps). These runs

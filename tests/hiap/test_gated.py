@@ -4,7 +4,7 @@ from timm.layers import SwiGLUPacked
 from timm.models.vision_transformer import ResPostBlock, VisionTransformer
 from vit_zoo import VARIANTS, make_distilled, make_vit
 
-from hiap.errors import UnsupportedModelError
+from hiap.base.errors import UnsupportedModelError
 from hiap.gated import SUPPORTED, Floors, GatedViT, masks_to_structure
 
 

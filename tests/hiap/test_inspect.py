@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from hiap.base.errors import HiapError
 from hiap.checkpoint import CHECKPOINT_NAME, Checkpoint, save_checkpoint
 from hiap.cost import BlockStructure, Structure, block_macs, structure_macs, structure_params
-from hiap.errors import HiapError
 from hiap.gated import Floors, GatedViT, describe_vit
 from hiap.inspect import inspect_target, structure_report
 from hiap.models import create_model

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from hiap.base.errors import HiapError
+from hiap.base.lut import parse_lut, read_lut
 from hiap.config import TrainConfig
 from hiap.cost import BlockStructure, Structure
-from hiap.errors import HiapError
 from hiap.gated import Floors, GatedViT, masks_to_structure
 from hiap.latency import LatencyCost
-from hiap.lut import parse_lut, read_lut
 from hiap.models import create_model
 from hiap.train import Trainer
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 from hiap.models import (
     check_model_kwargs,
     check_model_name,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from hiap.builtin_data import load_builtin_arrays
+from hiap.base.builtin_data import load_builtin_arrays
+from hiap.base.errors import HiapError
 from hiap.config import TrainConfig
 from hiap.data import SEARCH_PER_CLASS, BuiltinData
-from hiap.errors import HiapError
 from hiap.train import Trainer
 
 FMNIST = ((1, 28, 28), (0.2860,), (0.3530,))
@@ -40,15 +40,14 @@ def test_search_split_validates_on_images_carved_from_the_training_set() -> None
 def test_a_short_search_moves_its_gates_faster_by_the_same_factor(tmp_path: Path) -> None:
     trainer = Trainer(_tiny(tmp_path, search_fraction=0.25, gate_lr=0.5))
     trainer.setup()
-    trainer._set_lr()
-    gate_lrs = [g["lr"] for g in trainer.optimizer.param_groups if g.get("gates")]
+    gate_lrs = [g["lr"] for g in trainer.optimizer.param_groups if g.get("hiap")]
     assert trainer.schedule.search_steps == 8 and gate_lrs == [pytest.approx(2.0)] * 2
 
 
 def test_landing_shifts_the_micro_logits_onto_the_target_and_keeps_their_order(tmp_path: Path) -> None:
     trainer = Trainer(_tiny(tmp_path, target_macs="0.5", target_tolerance=0.01, value_align=0))
     trainer.setup()
-    search, gates = trainer.search, trainer.gated.gates
+    search, gates = trainer.pruner, trainer.gated.gates
     with torch.no_grad():  # a search that ended far above its target (every unit kept), with uneven logits
         gates.value.copy_(torch.randn(gates.value.shape, generator=torch.Generator().manual_seed(0)) + 3)
         gates.neuron.copy_(torch.randn(gates.neuron.shape, generator=torch.Generator().manual_seed(1)) + 3)
@@ -75,7 +74,7 @@ def test_landing_fills_every_kept_head_to_the_width_the_export_emits(tmp_path: P
 
     trainer = Trainer(_tiny(tmp_path, target_macs="0.5", target_tolerance=0.01, value_align=8))
     trainer.setup()
-    search, gates, geom = trainer.search, trainer.gated.gates, trainer.geometry
+    search, gates, geom = trainer.pruner, trainer.gated.gates, trainer.geometry
     with torch.no_grad():
         gates.value.copy_(torch.randn(gates.value.shape, generator=torch.Generator().manual_seed(0)))
         gates.neuron.copy_(torch.randn(gates.neuron.shape, generator=torch.Generator().manual_seed(1)) + 3)
@@ -99,7 +98,7 @@ def test_adapt_from_start_rewinds_the_weights_when_the_search_ends(tmp_path: Pat
     for adapt, kd in (("start", True), ("start-no-teacher", False), ("gated", True)):
         trainer = Trainer(_tiny(tmp_path / adapt, search_fraction=0.5, adapt_from=adapt.split("-")[0], kd=kd))
         trainer.setup()
-        start = {k: v.clone() for k, v in trainer.vit.state_dict().items()}
+        start = {k: v.clone() for k, v in trainer.vit.state_dict().items() if "hiap_gates" not in k}
         original = trainer._set_lr
 
         def at_search_end(trainer: Trainer = trainer, original=original, adapt: str = adapt, start=start) -> None:
@@ -108,7 +107,7 @@ def test_adapt_from_start_rewinds_the_weights_when_the_search_ends(tmp_path: Pat
                 state = trainer.vit.state_dict()
                 seen[adapt] = {
                     "rewound": all(torch.equal(state[k], v) for k, v in start.items()),
-                    "adam_state": sum(p in trainer.optimizer.state for p in trainer.vit.parameters()),
+                    "adam_state": sum(p in trainer.optimizer.state for p in trainer.pruner.weight_parameters()),
                     "lr": trainer.optimizer.param_groups[0]["lr"],
                 }
 

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from hiap.base.errors import HiapError
 from hiap.cli import app, spread_multi_value_flags
 from hiap.config import resolve_config
 from hiap.data import Augment, ImageFolderData, train_transform
-from hiap.errors import HiapError
 from hiap.models import create_model, data_config, load_weights, parse_model_kwargs
 
 runner = CliRunner()

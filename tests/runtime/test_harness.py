@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tiny_onnx import INPUT_SIZE, linear_export
 
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 from runtime.base import TensorSpec, batch_of
 from runtime.harness import (
     Accuracy,

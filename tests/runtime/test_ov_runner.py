@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from devices.bench import resolve_runtime
 from devices.profile import load_profile
+from hiap.base.errors import HiapError
 from hiap.cli import app
-from hiap.errors import HiapError
 
 FAST = ["--iterations", "5", "--warmup", "1", "--min-seconds", "0"]
 

@@ -38,7 +38,7 @@ def test_engine_build_sidecar_and_fidelity(exported_pair: dict, tmp_path: Path) 
     assert result.comparison.max_abs_diff < 5e-2 and result.comparison.top1_agreement == 1.0
     bad = json.loads((tmp_path / "model.engine.json").read_text()) | {"tensorrt_version": "0.0"}
     (tmp_path / "model.engine.json").write_text(json.dumps(bad))
-    from hiap.errors import HiapError
+    from hiap.base.errors import HiapError
 
     with pytest.raises(HiapError, match="Engines are not portable"), TrtRunner(engine):
         pass

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 from runtime.base import TensorSpec
 from runtime.trt_build import sha256_file, write_sidecar
 from runtime.trt_runner import TrtRunner

@@ -10,8 +10,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from hiap.errors import HiapError
-from hiap.jsonfile import read_json_object
+from hiap.base.errors import HiapError
+from hiap.base.jsonfile import read_json_object
 
 LUT_SCHEMA = "hiap-lut"
 LUT_VERSION = 1
@@ -138,7 +138,7 @@ class LatencyTable:
 
 
 def write_lut(path: Path, body: dict[str, Any]) -> None:
-    from hiap.atomic import write_json_atomic
+    from hiap.base.atomic import write_json_atomic
 
     write_json_atomic(path, body, indent=1)
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hiap.errors import HiapError
+from hiap.base.errors import HiapError
 
 
 def read_json_object(path: Path, what: str, missing: str = "") -> dict[str, Any]:

@@ -1,0 +1,247 @@
+"""The Python API (hiap.api): the three examples run at tiny sizes, bad input to every entry point is one HiapError
+with the model left as it was, and a pruner's state resumes a loop exactly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from torch import nn
+from typer.testing import CliRunner
+
+import hiap.api as hp
+from hiap.base.errors import HiapError
+from hiap.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--iterations", "20", "--warmup", "2", "--min-seconds", "0"]
+VERDICTS = {"latency_p50_ms": True, "latency_p99_ms": True, "accuracy_drop_pp": None, "fidelity_max_abs_diff": True,
+            "fidelity_top1_agreement": True}  # fmt: skip
+
+
+def example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_vit(seed: int = 0, classes: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model("vit_tiny_patch16_224", num_classes=classes, img_size=32, patch_size=8, depth=2,
+                             embed_dim=64, num_heads=2)  # fmt: skip
+
+
+def image_folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 4)):
+        for c in ("a", "b", "c"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def bench(onnx: Path, tmp_path: Path, *extra: str) -> tuple[int, dict]:
+    """The bench's exit code and each budget's verdict (True passed, None not measured)."""
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", str(onnx), "--device", "x86-cpu", *FAST, *extra, "--json", str(out)])
+    return result.exit_code, {b["budget"]: b["passed"] for b in json.loads(out.read_text())["budgets"]}
+
+
+def test_example_a_plain_loop_on_an_image_folder_prunes_exports_and_benches(tmp_path: Path) -> None:
+    data = image_folder(tmp_path / "data")
+    report = example("prune_imagefolder").main(["--data", str(data), "--out", str(tmp_path / "out"), "--gate-lr", "1"])
+    assert report["parity"]["passed"] and report["counts_match"] is True
+    assert abs(report["gmacs"] / report["dense_gmacs"] - 0.5) < 0.01  # landed on the target, as exported
+    assert report["golden"] == {"images": 4, "source": "sample inputs given to the export"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "export_report.json", "golden.npz", "model.onnx", "plan.json", "pruned.safetensors"]  # fmt: skip
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert plan["model"] == "vit_tiny_patch16_224" and plan["hash"] == report["plan_hash"]
+    code, verdicts = bench(tmp_path / "out" / "model.onnx", tmp_path)
+    assert code == 4 and verdicts == VERDICTS  # 4: accuracy not measured (no --data), never "passed"
+    rebuilt = hp.load_pruned(tiny_vit(seed=5), tmp_path / "out" / "pruned.safetensors").eval()
+    blocks = [type(b).__name__ for b in rebuilt.blocks]
+    assert blocks == ["CompactBlock", "CompactBlock"]
+    golden = np.load(tmp_path / "out" / "golden.npz")
+    with torch.no_grad():
+        out = rebuilt(torch.from_numpy(golden["inputs"])).numpy()
+    np.testing.assert_allclose(out, golden["logits"], atol=1e-5)
+
+
+def test_example_a_backbone_inside_the_users_model_prunes_only_the_backbone(tmp_path: Path) -> None:
+    seg = example("prune_backbone")
+    report = seg.main(["--out", str(tmp_path / "seg"), "--steps", "30", "--gate-lr", "1"])
+    assert report["parity"]["passed"] and report["rebuilt_max_abs_diff"] == 0.0
+    assert json.loads(report["metadata"]["wrapper"]) == {"class": "PatchSegmenter", "backbone": "backbone"}
+    assert report["counts_match"] is None and report["onnx_gmacs"] > 0  # the head's MACs are not the plan's
+    code, verdicts = bench(tmp_path / "seg" / "model.onnx", tmp_path)
+    assert code == 4 and verdicts == VERDICTS
+
+    model = seg.build()
+    head = {k: v.clone() for k, v in model.head.state_dict().items()}
+    pruner = hp.Pruner(model, 20, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0))
+    assert pruner.backbone_path == "backbone" and not hasattr(model.head, "hiap_gates")
+    for _ in range(20):
+        pruner.step()
+    hp.materialize(pruner)
+    assert type(model.head) is nn.Linear and all(torch.equal(v, head[k]) for k, v in model.head.state_dict().items())
+    assert not any("hiap_gates" in k for k in model.state_dict())
+
+
+def test_example_the_loop_under_torchrun_with_bf16_autocast(tmp_path: Path) -> None:
+    script = ROOT / "examples" / "prune_ddp.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+           "--out", str(tmp_path / "ddp"), "--steps", "30", "--gate-lr", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "ddp" / "ddp_summary.json").read_text())
+    assert summary["world"] == 2 and summary["gate_spread"] == 0.0 and summary["parity"] is True
+    assert abs(summary["gmacs"] / summary["dense_gmacs"] - 0.5) < 0.01
+
+
+class TwoViTs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = tiny_vit(), tiny_vit()
+
+
+@pytest.mark.parametrize(
+    ("make", "kwargs", "message"),
+    [
+        (tiny_vit, {"total_steps": 0}, "total_steps must be a positive int"),
+        (tiny_vit, {"target_macs": "half"}, "is not a fraction"),
+        (tiny_vit, {"target_macs": 0.001}, "below"),
+        (tiny_vit, {"target_macs": float("nan")}, "finite"),
+        (tiny_vit, {"options": hp.PruneOptions(gate_lr=-1.0)}, "'gate_lr' must be > 0"),
+        (tiny_vit, {"options": hp.PruneOptions(adapt_from="dense")}, "'adapt_from' must be"),
+        (tiny_vit, {"total_steps": 5}, "too few to reach the target"),
+        (tiny_vit, {"target_latency_ms": 1.0}, "needs the device's table"),
+        (tiny_vit, {"target_macs": 0.5, "target_latency_ms": 1.0, "lut": "x.json"}, "not both"),
+        (lambda: nn.Linear(3, 3), {}, "holds no timm VisionTransformer"),
+        (TwoViTs, {}, "holds 2 ViTs"),
+    ],
+)
+def test_bad_input_to_the_pruner_is_one_line_and_leaves_the_model_as_it_was(make, kwargs, message) -> None:
+    model = make()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = [type(m) for m in model.modules()]
+    with pytest.raises(HiapError, match=message) as info:
+        hp.Pruner(model, **({"total_steps": 200} | kwargs))
+    assert "\n" not in str(info.value)
+    assert [type(m) for m in model.modules()] == modules
+    assert model.state_dict().keys() == before.keys() and all(
+        torch.equal(v, before[k]) for k, v in model.state_dict().items()
+    )
+
+
+def test_wrapping_keeps_the_weight_names_and_refuses_a_second_wrap() -> None:
+    model = tiny_vit()
+    names = list(model.state_dict())
+    pruner = hp.Pruner(model, 40, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0))
+    assert [k for k in model.state_dict() if not k.startswith("hiap_gates.")] == names
+    assert {id(p) for p in pruner.weight_parameters()} == {
+        id(p) for n, p in model.named_parameters() if "gates" not in n
+    }
+    with pytest.raises(HiapError, match="already carries hiap gates"):
+        hp.Pruner(model, 40, target_macs=0.5)
+    with pytest.raises(HiapError, match="still running"):
+        hp.materialize(pruner)
+    with pytest.raises(HiapError, match="needs the Pruner that wraps this model"):
+        hp.export(tiny_vit(), "unused", pruner=pruner)
+
+
+def _loop(model: nn.Module, pruner: hp.Pruner, optimizer: torch.optim.Optimizer, steps: range) -> None:
+    gen = torch.Generator()
+    for step in steps:
+        gen.manual_seed(step)
+        x, y = torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 3, (4,), generator=gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(x)
+        loss = pruner.penalty(nn.functional.cross_entropy(logits.float(), y))
+        assert loss.dtype == torch.float32
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pruner.step(optimizer)
+
+
+def _setup(seed: int = 0, target: float = 0.5) -> tuple[nn.Module, hp.Pruner, torch.optim.Optimizer]:
+    model = tiny_vit(seed)
+    pruner = hp.Pruner(model, 24, target_macs=target, options=hp.PruneOptions(gate_lr=1.0, search_fraction=0.5))
+    optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters())}, *pruner.param_groups()], lr=1e-3)
+    return model, pruner, optimizer
+
+
+def test_a_loop_saved_and_restored_mid_run_ends_exactly_as_the_uninterrupted_one(tmp_path: Path) -> None:
+    model, pruner, optimizer = _setup()
+    _loop(model, pruner, optimizer, range(24))
+    assert not pruner.searching and pruner.landed
+
+    model2, pruner2, optimizer2 = _setup()
+    _loop(model2, pruner2, optimizer2, range(7))  # killed mid-search: the checkpoint a user's loop writes
+    saved = {"model": model2.state_dict(), "pruner": pruner2.state_dict(), "optimizer": optimizer2.state_dict()}
+    torch.save(saved, tmp_path / "ckpt.pt")
+    loaded = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    with pytest.raises(HiapError, match="started from other weights"):
+        _setup(seed=9)[1].load_state_dict(loaded["pruner"])  # it would rewind to a start that is not the run's
+    model3, pruner3, optimizer3 = _setup()  # another process, built from the same start
+    model3.load_state_dict(loaded["model"])
+    pruner3.load_state_dict(loaded["pruner"])
+    optimizer3.load_state_dict(loaded["optimizer"])
+    _loop(model3, pruner3, optimizer3, range(7, 24))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), model3.state_dict().values(), strict=True)
+    )
+    assert pruner3.structure() == pruner.structure() and pruner3.landing_shift == pruner.landing_shift
+
+    other = _setup(target=0.4)[1]
+    with pytest.raises(HiapError, match="another budget"):
+        other.load_state_dict(pruner.state_dict())
+    with pytest.raises(HiapError, match="Not a hiap pruner state"):
+        other.load_state_dict({"gates": {}})
+    small = hp.Pruner(
+        timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, depth=1, embed_dim=64,
+                          num_heads=2), 24, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0))  # fmt: skip
+    with pytest.raises(HiapError, match="another model geometry"):
+        small.load_state_dict(pruner.state_dict())
+    assert other.step_count == 0 and small.step_count == 0  # refused before anything changed
+
+
+def test_save_load_and_export_refuse_bad_input_in_one_line_leaving_the_model_as_it_was(tmp_path: Path) -> None:
+    model, pruner, optimizer = _setup()
+    with pytest.raises(HiapError, match="still carries gate logits"):
+        hp.save_pruned(model, tmp_path / "w.safetensors", hp.plan_of(pruner))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(HiapError, match="Cannot write the export"):
+        hp.export(model, tmp_path / "file", pruner=pruner)
+    _loop(model, pruner, optimizer, range(24))
+    plan = hp.materialize(pruner)
+    hp.save_pruned(model, tmp_path / "w.safetensors", plan)
+    with pytest.raises(HiapError, match="Cannot write"):
+        hp.save_pruned(model, tmp_path / "missing" / "w.safetensors", plan)
+    deeper = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, depth=3,
+                               embed_dim=64, num_heads=2)  # fmt: skip
+    wider = tiny_vit(classes=5)
+    for other, message in ((deeper, "Plan 'blocks': expected 3 blocks"), (wider, "does not fit this model")):
+        before = {k: v.clone() for k, v in other.state_dict().items()}
+        with pytest.raises(HiapError, match=message):
+            hp.load_pruned(other, tmp_path / "w.safetensors")
+        assert all(type(b).__name__ == "Block" for b in other.blocks)
+        assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(HiapError, match="not a readable safetensors file"):
+        hp.load_pruned(tiny_vit(), tmp_path / "bad.safetensors")
