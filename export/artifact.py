@@ -8,7 +8,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
@@ -38,6 +38,54 @@ if TYPE_CHECKING:
 
 PARITY_TOL = 1e-4
 GOLDEN_IMAGES = 8  # real validation images in golden.npz: the bench's fidelity check runs all of them
+
+
+class Parity(TypedDict):
+    """The parity checks of an export: gated reference vs compact model vs ONNX file, on random and real inputs."""
+
+    max_abs_diff: float
+    top1_agreement: float
+    passed: bool
+    checks: list[dict[str, Any]]
+
+
+class ExportReport(TypedDict, total=False):
+    """What an export measured and wrote: export_report.json's content, every key typed here (the keys marked
+    INT8 only come with a quantized export, device_check only with a --target)."""
+
+    hiap_version: str
+    plan_hash: str
+    align: int
+    opset: int
+    precision: str  # fp32, int8 or int8-dynamic: the precision of model.onnx
+    predicted_latency: dict[str, Any] | None  # what a latency table predicts for the exported network, per batch
+    gmacs: float  # planned, padded to the align grid as emitted
+    unpadded_gmacs: float
+    padding_gmacs: float
+    params: int
+    dense_gmacs: float
+    dense_params: int
+    onnx_gmacs: float  # counted in the final file
+    onnx_params: int
+    onnx_params_before_simplify: int
+    zero_params_removed_by_onnxsim: int
+    file_bytes: int
+    simplified: bool
+    nodes_before_after_simplify: list[int] | None
+    parity: Parity
+    counts_match: bool | None  # the file's MACs and params equal the plan's; None for a whole model (not planned)
+    golden: dict[str, Any] | None
+    golden_reason: str | None
+    val_split: dict[str, Any] | None
+    val_split_reason: str | None
+    seconds: float
+    metadata: dict[str, str]  # the ONNX file's own metadata
+    notes: list[str]  # what the caller should tell the user (the CLI prints them)
+    device_check: dict[str, Any]
+    fp32_file: str  # INT8 only, as the four below
+    fp32_file_bytes: int
+    quantization: dict[str, Any]
+    int8_check: dict[str, Any]
 
 
 @dataclass
@@ -164,7 +212,7 @@ class Int8Options:
 
 def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynamic_batch: bool = False,
                   simplify: bool = True, target: DeviceProfile | None = None,
-                  int8: Int8Options | None = None, lut: Path | None = None) -> dict[str, Any]:  # fmt: skip
+                  int8: Int8Options | None = None, lut: Path | None = None) -> ExportReport:  # fmt: skip
     """Write plan.json, model.onnx, golden.npz and export_report.json into `out` (each file atomically); with a
     `target` profile, also check the ONNX against that device. With `int8`, model.onnx is the quantized file (and
     model-fp32.onnx the float one it was made from), and golden.npz holds the quantized file's own logits. With a
@@ -205,8 +253,8 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     checks, golden = _parity_checks(src, compact, onnx_path, golden_src, dynamic_batch)
     measured = _measured(onnx_path, sizes, geom, (raw_macs, raw_params, raw_zero_params), nodes, checks, golden,
                          golden_src, whole_model=src.wrapper is not None)  # fmt: skip
-    report = {"hiap_version": __version__, "plan_hash": body["hash"], "align": align, "opset": opset,
-              "precision": "fp32", "predicted_latency": prediction, **measured}  # fmt: skip
+    report = ExportReport(hiap_version=__version__, plan_hash=body["hash"], align=align, opset=opset, precision="fp32",
+                          predicted_latency=prediction, **measured)  # fmt: skip
     if int8 is not None and report["parity"]["passed"]:
         report |= _quantize(src, onnx_path, out / "model.onnx", meta, int8, calibration, golden, dynamic_batch)
     elif int8 is not None and (out / "model.onnx").is_file():
@@ -397,7 +445,7 @@ def _write_golden(path: Path, golden: dict[str, np.ndarray]) -> None:
         path.unlink()  # one from an earlier export into this folder would fail the bench's fidelity check
 
 
-def _parity_summary(checks: list[dict[str, Any]]) -> dict[str, Any]:
+def _parity_summary(checks: list[dict[str, Any]]) -> Parity:
     return {
         "max_abs_diff": max(c["max_abs_diff"] for c in checks),
         "top1_agreement": min(c["top1_agreement"] for c in checks),
@@ -406,7 +454,7 @@ def _parity_summary(checks: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _refuse_failed_parity(report: dict[str, Any], out: Path) -> None:
+def _refuse_failed_parity(report: ExportReport, out: Path) -> None:
     """An export whose files disagree with the gated reference or the plan ends in an error (the report stays)."""
     if report["parity"]["passed"] and report["counts_match"] is not False:
         return
@@ -418,7 +466,7 @@ def _refuse_failed_parity(report: dict[str, Any], out: Path) -> None:
     raise HiapError(f"Export parity failed ({'; '.join(failed)}); report written to {out / 'export_report.json'}.")
 
 
-def _refuse_int8_drop(report: dict[str, Any], out: Path, int8: Int8Options | None) -> None:
+def _refuse_int8_drop(report: ExportReport, out: Path, int8: Int8Options | None) -> None:
     """An INT8 file that loses more top-1 than allowed against its FP32 file ends in an error (files and report stay,
     so the user can look)."""
     if int8 is None:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from export.artifact import ExportReport
 from export.compact import compact_in_place
 from export.plan import Plan, make_plan, read_plan_json, structure_from_dict
 from hiap.base.errors import HiapError
@@ -161,7 +162,7 @@ def export(
     opset: int = 17,
     align: int = 8,
     dynamic_batch: bool = False,
-) -> dict[str, Any]:
+) -> ExportReport:
     """Write the artifact folder `hiap export` writes (plan.json, model.onnx, golden.npz, export_report.json) for
     `model`, a ViT on its own or your whole model around a pruned ViT backbone (its other parts must be
     ONNX-exportable), while `pruner` still wraps it: the file is checked against the gated model. `model` itself

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from devices.bench import BenchReport, BenchTarget
     from devices.host import Host
     from devices.profile import DeviceProfile
+    from export.artifact import ExportReport
 
 app = typer.Typer(
     add_completion=False,
@@ -516,7 +517,7 @@ def export(
         raise typer.Exit(1)
 
 
-def _export_engine(out_dir: Path, report: dict[str, Any], profile: DeviceProfile, dynamic_batch: bool) -> None:
+def _export_engine(out_dir: Path, report: ExportReport, profile: DeviceProfile, dynamic_batch: bool) -> None:
     from export.engine import export_engine
     from runtime.trt_env import NOT_VALIDATED
 
@@ -527,7 +528,7 @@ def _export_engine(out_dir: Path, report: dict[str, Any], profile: DeviceProfile
                f"on {sidecar['gpu']}, {sidecar['engine_precision']}); {NOT_VALIDATED}")  # fmt: skip
 
 
-def _print_export(report: dict[str, Any], model: str, out_dir: Path, align: int) -> None:
+def _print_export(report: ExportReport, model: str, out_dir: Path, align: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
