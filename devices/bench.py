@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from devices.host import Host, power_state, profile_mismatch
-from devices.profile import MODEL_PRECISIONS, DeviceProfile, version_in_range
+from devices.profile import INFERENCE_PRECISIONS, MODEL_PRECISIONS, DeviceProfile, version_in_range
 from hiap import __version__
 from hiap.base.errors import HiapError
 from runtime.base import Runner, batch_of
@@ -71,6 +71,8 @@ class BenchOptions:
     # The runtime the --compare model runs on (None: the model's); without --compare, the model itself is compared,
     # so one bench shows one file on two runtimes side by side.
     compare_runtime: str | None = None
+    # What an FP32 file computes in: 'bf16' or 'fp16' on OpenVINO where the CPU has the instructions; None: its own.
+    precision: str | None = None
 
 
 RUNTIME_NAMES = {"onnxruntime": "ort", "openvino": "openvino"}
@@ -159,8 +161,9 @@ def _engine_for(onnx_path: Path, profile: DeviceProfile) -> Path:
     return engine
 
 
-def open_runner(path: Path, profile: DeviceProfile, runtime: str | None = None) -> Runner:
-    """The runner of `runtime` ('ort', 'openvino', 'trt'; default the profile's) configured by the profile."""
+def open_runner(path: Path, profile: DeviceProfile, runtime: str | None = None, precision: str = "fp32") -> Runner:
+    """The runner of `runtime` ('ort', 'openvino', 'trt'; default the profile's) configured by the profile; OpenVINO
+    computes an FP32 file at `precision` (fp32, bf16, fp16)."""
     runtime = runtime or profile.runtime
     if runtime in ("ort", "openvino"):
         if path.suffix in (".engine", ".plan"):
@@ -172,7 +175,7 @@ def open_runner(path: Path, profile: DeviceProfile, runtime: str | None = None) 
 
             # A CPU profile without its own OpenVINO section runs it with its ONNX Runtime thread count.
             ov = profile.openvino or OvSettings(profile.ort.intra_op_threads if profile.ort else 1)
-            return OvRunner(path, threads=ov.threads, hint=ov.hint)
+            return OvRunner(path, threads=ov.threads, hint=ov.hint, precision=precision)
         from runtime.ort_runner import OrtRunner
 
         ort = profile.ort
@@ -506,6 +509,7 @@ class _Plan:
     runtime_note: str
     compare: Path | None  # the model run beside it (--compare, or the model itself under --compare-runtime)
     compare_runtime: str
+    precision: str | None = None  # bf16 / fp16: the FP32 file computed at that precision (--precision)
 
 
 def _plan(artifact: Path, target: BenchTarget, opts: BenchOptions) -> _Plan:
@@ -523,14 +527,18 @@ def _plan(artifact: Path, target: BenchTarget, opts: BenchOptions) -> _Plan:
         golden = artifact.with_name("golden.npz")
     if opts.golden is not None and not opts.golden.is_file():
         raise HiapError(f"Golden file '{opts.golden}' does not exist.")
-    runtime, runtime_note = resolve_runtime(profile, opts.runtime)
-    compare_runtime = resolve_runtime(profile, opts.compare_runtime)[0] if opts.compare_runtime else runtime
+    precision = check_inference_precision(opts.precision, profile, target.host, opts.runtime)
+    runtime, runtime_note = resolve_runtime(profile, "openvino" if precision else opts.runtime)
+    # The dense file of --compare runs at its own precision on the profile's runtime: the baseline a user has.
+    default_runtime = resolve_runtime(profile, None)[0] if precision else runtime
+    compare_runtime = resolve_runtime(profile, opts.compare_runtime)[0] if opts.compare_runtime else default_runtime
     if opts.compare_runtime and compare_runtime == runtime and opts.compare is None:
         raise HiapError(f"--compare-runtime {opts.compare_runtime} is the runtime the model runs on already: name the "
                         "other one (onnxruntime or openvino), or pass --compare DENSE.onnx.")  # fmt: skip
     return _Plan(
         runtime=runtime,
         runtime_note=runtime_note,
+        precision=precision,
         compare=opts.compare or (artifact if opts.compare_runtime else None),
         compare_runtime=compare_runtime,
         warmup=opts.warmup if opts.warmup is not None else proto.warmup,
@@ -539,6 +547,53 @@ def _plan(artifact: Path, target: BenchTarget, opts: BenchOptions) -> _Plan:
         golden=golden,
         data=EvalData.resolve(opts.data) if opts.data else None,
     )
+
+
+# The CPU features a precision needs, per architecture: any one of them (x86), or all of them (ARM fp16).
+PRECISION_FLAGS = {
+    ("x86_64", "bf16"): ("any", ("avx512_bf16", "amx_bf16")),
+    ("x86_64", "fp16"): ("any", ("avx512_fp16", "amx_fp16")),
+    ("aarch64", "bf16"): ("all", ("bf16",)),
+    ("aarch64", "fp16"): ("all", ("fphp", "asimdhp")),
+}
+
+
+def check_inference_precision(
+    precision: str | None, profile: DeviceProfile, host: Any, runtime: str | None
+) -> str | None:
+    """--precision: None or fp32 (the file's own), or bf16 / fp16, which OpenVINO computes an FP32 file in where
+    the profile lists it and this CPU has the instructions; refused in one line otherwise, naming what is missing."""
+    if precision is None or precision == "fp32":
+        return None
+    if precision not in INFERENCE_PRECISIONS:
+        raise HiapError(f"--precision {precision}: choose fp32, bf16 or fp16 (INT8 is a file of its own: hiap export "
+                        "--precision int8).")  # fmt: skip
+    if profile.runtime == "trt":
+        raise HiapError(f"--precision {precision}: device '{profile.name}' builds TensorRT engines at its profile's "
+                        f"precision ({profile.precision}); bench without --precision.")  # fmt: skip
+    if runtime is not None and runtime != "openvino":
+        raise HiapError(f"--precision {precision}: ONNX Runtime's CPU provider computes an FP32 file in fp32; bench "
+                        f"with --runtime openvino.")  # fmt: skip
+    if precision not in profile.precisions:
+        raise HiapError(f"--precision {precision}: device '{profile.name}' lists {list(profile.precisions)}; add "
+                        f"{precision} to its precisions with {precision}_fidelity_atol and "
+                        f"{precision}_min_top1_agreement budgets.")  # fmt: skip
+    rule = PRECISION_FLAGS.get((host.arch, precision))
+    if rule is None:
+        raise HiapError(f"--precision {precision}: not supported on {host.arch} CPUs.")
+    mode, flags = rule
+    have = set(host.cpu_flags)
+    missing = [f for f in flags if f not in have]
+    if (mode == "any" and len(missing) == len(flags)) or (mode == "all" and missing):
+        which = " or ".join(missing) if mode == "any" else " and ".join(missing)
+        raise HiapError(f"--precision {precision}: this CPU lacks {which} (its {precision} arithmetic); OpenVINO "
+                        "would not compute in it here. Bench fp32 or int8 on this machine.")  # fmt: skip
+    from runtime.ov_runner import import_openvino
+
+    if import_openvino() is None:
+        raise HiapError(f"--precision {precision} runs on OpenVINO, which is not installed here "
+                        "(pip install 'hiap[openvino]').")  # fmt: skip
+    return precision
 
 
 def _check_same_input(model: Runner, dense: Runner, artifact: Path) -> None:
@@ -619,6 +674,23 @@ def model_precision(meta: dict[str, str], profile: DeviceProfile, artifact: Path
     return precision
 
 
+def computed_precision(model: Runner, asked: str | None, profile: DeviceProfile, artifact: Path) -> str:
+    """The precision the model's figures are computed in: the file's own, or the bf16 / fp16 an FP32 file was run
+    at, confirmed by the runtime (never a precision only asked for)."""
+    precision = model_precision(model.metadata, profile, artifact)
+    if asked is None:
+        return precision
+    if precision != "fp32":
+        raise HiapError(f"--precision {asked} lowers an FP32 file; '{artifact}' is {precision} already.")
+    from runtime.ov_runner import OV_PRECISIONS
+
+    computed = getattr(model, "inference_precision", "")
+    if computed != OV_PRECISIONS[asked]:
+        raise HiapError(f"--precision {asked}: OpenVINO computes in '{computed}' on this CPU, not "
+                        f"{OV_PRECISIONS[asked]}; no figure was measured at {asked}.")  # fmt: skip
+    return asked
+
+
 def judge_budgets(profile: DeviceProfile, opts: BenchOptions, latency: Latency, fid: Fidelity | None,
                   acc: AccuracyCheck, precision: str = "fp32") -> tuple[Budget, ...]:  # fmt: skip
     """Every budget of the profile (latency and accuracy limits as the options override them) against the figures."""
@@ -656,12 +728,12 @@ def run_bench(artifact: Path, target: BenchTarget, opts: BenchOptions) -> BenchR
     plan = _plan(artifact, target, opts)
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        model = stack.enter_context(open_runner(artifact, profile, plan.runtime))
+        model = stack.enter_context(open_runner(artifact, profile, plan.runtime, plan.precision or "fp32"))
         compare_path = plan.compare
         dense = stack.enter_context(open_runner(compare_path, profile, plan.compare_runtime)) if compare_path else None
         batch = batch_of(model.inputs[0], profile.batch)
         pre = Preprocessing.from_metadata(model.metadata, str(artifact))  # before timing: it fails on a bad export
-        precision = model_precision(model.metadata, profile, artifact)
+        precision = computed_precision(model, plan.precision, profile, artifact)
         dense_precision = model_precision(dense.metadata, profile, compare_path) if dense is not None else None
         dense_runtime = (
             dense.describe()["runtime"] if dense is not None and plan.compare_runtime != plan.runtime else ""

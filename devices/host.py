@@ -17,8 +17,8 @@ DT_MODEL = Path("/proc/device-tree/model")
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 CPUINFO = Path("/proc/cpuinfo")
 # CPU features that decide which kernels, and so which speeds and precisions, a runtime gets (x86, then ARM).
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "asimddp", "fphp", "asimdhp",
-             "bf16", "i8mm")  # fmt: skip
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16", "amx_fp16",
+             "asimddp", "fphp", "asimdhp", "bf16", "i8mm")  # fmt: skip
 
 
 @dataclass

@@ -78,6 +78,12 @@ SCHEMA: dict[str, Field] = {
     # so these are looser than the float ones (required when `precisions` lists an INT8 precision).
     "budgets.int8_fidelity_atol": Field(_NUM, False),
     "budgets.int8_min_top1_agreement": Field(_NUM, False),
+    # An FP32 file computed in bf16 or fp16 (OpenVINO's inference precision, `hiap bench --precision`) against the
+    # FP32 golden logits: 8 or 11 bits of mantissa (required when `precisions` lists the precision).
+    "budgets.bf16_fidelity_atol": Field(_NUM, False),
+    "budgets.bf16_min_top1_agreement": Field(_NUM, False),
+    "budgets.fp16_fidelity_atol": Field(_NUM, False),
+    "budgets.fp16_min_top1_agreement": Field(_NUM, False),
     "protocol": Field(dict, True),
     "protocol.warmup": Field(int, True),
     "protocol.iterations": Field(int, True),
@@ -89,6 +95,8 @@ SCHEMA: dict[str, Field] = {
 
 
 MODEL_PRECISIONS = ("fp32", "int8", "int8-dynamic")
+# Precisions an FP32 file is computed in on a CPU runtime that can lower it (OpenVINO), named in `precisions` too.
+INFERENCE_PRECISIONS = ("bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -100,11 +108,17 @@ class Budgets:
     min_top1_agreement: float
     int8_fidelity_atol: float | None = None
     int8_min_top1_agreement: float | None = None
+    bf16_fidelity_atol: float | None = None
+    bf16_min_top1_agreement: float | None = None
+    fp16_fidelity_atol: float | None = None
+    fp16_min_top1_agreement: float | None = None
 
     def fidelity_limits(self, precision: str) -> tuple[float, float]:
         """(atol, min top-1 agreement) for a model file of `precision`."""
-        if precision.startswith("int8") and self.int8_fidelity_atol is not None:
-            return self.int8_fidelity_atol, float(self.int8_min_top1_agreement or 0.0)
+        family = "int8" if precision.startswith("int8") else precision
+        atol = getattr(self, f"{family}_fidelity_atol", None)
+        if atol is not None:
+            return atol, float(getattr(self, f"{family}_min_top1_agreement", None) or 0.0)
         return self.fidelity_atol, self.min_top1_agreement
 
 
@@ -277,14 +291,26 @@ def validate(body: Any, source: str) -> DeviceProfile:
             fail(key, f"must be positive, got {value}")
     precisions = good.get("precisions", ["fp32"])
     problems += _precision_problems(precisions, good)
-    for key in ("latency_p50_ms", "latency_p99_ms", "fidelity_atol", "int8_fidelity_atol"):
+    for key in (
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "fidelity_atol",
+        "int8_fidelity_atol",
+        "bf16_fidelity_atol",
+        "fp16_fidelity_atol",
+    ):
         value = good.get(f"budgets.{key}")
         if value is not None and value <= 0:
             fail(f"budgets.{key}", f"must be > 0, got {value}")
     p50, p99 = good.get("budgets.latency_p50_ms"), good.get("budgets.latency_p99_ms")
     if p50 is not None and p99 is not None and p99 < p50:
         fail("budgets.latency_p99_ms", f"({p99}) is below latency_p50_ms ({p50})")
-    for key in ("budgets.min_top1_agreement", "budgets.int8_min_top1_agreement"):
+    for key in (
+        "budgets.min_top1_agreement",
+        "budgets.int8_min_top1_agreement",
+        "budgets.bf16_min_top1_agreement",
+        "budgets.fp16_min_top1_agreement",
+    ):
         agreement = good.get(key)
         if agreement is not None and not 0 <= agreement <= 1:
             fail(key, f"must be a fraction in [0, 1], got {agreement}")
@@ -325,14 +351,18 @@ def validate(body: Any, source: str) -> DeviceProfile:
 
 
 def _precision_problems(precisions: list[str], good: dict[str, Any]) -> list[str]:
-    """What is wrong with the model-file precisions a profile lists: unknown ones, or INT8 without its limits."""
+    """What is wrong with the precisions a profile lists: unknown ones, or one without its fidelity limits."""
     problems = []
-    odd = [v for v in precisions if v not in MODEL_PRECISIONS]
+    known = MODEL_PRECISIONS + INFERENCE_PRECISIONS
+    if not isinstance(precisions, list) or not precisions:
+        return [f"'precisions' must be a non-empty list of {_alternatives(known)}"]
+    odd = [v for v in precisions if v not in known]
     if odd:
-        problems.append(f"'precisions' has {odd}; each must be {_alternatives(MODEL_PRECISIONS)}")
-    needs = [k for k in ("int8_fidelity_atol", "int8_min_top1_agreement") if f"budgets.{k}" not in good]
-    if any(v.startswith("int8") for v in precisions) and "budgets" in good and needs:
-        problems.append(f"'budgets' needs {needs} when precisions lists an INT8 precision")
+        problems.append(f"'precisions' has {odd}; each must be {_alternatives(known)}")
+    for family, listed in (("int8", "an INT8 precision"), ("bf16", "bf16"), ("fp16", "fp16")):
+        needs = [k for k in (f"{family}_fidelity_atol", f"{family}_min_top1_agreement") if f"budgets.{k}" not in good]
+        if any(str(v).startswith(family) for v in precisions) and "budgets" in good and needs:
+            problems.append(f"'budgets' needs {needs} when precisions lists {listed}")
     return problems
 
 

@@ -588,6 +588,9 @@ def bench(
         None, help="Run the --compare model (default: ARTIFACT itself) on this runtime, side by side."
     ),
     json_out: Path = typer.Option(None, "--json", help="Write the full report here (JSON)."),
+    precision: str = typer.Option(
+        None, help="Compute an FP32 file in bf16 or fp16 (OpenVINO, where the profile lists it and the CPU has it)."
+    ),
 ) -> None:
     """Measure latency, fidelity and accuracy on this device and check every budget of its profile.
 
@@ -607,7 +610,7 @@ def bench(
     opts = BenchOptions(data=data, golden=golden, budget_ms=budget_ms, max_acc_drop=max_acc_drop,
                         compare=compare, allow_mismatch=allow_mismatch, iterations=iterations, warmup=warmup,
                         min_seconds=min_seconds, limit=limit, runtime=runtime,
-                        compare_runtime=compare_runtime)  # fmt: skip
+                        compare_runtime=compare_runtime, precision=precision)  # fmt: skip
     report = run_bench(artifact, target, opts)
     if json_out is not None:
         from hiap.base.atomic import write_json_atomic
@@ -701,7 +704,8 @@ def print_bench(report: BenchReport) -> None:
                      f"(realisation {_fmt(dense.realisation)})")  # fmt: skip
     if report.fidelity is not None:  # not truthiness: a fidelity that failed is falsy but measured
         f = report.fidelity.comparison
-        notes.append(f"fidelity vs golden ({report.fidelity.images} images): max abs {f.max_abs_diff:.2e}, "
+        notes.append(f"fidelity vs golden ({report.fidelity.images} images, {report.precision}): max abs "
+                     f"{f.max_abs_diff:.2e}, "
                      f"top-1 agreement {f.top1_agreement:.0%}")  # fmt: skip
     if report.prediction is not None:
         notes.append(_prediction_note(report.prediction))

@@ -30,15 +30,24 @@ def _spec(port: Any) -> TensorSpec:
     return TensorSpec(port.get_any_name(), shape, _TYPES.get(kind, kind))
 
 
+# hiap's precision names -> OpenVINO's inference precision hints.
+OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
 class OvRunner:
     """One compiled model on OpenVINO's CPU plugin with pinned threads and the latency hint; `metadata` is the ONNX
     file's metadata_props (OpenVINO keeps them in the model's rt_info)."""
 
-    def __init__(self, path: Path, threads: int = 1, hint: str = "LATENCY") -> None:
+    def __init__(self, path: Path, threads: int = 1, hint: str = "LATENCY", precision: str = "fp32") -> None:
+        """`precision`: what an FP32 file computes in, fp32 (default), bf16 or fp16 (OpenVINO's inference precision
+        hint); the compiled model's own reading of it is `inference_precision`."""
         self.path = Path(path)
         check_model_file(self.path, (".onnx",))
+        if precision not in OV_PRECISIONS:
+            raise HiapError(f"OpenVINO runs an FP32 file at {', '.join(OV_PRECISIONS)}, not '{precision}'.")
         self.threads = threads
         self.hint = hint
+        self.precision = precision
         self.request: Any = None
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
@@ -54,11 +63,11 @@ class OvRunner:
         core = ov.Core()
         try:
             model = core.read_model(str(self.path))
-            # f32 inference: the CPU plugin's own default is bf16 where the CPU has AMX/AVX512-BF16 (f16 on ARM with
+            # Always set: the CPU plugin's own default is bf16 where the CPU has AMX/AVX512-BF16 (f16 on ARM with
             # FP16 arithmetic), which would run an FP32 file at another precision than its label (max abs diff
             # 1.1e-2 on the built-in model); the Q/DQ parts of an INT8 file still run in int8.
             config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": self.hint,
-                      "INFERENCE_PRECISION_HINT": "f32"}  # fmt: skip
+                      "INFERENCE_PRECISION_HINT": OV_PRECISIONS[self.precision]}  # fmt: skip
             compiled = core.compile_model(model, "CPU", config)
         except RuntimeError as exc:  # OpenVINO reports unreadable files and unsupported operators alike
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

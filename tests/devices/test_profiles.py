@@ -157,6 +157,14 @@ def test_int8_precisions_need_their_fidelity_limits() -> None:
     del no_limits["budgets"]["int8_fidelity_atol"]
     with pytest.raises(HiapError, match=r"'budgets' needs \['int8_fidelity_atol'\] when precisions lists an INT8"):
         validate(no_limits, "x86")
+    assert validate(copy.deepcopy(body), "x86").budgets.fidelity_limits("bf16") == (0.1, 1.0)
+    assert validate(copy.deepcopy(body), "x86").budgets.fidelity_limits("fp16") == (0.02, 1.0)
+    no_bf16 = copy.deepcopy(body)
+    del no_bf16["budgets"]["bf16_min_top1_agreement"]
+    with pytest.raises(HiapError, match=r"'budgets' needs \['bf16_min_top1_agreement'\] when precisions lists bf16"):
+        validate(no_bf16, "x86")
+    with pytest.raises(HiapError, match=r"'precisions' must be a non-empty list"):
+        validate(copy.deepcopy(body) | {"precisions": []}, "x86")
     odd = copy.deepcopy(body) | {"precisions": ["fp32", "int4"]}
     with pytest.raises(HiapError, match=r"'precisions' has \['int4'\]"):
         validate(odd, "x86")

@@ -87,3 +87,88 @@ def test_one_file_on_two_runtimes_side_by_side(tmp_path: Path, monkeypatch: pyte
     assert "model (onnxruntime)" in result.output and "compare (openvino)" in result.output
     same = CliRunner().invoke(app, ["bench", str(model), "--device", "x86-cpu", "--compare-runtime", "onnxruntime"])
     assert same.exit_code == 2 and "is the runtime the model runs on already" in same.output
+
+
+def _cpu_has(*flags: str) -> bool:
+    from devices.host import detect_host
+
+    return bool(set(flags) & set(detect_host().cpu_flags))
+
+
+BF16_CPU = pytest.mark.skipif(
+    not _cpu_has("avx512_bf16", "amx_bf16"),
+    reason="this CPU has neither avx512_bf16 nor amx_bf16: OpenVINO computes in f32 here whatever the runner sets",
+)
+
+
+@BF16_CPU
+def test_an_fp32_file_stays_fp32_where_openvino_would_choose_bf16(tmp_path: Path) -> None:
+    """On a BF16 CPU the plugin's own default is bf16 (1e-3 off on this model); the runner pins f32 and reports it."""
+    ov = pytest.importorskip("openvino")
+    from runtime.harness import run_batched
+    from runtime.ort_runner import OrtRunner
+    from runtime.ov_runner import OvRunner
+
+    model = linear_export(tmp_path / "m")
+    default = ov.Core().compile_model(str(model), "CPU").get_property("INFERENCE_PRECISION_HINT")
+    assert str(getattr(default, "get_type_name", lambda: default)()) == "bf16"  # what the runner must override
+    x = np.load(tmp_path / "m" / "golden.npz")["inputs"]
+    with (
+        OvRunner(model, threads=1) as f32,
+        OvRunner(model, threads=1, precision="bf16") as bf16,
+        OrtRunner(model) as ort,
+    ):
+        ref = run_batched(ort, x, 1)
+        assert f32.inference_precision == "f32" and np.abs(run_batched(f32, x, 1) - ref).max() < 1e-5
+        assert bf16.inference_precision == "bf16" and np.abs(run_batched(bf16, x, 1) - ref).max() > 1e-4
+
+
+@BF16_CPU
+def test_bench_precision_bf16_and_fp16_compute_and_report_that_precision(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    model = linear_export(tmp_path / "m")
+    for precision, ov_name in (("bf16", "bf16"), ("fp16", "f16")):
+        if precision == "fp16" and not _cpu_has("avx512_fp16", "amx_fp16"):
+            continue
+        out = tmp_path / f"{precision}.json"
+        result = CliRunner().invoke(app, ["bench", str(model), "--device", "x86-cpu", "--precision", precision,
+                                          "--json", str(out), *FAST])  # fmt: skip
+        assert result.exit_code == 4, result.output  # no --data: accuracy not measured
+        report = json.loads(out.read_text())
+        assert report["precision"] == precision and report["environment"]["runner"]["inference_precision"] == ov_name
+        assert report["environment"]["runner"]["runtime"] == "openvino"
+        limit = {b["budget"]: b["limit"] for b in report["budgets"]}["fidelity_max_abs_diff"]
+        assert limit == {"bf16": 0.1, "fp16": 0.02}[precision]  # judged by its precision's limits
+        assert f"images, {precision})" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "flags", "message"),
+    [
+        (["--precision", "int4"], None, "choose fp32, bf16 or fp16"),
+        (["--precision", "bf16", "--runtime", "onnxruntime"], None, "ONNX Runtime's CPU provider computes"),
+        (["--precision", "bf16"], [], "this CPU lacks avx512_bf16 or amx_bf16"),
+        (["--precision", "fp16"], ["avx2"], "this CPU lacks avx512_fp16 or amx_fp16"),
+        (["--precision", "bf16", "--device", "rpi4", "--allow-mismatch"], None, "device 'rpi4' lists"),
+        (["--precision", "fp16", "--device", "cuda-gpu", "--allow-mismatch"], None, "builds TensorRT engines"),
+    ],
+)
+def test_bench_precision_refusals_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], flags: list[str] | None, message: str
+) -> None:
+    import devices.host
+
+    if flags is not None:
+        real = devices.host.detect_host
+
+        def host_with_flags() -> devices.host.Host:
+            host = real()
+            host.cpu_flags = flags
+            return host
+
+        monkeypatch.setattr(devices.host, "detect_host", host_with_flags)
+    model = linear_export(tmp_path / "m")
+    device = [] if "--device" in args else ["--device", "x86-cpu"]
+    result = CliRunner().invoke(app, ["bench", str(model), *device, *args, *FAST])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
