@@ -26,7 +26,7 @@ from hiap.base.lut import (
     ffn_probe,
     parse_lut,
 )
-from runtime.harness import time_calls
+from runtime.harness import fastest_round_median, time_calls
 
 # Probes are timed in rounds, every probe a share of its calls per round (see time_in_rounds).
 ROUNDS = 20
@@ -67,7 +67,7 @@ def steady_ms(rounds: Rounds) -> float:
     On a shared machine slow spells last seconds and raise every call in them alike; the median of all calls
     then depends on how many rounds a spell hit (measured: +-20 % between repeats on a 2-core VM), the fastest
     round's median does not (+-1 %). On a quiet device both agree."""
-    return float(min(np.median(r) for r in rounds if r))
+    return fastest_round_median(rounds)
 
 
 def all_calls(rounds: Rounds) -> list[float]:

@@ -657,8 +657,9 @@ def _prediction_note(pred: dict[str, Any]) -> str:
     """The latency table's prediction against the measured p50, with what qualifies it; or why it was not compared."""
     if not pred["compared"]:
         return f"latency prediction not compared: {pred['reason']}"
-    note = (f"latency table predicted {pred['predicted_ms']:.4g} ms, measured p50 {pred['measured_p50_ms']:.4g} ms "
-            f"({pred['error']:+.1%})")  # fmt: skip
+    note = (f"latency table predicted {pred['predicted_ms']:.4g} ms, measured {pred['measured_ms']:.4g} ms "
+            f"({pred['error']:+.1%}), both the median of the fastest round (p50 of all calls "
+            f"{pred['measured_p50_ms']:.4g} ms)")  # fmt: skip
     if not pred["validated"]:
         note += " (TensorRT tables: not validated)"
     if pred.get("measured_elsewhere"):

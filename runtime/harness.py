@@ -29,16 +29,28 @@ class Latency:
     min: float
     max: float
     throughput_fps: float
+    # The statistic of a latency table's cells (devices/lut.py): the median of the fastest of STEADY_ROUNDS runs of
+    # consecutive calls; a slow spell of a shared machine moves p50 but not this.
+    steady: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+STEADY_ROUNDS = 20  # as many rounds as hiap profile times a table in by default
+
+
+def fastest_round_median(rounds: list[list[float]]) -> float:
+    """The median of the fastest round (a round: a run of calls timed together)."""
+    return float(min(np.median(r) for r in rounds if r))
+
+
 def latency_stats(samples_ms: list[float], batch: int, warmup: int) -> Latency:
     a = np.asarray(samples_ms, dtype=np.float64)
     p50, p90, p99 = (float(v) for v in np.percentile(a, [50, 90, 99]))
+    steady = fastest_round_median([list(c) for c in np.array_split(a, min(STEADY_ROUNDS, len(a)))])
     return Latency(batch, len(a), warmup, p50, p90, p99, float(a.mean()), float(a.std()), float(a.min()),
-                   float(a.max()), 1000.0 * batch / float(a.mean()))  # fmt: skip
+                   float(a.max()), 1000.0 * batch / float(a.mean()), steady)  # fmt: skip
 
 
 def random_feeds(runner: Runner, batch: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -153,7 +153,11 @@ def test_latency_target_end_to_end(lut: Path, tmp_path: Path, cli) -> None:
     assert "latency table predicted" in text, text
     compared = json.loads(bench_json.read_text())["prediction"]
     assert compared["compared"] is True and compared["predicted_ms"] == pred["ms"]["1"]
-    assert compared["error"] == pytest.approx(compared["measured_p50_ms"] / compared["predicted_ms"] - 1)
+    # Like with like: the table's statistic (median of the fastest round) on both sides, the p50 shown beside it.
+    latency = json.loads(bench_json.read_text())["latency"]["model"]
+    assert compared["measured_ms"] == latency["steady"] <= latency["p50"] == compared["measured_p50_ms"]
+    assert compared["error"] == pytest.approx(compared["measured_ms"] / compared["predicted_ms"] - 1)
+    assert "both the median of the fastest round" in " ".join(text.split())
     code, text = cli(["bench", str(run / "export" / "model.onnx"), "--device", "rpi5", "--allow-mismatch",
                       "--iterations", "20", "--min-seconds", "0", "--json", str(bench_json)])  # fmt: skip
     assert "prediction is for device x86-cpu, this bench runs rpi5" in " ".join(text.split())

@@ -29,6 +29,10 @@ def test_latency_stats_values() -> None:
     assert stats.p50 == pytest.approx(50.5) and stats.p99 == pytest.approx(99.01)
     assert stats.mean == pytest.approx(50.5) and stats.throughput_fps == pytest.approx(2000 / 50.5)
     assert (stats.min, stats.max, stats.runs) == (1.0, 100.0, 100)
+    # steady: 20 runs of 5 consecutive calls, the fastest run's median (the latency table's statistic)
+    assert stats.steady == 3.0
+    spell = [10.0] * 50 + [5.0, 6.0, 4.0, 5.0, 5.0] + [10.0] * 45  # a quiet moment inside a slow spell
+    assert latency_stats(spell, batch=1, warmup=0).steady == 5.0 and latency_stats(spell, 1, 0).p50 == 10.0
 
 
 def test_compare_logits_measures_each_difference_and_top1_agreement() -> None:
