@@ -591,6 +591,10 @@ def bench(
     precision: str = typer.Option(
         None, help="Compute an FP32 file in bf16 or fp16 (OpenVINO, where the profile lists it and the CPU has it)."
     ),
+    sweep: bool = typer.Option(
+        False, "--sweep", help="Every runtime x precision the profile allows and this host supports, in one table."
+    ),
+    int8: Path = typer.Option(None, "--int8", help="With --sweep: the INT8 export of the same run, for its rows."),
 ) -> None:
     """Measure latency, fidelity and accuracy on this device and check every budget of its profile.
 
@@ -611,6 +615,11 @@ def bench(
                         compare=compare, allow_mismatch=allow_mismatch, iterations=iterations, warmup=warmup,
                         min_seconds=min_seconds, limit=limit, runtime=runtime,
                         compare_runtime=compare_runtime, precision=precision)  # fmt: skip
+    if sweep:
+        _sweep(artifact, int8, target, opts, json_out)
+        return
+    if int8 is not None:
+        raise HiapError("--int8 names the INT8 file of a --sweep; bench it alone as ARTIFACT.")
     report = run_bench(artifact, target, opts)
     if json_out is not None:
         from hiap.base.atomic import write_json_atomic
@@ -621,6 +630,45 @@ def bench(
         parts = [f"{b.name} {_fmt(b.value)} vs limit {_fmt(b.limit)} (over by {_fmt(abs(b.margin or 0.0))})"
                  for b in report.budgets if b.passed is False]  # fmt: skip
         typer.echo("budget failed: " + "; ".join(parts), err=True)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+def _sweep(artifact: Path, int8: Path | None, target: BenchTarget, opts: Any, json_out: Path | None) -> None:
+    """hiap bench --sweep: run every combination, print one table and the fastest that meets every budget."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from devices.sweep import run_sweep
+
+    report = run_sweep(artifact, int8, target, opts)
+    if json_out is not None:
+        from hiap.base.atomic import write_json_atomic
+
+        write_json_atomic(json_out, report.to_dict())
+    table = Table(title=f"hiap bench --sweep on {target.profile.name}: {artifact}")
+    for col in ("runtime", "precision", "size MB", "top-1 %", "p50 ms", "p99 ms", "speedup", "fidelity", "budgets"):
+        table.add_column(col, justify="left" if col in ("runtime", "precision", "budgets") else "right")
+    skipped = []
+    for row in report.rows:
+        r = row.report
+        if r is None:
+            skipped.append(f"{row.runtime} {row.precision}: {row.skipped}")
+            continue
+        top1 = r.accuracy.model.top1 if r.accuracy.model is not None else None
+        speedup = f"{r.compare.speedup_p50:.2f}x" if r.compare is not None else "-"
+        fid = f"{r.fidelity.comparison.max_abs_diff:.1e}" if r.fidelity is not None else "-"
+        table.add_row(row.runtime, row.precision, f"{r.size_mb:.2f}", _fmt(top1),
+                      f"{r.latency.p50:.3f}", f"{r.latency.p99:.3f}", speedup, fid, r.verdict)  # fmt: skip
+    console = Console()
+    console.print(table)
+    for line in skipped:
+        console.print(f"not run: {line}")
+    if report.fastest is not None:
+        f = report.fastest
+        console.print(f"fastest meeting every budget: {f.runtime} {f.precision} ({f.report.latency.p50:.3f} ms p50)")
+    else:
+        console.print(f"no fastest combination: {report.why_none}")
     if report.exit_code:
         raise typer.Exit(report.exit_code)
 
