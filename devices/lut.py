@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from devices.bench import open_runner, random_feeds, resolve_runtime
+from devices.bench import check_inference_precision, open_runner, random_feeds, resolve_runtime
 from devices.host import detect_host
-from devices.profile import DeviceProfile
+from devices.profile import INFERENCE_PRECISIONS, DeviceProfile
 from hiap import __version__
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import read_json_object
@@ -81,7 +81,7 @@ def _cell(rounds: Rounds) -> dict[str, float]:
 
 def time_in_rounds(files: list[Path], profile: DeviceProfile, runtime: str, batches: tuple[int, ...],
                    iterations: int, warmup: int, progress: Any = None, rounds: int = ROUNDS,
-                   ) -> tuple[dict[tuple[int, Path], Rounds], dict[str, Any]]:  # fmt: skip
+                   precision: str = "fp32") -> tuple[dict[tuple[int, Path], Rounds], dict[str, Any]]:  # fmt: skip
     """Single-call latencies (ms) of every file at every batch, `iterations` each, taken in `rounds` rounds that
     time every file in turn for its share of the calls, so that a slow spell of a shared machine (seconds long, up
     to 1.7x on a 2-core VM) falls on every file alike. One session is open at a time: the idle thread pool of
@@ -91,8 +91,9 @@ def time_in_rounds(files: list[Path], profile: DeviceProfile, runtime: str, batc
     describe: dict[str, Any] = {}
     for r in range(rounds):
         for path in files:
-            with open_runner(path, profile, runtime) as runner:
+            with open_runner(path, profile, runtime, precision) as runner:
                 describe = runner.describe()
+                _check_computed(describe, precision)
                 for b in batches:
                     # A new session each round: its first `warmup` calls allocate.
                     calls = time_calls(runner, random_feeds(runner, b), warmup, per_round)
@@ -104,20 +105,37 @@ def time_in_rounds(files: list[Path], profile: DeviceProfile, runtime: str, batc
 
 def measure_lut(probes: Path, profile: DeviceProfile, runtime: str | None = None, iterations: int | None = None,
                 warmup: int | None = None, batches: tuple[int, ...] | None = None, progress: Any = None,
-                rounds: int = ROUNDS) -> dict[str, Any]:  # fmt: skip
-    """Time every probe at each batch; returns the lut.json body (validated)."""
-    return measure_lut_alongside(probes, profile, [], runtime, iterations, warmup, batches, progress, rounds)[0]
+                rounds: int = ROUNDS, precision: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Time every probe at each batch; returns the lut.json body (validated). `precision` bf16 / fp16: the FP32
+    probes computed at that precision on OpenVINO (a table for `hiap bench --precision` deployments)."""
+    return measure_lut_alongside(probes, profile, [], runtime, iterations, warmup, batches, progress, rounds,
+                                 precision)[0]  # fmt: skip
+
+
+def _check_computed(describe: dict[str, Any], precision: str) -> None:
+    """A table is only labelled with a precision its runner confirmed computing in."""
+    from runtime.ov_runner import OV_PRECISIONS
+
+    if precision in INFERENCE_PRECISIONS and describe.get("inference_precision") != OV_PRECISIONS[precision]:
+        computed = describe.get("inference_precision")
+        raise HiapError(f"--precision {precision}: OpenVINO computes the probes in '{computed}' here, not "
+                        f"{precision}; no table written.")  # fmt: skip
 
 
 def measure_lut_alongside(probes: Path, profile: DeviceProfile, others: list[Path], runtime: str | None = None,
                           iterations: int | None = None, warmup: int | None = None,
                           batches: tuple[int, ...] | None = None, progress: Any = None, rounds: int = ROUNDS,
+                          precision: str | None = None,
                           ) -> tuple[dict[str, Any], dict[tuple[int, Path], Rounds]]:  # fmt: skip
     """measure_lut, with `others` (whole networks) timed in the same rounds, alternating with the probes: how a
     table's predictions are checked against measurements that saw the same machine. Returns the body and the
     samples of `others` by (batch, path)."""
     manifest = read_manifest(probes)
-    runtime, _ = resolve_runtime(profile, runtime)
+    lowered = check_inference_precision(precision, profile, detect_host(), runtime)
+    if lowered is not None and manifest.get("precision", "fp32") != "fp32":
+        raise HiapError(f"--precision {lowered} computes FP32 probes at {lowered}; '{probes}' holds "
+                        f"{manifest.get('precision')} probes.")  # fmt: skip
+    runtime, _ = resolve_runtime(profile, "openvino" if lowered else runtime)
     iterations = iterations if iterations is not None else profile.protocol.iterations
     warmup = warmup if warmup is not None else profile.protocol.warmup
     for flag, value in (("--iterations", iterations), ("--rounds", rounds)):
@@ -129,7 +147,8 @@ def measure_lut_alongside(probes: Path, profile: DeviceProfile, others: list[Pat
         raise HiapError(f"The probes in '{probes}' have a fixed batch of 1; write them with --batch "
                         f"{' --batch '.join(str(b) for b in batches)} to measure other batches.")  # fmt: skip
     files = [probes / p["file"] for p in manifest["probes"]]
-    samples, describe = time_in_rounds(files + others, profile, runtime, batches, iterations, warmup, progress, rounds)
+    samples, describe = time_in_rounds(files + others, profile, runtime, batches, iterations, warmup, progress, rounds,
+                                       lowered or "fp32")  # fmt: skip
     grid = manifest["grid"]
     tables = {}
     for b in batches:
@@ -149,7 +168,7 @@ def measure_lut_alongside(probes: Path, profile: DeviceProfile, others: list[Pat
         "host": {"describe": host.describe(), "cpu": host.cpu, "arch": host.arch, "python": platform.python_version()},
         "runtime": describe.get("runtime", runtime),
         "runner": describe,
-        "precision": profile.precision if runtime == "trt" else manifest.get("precision", "fp32"),
+        "precision": profile.precision if runtime == "trt" else lowered or manifest.get("precision", "fp32"),
         "threads": _threads(describe),
         "model": manifest["model"],
         "model_kwargs": manifest.get("model_kwargs", {}),

@@ -287,7 +287,10 @@ def predicted_latency(src: Source, align: int, precision: str, lut: Path | None,
     geom = src.gated.geometry
     table.check_geometry(src.model, geometry_record(geom), "the exported model")
     try:
-        table.check_use(device=target.name if target is not None else None, precision=precision, align=align)
+        # An FP32 file is what a bf16 or fp16 deployment runs (the runtime lowers it): such a table predicts it.
+        lowered = precision == "fp32" and table.precision in ("bf16", "fp16")
+        table.check_use(device=target.name if target is not None else None, precision=None if lowered else precision,
+                        align=align)  # fmt: skip
     except HiapError as exc:
         if lut is not None:
             raise

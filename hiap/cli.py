@@ -319,6 +319,11 @@ def profile(
     ),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Measure another device's profile here."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out table."),
+    precision: str = typer.Option(
+        "fp32",
+        help="fp32, int8 or int8-dynamic (quantized probes), bf16 or fp16 (FP32 probes on OpenVINO at that "
+        "precision): the precision the network will be deployed at.",
+    ),
 ) -> None:
     """Measure the device's latency table (lut.json) for a model geometry: what --target-latency-ms trains to.
 
@@ -341,8 +346,13 @@ def profile(
         raise HiapError(f"{target.mismatch}. Measure the table on the device itself, or pass --allow-mismatch to "
                         f"measure {target.profile.name}'s runner here.")  # fmt: skip
     batches = tuple(batch) if batch else tuple(sorted({1, target.profile.batch if target else 1}))
+    lowered = precision if precision in ("bf16", "fp16") else None
+    if precision not in ("fp32", "int8", "int8-dynamic", "bf16", "fp16"):
+        raise HiapError(f"--precision {precision}: choose fp32, int8, int8-dynamic, bf16 or fp16.")
     if probes_only is not None:
-        manifest = _write_probes(model, model_kwargs, probes_only, align, ffn_step, batches, chain, console)
+        device_runtime = target.profile.runtime if target else "ort"
+        manifest = _write_probes(model, model_kwargs, probes_only, align, ffn_step, batches, chain, console,
+                                 "fp32" if lowered else precision, device_runtime)  # fmt: skip
         console.print(f"wrote {len(manifest['probes'])} probes to {probes_only}: copy the folder to the device and "
                       f"run hiap profile --probes {probes_only} --device NAME there")  # fmt: skip
         return
@@ -353,7 +363,7 @@ def profile(
     with console.status("timing probes") as status:
         if probes is not None:  # the device side: no torch, the folder as it was made
             body = measure_lut(probes, target.profile, runtime=runtime, iterations=iterations, warmup=warmup,
-                               batches=batches if batch else None, rounds=rounds,
+                               batches=batches if batch else None, rounds=rounds, precision=lowered,
                                progress=lambda i, n: status.update(f"timing probes: round {i}/{n}"))  # fmt: skip
         else:
             from export.probes import profile_model
@@ -363,7 +373,7 @@ def profile(
             check_model_name(name)
             body = profile_model(name, parse_model_kwargs(model_kwargs) if model_kwargs else {}, target.profile,
                                  align=align, ffn_step=ffn_step, batches=batches, chain=chain, runtime=runtime,
-                                 iterations=iterations, warmup=warmup, rounds=rounds,
+                                 iterations=iterations, warmup=warmup, rounds=rounds, precision=precision,
                                  progress=lambda stage, i, n: status.update(f"{stage}: {i}/{n}"))  # fmt: skip
     if target.mismatch:
         body["measured_elsewhere"] = target.mismatch
@@ -377,7 +387,8 @@ def profile(
 
 
 def _write_probes(model: str | None, model_kwargs: list[str] | None, folder: Path, align: int, ffn_step: int,
-                  batches: tuple[int, ...], chain: int, console: Any) -> dict[str, Any]:  # fmt: skip
+                  batches: tuple[int, ...], chain: int, console: Any, precision: str = "fp32",
+                  runtime: str = "ort") -> dict[str, Any]:  # fmt: skip
     """The probe set of a model geometry written to `folder` (hiap profile's workstation side); its manifest."""
     from export.probes import make_probes
     from hiap.models import DEFAULT_MODEL, check_model_name, parse_model_kwargs
@@ -387,7 +398,8 @@ def _write_probes(model: str | None, model_kwargs: list[str] | None, folder: Pat
     kwargs = parse_model_kwargs(model_kwargs) if model_kwargs else {}
     with console.status("writing probes") as status:
         return make_probes(name, kwargs, folder, align=align, ffn_step=ffn_step, batches=batches, chain=chain,
-                           progress=lambda i, n: status.update(f"writing probes {i}/{n}"))  # fmt: skip
+                           progress=lambda i, n: status.update(f"writing probes {i}/{n}"), precision=precision,
+                           runtime=runtime)  # fmt: skip
 
 
 def _lut_body(path: Path) -> dict[str, Any] | None:

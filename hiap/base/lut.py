@@ -165,6 +165,11 @@ def _ints(raw: Any, where: str) -> tuple[int, ...]:
     return tuple(raw)
 
 
+# What a table's cells were computed in: a file's precision (fp32, int8 probes) or an FP32 file's inference
+# precision on OpenVINO (bf16, fp16).
+TABLE_PRECISIONS = ("fp32", "int8", "int8-dynamic", "bf16", "fp16")
+
+
 def parse_lut(body: Any, path: str = "") -> LatencyTable:
     """Validate a lut.json body; every error names the file and the field."""
     where = f"Latency table '{path}'"
@@ -176,6 +181,11 @@ def parse_lut(body: Any, path: str = "") -> LatencyTable:
     for key in ("device", "runtime", "precision", "model", "geometry", "align", "chain", "grid", "tables"):
         if key not in body:
             raise HiapError(f"{where}: missing field '{key}'.")
+    if body["precision"] not in TABLE_PRECISIONS:
+        raise HiapError(f"{where}: 'precision' must be one of {', '.join(TABLE_PRECISIONS)}, got "
+                        f"{body['precision']!r:.40}.")  # fmt: skip
+    if not isinstance(body.get("validated", True), bool):
+        raise HiapError(f"{where}: 'validated' must be true or false, got {body['validated']!r:.40}.")
     geometry = body["geometry"]
     if not isinstance(geometry, dict) or not all(
         isinstance(geometry.get(k), int) and geometry[k] > 0 for k in GEOMETRY_KEYS

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from devices.lut import ROUNDS, all_calls, steady_ms
+from hiap.base.errors import HiapError
 
 SMALL = ["--model", "hiap_vit_fmnist_tiny", "--ffn-step", "64", "--iterations", "40", "--warmup", "2", "--rounds", "5"]
 
@@ -209,7 +210,7 @@ def test_a_tensorrt_table_is_labelled_not_validated(tmp_path: Path, monkeypatch:
                 "batches": [1], "probes": probes}  # fmt: skip
     (tmp_path / "probes.json").write_text(json.dumps(manifest))
 
-    def fake_time(files, profile, runtime, batches, iterations, warmup, progress=None, rounds=ROUNDS):
+    def fake_time(files, profile, runtime, batches, iterations, warmup, progress=None, rounds=ROUNDS, precision="fp32"):
         samples = {(1, f): [[1.0 + i]] * rounds for i, f in enumerate(files)}
         return samples, {"runtime": "tensorrt", "version": "10.3"}
 
@@ -218,3 +219,52 @@ def test_a_tensorrt_table_is_labelled_not_validated(tmp_path: Path, monkeypatch:
     assert body["validated"] is False and "not validated" in body["note"]
     assert (body["runtime"], body["precision"], body["device"]) == ("tensorrt", "fp16", "jetson-orin-nano")
     assert body["tables"]["1"]["ffn"][0]["ms"] == 5.0  # the fifth file's calls
+
+
+def test_tables_per_precision_int8_probes_and_fp32_probes_computed_in_bf16(tmp_path: Path, cli) -> None:
+    """An INT8 table times quantized probes; a bf16 table times the FP32 probes on OpenVINO at bf16 (where the CPU
+    has it); each says so, and the export of the matching deployment gets a prediction from it."""
+    import onnx
+
+    from hiap.base.lut import read_lut
+
+    probes = tmp_path / "probes"
+    code, text = cli(["profile", "--model", "hiap_vit_fmnist_tiny", "--ffn-step", "128", "--precision", "int8",
+                      "--probes-only", str(probes)])  # fmt: skip
+    assert code == 0, text
+    manifest = json.loads((probes / "probes.json").read_text())
+    assert manifest["precision"] == "int8"
+    ffn = onnx.load(str(probes / manifest["probes"][-1]["file"]))
+    assert {p.key: p.value for p in ffn.metadata_props}["precision"] == "int8"
+    assert any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in ffn.graph.node)
+    code, text = cli(["profile", "--probes", str(probes), "--device", "x86-cpu", "--iterations", "10", "--warmup",
+                      "1", "--rounds", "2", "--out", str(tmp_path / "int8.json")])  # fmt: skip
+    assert code == 0 and read_lut(tmp_path / "int8.json").precision == "int8", text
+    code, text = cli(["profile", "--probes", str(probes), "--device", "x86-cpu", "--precision", "bf16",
+                      "--out", str(tmp_path / "x.json")])  # fmt: skip
+    assert code == 2 and "holds int8 probes" in text
+    code, text = cli(
+        ["profile", "--model", "hiap_vit_fmnist_tiny", "--precision", "int4", "--out", str(tmp_path / "y")]
+    )
+    assert code == 2 and "choose fp32, int8, int8-dynamic, bf16 or fp16" in text
+    body = json.loads((tmp_path / "int8.json").read_text())
+    for field, value, message in (("precision", "int4", "'precision' must be one of"),
+                                  ("validated", "no", "'validated' must be true or false")):  # fmt: skip
+        (tmp_path / "bad.json").write_text(json.dumps(body | {field: value}))
+        with pytest.raises(HiapError, match=message):
+            read_lut(tmp_path / "bad.json")
+
+
+def test_a_bf16_table_times_the_fp32_probes_at_bf16(tmp_path: Path, cli) -> None:
+    pytest.importorskip("openvino")
+    from devices.host import detect_host
+    from hiap.base.lut import read_lut
+
+    if not {"avx512_bf16", "amx_bf16"} & set(detect_host().cpu_flags):
+        pytest.skip("this CPU has neither avx512_bf16 nor amx_bf16: no bf16 table can be measured here")
+    code, text = cli(
+        ["profile", *SMALL, "--device", "x86-cpu", "--precision", "bf16", "--out", str(tmp_path / "b.json")]
+    )
+    table = read_lut(tmp_path / "b.json")
+    assert code == 0 and table.precision == "bf16" and table.runtime == "openvino", text
+    assert table.body["runner"]["inference_precision"] == "bf16"

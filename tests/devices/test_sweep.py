@@ -27,7 +27,11 @@ def test_sweep_runs_every_combination_and_names_the_fastest_that_meets_every_bud
     assert all(("report" in r) != bool(r.get("skipped")) for r in rows.values())  # run, or a reason why not
     assert "no INT8 file: pass --int8" in rows[("onnxruntime", "int8")]["skipped"]
     ort = rows[("onnxruntime", "fp32")]["report"]
-    assert ort["precision"] == "fp32" and ort["compare"]["speedup_p50"] > 0 and ort["accuracy"]["reference_top1"] is not None
+    assert (
+        ort["precision"] == "fp32"
+        and ort["compare"]["speedup_p50"] > 0
+        and ort["accuracy"]["reference_top1"] is not None
+    )
     for (runtime, precision), row in rows.items():
         if "report" in row and runtime == "openvino":  # timed against the dense file on ONNX Runtime
             assert row["report"]["compare"]["dense_runtime"] == "onnxruntime"
