@@ -3,9 +3,13 @@ every file written atomically and checked for parity against the gated reference
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -211,15 +215,81 @@ class Int8Options:
 
 
 def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynamic_batch: bool = False,
-                  simplify: bool = True, target: DeviceProfile | None = None,
-                  int8: Int8Options | None = None, lut: Path | None = None) -> ExportReport:  # fmt: skip
-    """Write plan.json, model.onnx, golden.npz and export_report.json into `out` (each file atomically); with a
-    `target` profile, also check the ONNX against that device. With `int8`, model.onnx is the quantized file (and
-    model-fp32.onnx the float one it was made from), and golden.npz holds the quantized file's own logits. With a
-    latency table (`lut`, or the one a latency-targeted run carries), the report and the file's metadata say what
-    latency the table predicts for the exported network."""
-    t0 = time.perf_counter()
+                  simplify: bool = True, target: DeviceProfile | None = None, int8: Int8Options | None = None,
+                  lut: Path | None = None, force: bool = False) -> ExportReport:  # fmt: skip
+    """Write plan.json, model.onnx, golden.npz and export_report.json into the folder `out`, built beside it and
+    swapped in only when every check has passed (a refused export is left in `out`.failed; a folder holding another
+    export is replaced only with `force`). With a `target` profile, also check the ONNX against that device. With
+    `int8`, model.onnx is the quantized file (and model-fp32.onnx the float one it was made from), and golden.npz
+    holds the quantized file's own logits. With a latency table (`lut`, or the one a latency-targeted run carries),
+    the report and the file's metadata say what latency the table predicts for the exported network."""
     _check_options(align, opset)
+    check_export_folder(out, force)  # before minutes of work
+    with staged_folder(out) as work:
+        return _export_into(work, out, src, opset, align, dynamic_batch, simplify, target, int8, lut)
+
+
+def check_export_folder(out: Path, force: bool) -> None:
+    """Refuse a target that is a file, or a folder holding something, unless `force`."""
+    if out.exists() and not out.is_dir():
+        raise HiapError(f"--out '{out}' is a file: give a folder for the export.")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        what = "an export" if (out / "export_report.json").exists() or (out / "plan.json").exists() else "files"
+        raise HiapError(f"'{out}' holds {what} already: pass --force to replace it, or --out another folder.")
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A hidden folder beside `out` to build an export in. On success it replaces `out` (two renames: never a
+    mix of two exports under the name); on a refusal (HiapError) it becomes `out`.failed; on anything else,
+    including a kill, `out` is untouched (a killed export leaves only the hidden folder, removed next time)."""
+    for stale in out.parent.glob(f".{out.name}.partial-*") if out.parent.is_dir() else ():
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    work = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        work.mkdir(parents=True)
+    except OSError as exc:
+        raise HiapError(f"Cannot write the export beside '{out}': {exc.strerror or exc}.") from None
+    try:
+        yield work
+    except HiapError:
+        failed = failed_folder(out)
+        shutil.rmtree(failed, ignore_errors=True)
+        work.rename(failed)
+        raise
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        work.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        work.rename(out)
+
+
+def failed_folder(out: Path) -> Path:
+    return out.parent / f"{out.name}.failed"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _export_into(work: Path, out: Path, src: Source, opset: int, align: int, dynamic_batch: bool, simplify: bool,
+                 target: DeviceProfile | None, int8: Int8Options | None, lut: Path | None) -> ExportReport:  # fmt: skip
+    """The export written into `work`; refusals name `out`.failed, where the staged folder goes then."""
+    t0 = time.perf_counter()
     geom = src.gated.geometry
     precision = "fp32" if int8 is None else int8.recipe.precision
     notes: list[str] = []  # what the caller should tell the user (report["notes"]); the library prints nothing
@@ -235,14 +305,13 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     if prediction is not None:
         meta["predicted_latency"] = json.dumps(prediction)
     calibration = _calibration(src, meta, int8, notes) if int8 is not None else None  # before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    plan.write(out / "plan.json", body)
+    plan.write(work / "plan.json", body)
     compact = src.exported(align)
     golden_src = _sample_images(src) if src.golden_inputs is not None else _validation_images(src, meta, GOLDEN_IMAGES)
     # The bench compares its --data with this to decide whether the training accuracies above apply to it.
     meta["val_split"] = json.dumps(golden_src.fingerprint)
     notes += golden_src.notes
-    onnx_path = out / ("model-fp32.onnx" if int8 is not None else "model.onnx")
+    onnx_path = work / ("model-fp32.onnx" if int8 is not None else "model.onnx")
     torch2onnx(compact, tuple(src.data_config["input_size"]), onnx_path, opset, dynamic_batch, meta)
     # Counted on the exporter's own file first: there every planned weight is an initializer, so its MACs and
     # parameters must equal the plan exactly. onnxsim may then drop constants that are all zeros (the zero biases
@@ -256,19 +325,17 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     report = ExportReport(hiap_version=__version__, plan_hash=body["hash"], align=align, opset=opset, precision="fp32",
                           predicted_latency=prediction, **measured)  # fmt: skip
     if int8 is not None and report["parity"]["passed"]:
-        report |= _quantize(src, onnx_path, out / "model.onnx", meta, int8, calibration, golden, dynamic_batch)
-    elif int8 is not None and (out / "model.onnx").is_file():
-        (out / "model.onnx").unlink()  # an INT8 file from an earlier export is not this export's: it must not stay
-    _write_golden(out / "golden.npz", golden)
+        report |= _quantize(src, onnx_path, work / "model.onnx", meta, int8, calibration, golden, dynamic_batch)
+    _write_golden(work / "golden.npz", golden)
     report |= {"seconds": time.perf_counter() - t0, "metadata": meta, "notes": notes}
-    model_path = out / "model.onnx"
-    if target is not None:
+    model_path = work / "model.onnx"
+    if target is not None and model_path.is_file():
         from export.device_check import check_onnx
 
         report["device_check"] = check_onnx(model_path, target)
-    write_json_atomic(out / "export_report.json", report)
-    _refuse_failed_parity(report, out)
-    _refuse_int8_drop(report, out, int8)
+    write_json_atomic(work / "export_report.json", report)
+    _refuse_failed_parity(report, failed_folder(out))
+    _refuse_int8_drop(report, failed_folder(out), int8)
     return report
 
 
@@ -442,10 +509,8 @@ def _parity_checks(src: Source, compact: torch.nn.Module, onnx_path: Path, golde
 
 
 def _write_golden(path: Path, golden: dict[str, np.ndarray]) -> None:
-    if golden:
+    if golden:  # the folder is new: no golden.npz of an earlier export can be left beside the new file
         _save_npz_atomic(path, golden)
-    elif path.is_file():
-        path.unlink()  # one from an earlier export into this folder would fail the bench's fidelity check
 
 
 def _parity_summary(checks: list[dict[str, Any]]) -> Parity:

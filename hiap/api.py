@@ -162,12 +162,14 @@ def export(
     opset: int = 17,
     align: int = 8,
     dynamic_batch: bool = False,
+    force: bool = False,
 ) -> ExportReport:
     """Write the artifact folder `hiap export` writes (plan.json, model.onnx, golden.npz, export_report.json) for
     `model`, a ViT on its own or your whole model around a pruned ViT backbone (its other parts must be
     ONNX-exportable), while `pruner` still wraps it: the file is checked against the gated model. `model` itself
     is not changed. `sample_inputs` (preprocessed, [N, C, H, W]) become the golden inputs the bench's fidelity
-    check replays. Returns export_report.json's content."""
+    check replays. A folder holding another export is replaced only with `force`. Returns export_report.json's
+    content."""
     from export.artifact import export_source
     from export.source import Source
 
@@ -194,7 +196,7 @@ def export(
     )
     was_training = model.training
     try:
-        return export_source(src, Path(out), opset=opset, align=align, dynamic_batch=dynamic_batch)
+        return export_source(src, Path(out), opset=opset, align=align, dynamic_batch=dynamic_batch, force=force)
     except OSError as exc:
         raise HiapError(f"Cannot write the export to '{out}': {exc.strerror or exc}.") from None
     finally:

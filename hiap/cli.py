@@ -478,6 +478,7 @@ def export(
     lut: Path = typer.Option(
         None, help="A device's latency table: record its predicted latency (default: the table the run trained to)."
     ),
+    force: bool = typer.Option(False, "--force", help="Replace a folder that holds another export (or files)."),
 ) -> None:
     """Freeze the gates into plan.json and write the compact model.onnx, golden.npz and export_report.json."""
     from export.artifact import Int8Options, export_source
@@ -514,7 +515,7 @@ def export(
         src = source_from_plan(model, plan, pretrained)
         out_dir = out or plan.parent / folder
     report = export_source(src, out_dir, opset=opset, align=align, dynamic_batch=dynamic_batch, simplify=simplify,
-                           target=profile, int8=int8, lut=lut)  # fmt: skip
+                           target=profile, int8=int8, lut=lut, force=force)  # fmt: skip
     _print_export(report, src.model, out_dir, align)
     check = report.get("device_check")
     if check is not None:

@@ -31,6 +31,7 @@ from hiap.loss import task_loss
 from hiap.models import create_model, data_config, load_pretrained
 from hiap.pruner import GATES, Budget, Pruner, gate_histogram
 
+LOCK_NAME = ".hiap.lock"
 # Config keys that may differ when a run is resumed (they do not change what is computed).
 RESUMABLE_CHANGES = {"device", "workers", "amp", "on_nonfinite"}
 
@@ -190,6 +191,7 @@ class Trainer:
         self.paths = RunPaths(self._agree_on_run_dir(cfg, resume))
         self.notes: list[str] = []
         self.skipped_steps = 0
+        self._lock_file: Any = None
 
     def _agree_on_run_dir(self, cfg: TrainConfig, resume: bool) -> Path:
         """Rank 0 picks the run directory (a default name may get a -2 suffix); every rank uses that one, and if
@@ -588,15 +590,48 @@ class Trainer:
 
     # --- the run -----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Train (or, resumed, finish) the run; a finished run resumed is left as it is and its summary returned."""
         try:
+            self._on_main("Locking the run directory", self._lock)
             return self._run()
         finally:
+            if self._lock_file is not None:
+                self._lock_file.close()  # releases the lock (a crash releases it too)
+                self._lock_file = None
             dd.shutdown(self.dist)
+
+    def _lock(self) -> None:
+        """An advisory lock on RUN/.hiap.lock for the whole run, so a second `hiap train` on the same folder stops
+        in one line instead of interleaving its files with this one's; the kernel drops it when the process ends."""
+        import fcntl
+        import os
+
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.paths.root / LOCK_NAME, "a+")  # noqa: SIM115 (held open for the run)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise HiapError(f"'{self.paths.root}' is being written by another hiap train (pid {holder}): wait for it "
+                            "to end, or choose another --out.") from None  # fmt: skip
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_file = handle
 
     def _run(self) -> dict[str, Any]:
         from hiap.progress import TrainProgress
 
         self.setup()
+        if self.resume and self.start_epoch >= self.cfg.epochs and self.paths.summary.is_file():
+            from hiap.base.jsonfile import read_json_object
+
+            self.console.print(f"[yellow]note:[/] '{self.paths.root}' has finished all {self.cfg.epochs} epochs: "
+                               "nothing to resume; its summary.json is left as it is")  # fmt: skip
+            return read_json_object(self.paths.summary, "Run summary")
         self._on_main("Preparing the run directory", self._prepare_run_dir)
         for note in self.notes:
             self.console.print(f"[yellow]note:[/] {note}")
