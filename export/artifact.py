@@ -256,6 +256,9 @@ def staged_folder(out: Path) -> Iterator[Path]:
     try:
         yield work
     except HiapError:
+        if not any(work.iterdir()):  # refused before writing anything (bad input): nothing to keep
+            shutil.rmtree(work, ignore_errors=True)
+            raise
         failed = failed_folder(out)
         shutil.rmtree(failed, ignore_errors=True)
         work.rename(failed)

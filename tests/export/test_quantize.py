@@ -151,8 +151,18 @@ def test_int8_bad_input_is_refused_before_anything_is_written(tmp_path: Path) ->
     out = tmp_path / "out"
     out.mkdir()
     (out / "model.onnx").write_bytes(b"an earlier export")
-    base = ["export", "--model", "hiap_vit_fmnist_tiny", "--plan", str(plan), "--pretrained", "none",
-            "--out", str(out)]  # fmt: skip
+    base = [
+        "export",
+        "--model",
+        "hiap_vit_fmnist_tiny",
+        "--plan",
+        str(plan),
+        "--pretrained",
+        "none",
+        "--out",
+        str(out),
+        "--force",
+    ]  # fmt: skip  (--force: the input errors must still come first)
     cases = [
         (["--precision", "int4"], "--precision int4: choose fp32, int8, int8-dynamic"),
         (["--precision", "int8", "--calibration-images", "8"], "at least 32 are needed"),
@@ -168,6 +178,7 @@ def test_int8_bad_input_is_refused_before_anything_is_written(tmp_path: Path) ->
         assert "Traceback" not in result.output
         assert sorted(p.name for p in out.iterdir()) == ["model.onnx"]
         assert (out / "model.onnx").read_bytes() == b"an earlier export"
+        assert sorted(p.name for p in tmp_path.iterdir() if "out" in p.name) == ["out"]  # nothing staged or failed
 
 
 def test_int8_calibration_from_a_small_folder_warns(tmp_path: Path) -> None:
