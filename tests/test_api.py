@@ -226,7 +226,7 @@ def test_save_load_and_export_refuse_bad_input_in_one_line_leaving_the_model_as_
     with pytest.raises(HiapError, match="still carries gate logits"):
         hp.save_pruned(model, tmp_path / "w.safetensors", hp.plan_of(pruner))
     (tmp_path / "file").write_text("x")
-    with pytest.raises(HiapError, match="Cannot write the export"):
+    with pytest.raises(HiapError, match="is a file: give a folder"):
         hp.export(model, tmp_path / "file", pruner=pruner)
     _loop(model, pruner, optimizer, range(24))
     plan = hp.materialize(pruner)
