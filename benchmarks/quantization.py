@@ -56,13 +56,18 @@ RECIPES = [
 
 
 def cpu_flags() -> list[str]:
-    """The CPU's int8-relevant vector extensions: INT8 speedups depend on them (VNNI/AMX make int8 GEMM far faster)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
-    return [f for f in wanted if f in flags.split()]
+    """The CPU's features that decide its int8 and bf16/fp16 kernels (devices.host.CPU_FLAGS)."""
+    from devices.host import detect_host
+
+    return detect_host().cpu_flags
+
+
+def cpu_class() -> str:
+    """The class of CPU a latency result belongs to: its best matrix instructions."""
+    flags = set(cpu_flags())
+    if "amx_int8" in flags:
+        return "amx"
+    return "avx512-vnni" if "avx512_vnni" in flags else "avx2" if "avx2" in flags else "other"
 
 
 def session(path: Path, threads: int = 2) -> ort.InferenceSession:
@@ -197,21 +202,34 @@ def latency_models(tmp: Path) -> dict[tuple[str, str, str], Path]:
 
 def openvino_runners(files: dict[tuple[str, str, str], Path], batch: int) -> dict[Any, Any]:
     """OpenVINO infer requests of every file, reshaped to a static batch (OpenVINO's low-precision transformations
-    reject some Q/DQ graphs with a dynamic batch axis); a file it cannot compile is reported and left out."""
+    reject some Q/DQ graphs with a dynamic batch axis); a file it cannot compile is reported and left out. Every file
+    runs with inference precision f32 pinned (the CPU plugin's own default is bf16 on AMX/AVX512-BF16 CPUs); FP32
+    files also at bf16 and f16 (runtime 'openvino bf16' / 'openvino fp16'), where the compiled model confirms it."""
     try:
         import openvino as ov
     except ImportError:
         print("openvino not installed: ONNX Runtime only")
         return {}
     core, runners = ov.Core(), {}
-    cfg = {"INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "LATENCY"}
     for key, path in files.items():
         model = core.read_model(str(path))
         model.reshape([batch, 3, 224, 224])
-        try:
-            runners[(key, "openvino")] = core.compile_model(model, "CPU", cfg).create_infer_request()
-        except RuntimeError as exc:
-            print(f"openvino cannot compile {key} at batch {batch}: {str(exc).splitlines()[-1][:160]}")
+        hints = [("openvino", "f32")] + (
+            [("openvino bf16", "bf16"), ("openvino fp16", "f16")] if key[2] == "fp32" else []
+        )
+        for runtime, hint in hints:
+            cfg = {"INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
+            try:
+                compiled = core.compile_model(model, "CPU", cfg)
+            except RuntimeError as exc:
+                print(f"openvino cannot compile {key} at batch {batch}: {str(exc).splitlines()[-1][:160]}")
+                continue
+            prop = compiled.get_property("INFERENCE_PRECISION_HINT")
+            got = prop.get_type_name() if hasattr(prop, "get_type_name") else str(prop)
+            if got != hint:
+                print(f"openvino computes {key} in {got}, not {hint}, here: left out")
+                continue
+            runners[(key, runtime)] = compiled.create_infer_request()
     return runners
 
 
@@ -287,7 +305,10 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    out = results_dir() / "quantization.json"
+    # The committed quantization.* were measured on an AVX2-only CPU; a latency run on another CPU class is kept
+    # beside them, named by its class.
+    name = "quantization" if args.part != "latency" else f"quantization-latency-{cpu_class()}"
+    out = results_dir() / f"{name}.json"
     previous = json.loads(out.read_text()) if out.is_file() else {}
     acc, lat = previous.get("accuracy", []), previous.get("latency", [])
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -328,7 +349,18 @@ def main() -> None:
             "default and the weight-matmuls-only file are within run-to-run noise on the pruned models. The latency "
             "rows below were measured on files quantized with min-max and 8-bit weights, before the default "
             "moved to percentile and 7 bits: the same operators and kernels, not re-timed.", ""]  # fmt: skip
-    (results_dir() / "quantization.md").write_text("\n".join(head + table(acc, lat)) + "\n")
+    if name != "quantization":  # a latency run on another CPU class: its own short header
+        head = [f"# FP32, bf16, fp16 and INT8 speed on a {cpu_class()}-class CPU", "",
+                f"{env['machine']}, CPU flags {env['cpu_flags']}, 2 threads, batch 1 and 8, onnxruntime "
+                f"{env['onnxruntime']}, openvino {env['openvino']}, torch {env['torch']}, hiap {env['hiap']}, "
+                f"{env['date']}. Random weights (speed does not depend on them); every model, precision and runtime "
+                f"alternating round by round in one process ({args.rounds} rounds x {args.iters} calls, median). "
+                "'openvino' runs every file with inference precision f32 pinned (Q/DQ files still in int8); "
+                "'openvino bf16' / 'openvino fp16' run the FP32 file at that precision, confirmed by the compiled "
+                "model. Made by `python benchmarks/quantization.py --part latency`.", ""]  # fmt: skip
+    (results_dir() / f"{name}.md").write_text(
+        "\n".join(head + table(acc if name == "quantization" else [], lat)) + "\n"
+    )
     print("\n".join(head + table(acc, lat)))
 
 
