@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import platform
 import sys
 import time
@@ -525,6 +526,10 @@ def _plan(artifact: Path, target: BenchTarget, opts: BenchOptions) -> _Plan:
     for name, value, low in (("iterations", opts.iterations, 1), ("warmup", opts.warmup, 0), ("limit", opts.limit, 1)):
         if value is not None and value < low:
             raise HiapError(f"--{name} must be >= {low}, got {value}.")
+    for flag, limit, positive in (("--budget-ms", opts.budget_ms, True), ("--max-acc-drop", opts.max_acc_drop, False),
+                                  ("--min-seconds", opts.min_seconds, False)):  # fmt: skip
+        if limit is not None and not (math.isfinite(limit) and (limit > 0 if positive else limit >= 0)):
+            raise HiapError(f"{flag} must be a finite number {'> 0' if positive else '>= 0'}, got {limit}.")
     proto = profile.protocol
     golden = opts.golden
     if golden is None and artifact.with_name("golden.npz").is_file():
@@ -634,7 +639,7 @@ def _recorded_reference(meta: dict[str, str]) -> tuple[float | None, str]:
              "reference_val_acc": "exported model's training-time accuracy in the metadata"}  # fmt: skip
     for key, kind in kinds.items():
         value = _meta_float(meta, key)
-        if value is not None:
+        if value is not None and 0.0 < value <= 1.0:  # 0.0, NaN or 86 (percent) is not a recorded accuracy
             return 100 * value, kind
     return None, ""
 
@@ -668,9 +673,10 @@ def fidelity_tolerance(profile: DeviceProfile, precision: str = "fp32") -> Toler
 def model_precision(meta: dict[str, str], profile: DeviceProfile, artifact: Path) -> str:
     """The precision the export recorded in the file (FP32 for files without one), refused when the device's
     profile does not run it."""
-    precision = meta.get("precision", "fp32")
-    if precision not in MODEL_PRECISIONS:  # an engine sidecar from before files recorded their precision
-        precision = "fp32"
+    precision = meta.get("precision", "fp32")  # files and engine sidecars from before it was recorded: FP32
+    if precision not in MODEL_PRECISIONS:
+        raise HiapError(f"'{artifact}' says its precision is {precision!r:.30}, which hiap does not write "
+                        f"({', '.join(MODEL_PRECISIONS)}): export it again.")  # fmt: skip
     if precision not in profile.precisions:
         raise HiapError(f"'{artifact}' is {precision} but device '{profile.name}' runs {list(profile.precisions)}: "
                         f"export with --precision {profile.precisions[0]}, or bench on a device that runs "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -300,8 +301,11 @@ def validate(body: Any, source: str) -> DeviceProfile:
         "fp16_fidelity_atol",
     ):
         value = good.get(f"budgets.{key}")
-        if value is not None and value <= 0:
-            fail(f"budgets.{key}", f"must be > 0, got {value}")
+        if value is not None and not (math.isfinite(value) and value > 0):
+            fail(f"budgets.{key}", f"must be a finite number > 0, got {value}")
+    drop = good.get("budgets.max_acc_drop")
+    if drop is not None and not (math.isfinite(drop) and drop >= 0):
+        fail("budgets.max_acc_drop", f"must be a finite number >= 0, got {drop}")
     p50, p99 = good.get("budgets.latency_p50_ms"), good.get("budgets.latency_p99_ms")
     if p50 is not None and p99 is not None and p99 < p50:
         fail("budgets.latency_p99_ms", f"({p99}) is below latency_p50_ms ({p50})")
@@ -312,7 +316,7 @@ def validate(body: Any, source: str) -> DeviceProfile:
         "budgets.fp16_min_top1_agreement",
     ):
         agreement = good.get(key)
-        if agreement is not None and not 0 <= agreement <= 1:
+        if agreement is not None and not 0 <= agreement <= 1:  # also refuses NaN
             fail(key, f"must be a fraction in [0, 1], got {agreement}")
     for key in ("software.tensorrt", "software.onnxruntime"):
         if key in good:

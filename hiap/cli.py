@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -501,6 +502,8 @@ def export(
     int8 = None
     if precision != "fp32":
         recipe = Recipe.for_runtime(precision, profile.runtime if profile is not None else "ort", calibration_method)
+        if not (math.isfinite(max_int8_drop) and max_int8_drop >= 0):
+            raise HiapError(f"--max-int8-drop must be a finite number of pp >= 0, got {max_int8_drop}.")
         int8 = Int8Options(recipe, calibration_images, calibration_data, eval_images, max_int8_drop)
     elif calibration_data is not None or calibration_method is not None:
         raise HiapError("--calibration-data and --calibration-method apply to --precision int8 only.")

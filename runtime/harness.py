@@ -183,7 +183,8 @@ def compare_logits(ref: np.ndarray, out: np.ndarray, tolerance: Tolerance) -> Lo
         mean_abs_diff=float(abs_diff.mean(dtype=np.float64)),
         max_rel_diff=float(rel_diff.max()),
         mean_rel_diff=float(rel_diff.mean()),
-        top1_agreement=float((out.argmax(-1) == ref.argmax(-1)).mean()),
+        # A row with a non-finite logit agrees with nothing (argmax of NaNs would pick an index and could "agree").
+        top1_agreement=float(((out.argmax(-1) == ref.argmax(-1)) & np.isfinite(out).all(-1)).mean()),
         tolerance=tolerance,
     )
 

@@ -68,6 +68,10 @@ def test_bench_pruned_vs_dense_meets_and_fails_budgets(exported_pair: dict, tmp_
         (lambda d: d / "pruned.onnx", ["--device", "rpi6"], "Did you mean 'rpi5'"),
         (lambda d: d / "pruned.onnx", ["--device", "rpi5"], "is for aarch64 but this host is x86_64"),
         (lambda d: d / "pruned.onnx", ["--golden", "GOLD"], "Golden inputs are"),
+        (lambda d: d / "pruned.onnx", ["--budget-ms", "-1"], "--budget-ms must be a finite number > 0"),
+        (lambda d: d / "pruned.onnx", ["--budget-ms", "nan"], "--budget-ms must be a finite number > 0"),
+        (lambda d: d / "pruned.onnx", ["--max-acc-drop", "nan"], "--max-acc-drop must be a finite number >= 0"),
+        (lambda d: _with_metadata(d, precision="int4"), [], "says its precision is 'int4', which hiap does not"),
     ],
 )
 def test_bench_bad_input_is_one_line_exit_2(linear_model: Path, tmp_path: Path, make, extra, message) -> None:
@@ -206,3 +210,35 @@ def test_bench_and_export_build_engines_with_the_same_settings(
     assert builds[0] == builds[1]
     assert builds[0]["max_batch"] == 32 and builds[0]["workspace_mb"] == 4096
     assert builds[0]["timing_cache"] == "timing.trt10.3.0.test-gpu.cache"
+
+
+def _with_metadata(folder: Path, **values: str) -> Path:
+    """folder/meta.onnx: the linear model with metadata entries set (as a hand-edited or foreign file has them)."""
+    import onnx
+
+    model = onnx.load(str(folder / "pruned.onnx"))
+    props = {p.key: p.value for p in model.metadata_props} | values
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(folder / "meta.onnx"))
+    return folder / "meta.onnx"
+
+
+def test_implausible_reference_accuracy_and_non_finite_logits_are_never_a_pass(
+    linear_model: Path, tmp_path: Path
+) -> None:
+    """A recorded accuracy of 0.0 is no reference (the drop is not measured, not -86 pp); NaN logits agree with
+    nothing."""
+    pytest.importorskip("onnx")
+    from devices.bench import _recorded_reference
+    from runtime.harness import Tolerance, compare_logits
+
+    assert _recorded_reference({"reference_val_acc": "0.0"}) == (None, "")
+    assert _recorded_reference({"reference_val_acc": "NaN"}) == (None, "")
+    assert _recorded_reference({"dense_val_acc": "86.3"}) == (None, "")  # percent, not a fraction
+    assert _recorded_reference({"dense_val_acc": "0.863"})[0] == pytest.approx(86.3)
+    ref = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    nan = np.full_like(ref, np.nan)
+    diff = compare_logits(ref, nan, Tolerance(1e-4))
+    assert diff.top1_agreement == 0.0 and not diff

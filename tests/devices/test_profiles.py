@@ -165,6 +165,12 @@ def test_int8_precisions_need_their_fidelity_limits() -> None:
         validate(no_bf16, "x86")
     with pytest.raises(HiapError, match=r"'precisions' must be a non-empty list"):
         validate(copy.deepcopy(body) | {"precisions": []}, "x86")
+    for key, value in (("latency_p50_ms", float("nan")), ("max_acc_drop", float("nan")), ("max_acc_drop", -1.0),
+                       ("fidelity_atol", float("inf"))):  # fmt: skip
+        bad = copy.deepcopy(body)
+        bad["budgets"][key] = value
+        with pytest.raises(HiapError, match=rf"budgets.{key}' must be a finite number"):
+            validate(bad, "x86")
     odd = copy.deepcopy(body) | {"precisions": ["fp32", "int4"]}
     with pytest.raises(HiapError, match=r"'precisions' has \['int4'\]"):
         validate(odd, "x86")

@@ -170,6 +170,7 @@ def test_int8_bad_input_is_refused_before_anything_is_written(tmp_path: Path) ->
         (["--precision", "int8", "--calibration-data", str(tmp_path / "nowhere")], "is not a folder"),
         (["--precision", "int8", "--calibration-method", "mse"], "calibration method 'mse'"),
         (["--calibration-method", "entropy"], "apply to --precision int8 only"),
+        (["--precision", "int8", "--max-int8-drop", "nan"], "--max-int8-drop must be a finite number of pp >= 0"),
     ]
     for extra, message in cases:
         result = CliRunner().invoke(app, [*base, *extra])
