@@ -21,7 +21,8 @@ from hiap import __version__, faults
 from hiap.base.errors import HiapError
 
 FORMAT = "hiap-checkpoint"
-FORMAT_VERSION = "1"
+# 2: the tensors_sha256 digest is required (version 1 files, from writers that may have had none, are still read).
+FORMAT_VERSION = "2"
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
@@ -137,8 +138,11 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise HiapError(f"Checkpoint '{path}' is truncated or corrupted ({exc}).") from None
     if meta.get("format") != FORMAT:
         raise HiapError(f"'{path}' is a safetensors file but not a hiap checkpoint (no '{FORMAT}' metadata).")
+    # Required from format version 2 on: a damaged byte in the digest's own key name would otherwise switch the
+    # check off (safetensors writes the metadata keys in no fixed order, so any byte of the header may be that key).
     digest = meta.get("tensors_sha256")
-    if digest is not None and digest != tensors_digest(tensors, meta):
+    optional = meta.get("format_version") == "1"
+    if (digest is None and not optional) or (digest is not None and digest != tensors_digest(tensors, meta)):
         raise HiapError(f"Checkpoint '{path}' fails its checksum: it was damaged after it was written.")
     try:
         config, state = json.loads(meta["config"]), json.loads(meta["state"])

@@ -248,3 +248,13 @@ def test_cli_bad_input_corpus_leaves_existing_files_alone(tmp_path: Path, tiny_r
         assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output, result.output
         for name in ("plan.json", "model.onnx", "golden.npz", "export_report.json"):
             assert (sentinel_dir / name).read_text() == "keep me", (args, name)
+
+
+def test_a_checkpoint_whose_checksum_key_is_damaged_is_refused(tmp_path: Path, tiny_run: Path) -> None:
+    """safetensors writes the metadata keys in no fixed order, so a random damaged byte may hit the checksum's own
+    key name: the check must not then switch itself off."""
+    raw = (tiny_run / "checkpoint.safetensors").read_bytes()
+    at = raw.index(b'"tensors_sha256"') + 1
+    damaged = tmp_path / "k.safetensors"
+    damaged.write_bytes(raw[:at] + bytes([raw[at] ^ 0x5A]) + raw[at + 1 :])
+    assert "fails its checksum" in (_one_line_error(load_checkpoint, damaged) or "")

@@ -143,8 +143,9 @@ def test_edited_metadata_fails_the_checksum(saved: tuple[Path, Checkpoint], tmp_
 )
 def test_damaged_metadata_is_one_line_error(saved: tuple[Path, Checkpoint], tmp_path: Path, edit, message: str) -> None:
     path = _copy(saved, tmp_path)
-    # Without the digest (a checkpoint from a writer that had none), the metadata is parsed and must fail cleanly.
-    _rewrite(path, lambda m: edit({k: v for k, v in m.items() if k != "tensors_sha256"}))
+    # Without the digest (a version 1 checkpoint, from a writer that had none), the metadata is parsed and must fail
+    # cleanly.
+    _rewrite(path, lambda m: edit({k: v for k, v in m.items() if k != "tensors_sha256"} | {"format_version": "1"}))
     with pytest.raises(HiapError) as err:
         load_checkpoint(path)
     assert str(err.value).startswith(message.format(path=path))
