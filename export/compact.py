@@ -1,10 +1,11 @@
 """The compact network: fresh modules of exactly the planned sizes, holding the sliced weights of the timm model.
 
-Layout: every kept head of a block keeps its full q/k width (softmax scale stays 1/sqrt(head_dim)); value widths
-of one block are padded with zero weights to the block's widest kept width, rounded up to a multiple of `align`,
-so a block's heads stay uniform (one reshape, one batched matmul; what fused attention kernels require). Zero V
-rows give zero output columns, whose proj columns are zero too: the padding changes no output, only MACs, and
-`padded_structure` gives the cost model that exact layout. A block without an FFN runs attention only; a block
+Layout: the value widths of one block are padded with zero weights to the block's widest kept width, rounded up
+to a multiple of `align`, so a block's heads stay uniform (one reshape, one batched matmul; what fused attention
+kernels require). Zero V rows give zero output columns, whose proj columns are zero too: the padding changes no
+output, only MACs. Pruned q/k widths are laid out the same way (zero q and k rows add nothing to Q K^T); the
+softmax scale stays 1/sqrt(head_dim) of the original head whatever the kept q/k width. `padded_structure` gives
+the cost model that exact layout. A block without an FFN runs attention only; a block
 without heads runs its FFN only; nothing of width zero is built.
 
 Around the blocks the network is the timm model's own (patch embedding, norms, head); only the joining of the
@@ -35,25 +36,35 @@ def block_width(block: BlockStructure, head_dim: int, align: int) -> int:
     return emitted_width(max((len(v) for v in block.value_dims), default=0), head_dim, align)
 
 
+def block_qk_width(block: BlockStructure, head_dim: int, align: int) -> int:
+    """The q/k width every kept head of `block` gets in the export: head_dim unless its q/k dims are pruned."""
+    if block.qk_dims is None:
+        return head_dim
+    return emitted_width(max((len(q) for q in block.qk_dims), default=0), head_dim, align)
+
+
 def padded_structure(structure: Structure, head_dim: int, align: int) -> Structure:
-    """The structure the exporter emits (value widths padded), for counting its MACs and parameters."""
+    """The structure the exporter emits (value and q/k widths padded), for counting its MACs and parameters."""
     blocks = []
     for b in structure.blocks:
         dims = tuple(tuple(range(block_width(b, head_dim, align))) for _ in b.heads)
-        blocks.append(BlockStructure(heads=b.heads, value_dims=dims, ffn=b.ffn, neurons=b.neurons))
+        qk_width = block_qk_width(b, head_dim, align)
+        qk = None if qk_width == head_dim else tuple(tuple(range(qk_width)) for _ in b.heads)
+        blocks.append(BlockStructure(heads=b.heads, value_dims=dims, ffn=b.ffn, neurons=b.neurons, qk_dims=qk))
     return Structure(blocks=tuple(blocks))
 
 
 class CompactAttention(nn.Module):
-    """Multi-head attention with `num_heads` heads of q/k width `head_dim` and value width `value_dim`."""
+    """Multi-head attention with `num_heads` heads of q/k width `head_dim` and value width `value_dim`; `scale`
+    is the original head's 1/sqrt(head_dim) (the q/k width may have been pruned below it)."""
 
     def __init__(
         self, dim: int, num_heads: int, head_dim: int, value_dim: int, qkv_bias: bool, proj_bias: bool,
-        q_norm: nn.Module, k_norm: nn.Module,
+        q_norm: nn.Module, k_norm: nn.Module, scale: float | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.num_heads, self.head_dim, self.value_dim = num_heads, head_dim, value_dim
-        self.scale = head_dim**-0.5
+        self.scale = head_dim**-0.5 if scale is None else scale
         self.qkv = nn.Linear(dim, num_heads * (2 * head_dim + value_dim), bias=qkv_bias)
         self.q_norm, self.k_norm = q_norm, k_norm
         self.proj = nn.Linear(num_heads * value_dim, dim, bias=proj_bias)
@@ -107,20 +118,30 @@ def compact_block(blk: nn.Module, plan: BlockStructure, align: int) -> CompactBl
     attn = None
     if plan.heads:
         width = block_width(plan, dh, align)
+        qk_width = block_qk_width(plan, dh, align)
+        plain_qk = isinstance(attn_src.q_norm, nn.Identity) and isinstance(attn_src.k_norm, nn.Identity)
+        if qk_width < dh and not plain_qk:
+            raise HiapError("The plan removes q/k dims of a model with qk-norm, which normalises over the whole head.")
         attn = CompactAttention(
-            dim, len(plan.heads), dh, width, attn_src.qkv.bias is not None, attn_src.proj.bias is not None,
-            copy.deepcopy(attn_src.q_norm), copy.deepcopy(attn_src.k_norm),
+            dim, len(plan.heads), qk_width, width, attn_src.qkv.bias is not None, attn_src.proj.bias is not None,
+            copy.deepcopy(attn_src.q_norm), copy.deepcopy(attn_src.k_norm), scale=dh**-0.5,
         )  # fmt: skip
         w_src, b_src = attn_src.qkv.weight, attn_src.qkv.bias
-        rows_q = [h * dh + j for h in plan.heads for j in range(dh)]
-        rows_k = [big_h * dh + r for r in rows_q]
         attn.qkv.weight.zero_()
         if attn.qkv.bias is not None:
             attn.qkv.bias.zero_()
         attn.proj.weight.zero_()
-        nq = len(plan.heads) * dh
-        attn.qkv.weight[:nq] = w_src[rows_q]
-        attn.qkv.weight[nq : 2 * nq] = w_src[rows_k]
+        nq = len(plan.heads) * qk_width
+        qk_dims = plan.qk_dims if plan.qk_dims is not None else [range(dh)] * len(plan.heads)
+        for slot, (h, dims) in enumerate(zip(plan.heads, qk_dims, strict=True)):
+            rows_q = [h * dh + j for j in dims]
+            rows_k = [big_h * dh + r for r in rows_q]
+            dst = slot * qk_width
+            attn.qkv.weight[dst : dst + len(rows_q)] = w_src[rows_q]
+            attn.qkv.weight[nq + dst : nq + dst + len(rows_k)] = w_src[rows_k]
+            if b_src is not None:
+                attn.qkv.bias[dst : dst + len(rows_q)] = b_src[rows_q]
+                attn.qkv.bias[nq + dst : nq + dst + len(rows_k)] = b_src[rows_k]
         for slot, (h, dims) in enumerate(zip(plan.heads, plan.value_dims, strict=True)):
             src_rows = [2 * big_h * dh + h * dh + j for j in dims]
             dst = 2 * nq + slot * width
@@ -130,9 +151,6 @@ def compact_block(blk: nn.Module, plan: BlockStructure, align: int) -> CompactBl
             ]
             if b_src is not None:
                 attn.qkv.bias[dst : dst + len(dims)] = b_src[src_rows]
-        if b_src is not None:
-            attn.qkv.bias[:nq] = b_src[rows_q]
-            attn.qkv.bias[nq : 2 * nq] = b_src[rows_k]
         if attn.proj.bias is not None:
             attn.proj.bias.copy_(attn_src.proj.bias)
     mlp = None

@@ -13,7 +13,10 @@ from hiap.base.errors import HiapError
 from hiap.base.jsonfile import read_json_object
 from hiap.cost import BlockStructure, Geometry, Structure, structure_macs, structure_params
 
+# 1: heads, value dims, FFN, neurons per block; 2 adds a block's kept q/k dims per head ('qk_dims'), written only
+# where some are pruned, so a plan that keeps them all stays version 1 (same file, same hash, older readers).
 SCHEMA_VERSION = 1
+QK_SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -35,8 +38,9 @@ class Plan:
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments (img_size, depth, ...)
 
     def to_dict(self) -> dict[str, Any]:
+        qk_pruned = any(b.qk_dims is not None for b in self.structure.blocks)
         body = {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": QK_SCHEMA_VERSION if qk_pruned else SCHEMA_VERSION,
             "model": self.model,
             "model_kwargs": dict(self.model_kwargs),
             "num_classes": self.num_classes,
@@ -49,15 +53,7 @@ class Plan:
             "gmacs": self.gmacs,
             "dense_params": self.dense_params,
             "params": self.params,
-            "blocks": [
-                {
-                    "heads": list(b.heads),
-                    "value_dims": [list(v) for v in b.value_dims],
-                    "ffn": b.ffn,
-                    "neurons": list(b.neurons),
-                }
-                for b in self.structure.blocks
-            ],
+            "blocks": [_block_dict(b) for b in self.structure.blocks],
         }
         body["hash"] = plan_hash(body)
         return body
@@ -65,6 +61,14 @@ class Plan:
     def write(self, path: Path, body: dict[str, Any] | None = None) -> None:
         """Write the plan; pass `body` when its to_dict() is already at hand (it hashes the structure)."""
         write_json_atomic(path, body or self.to_dict(), indent=1)
+
+
+def _block_dict(b: BlockStructure) -> dict[str, Any]:
+    out: dict[str, Any] = {"heads": list(b.heads), "value_dims": [list(v) for v in b.value_dims], "ffn": b.ffn,
+                           "neurons": list(b.neurons)}  # fmt: skip
+    if b.qk_dims is not None:
+        out["qk_dims"] = [list(q) for q in b.qk_dims]
+    return out
 
 
 def plan_hash(body: dict[str, Any]) -> str:
@@ -114,8 +118,8 @@ def structure_from_dict(blocks: Any, geom: Geometry) -> Structure:
         raise HiapError(f"Plan 'blocks': expected {geom.depth} blocks for this model, got {got}.")
     out = []
     for i, b in enumerate(blocks):
-        if not isinstance(b, dict) or set(b) != {"heads", "value_dims", "ffn", "neurons"}:
-            raise HiapError(f"Plan block {i}: expected the fields heads, value_dims, ffn, neurons.")
+        if not isinstance(b, dict) or set(b) - {"qk_dims"} != {"heads", "value_dims", "ffn", "neurons"}:
+            raise HiapError(f"Plan block {i}: expected the fields heads, value_dims, ffn, neurons (and qk_dims).")
         heads = _indices(b["heads"], geom.num_heads, f"block {i} 'heads'", allow_empty=True)
         vd = b["value_dims"]
         if not isinstance(vd, list) or len(vd) != len(heads):
@@ -128,14 +132,29 @@ def structure_from_dict(blocks: Any, geom: Geometry) -> Structure:
         neurons = _indices(b["neurons"], geom.hidden, f"block {i} 'neurons'", allow_empty=not b["ffn"])
         if not b["ffn"] and neurons:
             raise HiapError(f"Plan block {i} 'neurons': must be empty when 'ffn' is false.")
-        out.append(BlockStructure(heads=heads, value_dims=value_dims, ffn=b["ffn"], neurons=neurons))
+        qk_dims = None
+        if "qk_dims" in b:
+            qd = b["qk_dims"]
+            if not isinstance(qd, list) or len(qd) != len(heads):
+                raise HiapError(f"Plan block {i} 'qk_dims': expected one list per kept head ({len(heads)}).")
+            qk_dims = tuple(
+                _indices(q, geom.head_dim, f"block {i} 'qk_dims'[{j}]", allow_empty=False) for j, q in enumerate(qd)
+            )
+            if all(len(q) == geom.head_dim for q in qk_dims):
+                qk_dims = None  # all kept: the same structure as without the field
+            elif geom.qk_norm_params:
+                raise HiapError(f"Plan block {i} 'qk_dims': this model normalises q and k over the whole head "
+                                "(qk-norm), so q/k dims cannot be removed; drop the field.")  # fmt: skip
+        out.append(BlockStructure(heads=heads, value_dims=value_dims, ffn=b["ffn"], neurons=neurons, qk_dims=qk_dims))
     return Structure(blocks=tuple(out))
 
 
 def read_plan_json(path: Path) -> dict[str, Any]:
     body = read_json_object(path, "Plan")
-    if body.get("schema_version") != SCHEMA_VERSION:
-        raise HiapError(f"Plan '{path}': expected a JSON object with schema_version {SCHEMA_VERSION}.")
+    if body.get("schema_version") not in (SCHEMA_VERSION, QK_SCHEMA_VERSION):
+        raise HiapError(
+            f"Plan '{path}': expected a JSON object with schema_version {SCHEMA_VERSION} or {QK_SCHEMA_VERSION}."
+        )
     for key in ("model", "num_classes", "input_size", "mean", "std", "blocks"):
         if key not in body:
             raise HiapError(f"Plan '{path}': missing field '{key}'.")

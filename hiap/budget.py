@@ -11,11 +11,13 @@ from hiap.cost import Geometry
 from hiap.gated import Floors
 
 
-def min_reachable_macs(geom: Geometry, floors: Floors, ffn_blocks_removable: bool = True) -> int:
-    """The cheapest network the floors allow: k_min heads with their minimum value dims, and every FFN removed (or,
-    when FFN blocks cannot be removed, each at its minimum neurons)."""
+def min_reachable_macs(geom: Geometry, floors: Floors, ffn_blocks_removable: bool = True,
+                       qk_removable: bool = False) -> int:  # fmt: skip
+    """The cheapest network the floors allow: k_min heads with their minimum value (and, where gated, q/k) dims,
+    and every FFN removed (or, when FFN blocks cannot be removed, each at its minimum neurons)."""
     heads = floors.heads(geom.num_heads)
-    per_block = heads * geom.head_unit_macs + heads * floors.value_dims(geom.head_dim) * geom.value_unit_macs
+    qk = floors.qk_dims(geom.head_dim) if qk_removable else geom.head_dim
+    per_block = heads * qk * geom.qk_unit_macs + heads * floors.value_dims(geom.head_dim) * geom.value_unit_macs
     if not ffn_blocks_removable:
         per_block += floors.neurons(geom.hidden) * geom.neuron_unit_macs
     return geom.fixed_macs + geom.depth * per_block
@@ -26,8 +28,9 @@ def format_macs(macs: float) -> str:
     return f"{macs / 1e9:.3f} GMACs" if macs >= 1e8 else f"{macs / 1e6:.2f} MMACs"
 
 
-def check_target(geom: Geometry, floors: Floors, target_macs: int, ffn_blocks_removable: bool = True) -> None:
-    dense, low = geom.dense_macs, min_reachable_macs(geom, floors, ffn_blocks_removable)
+def check_target(geom: Geometry, floors: Floors, target_macs: int, ffn_blocks_removable: bool = True,
+                 qk_removable: bool = False) -> None:  # fmt: skip
+    dense, low = geom.dense_macs, min_reachable_macs(geom, floors, ffn_blocks_removable, qk_removable)
     if target_macs > dense:
         raise HiapError(
             f"Target {format_macs(target_macs)} exceeds the dense model ({format_macs(dense)}): "

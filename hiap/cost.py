@@ -6,9 +6,9 @@ Conventions (the ones behind the published DeiT figures, fvcore-style):
 - softmax, LayerNorm, GELU, biases, residual adds, LayerScale and pooling are not counted;
 - N counts every token a block sees: patches plus class, register and distillation tokens.
 
-Per block with kept heads h (value widths w_h) and kept FFN neurons k:
+Per block with kept heads h (q/k widths q_h, Dh unless pruned; value widths w_h) and kept FFN neurons k:
 
-    attention MACs = sum_h [2*N*D*Dh + N*N*Dh]  +  sum_h w_h * [2*N*D + N*N]
+    attention MACs = sum_h q_h * [2*N*D + N*N]  +  sum_h w_h * [2*N*D + N*N]
                      (q and k columns, Q K^T)       (v column + proj row, attn @ V column)
     FFN MACs       = k * 2*N*D                      (fc1 row + fc2 column)
 
@@ -53,9 +53,14 @@ class Geometry:
 
     @property
     def head_unit_macs(self) -> int:
-        """MACs of one kept head without its value dims: q and k projections, Q @ K^T."""
+        """MACs of one kept head at its full q/k width, without its value dims: q and k projections, Q @ K^T."""
+        return self.head_dim * self.qk_unit_macs
+
+    @property
+    def qk_unit_macs(self) -> int:
+        """MACs of one kept q/k dim of a head: its q and k columns and its column of Q @ K^T."""
         n, d = self.num_tokens, self.dim
-        return 2 * n * d * self.head_dim + n * n * self.head_dim
+        return 2 * n * d + n * n
 
     @property
     def value_unit_macs(self) -> int:
@@ -99,10 +104,19 @@ class BlockStructure:
     value_dims: tuple[tuple[int, ...], ...]  # one tuple per kept head, in the order of `heads`
     ffn: bool
     neurons: tuple[int, ...]  # empty when the FFN is removed
+    # One tuple per kept head (order of `heads`) of the q/k dims it keeps; None: every kept head keeps all of them
+    # (the paper's search space, and every plan written before q/k widths could be pruned).
+    qk_dims: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def value_total(self) -> int:
         return sum(len(v) for v in self.value_dims)
+
+    def qk_total(self, head_dim: int) -> int:
+        """q/k dims kept over all kept heads."""
+        if self.qk_dims is None:
+            return len(self.heads) * head_dim
+        return sum(len(q) for q in self.qk_dims)
 
 
 @dataclass(frozen=True)
@@ -121,7 +135,7 @@ def emitted_width(widest: WidthT, head_dim: int, align: int) -> WidthT:
 def block_macs(geom: Geometry, block: BlockStructure) -> int:
     attn = 0
     if block.heads:
-        attn = len(block.heads) * geom.head_unit_macs + block.value_total * geom.value_unit_macs
+        attn = block.qk_total(geom.head_dim) * geom.qk_unit_macs + block.value_total * geom.value_unit_macs
     ffn = len(block.neurons) * geom.neuron_unit_macs if block.ffn else 0
     return attn + ffn
 
@@ -144,7 +158,7 @@ def block_params(geom: Geometry, block: BlockStructure) -> int:
     d, dh = geom.dim, geom.head_dim
     params = 0
     if block.heads:
-        qk_rows = 2 * dh * len(block.heads)
+        qk_rows = 2 * block.qk_total(dh)
         v_rows = block.value_total
         params += geom.norm1_params + geom.qk_norm_params + geom.ls1_params
         params += (qk_rows + v_rows) * d + ((qk_rows + v_rows) if geom.qkv_bias else 0)
@@ -165,7 +179,7 @@ def structure_params(geom: Geometry, structure: Structure) -> int:
 class ExpectedCost:
     """Differentiable expected MACs, split as the decoupled penalties charge them."""
 
-    macro: torch.Tensor  # head terms (q, k, Q K^T)
+    macro: torch.Tensor  # head terms (q, k, Q K^T; per kept q/k dim where those are gated)
     micro: torch.Tensor  # value-dim and neuron terms, weighted by their macro gate's probability
     total: torch.Tensor  # fixed + macro + micro
 
@@ -176,12 +190,18 @@ def expected_cost(
     p_ffn: torch.Tensor,  # [L]
     p_value: torch.Tensor,  # [L, H, Dh]
     p_neuron: torch.Tensor,  # [L, K]
+    p_qk: torch.Tensor | None = None,  # [L, H, Dh]; None: q/k widths not gated (every kept head full)
 ) -> ExpectedCost:
     """E[MACs] from keep probabilities; exact under any dependence by linearity of expectation (paper, Prop. 1).
 
-    Called with 0/1 masks it returns the hard MACs of that structure, identical to `structure_macs`.
+    Called with 0/1 masks it returns the hard MACs of that structure, identical to `structure_macs`. A head's q/k
+    cost stays in the macro part when its dims are gated too: it is what keeping the head costs, and the decoupled
+    penalty weights (lambda_macro:lambda_micro) keep the meaning they have in the paper.
     """
-    macro = geom.head_unit_macs * p_head.sum()
+    if p_qk is None:
+        macro = geom.head_unit_macs * p_head.sum()
+    else:
+        macro = geom.qk_unit_macs * (p_head.unsqueeze(-1) * p_qk).sum()
     micro = geom.value_unit_macs * (p_head.unsqueeze(-1) * p_value).sum()
     micro = micro + geom.neuron_unit_macs * (p_ffn.unsqueeze(-1) * p_neuron).sum()
     return ExpectedCost(macro=macro, micro=micro, total=geom.fixed_macs + macro + micro)

@@ -1,4 +1,4 @@
-"""The gated ViT: a timm VisionTransformer whose heads, FFN blocks, value dims and neurons carry HiAP gates.
+"""The gated ViT: a timm VisionTransformer whose heads, FFN blocks, q/k dims, value dims and neurons carry HiAP gates.
 
 The timm model is held unchanged (`GatedViT.vit`), so its parameter names, `state_dict` and pretrained_cfg
 stay exactly timm's; the gate logits live beside it in `GatedViT.gates`. The forward pass reuses the model's
@@ -34,6 +34,7 @@ class Floors:
     k_min: int = 1  # heads kept per block
     min_value_frac: float = 0.25  # fraction of value dims kept per kept head
     min_neuron_frac: float = 0.1  # fraction of neurons kept per kept FFN (an FFN may still be removed whole)
+    min_qk_frac: float = 0.125  # fraction of q/k dims kept per kept head, where those are gated
 
     def heads(self, num_heads: int) -> int:
         return max(1, min(self.k_min, num_heads))
@@ -44,6 +45,9 @@ class Floors:
     def neurons(self, hidden: int) -> int:
         return max(1, min(hidden, math.ceil(self.min_neuron_frac * hidden)))
 
+    def qk_dims(self, head_dim: int) -> int:
+        return max(1, min(head_dim, math.ceil(self.min_qk_frac * head_dim)))
+
 
 # The logit a filled value dim gets when it was below the export threshold (kept: logit > 0).
 FILLED_LOGIT = 0.01
@@ -51,16 +55,21 @@ FILLED_LOGIT = 0.01
 
 @dataclass
 class Masks:
-    """One sample of the four gate kinds; effective masks are products (value g*d, neuron b*c)."""
+    """One sample of the gate kinds; effective masks are products (q/k dim g*e, value g*d, neuron b*c)."""
 
     head: torch.Tensor  # g [L, H]
     value: torch.Tensor  # d [L, H, Dh]
     ffn: torch.Tensor  # b [L]
     neuron: torch.Tensor  # c [L, K]
+    qk: torch.Tensor  # e [L, H, Dh]: all ones where q/k widths are not gated
+
+
+# The logit of a gate that is fixed open (a gate kind switched off): keep probability 1 - 5e-5.
+FIXED_OPEN = 10.0
 
 
 class GateLogits(nn.Module):
-    """Learnable logits of the four gate kinds (one logit per gate), initialised open."""
+    """Learnable logits of the five gate kinds (one logit per gate), initialised open."""
 
     def __init__(self, depth: int, num_heads: int, head_dim: int, hidden: int, init: float = 3.0) -> None:
         super().__init__()
@@ -68,9 +77,17 @@ class GateLogits(nn.Module):
         self.value = nn.Parameter(torch.full((depth, num_heads, head_dim), init))
         self.ffn = nn.Parameter(torch.full((depth,), init))
         self.neuron = nn.Parameter(torch.full((depth, hidden), init))
+        self.qk = nn.Parameter(torch.full((depth, num_heads, head_dim), init))
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        return {"head": self.head, "value": self.value, "ffn": self.ffn, "neuron": self.neuron}
+        return {"head": self.head, "value": self.value, "ffn": self.ffn, "neuron": self.neuron, "qk": self.qk}
+
+
+def with_qk_logits(gates: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Gate logits saved before q/k dims had gates (no 'qk'): every q/k dim fixed open, as those runs computed."""
+    if "qk" in gates or "value" not in gates:
+        return gates
+    return {**gates, "qk": torch.full_like(gates["value"], FIXED_OPEN)}
 
 
 def _only(module: nn.Module, kind: type, what: str, index: int) -> None:
@@ -153,8 +170,15 @@ def describe_vit(vit: nn.Module) -> Geometry:
     )
 
 
-def gated_attention(attn: Attention, x: torch.Tensor, value_mask: torch.Tensor) -> torch.Tensor:
-    """timm Attention.forward with a [H, Dh] multiplier on each head's value dims (g*d).
+def gated_attention(
+    attn: Attention, x: torch.Tensor, value_mask: torch.Tensor, qk_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """timm Attention.forward with a [H, Dh] multiplier on each head's value dims (g*d) and, where q/k widths are
+    gated, one on each head's q/k dims (e).
+
+    A q/k dim j of a head enters only through q_j * k_j in Q K^T, so zeroing q_j removes it exactly as the export
+    does (both columns gone); the multiplier goes on the q rows of qkv's weight and bias, and the softmax scale
+    stays 1/sqrt(head_dim), as in the exported network. describe_vit's callers gate q/k dims only without qk-norm.
 
     The gate multiplies proj's input columns instead of the attention output: (A V) * m == A (V * m) column by
     column, and proj(o * m) == (W * m) o + b, so it is the same gate on the value dim at the cost of one weight-sized
@@ -163,7 +187,15 @@ def gated_attention(attn: Attention, x: torch.Tensor, value_mask: torch.Tensor) 
     memory (benchmarks/results/gpu_training.md). describe_vit guarantees attn.norm is the identity.
     """
     b, n, _ = x.shape
-    qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    if qk_mask is None:
+        qkv = attn.qkv(x)
+    else:
+        width = attn.num_heads * attn.head_dim
+        rows = torch.cat([qk_mask.reshape(-1), qk_mask.new_ones(attn.qkv.out_features - width)])
+        rows = rows.to(attn.qkv.weight.dtype)
+        bias = attn.qkv.bias * rows if attn.qkv.bias is not None else None
+        qkv = F.linear(x, attn.qkv.weight * rows.unsqueeze(-1), bias)
+    qkv = qkv.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     if attn.fused_attn:
@@ -199,23 +231,32 @@ def _standardised(magnitude: torch.Tensor) -> torch.Tensor:
 class GatedViT(nn.Module):
     """A supported timm ViT plus HiAP gates; `vit.state_dict()` is the plain timm state dict."""
 
-    def __init__(self, vit: VisionTransformer, floors: Floors | None = None, gate_init: float = 3.0) -> None:
+    def __init__(
+        self, vit: VisionTransformer, floors: Floors | None = None, gate_init: float = 3.0, qk_gates: bool = False
+    ) -> None:
         super().__init__()
         self.geometry = describe_vit(vit)
         self.vit = vit
         self.floors = floors or Floors()
         g = self.geometry
         self.gates = GateLogits(g.depth, g.num_heads, g.head_dim, g.hidden, init=gate_init)
+        # q/k dims removed at export change what a qk-norm (LayerNorm over the head's q or k) computes: gated only
+        # without one. Off, their logits stay fixed open and every mask of theirs is exactly one.
+        self.qk_gated = qk_gates and g.qk_norm_params == 0
+        if not self.qk_gated:
+            with torch.no_grad():
+                self.gates.qk.fill_(FIXED_OPEN)
+            self.gates.qk.requires_grad_(False)
 
     @torch.no_grad()
     def init_from_importance(self, spread: float) -> None:
         """Offset each micro gate's logit by `spread` times its unit's standardised log-magnitude within its block.
 
         The magnitude of a value dim is |its V-projection row|_1 * |its proj column|_1, of a neuron |fc1 row|_1 *
-        |fc2 column|_1 (the weights the unit reads and writes, as l1-magnitude pruning ranks them); standardised per
-        block and clipped to +-2, so with the default gate_init 3 and spread 1 the logits start between 1 and 5 and
-        the weakest units reach the export threshold first. Macro gates (heads, FFN blocks) keep their init: those
-        decisions are left to the gradients."""
+        |fc2 column|_1, of a q/k dim |q row|_1 * |k row|_1 (the weights the unit reads and writes, as l1-magnitude
+        pruning ranks them); standardised per block and clipped to +-2, so with the default gate_init 3 and spread 1
+        the logits start between 1 and 5 and the weakest units reach the export threshold first. Macro gates (heads,
+        FFN blocks) keep their init: those decisions are left to the gradients."""
         g = self.geometry
         for i, blk in enumerate(self.vit.blocks):
             attn, mlp = blk.attn, blk.mlp
@@ -225,12 +266,19 @@ class GatedViT(nn.Module):
             neuron = mlp.fc1.weight.abs().sum(1) * mlp.fc2.weight.abs().sum(0)
             self.gates.value[i] += spread * _standardised(value).view(g.num_heads, g.head_dim)
             self.gates.neuron[i] += spread * _standardised(neuron)
+            if self.qk_gated:
+                qk = attn.qkv.weight[:width].abs().sum(1) * attn.qkv.weight[width : 2 * width].abs().sum(1)
+                self.gates.qk[i] += spread * _standardised(qk).view(g.num_heads, g.head_dim)
 
     # --- masks -------------------------------------------------------------------------------------------
     def sample_masks(self, tau: float, generator: torch.Generator, hard: bool = True) -> Masks:
         """One Gumbel-Sigmoid sample of every gate, shared by the whole batch."""
         gates = self.gates.as_dict()
+        if not self.qk_gated:
+            gates.pop("qk")
         z = {k: gumbel_sigmoid(a, tau, logistic_noise(tuple(a.shape), generator), hard) for k, a in gates.items()}
+        if not self.qk_gated:
+            z["qk"] = torch.ones_like(self.gates.qk, requires_grad=False)
         return Masks(**z)
 
     @torch.no_grad()
@@ -241,20 +289,24 @@ class GatedViT(nn.Module):
         value = _with_floor(self.gates.value, fl.value_dims(g.head_dim)) & head.unsqueeze(-1)
         ffn = export_rule(self.gates.ffn)
         neuron = _with_floor(self.gates.neuron, fl.neurons(g.hidden)) & ffn.unsqueeze(-1)
-        return Masks(head=head.float(), value=value.float(), ffn=ffn.float(), neuron=neuron.float())
+        qk = _with_floor(self.gates.qk, fl.qk_dims(g.head_dim)) if self.qk_gated else torch.ones_like(value)
+        qk = qk & head.unsqueeze(-1)
+        return Masks(head=head.float(), value=value.float(), ffn=ffn.float(), neuron=neuron.float(), qk=qk.float())
 
     @torch.no_grad()
     def fill_value_widths(self, align: int) -> None:
         """Give every kept head of a block the block's emitted value width (its widest kept head rounded up to
         `align`, hiap.cost.emitted_width) by raising the logits of each head's next-best value dims just above the
         export threshold: the exporter would emit those columns anyway, as zero padding, so they cost nothing more
-        in the exported graph and carry weights instead."""
+        in the exported graph and carry weights instead. Gated q/k widths are filled the same way."""
         masks = self.hard_masks()
-        widest = masks.value.sum(-1).amax(-1).long()  # [blocks]
-        width = emitted_width(widest, self.geometry.head_dim, align).view(-1, 1, 1)
-        rank = self.gates.value.argsort(dim=-1, descending=True).argsort(dim=-1)  # 0 = the head's best dim
-        fill = (rank < width) & masks.head.bool().unsqueeze(-1)
-        self.gates.value.copy_(torch.where(fill, self.gates.value.clamp_min(FILLED_LOGIT), self.gates.value))
+        kinds = [(self.gates.value, masks.value)] + ([(self.gates.qk, masks.qk)] if self.qk_gated else [])
+        for logits, kept in kinds:
+            widest = kept.sum(-1).amax(-1).long()  # [blocks]
+            width = emitted_width(widest, self.geometry.head_dim, align).view(-1, 1, 1)
+            rank = logits.argsort(dim=-1, descending=True).argsort(dim=-1)  # 0 = the head's best dim
+            fill = (rank < width) & masks.head.bool().unsqueeze(-1)
+            logits.copy_(torch.where(fill, logits.clamp_min(FILLED_LOGIT), logits))
 
     def open_masks(self) -> Masks:
         """All gates open: the wrapped model computes exactly the timm model."""
@@ -262,16 +314,21 @@ class GatedViT(nn.Module):
 
     # --- cost --------------------------------------------------------------------------------------------
     def keep_probabilities(self) -> dict[str, torch.Tensor]:
-        return {k: keep_probability(a) for k, a in self.gates.as_dict().items()}
+        """sigmoid(logit) per gate kind; q/k dims that are not gated are kept for sure (1, no gradient)."""
+        p = {k: keep_probability(a) for k, a in self.gates.as_dict().items()}
+        if not self.qk_gated:
+            p["qk"] = torch.ones_like(p["qk"]).detach()
+        return p
 
     def expected_cost(self) -> ExpectedCost:
         p = self.keep_probabilities()
-        return expected_cost(self.geometry, p["head"], p["ffn"], p["value"], p["neuron"])
+        qk = p["qk"] if self.qk_gated else None
+        return expected_cost(self.geometry, p["head"], p["ffn"], p["value"], p["neuron"], qk)
 
     def hard_cost(self) -> torch.Tensor:
         """MACs of the exported network as a tensor on the gates' device (no host read-back)."""
         m = self.hard_masks()
-        return expected_cost(self.geometry, m.head, m.ffn, m.value, m.neuron).total
+        return expected_cost(self.geometry, m.head, m.ffn, m.value, m.neuron, m.qk if self.qk_gated else None).total
 
     def hard_macs(self) -> int:
         return round(float(self.hard_cost()))
@@ -292,8 +349,9 @@ class GatedViT(nn.Module):
         attends = [True] * len(vit.blocks) if self.training else masks.head.any(-1).tolist()
         for i, blk in enumerate(vit.blocks):
             value_mask = masks.head[i].unsqueeze(-1) * masks.value[i]
+            qk_mask = masks.qk[i] if self.qk_gated else None
             if attends[i]:
-                x = x + blk.drop_path1(blk.ls1(gated_attention(blk.attn, blk.norm1(x), value_mask)))
+                x = x + blk.drop_path1(blk.ls1(gated_attention(blk.attn, blk.norm1(x), value_mask, qk_mask)))
             ffn_out = gated_mlp(blk.mlp, blk.norm2(x), masks.neuron[i], masks.ffn[i])
             x = x + blk.drop_path2(blk.ls2(ffn_out))
         return vit.forward_head(vit.norm(x))
@@ -308,25 +366,36 @@ def _with_floor(logits: torch.Tensor, minimum: int) -> torch.Tensor:
 
 def structure_to_masks(structure: Structure, like: Masks) -> Masks:
     """0/1 masks that keep exactly `structure` (shapes taken from `like`)."""
-    head, value, ffn, neuron = (torch.zeros_like(t) for t in (like.head, like.value, like.ffn, like.neuron))
+    kinds = (like.head, like.value, like.ffn, like.neuron, like.qk)
+    head, value, ffn, neuron, qk = (torch.zeros_like(t) for t in kinds)
     for i, b in enumerate(structure.blocks):
-        for h, dims in zip(b.heads, b.value_dims, strict=True):
+        qk_dims = b.qk_dims if b.qk_dims is not None else [range(qk.shape[-1])] * len(b.heads)
+        for h, dims, q in zip(b.heads, b.value_dims, qk_dims, strict=True):
             head[i, h] = 1
             value[i, h, list(dims)] = 1
+            qk[i, h, list(q)] = 1
         ffn[i] = float(b.ffn)
         neuron[i, list(b.neurons)] = 1
-    return Masks(head=head, value=value, ffn=ffn, neuron=neuron)
+    return Masks(head=head, value=value, ffn=ffn, neuron=neuron, qk=qk)
 
 
 def masks_to_structure(masks: Masks) -> Structure:
-    """Kept indices per block from 0/1 masks (value dims of closed heads and neurons of removed FFNs drop out)."""
+    """Kept indices per block from 0/1 masks (value and q/k dims of closed heads and neurons of removed FFNs drop
+    out); a block whose kept heads keep every q/k dim records them as None (full)."""
     blocks = []
     head, value = masks.head.bool(), (masks.value * masks.head.unsqueeze(-1)).bool()
-    ffn, neuron = masks.ffn.bool(), masks.neuron.bool()
+    ffn, neuron, qk = masks.ffn.bool(), masks.neuron.bool(), masks.qk.bool()
     for i in range(head.shape[0]):
         heads = tuple(int(h) for h in torch.nonzero(head[i]).flatten())
         value_dims = tuple(tuple(int(j) for j in torch.nonzero(value[i, h]).flatten()) for h in heads)
+        qk_dims: tuple[tuple[int, ...], ...] | None = tuple(
+            tuple(int(j) for j in torch.nonzero(qk[i, h]).flatten()) for h in heads
+        )
+        if all(len(q) == qk.shape[-1] for q in qk_dims):
+            qk_dims = None
         kept_ffn = bool(ffn[i]) and bool(neuron[i].any())
         neurons = tuple(int(k) for k in torch.nonzero(neuron[i]).flatten()) if kept_ffn else ()
-        blocks.append(BlockStructure(heads=heads, value_dims=value_dims, ffn=kept_ffn, neurons=neurons))
+        blocks.append(
+            BlockStructure(heads=heads, value_dims=value_dims, ffn=kept_ffn, neurons=neurons, qk_dims=qk_dims)
+        )
     return Structure(blocks=tuple(blocks))

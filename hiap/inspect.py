@@ -21,6 +21,7 @@ def structure_report(name: str, source: str, model: Any, structure: Structure) -
                 "block": i,
                 "heads": list(b.heads),
                 "value_widths": [len(v) for v in b.value_dims],
+                "qk_widths": [geom.head_dim] * len(b.heads) if b.qk_dims is None else [len(q) for q in b.qk_dims],
                 "ffn": b.ffn,
                 "neurons": len(b.neurons),
                 "gmacs": block_macs(geom, b) / 1e9,

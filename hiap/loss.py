@@ -47,7 +47,7 @@ def mac_penalty(
 def feasibility_loss(model: GatedViT) -> torch.Tensor:
     """Soft floors on keep probabilities (paper: relu(k_min - sum_h g)^2, plus analogous micro floors).
 
-    Value and neuron floors are on the kept fraction and weighted by the probability that their macro gate is
+    q/k, value and neuron floors are on the kept fraction and weighted by the probability that their macro gate is
     kept, so a head or FFN that is on its way out is not held back by its own floor.
     """
     g, fl = model.geometry, model.floors
@@ -57,6 +57,9 @@ def feasibility_loss(model: GatedViT) -> torch.Tensor:
     values = (p["head"] * F.relu(value_frac - p["value"].mean(-1)).pow(2)).sum()
     neuron_frac = fl.neurons(g.hidden) / g.hidden
     neurons = (p["ffn"] * F.relu(neuron_frac - p["neuron"].mean(-1)).pow(2)).sum()
+    if model.qk_gated:
+        qk_frac = fl.qk_dims(g.head_dim) / g.head_dim
+        values = values + (p["head"] * F.relu(qk_frac - p["qk"].mean(-1)).pow(2)).sum()
     return heads + values + neurons
 
 
@@ -79,6 +82,8 @@ def polarization_loss(model: GatedViT) -> torch.Tensor:
     head = g.head_unit_macs + g.head_dim * g.value_unit_macs
     loss = head * _entropy(p["head"]).sum() + block_ffn * _entropy(p["ffn"]).sum()
     loss = loss + g.value_unit_macs * _entropy(p["value"]).sum() + g.neuron_unit_macs * _entropy(p["neuron"]).sum()
+    if model.qk_gated:
+        loss = loss + g.qk_unit_macs * _entropy(p["qk"]).sum()
     return loss / g.dense_macs
 
 
@@ -91,8 +96,9 @@ def allocation_loss(model: GatedViT) -> torch.Tensor:
     point, and this prior measures what it is worth.
     """
     g = model.geometry
-    p = {k: torch.sigmoid(a) for k, a in model.gates.as_dict().items()}
-    kept = g.head_unit_macs * p["head"].sum(-1) + g.value_unit_macs * (p["head"].unsqueeze(-1) * p["value"]).sum((1, 2))
+    p = model.keep_probabilities()
+    head = p["head"].unsqueeze(-1)
+    kept = g.qk_unit_macs * (head * p["qk"]).sum((1, 2)) + g.value_unit_macs * (head * p["value"]).sum((1, 2))
     kept = kept + g.neuron_unit_macs * p["ffn"] * p["neuron"].sum(-1)
     dense = g.num_heads * (g.head_unit_macs + g.head_dim * g.value_unit_macs) + g.hidden * g.neuron_unit_macs
     f = kept / dense

@@ -19,7 +19,17 @@ from hiap.base.lut import LatencyTable
 from hiap.budget import BudgetController, check_schedule, check_target
 from hiap.config import PruneOptions, parse_target
 from hiap.cost import ExpectedCost, Geometry, Structure, structure_macs
-from hiap.gated import SUPPORTED, Floors, GatedViT, Masks, describe_vit, gated_attention, gated_mlp
+from hiap.gated import (
+    FIXED_OPEN,
+    SUPPORTED,
+    Floors,
+    GatedViT,
+    Masks,
+    describe_vit,
+    gated_attention,
+    gated_mlp,
+    with_qk_logits,
+)
 from hiap.gates import TemperatureSchedule
 from hiap.latency import LatencyCost, format_ms
 from hiap.loss import allocation_loss, feasibility_loss, mac_penalty, polarization_loss
@@ -32,11 +42,13 @@ STATE_VERSION = 1
 
 
 def gate_histogram(gates: nn.Module, bins: int = 10) -> dict[str, list[int]]:
-    """Counts of keep probabilities sigmoid(logit) in `bins` equal bins of [0, 1], per gate kind (for hiap report:
-    how the gates polarise towards 0 and 1 as the temperature falls)."""
+    """Counts of keep probabilities sigmoid(logit) in `bins` equal bins of [0, 1], per gate kind that learns (for
+    hiap report: how the gates polarise towards 0 and 1 as the temperature falls; a kind fixed open is left out)."""
     out = {}
     with torch.no_grad():
         for kind, logits in gates.as_dict().items():
+            if not logits.requires_grad:
+                continue
             p = torch.sigmoid(logits.detach().float().flatten().cpu())
             out[kind] = torch.histc(p, bins=bins, min=0.0, max=1.0).long().tolist()
     return out
@@ -59,7 +71,7 @@ class Budget:
         if self.latency is None:
             return gated.expected_cost()
         p = gated.keep_probabilities()
-        return self.latency.expected(p["head"], p["ffn"], p["value"], p["neuron"])
+        return self.latency.expected(p["head"], p["ffn"], p["value"], p["neuron"])  # q/k never gated here
 
     def hard(self, gated: GatedViT) -> torch.Tensor:
         """The exported network's cost as a tensor on the gates' device (no host read-back)."""
@@ -80,7 +92,8 @@ class Budget:
                           "runtime": table.runtime, "precision": table.precision, "align": table.align}}  # fmt: skip
 
 
-def mac_budget(geometry: Geometry, floors: Floors, target: float | int | str, ffn_removable: bool) -> Budget:
+def mac_budget(geometry: Geometry, floors: Floors, target: float | int | str, ffn_removable: bool,
+               qk_removable: bool = False) -> Budget:  # fmt: skip
     """A MAC budget: a fraction of dense (0.5), an absolute count (3.1e9) or its text ('3.1G'), checked against
     what the floors can reach."""
     if isinstance(target, bool) or not isinstance(target, (int, float, str)):
@@ -88,7 +101,7 @@ def mac_budget(geometry: Geometry, floors: Floors, target: float | int | str, ff
     if isinstance(target, float) and not math.isfinite(target):
         raise HiapError(f"target_macs must be a finite number, got {target}.")
     macs = parse_target(str(target)).resolve(geometry.dense_macs)
-    check_target(geometry, floors, macs, ffn_blocks_removable=ffn_removable)
+    check_target(geometry, floors, macs, ffn_blocks_removable=ffn_removable, qk_removable=qk_removable)
     return Budget(float(geometry.dense_macs), float(macs))
 
 
@@ -133,6 +146,7 @@ class BlockMasks:
     """What one gated block multiplies by in one forward."""
 
     value: torch.Tensor  # [H, Dh] head gate x value gate
+    qk: torch.Tensor | None  # [H, Dh] q/k-dim gate; None where q/k widths are not gated
     neuron: torch.Tensor  # [K]
     ffn: torch.Tensor  # scalar
     attends: bool  # False only in eval, for a block whose every head is closed
@@ -154,7 +168,7 @@ class GatedBlock(nn.Module):
             raise HiapError("hiap gates do not support attention masks or causal attention in a ViT block.")
         m = self.pruner.block_masks(self.index, self.training)
         if m.attends:
-            x = x + self.drop_path1(self.ls1(gated_attention(self.attn, self.norm1(x), m.value)))
+            x = x + self.drop_path1(self.ls1(gated_attention(self.attn, self.norm1(x), m.value, m.qk)))
         return x + self.drop_path2(self.ls2(gated_mlp(self.mlp, self.norm2(x), m.neuron, m.ffn)))
 
 
@@ -205,9 +219,13 @@ class Pruner:
         if hasattr(vit, GATES):
             raise HiapError("This model already carries hiap gates: wrap it once (or load its pruner state).")
         geometry = describe_vit(vit)  # refuses unsupported blocks before anything changes
-        floors = Floors(opts.k_min, opts.min_value_frac, opts.min_neuron_frac)
+        floors = Floors(opts.k_min, opts.min_value_frac, opts.min_neuron_frac, opts.min_qk_frac)
         self.model_name = model_name or str(getattr(vit, "pretrained_cfg", {}).get("architecture") or "")
-        self.budget = self._budget(geometry, floors, opts, target_macs, target_latency_ms, lut, latency_batch)
+        # q/k widths are gated for a MAC budget on a model without qk-norm (GatedViT; a latency table prices
+        # attention at full q/k width).
+        qk_gates = opts.qk_gates and target_latency_ms is None and geometry.qk_norm_params == 0
+        self.budget = self._budget(geometry, floors, opts, target_macs, target_latency_ms, lut, latency_batch,
+                                   qk_gates)  # fmt: skip
         gain = opts.controller_gain or (2.0 if self.budget.kind == "latency" else 0.5)
         self.controller = BudgetController(self.budget.target / self.budget.dense, gain=gain)
         check_schedule(total_steps, steps_per_epoch, opts.gate_init, opts.gate_lr, self.controller.ramp)
@@ -229,12 +247,12 @@ class Pruner:
         self._start_digest = _digest(self._start) if self._start is not None else None
         self.model = model
         device = next(vit.parameters()).device
-        self.gated = GatedViT(vit, floors=floors, gate_init=opts.gate_init).to(device)
+        self.gated = GatedViT(vit, floors=floors, gate_init=opts.gate_init, qk_gates=qk_gates).to(device)
         if not opts.ffn_block_gates:
             # Fixed open: keep probability 1 - 5e-5, so a sample drops a block about once in 20,000 steps and the
             # expected cost counts every FFN as kept; no gradient, so the optimizer never moves them.
             with torch.no_grad():
-                self.gated.gates.ffn.fill_(10.0)
+                self.gated.gates.ffn.fill_(FIXED_OPEN)
             self.gated.gates.ffn.requires_grad_(False)
         if opts.gate_init_importance:
             self.gated.init_from_importance(opts.gate_init_importance)
@@ -254,11 +272,12 @@ class Pruner:
         self.hard_fraction = self._fraction(float(self.budget.hard(self.gated)))
 
     def _budget(self, geometry: Geometry, floors: Floors, opts: PruneOptions, target_macs: Any,
-                target_latency_ms: Any, lut: Any, batch: int) -> Budget:  # fmt: skip
+                target_latency_ms: Any, lut: Any, batch: int, qk_gates: bool) -> Budget:  # fmt: skip
         if target_latency_ms is None:
             if lut is not None:
                 raise HiapError("A latency table (lut) is the price list of a latency target: give target_latency_ms.")
-            return mac_budget(geometry, floors, 0.5 if target_macs is None else target_macs, opts.ffn_block_gates)
+            target = 0.5 if target_macs is None else target_macs
+            return mac_budget(geometry, floors, target, opts.ffn_block_gates, qk_gates)
         if target_macs is not None:
             raise HiapError("Give target_macs or target_latency_ms, not both.")
         if lut is None:
@@ -318,12 +337,13 @@ class Pruner:
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The gate logits as optimizer groups with their own lr and no weight decay: macro gates (heads, FFN
-        blocks) apart from micro gates (value dims, neurons), since their lrs follow the controller's phases.
-        `step(optimizer)` sets their lr from then on."""
+        blocks) apart from micro gates (q/k dims, value dims, neurons), since their lrs follow the controller's
+        phases. `step(optimizer)` sets their lr from then on."""
         gates = self.gated.gates
+        micro = [gates.value, gates.neuron] + ([gates.qk] if self.gated.qk_gated else [])
         groups = [
             {"params": [gates.head, gates.ffn], "lr": self.gate_lr, "weight_decay": 0.0, "hiap": "macro"},
-            {"params": [gates.value, gates.neuron], "lr": self.gate_lr, "weight_decay": 0.0, "hiap": "micro"},
+            {"params": micro, "lr": self.gate_lr, "weight_decay": 0.0, "hiap": "micro"},
         ]
         self._set_gate_lrs(groups)
         return groups
@@ -348,7 +368,8 @@ class Pruner:
         if index == 0 or self._forward_masks is None:
             self._forward_masks = self._masks(training)
         masks, attends, _ = self._forward_masks
-        return BlockMasks(masks.head[index].unsqueeze(-1) * masks.value[index], masks.neuron[index],
+        qk = masks.qk[index] if self.gated.qk_gated else None
+        return BlockMasks(masks.head[index].unsqueeze(-1) * masks.value[index], qk, masks.neuron[index],
                           masks.ffn[index], attends[index])  # fmt: skip
 
     def _masks(self, training: bool) -> tuple[Masks, list[bool], bool]:
@@ -366,7 +387,8 @@ class Pruner:
             # while they searched keeps finding a gradient for every parameter it was given.
             g = self.gated.gates
             masks = Masks(head=masks.head + 0.0 * g.head, value=masks.value + 0.0 * g.value,
-                          ffn=masks.ffn + 0.0 * g.ffn, neuron=masks.neuron + 0.0 * g.neuron)  # fmt: skip
+                          ffn=masks.ffn + 0.0 * g.ffn, neuron=masks.neuron + 0.0 * g.neuron,
+                          qk=masks.qk + 0.0 * g.qk)  # fmt: skip
             return masks, [True] * depth, True
         # In eval a block with every head closed contributes nothing, as the exported network does. Kept until a
         # gate logit changes (their version counters), so validation decides the masks once, not once per batch.
@@ -488,9 +510,9 @@ class Pruner:
 
     @torch.no_grad()
     def land(self) -> float:
-        """Fill each block's kept heads to the value width the export emits (`value_align`;
-        GatedViT.fill_value_widths), and shift every micro-gate logit (value dims, neurons) by one constant so the
-        filled network lands on the target; return the shift. Runs once (a resumed run keeps it).
+        """Fill each block's kept heads to the value (and gated q/k) width the export emits (`value_align`;
+        GatedViT.fill_value_widths), and shift every micro-gate logit (q/k and value dims, neurons) by one constant
+        so the filled network lands on the target; return the shift. Runs once (a resumed run keeps it).
 
         The controller lands a whole-run search on its own; a short one leaves it too few steps for the last few
         percent (0.2 of the MACs, search in the first 30 % of 6 epochs: 3.9 % under the target). The shift keeps
@@ -501,11 +523,12 @@ class Pruner:
             return self.landing_shift
         target = self.budget.target / self.budget.dense
         gates, align = self.gated.gates, self.options.value_align
-        base = [gates.value.detach().clone(), gates.neuron.detach().clone()]
+        micro = [gates.value, gates.neuron] + ([gates.qk] if self.gated.qk_gated else [])
+        base = [g.detach().clone() for g in micro]
 
         def error(shift: float) -> float:
-            gates.value.copy_(base[0] + shift)
-            gates.neuron.copy_(base[1] + shift)
+            for g, b in zip(micro, base, strict=True):
+                g.copy_(b + shift)
             if align:
                 self.gated.fill_value_widths(align)
             return self._fraction(float(self.budget.hard(self.gated))) - target
@@ -541,6 +564,7 @@ class Pruner:
             "geometry": self._geometry_record(),
             "budget": {"kind": self.budget.kind, "dense": self.budget.dense, "target": self.budget.target},
             "start_digest": self._start_digest,
+            "qk_gates": self.gated.qk_gated,
             "gates": {k: v.detach().clone() for k, v in self.gated.gates.as_dict().items()},
         }
 
@@ -563,10 +587,14 @@ class Pruner:
                 "The pruner state is of a run that started from other weights (it rewinds to them when the search "
                 "ends): load the same starting weights into the model before wrapping it."
             )
+        if bool(state.get("qk_gates", False)) != self.gated.qk_gated:
+            raise HiapError(f"The pruner state is of a run with qk_gates {bool(state.get('qk_gates', False))}, this "
+                            f"pruner's is {self.gated.qk_gated}: give the same qk_gates.")  # fmt: skip
         step = state.get("step")
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= self.total_steps:
             raise HiapError(f"The pruner state's step {step!r} is not within its {self.total_steps}-step schedule.")
         gates = state.get("gates")
+        gates = with_qk_logits(dict(gates)) if isinstance(gates, Mapping) else gates
         own = self.gated.gates.as_dict()
         if (
             not isinstance(gates, Mapping)

@@ -21,6 +21,7 @@ from hiap import __version__, faults
 from hiap import distributed as dd
 from hiap.base.atomic import write_json_atomic, write_text_atomic
 from hiap.base.errors import HiapError
+from hiap.base.jsonfile import parse_json
 from hiap.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from hiap.config import TrainConfig, write_yaml
 from hiap.cost import Structure, structure_params
@@ -110,6 +111,8 @@ def structure_summary(structure: Structure) -> dict[str, list[Any]]:
         "kept_value_dims": [[len(v) for v in b.value_dims] for b in structure.blocks],
         "kept_ffn": [b.ffn for b in structure.blocks],
         "kept_neurons": [len(b.neurons) for b in structure.blocks],
+        # per kept head where q/k dims were pruned; null for a block whose heads keep them all
+        "kept_qk_dims": [None if b.qk_dims is None else [len(q) for q in b.qk_dims] for b in structure.blocks],
     }
 
 
@@ -383,8 +386,8 @@ class Trainer:
             return
         lines = [ln for ln in self.paths.metrics.read_text().splitlines() if ln.strip()]
         try:
-            keep = [ln for ln in lines if json.loads(ln)["epoch"] <= self.start_epoch]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            keep = [ln for ln in lines if parse_json(ln, "", allow_nan=True)["epoch"] <= self.start_epoch]
+        except (HiapError, KeyError, TypeError):
             raise HiapError(
                 f"'{self.paths.metrics}' is damaged: move it away to resume (the checkpoint is intact)."
             ) from None

@@ -16,7 +16,7 @@ def _input(vit: torch.nn.Module) -> torch.Tensor:
 
 def _check(vit: torch.nn.Module, structure: Structure, align: int) -> None:
     compact = build_compact(vit, structure, align=align)
-    gated = GatedViT(vit).eval()
+    gated = GatedViT(vit, qk_gates=any(b.qk_dims is not None for b in structure.blocks)).eval()
     x = _input(vit)
     with torch.no_grad():
         ref = gated(x, structure_to_masks(structure, gated.open_masks()))
@@ -35,7 +35,7 @@ def _check(vit: torch.nn.Module, structure: Structure, align: int) -> None:
 )
 def test_random_plans_compact_parity(variant: str, seed: int, align: int) -> None:
     vit = make_vit(variant, fused=False)
-    gated = GatedViT(vit)
+    gated = GatedViT(vit, qk_gates=True)  # q/k widths pruned too, except under qk-norm (never gated there)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in gated.gates.parameters():
@@ -83,3 +83,24 @@ def test_padding_never_exceeds_a_head_width_that_is_not_a_multiple_of_align() ->
     structure = Structure(blocks=(block, block))
     assert padded_structure(structure, 20, 8).blocks[0].value_total == 2 * 20
     _check(vit, structure, align=8)
+
+
+def test_pruned_qk_widths_compact_parity_and_counts() -> None:
+    """q/k dims removed from q and k (the softmax scale stays the original head's), padded to align like values."""
+    vit = make_vit("plain", fused=True)
+    geom = GatedViT(vit).geometry
+    block = BlockStructure(heads=(0, 2), value_dims=((1, 2), tuple(range(9))), ffn=True, neurons=(5,),
+                           qk_dims=((0, 3, 4), tuple(range(0, 16, 2))))  # fmt: skip
+    structure = Structure(blocks=(block, block))
+    _check(vit, structure, align=1)
+    _check(vit, structure, align=8)
+    emitted = padded_structure(structure, geom.head_dim, 8).blocks[0]
+    assert [len(q) for q in emitted.qk_dims] == [8, 8] and emitted.value_total == 2 * 16
+    full = BlockStructure(heads=block.heads, value_dims=block.value_dims, ffn=True, neurons=(5,))
+    saved = 2 * geom.head_dim - (3 + 8)  # q/k dims removed over both kept heads, one block
+    assert structure_macs(geom, Structure(blocks=(full, full))) - structure_macs(geom, structure) == (
+        2 * saved * geom.qk_unit_macs
+    )
+    assert structure_params(geom, Structure(blocks=(full, full))) - structure_params(geom, structure) == (
+        2 * saved * 2 * (geom.dim + 1)  # q and k rows with their biases
+    )

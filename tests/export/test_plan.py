@@ -46,6 +46,9 @@ def test_plan_round_trip_and_hash(tmp_path: Path) -> None:
         (lambda b: b["blocks"][0].update(heads="0,1"), "block 0 'heads': expected a list of integers"),
         (lambda b: b["blocks"].pop(), "expected 2 blocks"),
         (lambda b: b["blocks"][1].pop("ffn"), "block 1: expected the fields"),
+        (lambda b: b["blocks"][0].update(qk_dims=[[0]]), "block 0 'qk_dims': expected one list per kept head"),
+        (lambda b: b["blocks"][0].update(qk_dims=[[0], [16]]), "block 0 'qk_dims'[1]: indices must lie in [0, 16)"),
+        (lambda b: b["blocks"][0].update(qk_dims=[[0], []]), "block 0 'qk_dims'[1]: must keep at least one"),
     ],
 )
 def test_hand_edited_plan_errors_name_block_and_field(edit, message: str) -> None:
@@ -63,3 +66,29 @@ def test_unreadable_plan_files(tmp_path: Path, text: str, message: str) -> None:
     f.write_text(text)
     with pytest.raises(HiapError, match=message):
         read_plan_json(f)
+
+
+def test_pruned_qk_dims_make_a_version_2_plan_and_full_ones_stay_version_1(tmp_path: Path) -> None:
+    """q/k dims are written only where some are pruned: a plan keeping them all is the version-1 file it always was
+    (same hash), one that prunes them is version 2 and round-trips."""
+    assert _body()["schema_version"] == 1 and "qk_dims" not in _body()["blocks"][0]
+    every_qk_dim = dict(_body()["blocks"][0], qk_dims=[list(range(16))] * 2)  # hand-written, all kept
+    assert structure_from_dict([every_qk_dim, _body()["blocks"][1]], GEOM).blocks[0] == BLOCK  # qk_dims None
+    pruned = BlockStructure(heads=BLOCK.heads, value_dims=BLOCK.value_dims, ffn=True, neurons=BLOCK.neurons,
+                            qk_dims=((0, 5), (3,)))  # fmt: skip
+    structure = Structure(blocks=(pruned, STRUCTURE.blocks[1]))
+    plan = make_plan("plain", GEOM, structure, CFG, 7)
+    plan.write(tmp_path / "plan.json")
+    read = read_plan_json(tmp_path / "plan.json")
+    assert read["schema_version"] == 2 and read["blocks"][0]["qk_dims"] == [[0, 5], [3]]
+    assert "qk_dims" not in read["blocks"][1]
+    assert structure_from_dict(read["blocks"], GEOM) == structure
+    assert read["hash"] != _body()["hash"]
+    assert plan.gmacs < make_plan("plain", GEOM, Structure(blocks=(BLOCK, STRUCTURE.blocks[1])), CFG, 7).gmacs
+
+
+def test_qk_dims_refused_for_a_qk_norm_model() -> None:
+    geom = describe_vit(make_vit("qk_norm"))
+    block = dict(_body()["blocks"][0], qk_dims=[[0], [1]])
+    with pytest.raises(HiapError, match="qk-norm"):
+        structure_from_dict([block, _body()["blocks"][1]], geom)

@@ -105,13 +105,18 @@ def test_expected_cost_of_hard_masks_equals_structure_macs() -> None:
     assert int(hard) == structure_macs(gated.geometry, masks_to_structure(m)) == gated.hard_macs()
 
 
-def test_expected_cost_is_differentiable_and_sums_probabilities() -> None:
-    gated = GatedViT(make_vit("plain"), gate_init=0.0)  # every keep probability 0.5
+@pytest.mark.parametrize("qk_gates", [False, True])
+def test_expected_cost_is_differentiable_and_sums_probabilities(qk_gates: bool) -> None:
+    gated = GatedViT(make_vit("plain"), gate_init=0.0, qk_gates=qk_gates)  # every keep probability 0.5
     g = gated.geometry
     cost = gated.expected_cost()
     cost.total.backward()
-    assert all(p.grad is not None and torch.all(p.grad > 0) for p in gated.gates.parameters())
-    expected_macro = g.depth * g.num_heads * 0.5 * g.head_unit_macs
+    learned = [p for p in gated.gates.parameters() if p.requires_grad]
+    assert len(learned) == (5 if qk_gates else 4)  # q/k logits learn only where gated
+    assert all(p.grad is not None and torch.all(p.grad > 0) for p in learned)
+    # a head's q/k cost: per kept q/k dim (probability 0.5 * 0.5) where gated, the whole head's otherwise
+    per_head = 0.25 * g.head_dim * g.qk_unit_macs if qk_gates else 0.5 * g.head_unit_macs
+    expected_macro = g.depth * g.num_heads * per_head
     expected_micro = g.depth * (
         g.num_heads * g.head_dim * 0.25 * g.value_unit_macs + g.hidden * 0.25 * g.neuron_unit_macs
     )

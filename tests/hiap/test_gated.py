@@ -103,6 +103,7 @@ def test_state_dict_keeps_timm_names_and_round_trips() -> None:
         "gates.value",
         "gates.ffn",
         "gates.neuron",
+        "gates.qk",
     }
     other = make_vit("layerscale")
     gated.vit.load_state_dict(other.state_dict())

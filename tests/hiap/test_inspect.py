@@ -36,8 +36,8 @@ def test_dense_report_of_a_model_name() -> None:
     assert report["dense_params"] == report["params"] == sum(p.numel() for p in real.parameters())
     dense = FIXED + L * _block_macs(H, H * DH, K)
     assert report["gmacs"] == report["dense_gmacs"] == pytest.approx(dense / 1e9, rel=1e-12)
-    assert report["blocks"][0] == {"block": 0, "heads": [0, 1, 2, 3], "value_widths": [16] * 4, "ffn": True,
-                                   "neurons": K, "gmacs": _block_macs(H, H * DH, K) / 1e9}  # fmt: skip
+    assert report["blocks"][0] == {"block": 0, "heads": [0, 1, 2, 3], "qk_widths": [16] * 4, "value_widths": [16] * 4,
+                                   "ffn": True, "neurons": K, "gmacs": _block_macs(H, H * DH, K) / 1e9}  # fmt: skip
 
 
 def test_pruned_report_counts_equal_the_cost_model() -> None:

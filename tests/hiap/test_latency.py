@@ -112,7 +112,8 @@ def test_masks_and_structures_agree_and_expected_is_exact_at_zero_one(cost: Late
 
 
 def test_expected_latency_gives_every_gate_kind_a_gradient(cost: LatencyCost, tiny: GatedViT) -> None:
-    p = {k: torch.full_like(v, 0.7).requires_grad_(True) for k, v in tiny.gates.as_dict().items()}
+    # (q/k dims are never gated under a latency target: the table prices attention at full q/k width)
+    p = {k: torch.full_like(v, 0.7).requires_grad_(True) for k, v in tiny.gates.as_dict().items() if k != "qk"}
     exp = cost.expected(p["head"], p["ffn"], p["value"], p["neuron"])
     exp.total.backward()
     for kind, t in p.items():
@@ -227,3 +228,15 @@ def test_latency_targets_out_of_reach_are_refused_up_front(tmp_path: Path) -> No
         Trainer(_latency_run(tmp_path, 1.0)).setup()
     with pytest.raises(HiapError, match="needs the device's latency table"):
         TrainConfig(target_latency_ms=0.1).validate()
+
+
+def test_q_k_widths_stay_ungated_under_a_latency_target(cost: LatencyCost) -> None:
+    """A table prices attention at full q/k width, so a latency target keeps every q/k dim (qk_gates or not)."""
+    from hiap.config import PruneOptions
+    from hiap.pruner import Pruner
+
+    vit = create_model("hiap_vit_fmnist_tiny", num_classes=10)
+    pruner = Pruner(vit, total_steps=1000, target_latency_ms=0.6 * cost.dense, lut=cost.table,
+                    model_name="hiap_vit_fmnist_tiny", options=PruneOptions(qk_gates=True))  # fmt: skip
+    assert not pruner.gated.qk_gated and not pruner.gates.qk.requires_grad
+    assert all(b.qk_dims is None for b in pruner.structure().blocks)

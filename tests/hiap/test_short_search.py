@@ -126,3 +126,47 @@ def test_adapt_from_and_value_align_are_checked() -> None:
         TrainConfig(adapt_from="dense").validate()
     with pytest.raises(HiapError, match="'value_align' must be >= 0"):
         TrainConfig(value_align=-8).validate()
+
+
+def test_qk_gates_prune_q_k_widths_fill_them_and_land_on_the_target(tmp_path: Path) -> None:
+    """With qk_gates each kept head's q/k dims are gated too: a tight target removes some, the landing fills each
+    block's kept heads to one exported q/k width (align 8 of 16), and that network lands on the target."""
+    from export.compact import padded_structure
+    from hiap.cost import structure_macs
+
+    cfg = _tiny(tmp_path, target_macs="0.25", target_tolerance=0.01, qk_gates=True, search_fraction=0.5)
+    trainer = Trainer(cfg)
+    trainer.run()
+    geom, structure = trainer.geometry, trainer.gated.hard_structure()
+    assert trainer.gated.qk_gated
+    pruned = [b for b in structure.blocks if b.qk_dims is not None]
+    assert pruned, "a target of 0.25 left every q/k dim"
+    for block in pruned:
+        assert len({len(q) for q in block.qk_dims}) == 1  # one q/k width per block: no zero padding at export
+    exported = structure_macs(geom, padded_structure(structure, geom.head_dim, 8))
+    assert exported == structure_macs(geom, structure)
+    assert abs(exported / trainer.pruner.target_macs - 1) < 0.01
+    import json
+
+    summary = json.loads((Path(cfg.out) / "summary.json").read_text())
+    kept = [None if b.qk_dims is None else [len(q) for q in b.qk_dims] for b in structure.blocks]
+    assert summary["kept_qk_dims"] == kept
+
+
+def test_qk_gates_stay_open_under_qk_norm_and_a_state_keeps_its_setting() -> None:
+    import copy
+
+    from vit_zoo import make_vit
+
+    from hiap.config import PruneOptions
+    from hiap.pruner import Pruner
+
+    pruner = Pruner(make_vit("qk_norm"), total_steps=1000, target_macs=0.5, options=PruneOptions(qk_gates=True))
+    assert not pruner.gated.qk_gated and not pruner.gates.qk.requires_grad
+    assert all(len(g["params"]) == 2 for g in pruner.param_groups())  # no q/k logits among the learned ones
+    vit = make_vit("plain")
+    plain = Pruner(copy.deepcopy(vit), total_steps=1000, target_macs=0.5, options=PruneOptions(qk_gates=True))
+    assert plain.gated.qk_gated and any(p is plain.gates.qk for g in plain.param_groups() for p in g["params"])
+    closed = Pruner(vit, total_steps=1000, target_macs=0.5)
+    with pytest.raises(HiapError, match="qk_gates True, this pruner's is False"):
+        closed.load_state_dict(plain.state_dict())

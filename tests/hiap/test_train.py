@@ -69,7 +69,7 @@ def test_cli_train_end_to_end_writes_every_output(tmp_path: Path) -> None:
     assert summary["target_gmacs"] == pytest.approx(0.6 * summary["dense_gmacs"], rel=1e-6)
     assert 0.0 <= summary["val_acc"] <= 1.0
     ckpt = load_checkpoint(out)
-    assert set(ckpt.gates) == {"head", "value", "ffn", "neuron"}
+    assert set(ckpt.gates) == {"head", "value", "ffn", "neuron", "qk"}
     assert "blocks.0.attn.qkv.weight" in ckpt.model
     assert ckpt.state["epoch"] == 2 and ckpt.optimizer is not None
     code, text = _run(["inspect", str(out), "--json"])
