@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import platform
 import sys
@@ -18,6 +17,7 @@ from devices.host import Host, power_state, profile_mismatch
 from devices.profile import INFERENCE_PRECISIONS, MODEL_PRECISIONS, DeviceProfile, version_in_range
 from hiap import __version__
 from hiap.base.errors import HiapError
+from hiap.base.jsonfile import parse_json
 from runtime.base import Runner, batch_of
 from runtime.data import (
     Preprocessing,
@@ -107,7 +107,8 @@ def engine_build_settings(profile: DeviceProfile, meta: dict[str, str] | None = 
     int8 = (meta or {}).get("precision") == "int8"
     if int8:
         # TensorRT's explicit quantization takes signed, symmetric activations (zero point 0) only.
-        recipe = json.loads((meta or {}).get("quantization") or "{}")
+        recipe = parse_json((meta or {}).get("quantization") or "{}", "The file's metadata 'quantization'")
+        recipe = recipe if isinstance(recipe, dict) else {}
         if recipe.get("activations") != "s8":
             raise HiapError(f"This INT8 file was quantized for ONNX Runtime (activations {recipe.get('activations')}"
                             f"); TensorRT needs s8: export with --precision int8 --target {profile.name}.")  # fmt: skip
@@ -194,8 +195,8 @@ def open_runner(path: Path, profile: DeviceProfile, runtime: str | None = None, 
 
 def _meta_float(meta: dict[str, str], key: str) -> float | None:
     try:
-        value = json.loads(meta[key]) if key in meta else None
-    except (json.JSONDecodeError, TypeError):
+        value = parse_json(meta[key], f"metadata '{key}'") if key in meta else None
+    except (HiapError, TypeError):
         return None
     return float(value) if isinstance(value, (int, float)) else None
 
@@ -243,8 +244,8 @@ def _same_split(meta: dict[str, str], data: EvalData, limit: int | None) -> tupl
     """The evaluated images' fingerprint against the one the export recorded of the run's validation split, and
     why they differ (None: the same images, so the run's validation accuracy is a like-for-like reference)."""
     try:
-        recorded = json.loads(meta.get("val_split", "null"))
-    except json.JSONDecodeError:
+        recorded = parse_json(meta.get("val_split", "null"), "metadata 'val_split'")
+    except HiapError:
         recorded = None
     evaluated = data.fingerprint(limit)
     split = {"evaluated": evaluated, "recorded": recorded, "same": False}
@@ -476,8 +477,8 @@ def compare_prediction(meta: dict[str, str], profile: DeviceProfile, runner: Run
     """The export's predicted latency (from a device's table) against the p50 just measured, when the prediction is
     for this device, runtime, precision, threads and batch; otherwise why it is not compared. None: no prediction."""
     try:
-        pred = json.loads(meta["predicted_latency"]) if "predicted_latency" in meta else None
-    except json.JSONDecodeError:
+        pred = parse_json(meta["predicted_latency"], "metadata") if "predicted_latency" in meta else None
+    except HiapError:
         return {"compared": False, "reason": "the file's predicted_latency is not valid JSON"}
     if not isinstance(pred, dict) or not isinstance(pred.get("ms"), dict):
         return None if pred is None else {"compared": False, "reason": "the file's predicted_latency is malformed"}
@@ -603,6 +604,15 @@ def check_inference_precision(
         raise HiapError(f"--precision {precision} runs on OpenVINO, which is not installed here "
                         "(pip install 'hiap[openvino]').")  # fmt: skip
     return precision
+
+
+def _check_declared_input(model: Runner, pre: Preprocessing, artifact: Path) -> None:
+    """The graph's declared input against the metadata's input_size, which the images are prepared at: a file
+    edited or assembled by hand can disagree, and the runtime would fail on the first batch."""
+    declared = tuple(model.inputs[0].shape[1:])
+    if len(declared) != 3 or any(d is not None and d != s for d, s in zip(declared, pre.input_size, strict=True)):
+        raise HiapError(f"'{artifact}' declares input {list(model.inputs[0].shape)} but its metadata input_size is "
+                        f"{list(pre.input_size)}: re-export it with hiap export.")  # fmt: skip
 
 
 def _check_same_input(model: Runner, dense: Runner, artifact: Path) -> None:
@@ -743,6 +753,7 @@ def run_bench(artifact: Path, target: BenchTarget, opts: BenchOptions) -> BenchR
         dense = stack.enter_context(open_runner(compare_path, profile, plan.compare_runtime)) if compare_path else None
         batch = batch_of(model.inputs[0], profile.batch)
         pre = Preprocessing.from_metadata(model.metadata, str(artifact))  # before timing: it fails on a bad export
+        _check_declared_input(model, pre, artifact)
         precision = computed_precision(model, plan.precision, profile, artifact)
         dense_precision = model_precision(dense.metadata, profile, compare_path) if dense is not None else None
         dense_runtime = (

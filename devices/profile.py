@@ -8,9 +8,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import yaml
-
 from hiap.base.errors import HiapError, did_you_mean
+from hiap.base.jsonfile import parse_yaml, read_text
 
 SCHEMA_VERSION = 1
 
@@ -252,11 +251,11 @@ def _problems(body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
             continue
         bool_ok = kind is bool or bool in (kind if isinstance(kind, tuple) else ())
         if (isinstance(value, bool) and not bool_ok) or not isinstance(value, kind):
-            problems.append(f"'{key}' must be {_type_name(kind)}, got {value!r}")
+            problems.append(f"'{key}' must be {_type_name(kind)}, got {value!r:.80}")
         elif kind is list and not all(isinstance(v, str) for v in value):
-            problems.append(f"'{key}' must be a list of strings, got {value!r}")
+            problems.append(f"'{key}' must be a list of strings, got {value!r:.80}")
         elif allowed and value not in allowed:
-            problems.append(f"'{key}' must be {_alternatives(allowed)}, got {value!r}")
+            problems.append(f"'{key}' must be {_alternatives(allowed)}, got {value!r:.80}")
         else:
             good[key] = value
     return problems, good
@@ -379,18 +378,7 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 
 
 def read_profile(path: Path) -> DeviceProfile:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise HiapError(f"Device profile '{path}' cannot be read: {exc.strerror}.") from None
-    except UnicodeDecodeError:
-        raise HiapError(f"Device profile '{path}' is not UTF-8 text.") from None
-    try:
-        body = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise HiapError(f"Device profile '{path}' is not valid YAML{where}.") from None
+    body = parse_yaml(read_text(path, "Device profile"), f"Device profile '{path}'")
     return validate(body, f"'{path}'")
 
 

@@ -230,7 +230,16 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
 
 
 def check_export_folder(out: Path, force: bool) -> None:
-    """Refuse a target that is a file, or a folder holding something, unless `force`."""
+    """Refuse a target that is a file, or a folder holding something, unless `force`. First, an export killed
+    between staged_folder's two renames is undone: the old export goes back under its name."""
+    for old in sorted(out.parent.glob(f".{out.name}.old-*")) if out.parent.is_dir() else ():
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        if out.exists():  # the swap finished: the new export is in place
+            shutil.rmtree(old, ignore_errors=True)
+        else:  # killed between the two renames: the old export goes back under its name
+            old.rename(out)
     if out.exists() and not out.is_dir():
         raise HiapError(f"--out '{out}' is a file: give a folder for the export.")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -242,7 +251,8 @@ def check_export_folder(out: Path, force: bool) -> None:
 def staged_folder(out: Path) -> Iterator[Path]:
     """A hidden folder beside `out` to build an export in. On success it replaces `out` (two renames: never a
     mix of two exports under the name); on a refusal (HiapError) it becomes `out`.failed; on anything else,
-    including a kill, `out` is untouched (a killed export leaves only the hidden folder, removed next time)."""
+    including a kill, `out` is untouched (a killed export leaves only the hidden folder, removed next time; a kill
+    between the two renames leaves the old export under a hidden name, which check_export_folder puts back)."""
     for stale in out.parent.glob(f".{out.name}.partial-*") if out.parent.is_dir() else ():
         pid = stale.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or not _alive(int(pid)):

@@ -3,7 +3,6 @@ otherwise the error says how to build it on the device (engines run only where t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from devices.bench import engine_build_settings, engine_key, timing_cache_for
 from devices.profile import DeviceProfile
 from export.device_check import layernorm_node_names
 from hiap.base.errors import HiapError
+from hiap.base.jsonfile import parse_json
 from runtime import trt_build, trt_env
 
 
@@ -23,7 +23,7 @@ def export_engine(
     build = engine_build_settings(profile, metadata)
     trt = trt_env.import_tensorrt()  # looked up at call time (tests stand a fake TensorRT in)
     if trt is None:
-        chw = tuple(json.loads(metadata["input_size"])) if dynamic_batch else None
+        chw = tuple(parse_json(metadata["input_size"], "metadata 'input_size'")) if dynamic_batch else None
         # TensorRT names its layers after the ONNX nodes from 10.1 on: before that, trtexec cannot pin them by name.
         oldest = profile.software.oldest_tensorrt()
         by_name = oldest is None or oldest >= (10, 1)

@@ -26,6 +26,7 @@ from export.artifact import ExportReport
 from export.compact import compact_in_place
 from export.plan import Plan, make_plan, read_plan_json, structure_from_dict
 from hiap.base.errors import HiapError
+from hiap.base.jsonfile import parse_json
 from hiap.config import PruneOptions
 from hiap.gated import describe_vit
 from hiap.models import data_config
@@ -118,7 +119,6 @@ def load_pruned(model: nn.Module, path: str | Path, align: int = 8) -> nn.Module
     """Rebuild a model saved by save_pruned: `model` is the unpruned definition (built as for training); its
     backbone gets the plan from the file's header, then every weight is loaded (strictly: a name or shape that
     differs is an error)."""
-    import json
 
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -134,10 +134,7 @@ def load_pruned(model: nn.Module, path: str | Path, align: int = 8) -> nn.Module
         raise HiapError(f"'{file}' is not a readable safetensors file ({exc}).") from None
     if PLAN_KEY not in header:
         raise HiapError(f"'{file}' holds no hiap plan: it was not written by hiap.api.save_pruned.")
-    try:
-        plan = json.loads(header[PLAN_KEY])
-    except ValueError:
-        raise HiapError(f"'{file}' holds a damaged hiap plan in its header.") from None
+    plan = parse_json(header[PLAN_KEY], f"The hiap plan in the header of '{file}'")
     # Tried on a copy first: a plan or weights that do not fit leave `model` as it was.
     trial = apply_plan(copy.deepcopy(model), plan, align)
     missing, unexpected = (set(trial.state_dict()) - set(state)), (set(state) - set(trial.state_dict()))

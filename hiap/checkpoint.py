@@ -19,6 +19,7 @@ import torch
 
 from hiap import __version__, faults
 from hiap.base.errors import HiapError
+from hiap.base.jsonfile import parse_json
 
 FORMAT = "hiap-checkpoint"
 # 2: the tensors_sha256 digest is required (version 1 files, from writers that may have had none, are still read).
@@ -144,11 +145,14 @@ def load_checkpoint(path: Path) -> Checkpoint:
     optional = meta.get("format_version") == "1"
     if (digest is None and not optional) or (digest is not None and digest != tensors_digest(tensors, meta)):
         raise HiapError(f"Checkpoint '{path}' fails its checksum: it was damaged after it was written.")
-    try:
-        config, state = json.loads(meta["config"]), json.loads(meta["state"])
-        groups = json.loads(meta.get("optimizer_groups", "[]"))
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise HiapError(f"Checkpoint '{path}' has damaged metadata ({exc}).") from None
+    if "config" not in meta or "state" not in meta:
+        raise HiapError(f"Checkpoint '{path}' has damaged metadata (no config or state).")
+    where = f"Checkpoint '{path}' metadata"
+    config, state = parse_json(meta["config"], where), parse_json(meta["state"], where, allow_nan=True)
+    groups = parse_json(meta.get("optimizer_groups", "[]"), where)
+    if not isinstance(config, dict) or not isinstance(state, dict) or not isinstance(groups, list):
+        raise HiapError(f"Checkpoint '{path}' has damaged metadata (config and state must be objects).")
+    _check_state(state, path)
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -156,9 +160,38 @@ def load_checkpoint(path: Path) -> Checkpoint:
     optimizer = None
     if meta.get("has_optimizer") == "1":
         optimizer = _unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("optim.")}, groups)
+    from hiap.gated import with_qk_logits
+
     return Checkpoint(
-        model=part("model."), gates=part("gates."), optimizer=optimizer, rng=part("rng."), config=config, state=state
-    )
+        model=part("model."), gates=with_qk_logits(part("gates.")), optimizer=optimizer, rng=part("rng."),
+        config=config, state=state,
+    )  # fmt: skip
+
+
+def _check_state(state: dict[str, Any], path: Path) -> None:
+    """The state fields a checkpoint's readers rebuild the model from, checked: a file with a valid checksum can
+    still have been written by someone else."""
+
+    def bad(key: str, want: str) -> HiapError:
+        return HiapError(f"Checkpoint '{path}' state '{key}' must be {want}, got {state.get(key)!r:.60}.")
+
+    if not isinstance(state.get("model"), str) or not state["model"]:
+        raise bad("model", "a model name")
+    classes = state.get("num_classes")
+    if classes is not None and (type(classes) is not int or classes < 1):
+        raise bad("num_classes", "a positive integer")
+    kwargs = state.get("model_kwargs")
+    if kwargs is not None and (not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs)):
+        raise bad("model_kwargs", "an object of constructor arguments")
+    floors = state.get("floors")
+    if floors is not None:
+        from hiap.gated import Floors
+
+        known = set(Floors.__dataclass_fields__)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in floors.values()) if isinstance(
+            floors, dict) else False  # fmt: skip
+        if not numbers or not set(floors) <= known:
+            raise bad("floors", f"an object of numbers with keys among {sorted(known)}")
 
 
 def export_weights(checkpoint: Path, out: Path) -> None:
@@ -193,7 +226,9 @@ def gated_from_checkpoint(ckpt: Checkpoint, where: str, meta: bool = False) -> A
     vit = create_model(state["model"], num_classes=state.get("num_classes"), meta=meta,
                        model_kwargs=state.get("model_kwargs"))  # fmt: skip
     floors = state.get("floors")
-    gated = GatedViT(vit, floors=Floors(**floors) if floors else Floors())
+    config = ckpt.config if isinstance(ckpt.config, dict) else {}
+    qk_gates = bool(config.get("qk_gates")) and not config.get("target_latency_ms")
+    gated = GatedViT(vit, floors=Floors(**floors) if floors else Floors(), qk_gates=qk_gates)
     if ckpt.gates:
         try:
             gated.gates.load_state_dict(ckpt.gates)

@@ -6,13 +6,16 @@ import functools
 import json
 import math
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import click
 import typer
 
 from hiap.base.errors import HiapError
+from hiap.base.jsonfile import parse_json, read_text
 
 if TYPE_CHECKING:
     from devices.bench import BenchReport, BenchTarget
@@ -28,8 +31,19 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# What an interrupted command leaves, by command (a training run is the one with something to continue).
+INTERRUPTED = {
+    "train": "the last complete checkpoint is kept; continue with --resume",
+    "pipeline": "the last complete checkpoint is kept; rerun to continue",
+    "export": "nothing was written over (the export is built aside and moved into place only when complete)",
+    "profile": "the table was not written",
+}
+EXIT_INTERNAL = 70  # a bug in hiap (sysexits' EX_SOFTWARE), never 1, which a bench uses for "a budget failed"
+
+
 def user_errors(fn: F) -> F:
-    """Print a HiapError as one line on stderr and exit 2; anything else is a bug and keeps its traceback."""
+    """Print a HiapError as one line on stderr and exit 2, and a failed read or write of a file (a full disk, a
+    read-only folder) the same way; anything else is a bug: its traceback, a line saying so, exit 70."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -39,8 +53,24 @@ def user_errors(fn: F) -> F:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted: the last complete checkpoint is kept; continue with --resume", err=True)
+            left = INTERRUPTED.get(fn.__name__, "nothing was reported")
+            typer.echo(f"interrupted: {left}", err=True)
             raise typer.Exit(130) from None
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except OSError as exc:  # ENOSPC, EACCES, EROFS, ...: the environment, said in one line
+            where = f": '{exc.filename}'" if exc.filename else ""
+            typer.echo(f"error: {exc.strerror or type(exc).__name__}{where}.", err=True)
+            raise typer.Exit(2) from None
+        except MemoryError:
+            typer.echo(f"error: hiap {fn.__name__} ran out of memory: use a smaller --batch-size or model, or a "
+                       "larger host.", err=True)  # fmt: skip
+            raise typer.Exit(EXIT_INTERNAL) from None
+        except Exception:
+            traceback.print_exc()
+            typer.echo(f"error: internal error in hiap {fn.__name__} (a bug): please report it with the traceback "
+                       "above.", err=True)  # fmt: skip
+            raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -249,7 +279,14 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Dense and pruned GMACs, params and the per-block structure; or a latency table (lut.json) as rows."""
-    lut = _lut_body(Path(target)) if target.endswith(".json") else None
+    path = Path(target)
+    if path.suffix in (".json", ".onnx", ".safetensors") or "/" in target:
+        if not path.exists():
+            raise HiapError(f"'{target}' does not exist: pass a timm model name, run directory, checkpoint, "
+                            "plan.json, lut.json or .onnx file.")  # fmt: skip
+        if not path.is_file() and not path.is_dir():
+            raise HiapError(f"'{target}' is not a regular file.")
+    lut = _lut_body(path) if target.endswith(".json") else None
     if lut is not None:
         _print_lut(Path(target), lut, as_json)  # torch-free: a board reads the table it measured
         return
@@ -258,7 +295,7 @@ def inspect(
     if target.endswith(".onnx"):
         from export.inspect import inspect_onnx
 
-        report = inspect_onnx(Path(target))
+        report = inspect_onnx(path)
         typer.echo(json.dumps(report, indent=2) if as_json else
                    f"{report['model']} ({target}): {report['gmacs']:.5f} GMACs, {report['params']} params counted from "
                    f"the graph, {report['file_bytes'] / 1e6:.2f} MB, plan {report['plan_hash']}")  # fmt: skip
@@ -276,12 +313,13 @@ def inspect(
     from rich.table import Table
 
     table = Table(title=f"{report['model']} ({report['target']})")
-    for col in ("block", "heads", "value widths", "FFN", "neurons", "MMACs"):
+    for col in ("block", "heads", "q/k widths", "value widths", "FFN", "neurons", "MMACs"):
         table.add_column(col, justify="right")
     for b in report["blocks"]:
         table.add_row(
             str(b["block"]),
             f"{len(b['heads'])}/{report['num_heads']}",
+            ",".join(map(str, b.get("qk_widths", []))) or "-",
             ",".join(map(str, b["value_widths"])) or "-",
             "kept" if b["ffn"] else "removed",
             f"{b['neurons']}/{report['hidden']}",
@@ -404,11 +442,9 @@ def _write_probes(model: str | None, model_kwargs: list[str] | None, folder: Pat
 
 
 def _lut_body(path: Path) -> dict[str, Any] | None:
-    """The body of a latency table at `path`; None for any other file (the plan reader says what is wrong)."""
-    try:
-        body = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    """The body of a latency table at `path`; None for a plan (the plan reader checks it). A file that is not JSON
+    is refused here, naming neither: it may have been meant as either."""
+    body = parse_json(read_text(path, "File"), f"'{path}' (a plan or latency table)")
     return body if isinstance(body, dict) and body.get("schema") == "hiap-lut" else None
 
 
@@ -637,11 +673,11 @@ def bench(
     if int8 is not None:
         raise HiapError("--int8 names the INT8 file of a --sweep; bench it alone as ARTIFACT.")
     report = run_bench(artifact, target, opts)
+    print_bench(report)  # first: what was measured is shown even if the JSON cannot be written
     if json_out is not None:
         from hiap.base.atomic import write_json_atomic
 
         write_json_atomic(json_out, report.to_dict())
-    print_bench(report)
     if report.verdict == "failed":
         parts = [f"{b.name} {_fmt(b.value)} vs limit {_fmt(b.limit)} (over by {_fmt(abs(b.margin or 0.0))})"
                  for b in report.budgets if b.passed is False]  # fmt: skip
@@ -658,10 +694,6 @@ def _sweep(artifact: Path, int8: Path | None, target: BenchTarget, opts: Any, js
     from devices.sweep import run_sweep
 
     report = run_sweep(artifact, int8, target, opts)
-    if json_out is not None:
-        from hiap.base.atomic import write_json_atomic
-
-        write_json_atomic(json_out, report.to_dict())
     table = Table(title=f"hiap bench --sweep on {target.profile.name}: {artifact}")
     for col in ("runtime", "precision", "size MB", "top-1 %", "p50 ms", "p99 ms", "speedup", "fidelity", "budgets"):
         table.add_column(col, justify="left" if col in ("runtime", "precision", "budgets") else "right")
@@ -685,6 +717,10 @@ def _sweep(artifact: Path, int8: Path | None, target: BenchTarget, opts: Any, js
         console.print(f"fastest meeting every budget: {f.runtime} {f.precision} ({f.report.latency.p50:.3f} ms p50)")
     else:
         console.print(f"no fastest combination: {report.why_none}")
+    if json_out is not None:  # after the table: what was measured is shown even if the JSON cannot be written
+        from hiap.base.atomic import write_json_atomic
+
+        write_json_atomic(json_out, report.to_dict())
     if report.exit_code:
         raise typer.Exit(report.exit_code)
 

@@ -79,6 +79,10 @@ def check_model_kwargs(kwargs: dict[str, Any]) -> None:
             raise HiapError(f"Model kwarg '{key}' is set by hiap ({RESERVED_MODEL_KWARGS[key]}); remove it.")
 
 
+# Far beyond any ViT hiap prunes (ViT-g/14 is 1.0e9), far below what a host can hold in float32.
+MAX_PARAMS = 4e9
+
+
 def create_model(
     name: str,
     num_classes: int | None = None,
@@ -97,6 +101,14 @@ def create_model(
     check_model_name(name)
     extra = dict(model_kwargs or {})
     check_model_kwargs(extra)
+    if not meta:
+        # Shapes first: a plan or run record with num_classes 10**9 or embed_dim 10**6 would otherwise allocate
+        # until the process is killed.
+        shapes = create_model(name, num_classes, drop_path_rate, meta=True, model_kwargs=extra)
+        count = sum(p.numel() for p in shapes.parameters())
+        if count > MAX_PARAMS:
+            raise HiapError(f"Model '{name}' with num_classes {num_classes} and kwargs {extra!r:.80} has {count:.3g} "
+                            f"parameters, more than the {MAX_PARAMS:.0e} hiap builds: check those values.")  # fmt: skip
     device = torch.device("meta") if meta else None
     try:
         with torch.device(device) if device is not None else contextlib.nullcontext():
@@ -121,6 +133,10 @@ def create_model(
                 model = timm.create_model(name, pretrained=False, drop_path_rate=drop_path_rate, **kwargs)
     except TypeError as exc:  # an argument the constructor does not take
         raise HiapError(f"Model '{name}' does not accept model kwargs {sorted(extra)} ({exc}).") from None
+    except (ValueError, AssertionError, RuntimeError) as exc:  # values the constructor refuses (timm asserts)
+        why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise HiapError(f"Model '{name}' cannot be built with num_classes {num_classes} and kwargs {extra!r:.80} "
+                        f"({why}).") from None  # fmt: skip
     model.hiap_model_name = name
     model.hiap_model_kwargs = extra
     return model

@@ -3,11 +3,11 @@ vs target), and the plot of a device's latency table."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from hiap.base.errors import HiapError
+from hiap.base.jsonfile import parse_json, read_json_object
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
@@ -18,10 +18,7 @@ def _records(run: Path) -> list[dict[str, Any]]:
     needed = {"epoch", "step", "tau", "expected_gmacs", "hard_gmacs", "target_gmacs"}
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise HiapError(f"'{path}' line {i} is not JSON.") from None
+            record = parse_json(line, f"'{path}' line {i}", allow_nan=True)
             if not isinstance(record, dict) or not needed <= set(record):
                 raise HiapError(f"'{path}' line {i} is not a hiap metrics record (needs {sorted(needed)}).")
             records.append(record)
@@ -206,8 +203,8 @@ def make_report(run: Path, out: Path | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     summary_path = run / "summary.json"
     try:
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    except json.JSONDecodeError:
+        summary = read_json_object(summary_path, "Run summary", allow_nan=True) if summary_path.is_file() else {}
+    except HiapError:
         summary = {}  # only the model name is read from it
     if not isinstance(summary, dict):
         summary = {}

@@ -19,6 +19,13 @@ import numpy as np
 
 from hiap.base.builtin_data import load_builtin_arrays
 from hiap.base.errors import HiapError
+from hiap.base.jsonfile import parse_json
+from hiap.base.tree import walk_files
+
+# What a device input can be: far beyond any ViT's (DeiT 3x224x224, 518-pixel DINOv2), far below a size whose
+# batch alone would exhaust a board's memory.
+MAX_CHANNELS, MAX_SIDE = 16, 4096
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")  # what _pil_resample maps
 
 # torchvision's IMG_EXTENSIONS: the files `hiap train` reads from an ImageFolder are the files the bench reads.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -35,28 +42,59 @@ class Preprocessing:
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], source: str) -> Preprocessing:
-        """Read what hiap export wrote into metadata_props (or an engine's sidecar)."""
+        """Read what hiap export wrote into metadata_props (or an engine's sidecar), each value checked: a wrong
+        one would otherwise show up only as a low top-1 (a std of 0) or a crash far from its cause."""
 
         def field(key: str, default: Any = None) -> Any:
             if key not in meta:
                 if default is not None:
                     return default
                 raise HiapError(f"'{source}' carries no '{key}' in its metadata: export it with hiap export.")
+            value = meta[key]
+            if not isinstance(value, str):
+                return value
             try:
-                return json.loads(meta[key]) if isinstance(meta[key], str) else meta[key]
-            except json.JSONDecodeError:
-                return meta[key]
+                return parse_json(value, f"'{source}' metadata '{key}'")
+            except HiapError:
+                return value  # a bare string (interpolation); the checks below say what is wrong with anything else
 
-        size = tuple(int(v) for v in field("input_size"))
-        if len(size) != 3:
-            raise HiapError(f"'{source}' metadata input_size must be [C, H, W], got {list(size)}.")
+        def bad(key: str, want: str) -> HiapError:
+            return HiapError(f"'{source}' metadata '{key}' must be {want}, got {str(meta.get(key))[:60]!r}: "
+                             "re-export the model with hiap export.")  # fmt: skip
+
+        def numbers(key: str, count: int) -> tuple[float, ...]:
+            value = field(key)
+            ok = isinstance(value, list) and len(value) == count
+            if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise bad(key, f"a list of {count} numbers (one per input channel)")
+            if not all(math.isfinite(v) for v in value):
+                raise bad(key, "finite numbers")
+            return tuple(float(v) for v in value)
+
+        size = field("input_size")
+        if not (isinstance(size, list) and len(size) == 3 and all(type(v) is int and v > 0 for v in size)):
+            raise bad("input_size", "[C, H, W] of positive integers")
+        if size[0] > MAX_CHANNELS or max(size[1:]) > MAX_SIDE:
+            raise bad("input_size", f"at most {MAX_CHANNELS} channels and {MAX_SIDE} pixels a side")
+        std = numbers("std", size[0])
+        if not all(v > 0 for v in std):
+            raise bad("std", "positive numbers (the images are divided by them)")
+        interpolation = field("interpolation", "bicubic")
+        if interpolation not in INTERPOLATIONS:
+            raise bad("interpolation", f"one of {', '.join(INTERPOLATIONS)}")
+        crop_pct = field("crop_pct", 1.0)
+        if not (isinstance(crop_pct, (int, float)) and not isinstance(crop_pct, bool) and 0 < crop_pct <= 1):
+            raise bad("crop_pct", "a number in (0, 1]")
+        names = field("class_names", [])
+        if not (isinstance(names, list) and all(isinstance(c, str) for c in names)):
+            raise bad("class_names", "a list of strings")
         return cls(
-            input_size=size,  # type: ignore[arg-type]
-            mean=tuple(float(v) for v in field("mean")),
-            std=tuple(float(v) for v in field("std")),
-            interpolation=str(field("interpolation", "bicubic")),
-            crop_pct=float(field("crop_pct", 1.0)),
-            class_names=tuple(str(c) for c in field("class_names", [])),
+            input_size=tuple(size),  # type: ignore[arg-type]
+            mean=numbers("mean", size[0]),
+            std=std,
+            interpolation=interpolation,
+            crop_pct=float(crop_pct),
+            class_names=tuple(names),
         )
 
     def normalise(self, x: np.ndarray) -> np.ndarray:
@@ -135,7 +173,9 @@ def load_image(path: Path, pre: Preprocessing) -> np.ndarray:
             left, top = (size[0] - w) // 2, (size[1] - h) // 2
             img = img.crop((left, top, left + w, top + h))
             arr = np.asarray(img, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # DecompressionBombError: a small file declaring a vast image (PIL refuses to decode it); SyntaxError and
+        # ValueError: what some of PIL's decoders raise for a damaged file
         raise HiapError(f"Image '{path}' cannot be read ({type(exc).__name__}): remove or replace it.") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
@@ -148,8 +188,7 @@ def image_folder_files(root: Path) -> tuple[list[str], list[tuple[Path, str]]]:
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
     if not classes:
         raise HiapError(f"Data '{root}' has no class folders: expected ROOT/<class>/<image>.")
-    files = [(Path(d) / name, cls) for cls in classes
-             for d, _, names in sorted(os.walk(root / cls, followlinks=True))
+    files = [(Path(d) / name, cls) for cls in classes for d, names in walk_files(root / cls)
              for name in sorted(names) if name.lower().endswith(IMAGE_SUFFIXES)]  # fmt: skip
     return classes, files
 

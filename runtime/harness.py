@@ -37,6 +37,9 @@ class Latency:
         return asdict(self)
 
 
+# The most values a random input batch may hold (1 GiB of float32): a file declaring more is not an image model, and
+# numpy would fail with a MemoryError (or the board would swap) before the runtime said so.
+MAX_INPUT_ELEMENTS = 2**28
 STEADY_ROUNDS = 20  # as many rounds as hiap profile times a table in by default
 
 
@@ -62,6 +65,9 @@ def random_feeds(runner: Runner, batch: int, seed: int = 0) -> dict[str, np.ndar
             raise HiapError(
                 f"Input '{spec.name}' has dynamic axes besides the batch ({spec.shape}); give fixed shapes."
             )
+        if any(d < 1 for d in shape) or np.prod(shape, dtype=np.float64) > MAX_INPUT_ELEMENTS:
+            raise HiapError(f"Input '{spec.name}' declares shape {list(shape)}: not an image batch hiap can feed "
+                            f"(at most {MAX_INPUT_ELEMENTS:.0e} values).")  # fmt: skip
         feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)  # type: ignore[arg-type]
     return feeds
 

@@ -19,6 +19,12 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, shape, _TYPES.get(arg.type, arg.type))
 
 
+def _first_line(exc: BaseException, limit: int = 240) -> str:
+    """The first line of an error, cut at a word boundary (ONNX Runtime's messages run to paragraphs)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 def check_model_file(path: Path, suffixes: tuple[str, ...]) -> None:
     if not path.exists():
         raise HiapError(f"Model '{path}' does not exist: pass the model.onnx or model.engine that hiap export wrote.")
@@ -73,7 +79,10 @@ class OrtRunner:
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            first = _first_line(exc)
+            if "external data" in first.lower() or "external_data" in first.lower():
+                raise HiapError(f"Model '{self.path}' refers to external data ONNX Runtime will not read (a path "
+                                f"outside the model's folder, or a missing file): {first}") from None  # fmt: skip
             raise HiapError(
                 f"Model '{self.path}' is corrupt or truncated: ONNX Runtime cannot load it ({first})."
             ) from None
@@ -87,7 +96,11 @@ class OrtRunner:
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feeds(self.inputs, feeds)
-        values = self.session.run(None, feeds)
+        try:
+            values = self.session.run(None, feeds)
+        except Exception as exc:  # ORT's own Fail/InvalidArgument/RuntimeException types
+            first = _first_line(exc)
+            raise HiapError(f"ONNX Runtime cannot run '{self.path}' ({first}).") from None
         return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
 
     def describe(self) -> dict[str, Any]:

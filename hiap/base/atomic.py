@@ -3,6 +3,7 @@ new one, never half of it. Torch-free, so the device install uses it too."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -20,7 +21,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder refuses the cleanup too: the first error is the one
+            tmp.unlink(missing_ok=True)
         raise HiapError(f"Cannot write '{path}': {exc.strerror or exc}.") from None
 
 

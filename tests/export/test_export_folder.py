@@ -73,3 +73,74 @@ def test_a_refused_or_killed_export_leaves_the_folder_as_it_was(
         export_source(_source(tmp_path, 2), out, simplify=False, force=True)
     assert _digest(out) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_kill_between_the_two_renames_is_undone_by_the_next_export(tmp_path: Path) -> None:
+    """The one moment `out` is absent: the old export renamed aside, the new one not yet in. The next export puts
+    the old one back first (so a refusal leaves it, not nothing)."""
+    out = tmp_path / "export"
+    export_source(_source(tmp_path, 0), out, simplify=False)
+    before = _digest(out)
+    out.rename(tmp_path / ".export.old-999999999")  # as left by a SIGKILL after the first rename
+    with pytest.raises(HiapError, match="holds an export already: pass --force"):
+        export_source(_source(tmp_path, 1), out, simplify=False)
+    assert _digest(out) == before and not list(tmp_path.glob(".export.old-*"))
+
+
+def _whole(out: Path) -> None:
+    """The four files of `out` belong together: one plan hash, one alignment, and golden.npz's logits are what
+    model.onnx computes on its inputs."""
+    import numpy as np
+    import onnx
+
+    from runtime.harness import load_golden, run_batched
+    from runtime.ort_runner import default_runner
+
+    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "golden.npz", "model.onnx", "plan.json"]
+    report = json.loads((out / "export_report.json").read_text())
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx"), load_external_data=False).metadata_props}
+    assert report["metadata"]["plan_hash"] == meta["plan_hash"] == json.loads((out / "plan.json").read_text())["hash"]
+    assert report["metadata"]["align"] == meta["align"]
+    x, logits = load_golden(out / "golden.npz")
+    with default_runner(out / "model.onnx") as runner:
+        got = run_batched(runner, x, 1)
+    assert np.abs(got - logits).max() < 1e-4
+
+
+def test_an_export_killed_at_random_points_leaves_one_whole_export(tmp_path: Path) -> None:
+    """SIGKILL `hiap export --force` over an existing export at points spread over its run: afterwards the folder
+    holds one whole export, the old or a new one, never a mix of two (each run exports at another --align, so the
+    files of two runs differ)."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    vit = create_model("hiap_vit_fmnist_tiny", num_classes=10)
+    geom = GatedViT(vit).geometry
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(make_plan("hiap_vit_fmnist_tiny", geom, geom.dense_structure(), data_config(vit),
+                                         10).to_dict()))  # fmt: skip
+    out = tmp_path / "export"
+
+    def export_cmd(align: int) -> list[str]:
+        return [sys.executable, "-m", "hiap", "export", "--model", "hiap_vit_fmnist_tiny", "--plan", str(plan),
+                "--pretrained", "none", "--no-simplify", "--align", str(align), "--out", str(out),
+                "--force"]  # fmt: skip
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    start = time.monotonic()
+    subprocess.run(export_cmd(8), check=True, env=env, capture_output=True)
+    whole = time.monotonic() - start
+    rng = random.Random(0)
+    for align in (1, 2, 3, 4):
+        proc = subprocess.Popen(export_cmd(align), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, 1.1) * whole)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _whole(out)
+    subprocess.run(export_cmd(8), check=True, env=env, capture_output=True)  # and the next one cleans up
+    _whole(out)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
