@@ -1,6 +1,6 @@
 """Where HiAP's accuracy goes at a budget: its own run (the path) against its structure trained like a peer.
 
-    python benchmarks/decompose.py [--split search|val] [--budgets 0.5 0.33 0.2] [--seeds 0]
+    python benchmarks/decompose.py [--split search|search-3k|val] [--budgets 0.5 0.33 0.2] [--seeds 0]
                                    [--variants hiap ...] [--parts path structure l1-sizes uniform]
 
 For every HiAP variant, budget and seed, on the built-in data:
@@ -76,6 +76,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hiap-s15": {"search_fraction": 0.15},
     # both: the 15 % search with the weak allocation prior
     "hiap-s15-even1": {"search_fraction": 0.15, "even_allocation": 1.0},
+    # the 15 % search with each head's q/k dims gated too (beyond the paper's search space)
+    "hiap-s15-qk": {"search_fraction": 0.15, "qk_gates": True},
+    # ... and the micro gates (q/k and value dims, neurons) starting in l1-magnitude order
+    "hiap-s15-qk-l1": {"search_fraction": 0.15, "qk_gates": True, "gate_init_importance": 1.0},
 }
 PARTS = ("path", "structure", "l1-sizes", "uniform")
 
@@ -110,17 +114,18 @@ def run_path(variant: str, budget: float, seed: int, epochs: int, split: str,
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(target_macs=str(budget), seed=seed, epochs=epochs, out=f"{tmp}/run",
                           pretrained=str(start) if start else "auto", **VARIANTS[variant])  # fmt: skip
-        trainer = Trainer(cfg, Console(quiet=True), make_data=search_data if split == "search" else val_data)
+        make = val_data if split == "val" else lambda c: search_data(c, split)
+        trainer = Trainer(cfg, Console(quiet=True), make_data=make)
         summary = trainer.run()
         structure = trainer.gated.hard_structure()
         compact = build_compact(trainer.vit.eval(), structure, align=8)
-    keys = ("target_error", "target_met", "kept_heads", "kept_ffn", "kept_neurons")
+    keys = ("target_error", "target_met", "kept_heads", "kept_ffn", "kept_neurons", "kept_qk_dims")
     return summary["val_acc"], compact, structure, {k: summary[k] for k in keys}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=("search", "val"), default="search")
+    parser.add_argument("--split", choices=("search", "search-3k", "val"), default="search")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.33, 0.2])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=6)
@@ -131,15 +136,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = "decompose" + ("-search" if args.split == "search" else "")
+    name = "decompose" + ("" if args.split == "val" else f"-{args.split}")
     log = results_dir() / f"{name}.jsonl"
     if not args.report_only:
         cache = Path(tempfile.gettempdir()) / "hiap-search-split"
         cache.mkdir(exist_ok=True)
-        start = dense_start(cache) if args.split == "search" else None
+        start = None if args.split == "val" else dense_start(cache, args.split)
         dense = create_model(MODEL, num_classes=10).eval()
         load_pretrained(dense, MODEL, str(start) if start else "auto")
-        data = (search_data if args.split == "search" else val_data)(data_config(dense))
+        data = val_data(data_config(dense)) if args.split == "val" else search_data(data_config(dense), args.split)
         dense_macs = macs_of(dense)
         for seed in args.seeds:
             for budget in args.budgets:
@@ -230,8 +235,8 @@ def report(name: str, log: Path) -> None:
                else "")  # fmt: skip
         macs = statistics.mean(r["mac_fraction"] for r in mine if r["part"] == "path") if means["path"] else 0
         rows.append(f"| {variant} | {budget} | {seeds} | " + " | ".join(cells) + f" | {gap} | {macs:.3f} |")
-    searched = name.endswith("search")
-    split = "search split (1,200 images carved from the training set)" if searched else "validation split"
+    carved = {"decompose-search": "1,200", "decompose-search-3k": "3,000"}.get(name)
+    split = f"search split ({carved} images carved from the training set)" if carved else "validation split"
     env = environment(f"{MODEL}, built-in data, {split}, 6 epochs per network, KD from the dense start")
     results = results_dir()
     note = (
