@@ -415,3 +415,57 @@ def test_a_bench_report_that_cannot_be_written_is_still_printed(
                                       "--min-seconds", "0.05", "--json", str(tmp_path / "b.json")])  # fmt: skip
     assert result.exit_code == 2, result.output
     assert "p50 ms" in result.output and f"Cannot write '{tmp_path / 'b.json'}': Permission denied" in result.output
+
+
+# -- the rest of the readers, and what inspect says -----------------------------------------------------------------
+
+
+def test_deep_json_in_a_latency_table_and_run_records(tmp_path: Path) -> None:
+    from hiap.report import _records
+
+    deep = "[" * 20_000 + "]" * 20_000
+    (tmp_path / "lut.json").write_text('{"schema": "hiap-lut", "grid": ' + deep + "}")
+    assert "nests deeper than" in (_one_line_error(read_lut, tmp_path / "lut.json") or "")
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": ' + deep + "}\n")
+    assert "nests deeper than" in (_one_line_error(_records, tmp_path) or "")
+
+
+def _graph(tmp_path: Path, op: str, external: str | None = None) -> Path:
+    """A one-node ONNX graph of op `op`; with `external`, its weight stored in that external-data location."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1, 4], [1.0, 2.0, 3.0, 4.0])
+    if external is not None:
+        w.data_location = TensorProto.EXTERNAL
+        w.ClearField("float_data")
+        w.external_data.add(key="location", value=external)
+    graph = helper.make_graph([helper.make_node(op, ["x", "w"], ["y"])], "g", [x], [y], [w])
+    path = tmp_path / f"{op.lower()}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_inspect_refuses_an_onnx_file_onnx_runtime_cannot_load(tmp_path: Path) -> None:
+    _cli_refuses(["inspect", str(_graph(tmp_path, "NoSuchOp"))], "ONNX Runtime cannot load it")
+
+
+def test_an_external_data_path_outside_the_folder_is_named_as_such(tmp_path: Path) -> None:
+    from runtime.ort_runner import OrtRunner
+
+    path = _graph(tmp_path, "Add", external="../../etc/passwd")
+
+    def open_it() -> None:
+        with OrtRunner(path):
+            pass
+
+    text = _one_line_error(open_it) or ""
+    assert "refers to external data ONNX Runtime will not read" in text and "corrupt" not in text
+    assert not text.endswith(("-", "'")) and len(text) < 600  # cut at a word, not mid-word
+
+
+def test_inspect_of_a_broken_json_file_does_not_call_it_a_plan(tmp_path: Path) -> None:
+    (tmp_path / "lut.json").write_text("{")
+    _cli_refuses(["inspect", str(tmp_path / "lut.json")], "(a plan or latency table) is not valid JSON")
