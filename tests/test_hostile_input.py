@@ -469,3 +469,24 @@ def test_an_external_data_path_outside_the_folder_is_named_as_such(tmp_path: Pat
 def test_inspect_of_a_broken_json_file_does_not_call_it_a_plan(tmp_path: Path) -> None:
     (tmp_path / "lut.json").write_text("{")
     _cli_refuses(["inspect", str(tmp_path / "lut.json")], "(a plan or latency table) is not valid JSON")
+
+
+def test_an_onnx_runtime_error_while_running_is_one_line(tmp_path: Path) -> None:
+    """A graph that loads but fails on its input (a reshape to a size the input does not have): one line."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from runtime.ort_runner import OrtRunner
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    shape = helper.make_tensor("shape", TensorProto.INT64, [1], [3])
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g", [x], [y], [shape])
+    path = tmp_path / "reshape.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+    def run_it() -> None:
+        with OrtRunner(path) as runner:
+            runner.infer({"x": np.zeros((1, 4), np.float32)})
+
+    assert "ONNX Runtime cannot run" in (_one_line_error(run_it) or "")
