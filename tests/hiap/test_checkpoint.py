@@ -136,8 +136,10 @@ def test_edited_metadata_fails_the_checksum(saved: tuple[Path, Checkpoint], tmp_
     "edit, message",
     [
         (lambda m: m | {"config": "{not json"}, "Checkpoint '{path}' metadata is not valid JSON (Expecting"),
-        (lambda m: {k: v for k, v in m.items() if k != "state"},
-         "Checkpoint '{path}' has damaged metadata (no config or state)."),
+        (
+            lambda m: {k: v for k, v in m.items() if k != "state"},
+            "Checkpoint '{path}' has damaged metadata (no config or state).",
+        ),
         (lambda m: m | {"format": "x"}, "'{path}' is a safetensors file but not a hiap checkpoint (no"),
     ],
     ids=["broken-json", "missing-key", "other-format"],
