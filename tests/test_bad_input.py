@@ -12,6 +12,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from mutations import mutate, one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -32,17 +33,6 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=12,
 )
-
-
-def _one_line_error(fn, *args: object) -> str | None:
-    """Run fn; return the HiapError text (asserting it is one line), or None when the input was acceptable."""
-    try:
-        fn(*args)
-    except HiapError as exc:
-        text = str(exc)
-        assert "\n" not in text and text
-        return text
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +57,14 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_fuzzed_yaml_configs_are_accepted_or_refused_in_one_line(tmp_path: Path, body: dict) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(body))
-    _one_line_error(resolve_config, path, {})
+    one_line_error(resolve_config, path, {})
 
 
 @pytest.mark.parametrize("raw", [b"\xff\xfe\x00bad", b"epochs: [1, 2\n", b"1: 2\n", b"- a\n"])
 def test_unreadable_yaml_corpus(tmp_path: Path, raw: bytes) -> None:
     path = tmp_path / "c.yaml"
     path.write_bytes(raw)
-    assert _one_line_error(resolve_config, path, {}) is not None
+    assert one_line_error(resolve_config, path, {}) is not None
 
 
 # -- plans -----------------------------------------------------------------------------------------------------
@@ -90,29 +80,17 @@ def good_plan(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return make_plan("hiap_vit_fmnist_tiny", geom, geom.dense_structure(), data_config(vit), 10).to_dict()
 
 
-def _mutate(body: object, path: list, value: object) -> object:
-    if not path:
-        return value
-    if isinstance(body, dict) and body:
-        key = sorted(body)[path[0] % len(body)]
-        return body | {key: _mutate(body[key], path[1:], value)}
-    if isinstance(body, list) and body:
-        i = path[0] % len(body)
-        return [*body[:i], _mutate(body[i], path[1:], value), *body[i + 1 :]]
-    return value
-
-
 @FUZZ
 @given(path=st.lists(st.integers(0, 50), min_size=1, max_size=5), value=JSON)
 def test_fuzzed_plans_validate_in_one_line(tmp_path: Path, good_plan: dict, path: list, value: object) -> None:
     file = tmp_path / "plan.json"
-    file.write_text(json.dumps(_mutate(good_plan, path, value)))
+    file.write_text(json.dumps(mutate(good_plan, path, value)))
     geom = describe_vit(create_model("hiap_vit_fmnist_tiny", num_classes=10, meta=True))
 
     def load() -> None:
         structure_from_dict(read_plan_json(file)["blocks"], geom)
 
-    _one_line_error(load)
+    one_line_error(load)
 
 
 # -- checkpoints -------------------------------------------------------------------------------------------------
@@ -124,13 +102,13 @@ def test_truncated_or_damaged_checkpoints_never_load(tmp_path: Path, tiny_run: P
     raw = (tiny_run / "checkpoint.safetensors").read_bytes()
     truncated = tmp_path / "t.safetensors"
     truncated.write_bytes(raw[: int(len(raw) * cut)])
-    assert _one_line_error(load_checkpoint, truncated) is not None
+    assert one_line_error(load_checkpoint, truncated) is not None
     damaged = bytearray(raw)
     for pos in {f % len(raw) for f in flips}:  # distinct bytes: flipping one twice would restore it
         damaged[pos] ^= 0x5A
     flipped = tmp_path / "f.safetensors"
     flipped.write_bytes(bytes(damaged))
-    assert _one_line_error(load_checkpoint, flipped) is not None  # header damage or the checksum
+    assert one_line_error(load_checkpoint, flipped) is not None  # header damage or the checksum
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path: Path, tiny_run: Path) -> None:
@@ -173,8 +151,8 @@ def test_truncated_onnx_is_refused(tmp_path: Path, exported_pair: dict, cut: flo
         with OrtRunner(file):
             pass
 
-    assert _one_line_error(open_it) is not None
-    assert _one_line_error(inspect_onnx, file) is not None
+    assert one_line_error(open_it) is not None
+    assert one_line_error(inspect_onnx, file) is not None
 
 
 def test_random_bytes_as_an_engine(tmp_path: Path) -> None:
@@ -257,4 +235,4 @@ def test_a_checkpoint_whose_checksum_key_is_damaged_is_refused(tmp_path: Path, t
     at = raw.index(b'"tensors_sha256"') + 1
     damaged = tmp_path / "k.safetensors"
     damaged.write_bytes(raw[:at] + bytes([raw[at] ^ 0x5A]) + raw[at + 1 :])
-    assert "fails its checksum" in (_one_line_error(load_checkpoint, damaged) or "")
+    assert "fails its checksum" in (one_line_error(load_checkpoint, damaged) or "")

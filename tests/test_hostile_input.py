@@ -15,6 +15,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutations import mutate, one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -40,34 +41,11 @@ JSON = st.recursive(
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _one_line_error(fn, *args: object) -> str | None:
-    """Run fn; return the HiapError text (asserting it is one line), or None when the input was acceptable."""
-    try:
-        fn(*args)
-    except HiapError as exc:
-        text = str(exc)
-        assert "\n" not in text and text and len(text) < 600, text
-        return text
-    return None
-
-
 def _cli_refuses(args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, (args, result.output)
     assert message in result.output, (args, result.output)
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output, result.output
-
-
-def _mutate(body: object, path: list, value: object) -> object:
-    if not path:
-        return value
-    if isinstance(body, dict) and body:
-        key = sorted(body)[path[0] % len(body)]
-        return body | {key: _mutate(body[key], path[1:], value)}
-    if isinstance(body, list) and body:
-        i = path[0] % len(body)
-        return [*body[:i], _mutate(body[i], path[1:], value), *body[i + 1 :]]
-    return value
 
 
 # -- the bounded readers ---------------------------------------------------------------------------------------------
@@ -85,7 +63,7 @@ def _mutate(body: object, path: list, value: object) -> object:
     ],
 )
 def test_json_bombs_and_non_finite_numbers_are_refused_in_one_line(text: str, message: str) -> None:
-    assert message in (_one_line_error(parse_json, text, "Plan 'p.json'") or "")
+    assert message in (one_line_error(parse_json, text, "Plan 'p.json'") or "")
 
 
 def test_hiap_run_records_may_carry_nan() -> None:
@@ -101,16 +79,16 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
     config = tmp_path / "bomb.yaml"
     config.write_text("\n".join(lines) + "\n")
     start = time.monotonic()
-    text = _one_line_error(resolve_config, config, {}) or ""
+    text = one_line_error(resolve_config, config, {}) or ""
     assert "YAML alias" in text and "line 2" in text and time.monotonic() - start < 5
     profile = tmp_path / "bomb-profile.yaml"
     profile.write_text("\n".join(lines) + "\n")
-    assert "YAML alias" in (_one_line_error(read_profile, profile) or "")
+    assert "YAML alias" in (one_line_error(read_profile, profile) or "")
     _cli_refuses(["train", "--config", str(config)], "YAML alias")
 
 
 def test_deep_yaml_is_refused() -> None:
-    assert "nests deeper than" in (_one_line_error(parse_yaml, "a: " + "[" * 5000 + "]" * 5000, "Config") or "")
+    assert "nests deeper than" in (one_line_error(parse_yaml, "a: " + "[" * 5000 + "]" * 5000, "Config") or "")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a FIFO")
@@ -118,7 +96,7 @@ def test_a_fifo_is_not_read(tmp_path: Path) -> None:
     """Reading a FIFO blocks until a writer comes: every reader refuses what is not a regular file."""
     fifo = tmp_path / "plan.json"
     os.mkfifo(fifo)
-    assert "is not a regular file" in (_one_line_error(read_json_object, fifo, "Plan") or "")
+    assert "is not a regular file" in (one_line_error(read_json_object, fifo, "Plan") or "")
     _cli_refuses(["inspect", str(fifo)], "is not a regular file")
     _cli_refuses(["train", "--config", str(fifo)], "is not a regular file")
 
@@ -139,8 +117,8 @@ def test_a_deeply_nested_plan_at_the_cli(tmp_path: Path) -> None:
 def test_fuzzed_profiles_are_accepted_or_refused_in_one_line(tmp_path: Path, path: list, value: object) -> None:
     good = yaml.safe_load((ROOT / "devices" / "profiles" / "x86-cpu.yaml").read_text())
     file = tmp_path / "p.yaml"
-    file.write_text(yaml.safe_dump(_mutate(good, path, value)))
-    _one_line_error(read_profile, file)
+    file.write_text(yaml.safe_dump(mutate(good, path, value)))
+    one_line_error(read_profile, file)
 
 
 @FUZZ
@@ -148,8 +126,8 @@ def test_fuzzed_profiles_are_accepted_or_refused_in_one_line(tmp_path: Path, pat
 def test_fuzzed_latency_tables_are_accepted_or_refused_in_one_line(tmp_path: Path, path: list, value: object) -> None:
     good = json.loads((ROOT / "benchmarks" / "results" / "arm_lut" / "lut-rpi5-emulated.json").read_text())
     file = tmp_path / "lut.json"
-    file.write_text(json.dumps(_mutate(good, path, value)))
-    _one_line_error(read_lut, file)
+    file.write_text(json.dumps(mutate(good, path, value)))
+    one_line_error(read_lut, file)
 
 
 # -- ONNX metadata ---------------------------------------------------------------------------------------------------
@@ -175,7 +153,7 @@ GOOD_META = {"input_size": "[1, 28, 28]", "mean": "[0.286]", "std": "[0.353]", "
     ],
 )
 def test_preprocessing_metadata_is_checked(key: str, value: str, message: str) -> None:
-    text = _one_line_error(Preprocessing.from_metadata, GOOD_META | {key: value}, "m.onnx") or ""
+    text = one_line_error(Preprocessing.from_metadata, GOOD_META | {key: value}, "m.onnx") or ""
     assert message in text, text
 
 
@@ -216,7 +194,7 @@ def test_a_vast_declared_input_is_refused_before_numpy_allocates_it() -> None:
         def __init__(self) -> None:
             self.inputs = [TensorSpec("x", (None, 3, 1_000_000, 1_000_000), "float32")]
 
-    assert "not an image batch hiap can feed" in (_one_line_error(random_feeds, Huge(), 1) or "")
+    assert "not an image batch hiap can feed" in (one_line_error(random_feeds, Huge(), 1) or "")
 
 
 # -- image folders ---------------------------------------------------------------------------------------------------
@@ -227,7 +205,7 @@ def test_a_symlink_loop_under_the_data_is_refused(tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     Image.new("L", (8, 8)).save(folder / "a.png")
     (folder / "again").symlink_to(folder, target_is_directory=True)
-    assert "symbolic link loop" in (_one_line_error(image_folder_files, tmp_path / "data") or "")
+    assert "symbolic link loop" in (one_line_error(image_folder_files, tmp_path / "data") or "")
     from hiap.data import ImageFolderData
 
     train = tmp_path / "tree"
@@ -236,7 +214,7 @@ def test_a_symlink_loop_under_the_data_is_refused(tmp_path: Path) -> None:
         Image.new("L", (8, 8)).save(train / split / "cat" / "a.png")
     (train / "val" / "cat" / "loop").symlink_to(train / "val", target_is_directory=True)
     cfg = {"input_size": (1, 8, 8), "mean": (0.5,), "std": (0.5,), "interpolation": "bicubic", "crop_pct": 1.0}
-    assert "symbolic link loop" in (_one_line_error(ImageFolderData, train, cfg) or "")
+    assert "symbolic link loop" in (one_line_error(ImageFolderData, train, cfg) or "")
 
 
 def test_linked_folders_without_a_loop_are_read_once(tmp_path: Path) -> None:
@@ -255,7 +233,7 @@ def test_a_decompression_bomb_is_refused_in_one_line(tmp_path: Path) -> None:
     Image.new("1", (40_000, 40_000)).save(path)  # 1 bit per pixel compresses to almost nothing
     assert path.stat().st_size < 1_000_000
     pre = Preprocessing((1, 16, 16), (0.5,), (0.5,))
-    assert "cannot be read (DecompressionBombError)" in (_one_line_error(load_image, path, pre) or "")
+    assert "cannot be read (DecompressionBombError)" in (one_line_error(load_image, path, pre) or "")
 
 
 # -- sizes that would exhaust memory, and how a crash ends --------------------------------------------------------
@@ -360,7 +338,7 @@ def test_crafted_checkpoints_are_inspected_or_refused_in_one_line(
         shape = [1 + (i % 5) for i in path]
         ckpt = dataclasses.replace(ckpt, gates=ckpt.gates | {name: torch.zeros(shape)})
     else:
-        ckpt = dataclasses.replace(ckpt, **{part: _mutate(getattr(ckpt, part), path, value)})
+        ckpt = dataclasses.replace(ckpt, **{part: mutate(getattr(ckpt, part), path, value)})
     run = tmp_path / "crafted"
     run.mkdir(exist_ok=True)
     save_checkpoint(run / "checkpoint.safetensors", ckpt)
@@ -425,9 +403,9 @@ def test_deep_json_in_a_latency_table_and_run_records(tmp_path: Path) -> None:
 
     deep = "[" * 20_000 + "]" * 20_000
     (tmp_path / "lut.json").write_text('{"schema": "hiap-lut", "grid": ' + deep + "}")
-    assert "nests deeper than" in (_one_line_error(read_lut, tmp_path / "lut.json") or "")
+    assert "nests deeper than" in (one_line_error(read_lut, tmp_path / "lut.json") or "")
     (tmp_path / "metrics.jsonl").write_text('{"epoch": ' + deep + "}\n")
-    assert "nests deeper than" in (_one_line_error(_records, tmp_path) or "")
+    assert "nests deeper than" in (one_line_error(_records, tmp_path) or "")
 
 
 def _graph(tmp_path: Path, op: str, external: str | None = None) -> Path:
@@ -461,7 +439,7 @@ def test_an_external_data_path_outside_the_folder_is_named_as_such(tmp_path: Pat
         with OrtRunner(path):
             pass
 
-    text = _one_line_error(open_it) or ""
+    text = one_line_error(open_it) or ""
     assert "refers to external data ONNX Runtime will not read" in text and "corrupt" not in text
     assert not text.endswith(("-", "'")) and len(text) < 600  # cut at a word, not mid-word
 
@@ -489,4 +467,4 @@ def test_an_onnx_runtime_error_while_running_is_one_line(tmp_path: Path) -> None
         with OrtRunner(path) as runner:
             runner.infer({"x": np.zeros((1, 4), np.float32)})
 
-    assert "ONNX Runtime cannot run" in (_one_line_error(run_it) or "")
+    assert "ONNX Runtime cannot run" in (one_line_error(run_it) or "")
