@@ -80,6 +80,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hiap-s15-qk": {"search_fraction": 0.15, "qk_gates": True},
     # ... and the micro gates (q/k and value dims, neurons) starting in l1-magnitude order
     "hiap-s15-qk-l1": {"search_fraction": 0.15, "qk_gates": True, "gate_init_importance": 1.0},
+    # ... or with every FFN block kept (narrowed, never removed)
+    "hiap-s15-qk-keepffn": {"search_fraction": 0.15, "qk_gates": True, "ffn_block_gates": False},
 }
 PARTS = ("path", "structure", "l1-sizes", "uniform")
 
