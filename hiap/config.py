@@ -71,9 +71,9 @@ class PruneOptions:
     tau_end: float = 0.5
     gate_mode: str = "hard"
     gate_init: float = 3.0
-    gate_init_importance: float = 0.0
+    gate_init_importance: float = 1.0
     ffn_block_gates: bool = True
-    qk_gates: bool = False
+    qk_gates: bool = True
     k_min: int = 1
     min_value_frac: float = 0.25
     min_neuron_frac: float = 0.1
@@ -180,13 +180,14 @@ class TrainConfig:
     gate_mode: str = PruneOptions.gate_mode  # 'hard' (0/1 forward, straight-through gradient) or 'soft'
     gate_init: float = PruneOptions.gate_init  # initial logit: every gate starts open (sigmoid(3) = 0.95)
     # Micro-gate logits start at gate_init + gate_init_importance * (their unit's standardised log l1-magnitude in
-    # its block, clipped to +-2); 0: every gate starts alike (GatedViT.init_from_importance).
+    # its block, clipped to +-2); 0: every gate starts alike (GatedViT.init_from_importance). 1 with qk_gates: chosen
+    # on the built-in data's search-3k split (benchmarks/results/builtin_ablation.md).
     gate_init_importance: float = PruneOptions.gate_init_importance
     # False: FFN blocks are only narrowed, never removed (their gates are fixed open, logit 10).
     ffn_block_gates: bool = PruneOptions.ffn_block_gates
     # True: each head's q/k dims carry micro gates too (removed from q and k at export; the softmax scale stays
-    # 1/sqrt(head_dim)). Beyond the paper, which keeps Q and K whole. MAC budgets only (a latency table prices
-    # attention at full q/k width) and not with qk-norm; elsewhere the gates stay fixed open.
+    # 1/sqrt(head_dim)). Beyond the paper, which keeps Q and K whole; false is the paper's search space. MAC budgets
+    # only (a latency table prices attention at full q/k width) and not with qk-norm; there the gates stay open.
     qk_gates: bool = PruneOptions.qk_gates
     k_min: int = PruneOptions.k_min  # heads kept per block at least
     min_value_frac: float = PruneOptions.min_value_frac  # value dims kept per kept head at least
