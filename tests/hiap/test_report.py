@@ -16,7 +16,8 @@ def test_report_plots_a_run_and_metrics_carry_what_it_needs(tmp_path: Path) -> N
                         out=str(run))).run()  # fmt: skip
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     hist = records[-1]["gate_histogram"]
-    assert {k: sum(v) for k, v in hist.items()} == {"head": 16, "value": 256, "ffn": 4, "neuron": 1024}
+    # every kind that learns (q/k dims too, gated by default), each gate counted once
+    assert {k: sum(v) for k, v in hist.items()} == {"head": 16, "value": 256, "ffn": 4, "neuron": 1024, "qk": 256}
     trace = [t for r in records for t in r["trace"]]
     assert [t[0] for t in trace] == list(range(16))  # 8 steps an epoch: every step is traced
     assert trace[0][1] == 2.0 and all(0 < t[2] <= 1 and 0 < t[3] <= 1 for t in trace)
