@@ -85,7 +85,7 @@ def plot_annealing(records: list[dict[str, Any]], path: Path) -> None:
     epochs = [r["epoch"] for r in records]
     hist_epochs = [r["epoch"] for r in with_hist]
     hists = [r["gate_histogram"] for r in with_hist]
-    kinds = [k for k in ("head", "ffn", "value", "neuron") if hists and all(k in h for h in hists)]
+    kinds = [k for k in ("head", "ffn", "qk", "value", "neuron") if hists and all(k in h for h in hists)]
     fig, axes = plt.subplots(1, 1 + len(kinds), figsize=(3.2 * (1 + len(kinds)), 3.4))
     axes = np.atleast_1d(axes)
     trace = [t for r in records for t in r.get("trace", [])]
