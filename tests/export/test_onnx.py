@@ -97,6 +97,8 @@ def test_export_from_model_and_hand_edited_plan(tmp_path: Path) -> None:
     assert runner.invoke(app, ["export", str(run), "--no-simplify"]).exit_code == 0
     plan = json.loads((run / "export" / "plan.json").read_text())
     plan["blocks"][1].update(heads=[], value_dims=[])  # hand edit: block 1 runs its FFN only
+    if "qk_dims" in plan["blocks"][1]:
+        plan["blocks"][1]["qk_dims"] = []  # one list per kept head, as for value_dims
     plan["blocks"][2].update(ffn=False, neurons=[])  # block 2 runs attention only
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps(plan))

@@ -167,6 +167,6 @@ def test_qk_gates_stay_open_under_qk_norm_and_a_state_keeps_its_setting() -> Non
     vit = make_vit("plain")
     plain = Pruner(copy.deepcopy(vit), total_steps=1000, target_macs=0.5, options=PruneOptions(qk_gates=True))
     assert plain.gated.qk_gated and any(p is plain.gates.qk for g in plain.param_groups() for p in g["params"])
-    closed = Pruner(vit, total_steps=1000, target_macs=0.5)
+    closed = Pruner(vit, total_steps=1000, target_macs=0.5, options=PruneOptions(qk_gates=False))
     with pytest.raises(HiapError, match="qk_gates True, this pruner's is False"):
         closed.load_state_dict(plain.state_dict())
