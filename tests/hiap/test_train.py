@@ -258,7 +258,9 @@ def test_budget_lands_within_one_percent_on_builtin_data(tmp_path: Path, target:
 def test_ffn_blocks_with_fixed_gates_are_narrowed_never_removed(tmp_path: Path) -> None:
     """ffn_block_gates: false keeps every FFN block at an aggressive target that removes blocks by default."""
     base = {"model": "hiap_vit_fmnist_tiny", "pretrained": "none", "epochs": 2, "batch_size": 64, "train_images": 512,
-            "gate_lr": 1.0, "target_tolerance": 1.0, "target_macs": "0.3", "kd": False}  # fmt: skip
+            "gate_lr": 1.0, "target_tolerance": 1.0, "target_macs": "0.3", "kd": False,
+            # the paper's search space, where this target removes FFN blocks (q/k gates find other savings)
+            "qk_gates": False, "gate_init_importance": 0.0}  # fmt: skip
     default = Trainer(TrainConfig(**base, out=str(tmp_path / "default"))).run()
     assert not all(default["kept_ffn"])  # the setting does remove blocks when it may
     held = Trainer(TrainConfig(**base, ffn_block_gates=False, out=str(tmp_path / "held"))).run()
