@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import click
 import typer
 
 from hiap.base.errors import HiapError
@@ -56,7 +55,7 @@ def user_errors(fn: F) -> F:
             left = INTERRUPTED.get(fn.__name__, "nothing was reported")
             typer.echo(f"interrupted: {left}", err=True)
             raise typer.Exit(130) from None
-        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        except (typer.Exit, typer.Abort):
             raise
         except OSError as exc:  # ENOSPC, EACCES, EROFS, ...: the environment, said in one line
             where = f": '{exc.filename}'" if exc.filename else ""
@@ -66,7 +65,9 @@ def user_errors(fn: F) -> F:
             typer.echo(f"error: hiap {fn.__name__} ran out of memory: use a smaller --batch-size or model, or a "
                        "larger host.", err=True)  # fmt: skip
             raise typer.Exit(EXIT_INTERNAL) from None
-        except Exception:
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] in ("click", "typer"):  # the CLI library's own exits and usage errors
+                raise
             traceback.print_exc()
             typer.echo(f"error: internal error in hiap {fn.__name__} (a bug): please report it with the traceback "
                        "above.", err=True)  # fmt: skip
