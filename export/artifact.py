@@ -232,10 +232,7 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
 def check_export_folder(out: Path, force: bool) -> None:
     """Refuse a target that is a file, or a folder holding something, unless `force`. First, an export killed
     between staged_folder's two renames is undone: the old export goes back under its name."""
-    for old in sorted(out.parent.glob(f".{out.name}.old-*")) if out.parent.is_dir() else ():
-        pid = old.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and _alive(int(pid)):
-            continue
+    for old in _left_by_dead_processes(out, "old"):
         if out.exists():  # the swap finished: the new export is in place
             shutil.rmtree(old, ignore_errors=True)
         else:  # killed between the two renames: the old export goes back under its name
@@ -253,10 +250,8 @@ def staged_folder(out: Path) -> Iterator[Path]:
     mix of two exports under the name); on a refusal (HiapError) it becomes `out`.failed; on anything else,
     including a kill, `out` is untouched (a killed export leaves only the hidden folder, removed next time; a kill
     between the two renames leaves the old export under a hidden name, which check_export_folder puts back)."""
-    for stale in out.parent.glob(f".{out.name}.partial-*") if out.parent.is_dir() else ():
-        pid = stale.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    for stale in _left_by_dead_processes(out, "partial"):
+        shutil.rmtree(stale, ignore_errors=True)
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     try:
@@ -283,6 +278,12 @@ def staged_folder(out: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         work.rename(out)
+
+
+def _left_by_dead_processes(out: Path, kind: str) -> list[Path]:
+    """The hidden `.OUT.<kind>-<pid>` folders beside `out` whose export process is gone (a kill, a crash)."""
+    found = sorted(out.parent.glob(f".{out.name}.{kind}-*")) if out.parent.is_dir() else []
+    return [f for f in found if not (f.name.rsplit("-", 1)[-1].isdigit() and _alive(int(f.name.rsplit("-", 1)[-1])))]
 
 
 def failed_folder(out: Path) -> Path:

@@ -188,8 +188,9 @@ def _check_state(state: dict[str, Any], path: Path) -> None:
         from hiap.gated import Floors
 
         known = set(Floors.__dataclass_fields__)
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in floors.values()) if isinstance(
-            floors, dict) else False  # fmt: skip
+        numbers = isinstance(floors, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in floors.values()
+        )
         if not numbers or not set(floors) <= known:
             raise bad("floors", f"an object of numbers with keys among {sorted(known)}")
 
@@ -226,8 +227,9 @@ def gated_from_checkpoint(ckpt: Checkpoint, where: str, meta: bool = False) -> A
     vit = create_model(state["model"], num_classes=state.get("num_classes"), meta=meta,
                        model_kwargs=state.get("model_kwargs"))  # fmt: skip
     floors = state.get("floors")
-    config = ckpt.config if isinstance(ckpt.config, dict) else {}
-    qk_gates = bool(config.get("qk_gates")) and not config.get("target_latency_ms")
+    # What the run's pruner decided (qk_gates asked for, a MAC budget, no qk-norm), as its state records it.
+    pruner = state.get("pruner")
+    qk_gates = bool(pruner.get("qk_gates", False)) if isinstance(pruner, dict) else False
     gated = GatedViT(vit, floors=Floors(**floors) if floors else Floors(), qk_gates=qk_gates)
     if ckpt.gates:
         try:

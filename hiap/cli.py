@@ -55,8 +55,6 @@ def user_errors(fn: F) -> F:
             left = INTERRUPTED.get(fn.__name__, "nothing was reported")
             typer.echo(f"interrupted: {left}", err=True)
             raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort):
-            raise
         except OSError as exc:  # ENOSPC, EACCES, EROFS, ...: the environment, said in one line
             where = f": '{exc.filename}'" if exc.filename else ""
             typer.echo(f"error: {exc.strerror or type(exc).__name__}{where}.", err=True)

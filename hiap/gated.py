@@ -90,6 +90,11 @@ def with_qk_logits(gates: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**gates, "qk": torch.full_like(gates["value"], FIXED_OPEN)}
 
 
+def qk_gateable(geometry: Geometry) -> bool:
+    """q/k dims can be gated without qk-norm only: a LayerNorm over the head's q or k changes when dims are removed."""
+    return geometry.qk_norm_params == 0
+
+
 def _only(module: nn.Module, kind: type, what: str, index: int) -> None:
     if type(module) is not kind:
         raise UnsupportedModelError(
@@ -242,11 +247,20 @@ class GatedViT(nn.Module):
         self.gates = GateLogits(g.depth, g.num_heads, g.head_dim, g.hidden, init=gate_init)
         # q/k dims removed at export change what a qk-norm (LayerNorm over the head's q or k) computes: gated only
         # without one. Off, their logits stay fixed open and every mask of theirs is exactly one.
-        self.qk_gated = qk_gates and g.qk_norm_params == 0
+        self.qk_gated = qk_gates and qk_gateable(g)
         if not self.qk_gated:
-            with torch.no_grad():
-                self.gates.qk.fill_(FIXED_OPEN)
-            self.gates.qk.requires_grad_(False)
+            self.fix_open("qk")
+
+    @torch.no_grad()
+    def fix_open(self, kind: str) -> None:
+        """A gate kind switched off: its logits fixed open (FIXED_OPEN), no gradient, so no optimizer moves them."""
+        logits = self.gates.as_dict()[kind]
+        logits.fill_(FIXED_OPEN)
+        logits.requires_grad_(False)
+
+    def micro_logits(self) -> list[nn.Parameter]:
+        """The micro gates that learn: value dims, neurons and, where gated, q/k dims."""
+        return [self.gates.value, self.gates.neuron] + ([self.gates.qk] if self.qk_gated else [])
 
     @torch.no_grad()
     def init_from_importance(self, spread: float) -> None:

@@ -57,10 +57,11 @@ def feasibility_loss(model: GatedViT) -> torch.Tensor:
     values = (p["head"] * F.relu(value_frac - p["value"].mean(-1)).pow(2)).sum()
     neuron_frac = fl.neurons(g.hidden) / g.hidden
     neurons = (p["ffn"] * F.relu(neuron_frac - p["neuron"].mean(-1)).pow(2)).sum()
+    qk = heads.new_zeros(())
     if model.qk_gated:
         qk_frac = fl.qk_dims(g.head_dim) / g.head_dim
-        values = values + (p["head"] * F.relu(qk_frac - p["qk"].mean(-1)).pow(2)).sum()
-    return heads + values + neurons
+        qk = (p["head"] * F.relu(qk_frac - p["qk"].mean(-1)).pow(2)).sum()
+    return heads + values + neurons + qk
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,6 @@ from hiap.budget import BudgetController, check_schedule, check_target
 from hiap.config import PruneOptions, parse_target
 from hiap.cost import ExpectedCost, Geometry, Structure, structure_macs
 from hiap.gated import (
-    FIXED_OPEN,
     SUPPORTED,
     Floors,
     GatedViT,
@@ -28,6 +27,7 @@ from hiap.gated import (
     describe_vit,
     gated_attention,
     gated_mlp,
+    qk_gateable,
     with_qk_logits,
 )
 from hiap.gates import TemperatureSchedule
@@ -223,7 +223,7 @@ class Pruner:
         self.model_name = model_name or str(getattr(vit, "pretrained_cfg", {}).get("architecture") or "")
         # q/k widths are gated for a MAC budget on a model without qk-norm (GatedViT; a latency table prices
         # attention at full q/k width).
-        qk_gates = opts.qk_gates and target_latency_ms is None and geometry.qk_norm_params == 0
+        qk_gates = opts.qk_gates and target_latency_ms is None and qk_gateable(geometry)
         self.budget = self._budget(geometry, floors, opts, target_macs, target_latency_ms, lut, latency_batch,
                                    qk_gates)  # fmt: skip
         gain = opts.controller_gain or (2.0 if self.budget.kind == "latency" else 0.5)
@@ -251,9 +251,7 @@ class Pruner:
         if not opts.ffn_block_gates:
             # Fixed open: keep probability 1 - 5e-5, so a sample drops a block about once in 20,000 steps and the
             # expected cost counts every FFN as kept; no gradient, so the optimizer never moves them.
-            with torch.no_grad():
-                self.gated.gates.ffn.fill_(FIXED_OPEN)
-            self.gated.gates.ffn.requires_grad_(False)
+            self.gated.fix_open("ffn")
         # The l1 order was chosen for MAC budgets (with q/k gates); under a latency target the micro gates start
         # alike: there the controller steers a table's steps, and started in l1 order it landed 1.6 % off a 1 %
         # tolerance on the tiny model (tests/hiap/test_latency.py).
@@ -343,10 +341,9 @@ class Pruner:
         blocks) apart from micro gates (q/k dims, value dims, neurons), since their lrs follow the controller's
         phases. `step(optimizer)` sets their lr from then on."""
         gates = self.gated.gates
-        micro = [gates.value, gates.neuron] + ([gates.qk] if self.gated.qk_gated else [])
         groups = [
             {"params": [gates.head, gates.ffn], "lr": self.gate_lr, "weight_decay": 0.0, "hiap": "macro"},
-            {"params": micro, "lr": self.gate_lr, "weight_decay": 0.0, "hiap": "micro"},
+            {"params": self.gated.micro_logits(), "lr": self.gate_lr, "weight_decay": 0.0, "hiap": "micro"},
         ]
         self._set_gate_lrs(groups)
         return groups
@@ -525,8 +522,8 @@ class Pruner:
         if self.landed:
             return self.landing_shift
         target = self.budget.target / self.budget.dense
-        gates, align = self.gated.gates, self.options.value_align
-        micro = [gates.value, gates.neuron] + ([gates.qk] if self.gated.qk_gated else [])
+        align = self.options.value_align
+        micro = self.gated.micro_logits()
         base = [g.detach().clone() for g in micro]
 
         def error(shift: float) -> float:
