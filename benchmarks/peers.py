@@ -220,9 +220,10 @@ def time_models(
 
 
 def plot(points: list[tuple[str, float, float, float]], dense_top1: float | None, path: Path, title: str,
-         ylabel: str = "validation top-1 (%)") -> None:  # fmt: skip
-    """Accuracy vs MACs from (method, budget, MAC fraction, top-1 %) per run: every run as a dot, each method's mean
-    per budget joined by a line (shared by peers.py and cifar10.py)."""
+         ylabel: str = "validation top-1 (%)",
+         xlabel: str = "MACs of the exported network (fraction of dense)") -> None:  # fmt: skip
+    """Accuracy vs cost from (method, budget, cost as a fraction of dense, top-1 %) per run: every run as a dot, each
+    method's mean per budget joined by a line (shared by peers.py, cifar10.py and latency_peers.py)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -237,7 +238,7 @@ def plot(points: list[tuple[str, float, float, float]], dense_top1: float | None
         ax.plot(*zip(*means, strict=True), marker="o", color=f"C{i}", label=f"{method} (mean)")
     if dense_top1 is not None:
         ax.axhline(dense_top1, color="grey", linestyle=":", label="dense start")
-    ax.set_xlabel("MACs of the exported network (fraction of dense)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)

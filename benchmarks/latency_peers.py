@@ -1,0 +1,346 @@
+"""Pruning quality against peers at equal measured latency on the built-in data (ONNX Runtime CPU, x86-cpu profile).
+
+    python benchmarks/latency_peers.py --part table|train|match|finetune|measure|report|all
+                                       [--targets 0.65 0.45] [--seeds 0 1 2] [--threads 1]
+
+The MAC comparison (peers.py) holds compute equal; this one holds the measured latency equal, which is what a user
+with a latency budget buys. Per target (a fraction of the table's dense latency) and seed:
+- table: the built-in model's latency table, timed here with the x86-cpu profile (2 threads, batch 1);
+- train: HiAP's default recipe trained to the target (`--target-latency-ms` on that table) and exported;
+- match: every peer (uniform l1, l1 FFN-only, Torch-Pruning; peers.py's pruning code) pruned at 18 ratios without
+  training, exported, and timed alternating with every HiAP network of the target in one pass; each seed's peer
+  ratio is interpolated where the peer's measured latency crosses that seed's HiAP network. The table is not used
+  for the peers: it prices attention at full q/k width and would overrate a uniform cut, which narrows q and k;
+- finetune: each peer pruned at its ratio and trained like peers.py (the same epochs x images, recipe and KD);
+- measure: every final network and the dense start timed alternating in one process (p50 of all calls, and the
+  median of the fastest round as the tables use); accuracy on the built-in validation split (held out).
+The parts that time (table, match, measure) want a quiet machine. Resumable: trained networks are appended to
+results/latency_peers.jsonl and skipped on a rerun; ratios and timings go to results/latency_peers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from common import environment, load_runs, results_dir
+from peers import MODEL, finetune, plot, prune
+
+from devices.profile import load_profile
+from export.onnx_io import onnx_cost, torch2onnx
+from export.probes import profile_model
+from hiap.base.lut import read_lut, write_lut
+from hiap.data import BuiltinData
+from hiap.gated import describe_vit
+from hiap.latency import LatencyCost
+from hiap.models import create_model, data_config, load_pretrained
+
+CACHE = Path(tempfile.gettempdir()) / "hiap-latency-peers"
+PEERS = ("uniform", "l1-ffn", "torch-pruning")
+RATIOS = tuple(round(r, 2) for r in np.arange(0.05, 0.95, 0.05))
+EPOCHS = 6  # as peers.py and hiap train's default on the built-in data
+ROUNDS, CALLS = 40, 30  # a pass: every network called CALLS times per round, in turn
+
+
+def _lut() -> Path:
+    return CACHE / "lut.json"
+
+
+def _dense() -> tuple[torch.nn.Module, BuiltinData]:
+    dense = create_model(MODEL, num_classes=10).eval()
+    load_pretrained(dense, MODEL, "auto")
+    cfg = data_config(dense)
+    return dense, BuiltinData(cfg["input_size"], cfg["mean"], cfg["std"])
+
+
+def _dense_ms() -> float:
+    vit = create_model(MODEL, num_classes=10)
+    return LatencyCost(read_lut(_lut()), describe_vit(vit), MODEL).dense
+
+
+def _target_ms(fraction: float) -> float:
+    return round(fraction * _dense_ms(), 4)
+
+
+def part_table() -> None:
+    if not _lut().is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        write_lut(_lut(), profile_model(MODEL, {}, load_profile("x86-cpu")))
+    print(f"table: dense {_dense_ms():.4f} ms predicted ({_lut()})", flush=True)
+
+
+def _log_run(log: Path, run: dict[str, Any]) -> None:
+    print(json.dumps(run), flush=True)
+    with open(log, "a") as f:
+        f.write(json.dumps(run) + "\n")
+
+
+def _onnx(name: str) -> Path:
+    return CACHE / "final" / f"{name}.onnx"
+
+
+def _record(method: str, target: float, seed: int, acc: float, onnx: Path, dense_macs: int,
+            t0: float) -> dict[str, Any]:  # fmt: skip
+    macs, params = onnx_cost(onnx)
+    return {"method": method, "target": target, "seed": seed, "val_acc": acc, "onnx_macs": macs,
+            "mac_fraction": macs / dense_macs, "onnx_params": params, "onnx": onnx.name,
+            "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
+
+
+def part_train(targets: list[float], seeds: list[int], log: Path) -> None:
+    """HiAP's default recipe to each latency target, exported (the compact network hiap export writes)."""
+    from rich.console import Console
+
+    from export.artifact import export_source
+    from export.source import source_from_run
+    from hiap.config import TrainConfig
+    from hiap.train import Trainer
+
+    dense_macs = _dense_onnx_macs()
+    for target in targets:
+        for seed in seeds:
+            if any((r["method"], r["target"], r["seed"]) == ("hiap", target, seed) for r in load_runs(log)):
+                continue
+            t0 = time.perf_counter()
+            run = CACHE / "runs" / f"hiap-{target}-{seed}"
+            cfg = TrainConfig(target_latency_ms=_target_ms(target), lut=str(_lut()), seed=seed, epochs=EPOCHS,
+                              out=str(run))  # fmt: skip
+            summary = Trainer(cfg, Console(quiet=True), resume=(run / "checkpoint.safetensors").is_file()).run()
+            export_source(source_from_run(run), run / "export", force=True)
+            onnx = _onnx(f"hiap-{target}-{seed}")
+            onnx.parent.mkdir(parents=True, exist_ok=True)
+            onnx.write_bytes((run / "export" / "model.onnx").read_bytes())
+            kept = {k: summary[k] for k in ("kept_heads", "kept_ffn", "kept_neurons", "target_error")}
+            row = _record("hiap", target, seed, summary["val_acc"], onnx, dense_macs, t0)
+            _log_run(log, row | kept | {"target_ms": summary["target_latency_ms"],
+                                        "predicted_ms": summary["predicted_latency_ms"]})  # fmt: skip
+
+
+def _dense_onnx_macs() -> int:
+    path = CACHE / "final" / "dense-start.onnx"
+    if not path.is_file():
+        dense, _ = _dense()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch2onnx(dense, data_config(dense)["input_size"], path)
+    return onnx_cost(path)[0]
+
+
+def _time(paths: dict[str, Path], rounds: int = ROUNDS, calls: int = CALLS) -> dict[str, list[list[float]]]:
+    """Per network, the ms of every call, grouped by round; every round calls every network in turn (x86-cpu's
+    runner settings: 2 intra-op threads, batch 1, no spinning between networks)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    feeds = {}
+    for k, s in sessions.items():
+        inp = s.get_inputs()[0]
+        x = np.random.default_rng(0).standard_normal([1, *inp.shape[1:]]).astype(np.float32)
+        feeds[k] = {inp.name: x}
+        for _ in range(10):
+            s.run(None, feeds[k])
+    samples: dict[str, list[list[float]]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            calls_ms = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                s.run(None, feeds[k])
+                calls_ms.append((time.perf_counter() - t0) * 1e3)
+            samples[k].append(calls_ms)
+    return samples
+
+
+def _p50(rounds: list[list[float]]) -> float:
+    return float(np.median([ms for r in rounds for ms in r]))
+
+
+def _steady(rounds: list[list[float]]) -> float:
+    return min(float(np.median(r)) for r in rounds)
+
+
+def _crossing(ratios: list[float], ms: list[float], target: float) -> float | None:
+    """The smallest ratio where the measured latency falls to `target` (linear between neighbouring candidates)."""
+    for (r0, m0), (r1, m1) in zip(zip(ratios, ms, strict=True), zip(ratios[1:], ms[1:], strict=True), strict=False):
+        if m0 >= target >= m1 and m0 > m1:
+            return r0 + (m0 - target) / (m0 - m1) * (r1 - r0)
+    return None
+
+
+def part_match(targets: list[float], seeds: list[int], log: Path, results: dict[str, Any]) -> None:
+    """Each peer's ratio per seed: candidates timed alternating with the HiAP networks they are matched to."""
+    dense, data = _dense()
+    shape = data_config(dense)["input_size"]
+    candidates: dict[str, Path] = {}
+    for method in PEERS:
+        for ratio in RATIOS:
+            path = CACHE / "candidates" / f"{method}-{ratio}.onnx"
+            if not path.is_file():
+                try:
+                    model = prune(dense, method, ratio, data)
+                except ValueError:  # emptied a layer: no network at this ratio
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch2onnx(model.eval(), shape, path)
+            candidates[f"{method} {ratio}"] = path
+    for target in targets:
+        hiap = {r["seed"]: _onnx(f"hiap-{target}-{r['seed']}") for r in load_runs(log)
+                if (r["method"], r["target"]) == ("hiap", target) and r["seed"] in seeds}  # fmt: skip
+        if not hiap:
+            print(f"match: no HiAP network at {target} yet (--part train)", flush=True)
+            continue
+        samples = _time({f"hiap {s}": p for s, p in hiap.items()} | candidates)
+        steady = {k: _steady(v) for k, v in samples.items()}
+        entry: dict[str, Any] = {"timed": time.strftime("%Y-%m-%d %H:%M"), "rounds": ROUNDS, "calls": CALLS,
+                                 "steady_ms": steady, "ratios": {}}  # fmt: skip
+        for method in PEERS:
+            keys = [k for k in candidates if k.split()[0] == method]
+            ratios, ms = [float(k.split()[1]) for k in keys], [steady[k] for k in keys]
+            entry["ratios"][method] = {str(s): _crossing(ratios, ms, steady[f"hiap {s}"]) for s in hiap}
+        results.setdefault("match", {})[str(target)] = entry
+        _save(results)
+        print(f"match {target}: {json.dumps(entry['ratios'])}", flush=True)
+
+
+def part_finetune(targets: list[float], seeds: list[int], log: Path, results: dict[str, Any]) -> None:
+    """Each peer pruned at its matched ratio and trained like peers.py."""
+    dense, data = _dense()
+    dense_macs = _dense_onnx_macs()
+    for target in targets:
+        match = results.get("match", {}).get(str(target))
+        for seed in seeds:
+            for method in PEERS:
+                ratio = (match or {}).get("ratios", {}).get(method, {}).get(str(seed))
+                done = any((r["method"], r["target"], r["seed"]) == (method, target, seed) for r in load_runs(log))
+                if done or ratio is None:
+                    if not done:
+                        print(f"finetune: {method} {target} seed {seed} has no matched ratio", flush=True)
+                    continue
+                t0 = time.perf_counter()
+                model = prune(dense, method, ratio, data)
+                teacher = copy.deepcopy(dense).eval().requires_grad_(False)
+                acc = finetune(model, teacher, data, EPOCHS, seed)
+                onnx = _onnx(f"{method}-{target}-{seed}")
+                torch2onnx(model.eval(), data_config(dense)["input_size"], onnx)
+                _log_run(log, _record(method, target, seed, acc, onnx, dense_macs, t0) | {"prune_ratio": ratio})
+
+
+def part_measure(log: Path, results: dict[str, Any]) -> None:
+    """Every final network and the dense start, alternating in one pass (appended; earlier passes kept)."""
+    _dense_onnx_macs()
+    runs = load_runs(log)
+    paths = {"dense start": _onnx("dense-start")} | {r["onnx"]: _onnx(r["onnx"][: -len(".onnx")]) for r in runs}
+    samples = _time(paths)
+    results.setdefault("measure", []).append({
+        "timed": time.strftime("%Y-%m-%d %H:%M"), "rounds": ROUNDS, "calls": CALLS,
+        "p50_ms": {k: _p50(v) for k, v in samples.items()}, "steady_ms": {k: _steady(v) for k, v in samples.items()},
+    })  # fmt: skip
+    _save(results)
+
+
+def _save(results: dict[str, Any]) -> None:
+    (results_dir() / "latency_peers.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+def part_report(log: Path, results: dict[str, Any]) -> None:
+    runs = load_runs(log)
+    if not results.get("measure"):
+        raise SystemExit("nothing measured yet: --part measure")
+    last = results["measure"][-1]
+    p50, steady = last["p50_ms"], last["steady_ms"]
+    dense_p50 = p50["dense start"]
+    lines = [
+        "# Pruning quality at equal measured latency (built-in data, ONNX Runtime CPU, x86-cpu profile)", "",
+        f"{_env_line(results)}", "",
+        f"Measuring pass {len(results['measure'])} ({last['timed']}): every network {last['calls']} calls in each of "
+        f"{last['rounds']} rounds, all alternating in one process; dense start p50 {dense_p50:.4f} ms. Top-1 on the "
+        f"built-in validation split (held out; no choice is made on it). Peers' ratios were interpolated on measured "
+        "latency against each seed's HiAP network (benchmarks/latency_peers.py).", "",
+        "| target (of dense table ms) | method | seeds | top-1 % (mean +- sd) | p50 ms (mean) | p50 vs HiAP | "
+        "speed-up (p50) | MACs (of dense) | top-1 vs HiAP per seed (pp) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    points = []
+    for target in sorted({r["target"] for r in runs}, reverse=True):
+        hiap = {r["seed"]: r for r in runs if (r["method"], r["target"]) == ("hiap", target)}
+        for method in ("hiap", *PEERS):
+            rs = sorted((r for r in runs if (r["method"], r["target"]) == (method, target)), key=lambda r: r["seed"])
+            if not rs:
+                continue
+            accs = [100 * r["val_acc"] for r in rs]
+            ms = [p50[r["onnx"]] for r in rs if r["onnx"] in p50]
+            vs = [p50[r["onnx"]] / p50[hiap[r["seed"]]["onnx"]] - 1 for r in rs if r["seed"] in hiap]
+            diff = [100 * (r["val_acc"] - hiap[r["seed"]]["val_acc"]) for r in rs if r["seed"] in hiap]
+            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            lines.append(
+                f"| {target} | {method} | {len(rs)} | {statistics.mean(accs):.2f} +- {sd:.2f} | "
+                f"{statistics.mean(ms):.4f} | {statistics.mean(vs):+.1%} | {dense_p50 / statistics.mean(ms):.2f}x | "
+                f"{statistics.mean(r['mac_fraction'] for r in rs):.3f} | "
+                f"{' / '.join(f'{d:+.2f}' for d in diff) if method != 'hiap' else '-'} |"
+            )
+            points += [(method, target, p50[r["onnx"]] / dense_p50, 100 * r["val_acc"]) for r in rs]
+    lines += ["", "Steady latency (median of the fastest round, as the tables use) of the same pass, ms:", "",
+              "| network | p50 | steady |", "|---|---|---|"]  # fmt: skip
+    lines += [f"| {k[: -len('.onnx')] if k.endswith('.onnx') else k} | {p50[k]:.4f} | {steady[k]:.4f} |"
+              for k in sorted(p50)]  # fmt: skip
+    (results_dir() / "latency_peers.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(points, None, results_dir() / "latency_peers.png",
+         "Built-in data at equal measured latency: dots are seeds", "validation top-1 (%)",
+         xlabel="measured p50 latency (of the dense start's)")  # fmt: skip
+
+
+def _env_line(results: dict[str, Any]) -> str:
+    env = results["environment"]
+    return (f"{env['machine']}, CPU {env['cpu']['model']} ({' '.join(env['cpu']['flags'])}), torch {env['torch']}, "
+            f"onnxruntime {env['onnxruntime']}, hiap {env['hiap']}, training threads {env['train_threads']}, "
+            f"{env['date']}; {env['recipe']}.")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parts = ("table", "train", "match", "finetune", "measure", "report")
+    parser.add_argument("--part", choices=(*parts, "all"), default="all")
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.65, 0.45],
+                        help="latency targets, fractions of the table's dense latency")  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads while training (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = results_dir() / "latency_peers.jsonl"
+    path = results_dir() / "latency_peers.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    if "environment" not in results:
+        env = environment(f"{EPOCHS} epochs x 12,000 images per method, KD from the dense start, seeds {args.seeds}")
+        env["onnxruntime"] = __import__("onnxruntime").__version__
+        env["train_threads"] = torch.get_num_threads()
+        results["environment"] = env
+    for part in parts if args.part == "all" else (args.part,):
+        if part == "table":
+            part_table()
+        elif part == "train":
+            part_train(args.targets, args.seeds, log)
+        elif part == "match":
+            part_match(args.targets, args.seeds, log, results)
+        elif part == "finetune":
+            part_finetune(args.targets, args.seeds, log, results)
+        elif part == "measure":
+            part_measure(log, results)
+        else:
+            part_report(log, results)
+
+
+if __name__ == "__main__":
+    main()
