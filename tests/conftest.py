@@ -7,6 +7,7 @@ the base install, where every test that needs torch skips itself (importorskip).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup would hang ~50 s before failing
 
@@ -20,6 +21,19 @@ def _deterministic_torch() -> None:
     except ImportError:  # the base install: nothing to seed
         return
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-epoch `hiap train` run of the tiny built-in model (read only: tests copy what they change)."""
+    pytest.importorskip("torch")
+    from hiap.config import TrainConfig
+    from hiap.train import Trainer
+
+    run = tmp_path_factory.mktemp("run") / "run"
+    Trainer(TrainConfig(model="hiap_vit_fmnist_tiny", pretrained="none", epochs=1, train_images=128, batch_size=16,
+                        gate_lr=1.0, target_tolerance=1.0, out=str(run))).run()  # fmt: skip
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -35,18 +35,6 @@ JSON = st.recursive(
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hiap.config import TrainConfig
-    from hiap.train import Trainer
-
-    run = tmp_path_factory.mktemp("run") / "run"
-    Trainer(TrainConfig(model="hiap_vit_fmnist_tiny", pretrained="none", epochs=1, train_images=128, batch_size=16,
-                        gate_lr=1.0, target_tolerance=1.0,
-                        out=str(run))).run()  # fmt: skip
-    return run
-
-
 # -- configs ---------------------------------------------------------------------------------------------------
 
 

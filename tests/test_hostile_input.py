@@ -304,17 +304,6 @@ def test_how_a_command_ends_on_a_full_disk_a_bug_and_ctrl_c(tmp_path: Path, monk
 # -- crafted checkpoints: valid checksums, hostile contents ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hiap.config import TrainConfig
-    from hiap.train import Trainer
-
-    run = tmp_path_factory.mktemp("run") / "run"
-    Trainer(TrainConfig(model="hiap_vit_fmnist_tiny", pretrained="none", epochs=1, train_images=128, batch_size=16,
-                        gate_lr=1.0, target_tolerance=1.0, out=str(run))).run()  # fmt: skip
-    return run
-
-
 @FUZZ
 @given(
     part=st.sampled_from(["state", "config", "gates"]),
