@@ -25,6 +25,7 @@ from hiap.base.lut import (
     attention_probe,
     ffn_probe,
     parse_lut,
+    qk_probe,
 )
 from runtime.harness import fastest_round_median, time_calls
 
@@ -51,6 +52,7 @@ def read_manifest(probes: Path) -> dict[str, Any]:
     try:
         wanted = {OVERHEAD_PROBE, FIXED_PROBE} | {ffn_probe(k) for k in grid["ffn_widths"]}
         wanted |= {attention_probe(h, w) for h in grid["heads"] for w in grid["value_widths"]}
+        wanted |= {qk_probe(h, q) for h in grid["heads"] for q in grid.get("qk_widths", [])[:-1]}
         listed = {p["file"] for p in body["probes"]}
         complete = all(k in body for k in ("model", "geometry", "align")) and wanted <= listed
     except (TypeError, KeyError):
@@ -160,6 +162,11 @@ def measure_lut_alongside(probes: Path, profile: DeviceProfile, others: list[Pat
             "attention": attention,
             "ffn": [cells[ffn_probe(k)] for k in grid["ffn_widths"]],
         }
+        if grid.get("qk_widths"):
+            # at full q/k width the branch is the attention probe at full value width (attention[i][-1])
+            *narrower, _ = grid["qk_widths"]
+            tables[str(b)]["attention_qk"] = [[cells[qk_probe(h, q)] for q in narrower] + [row[-1]]
+                                              for h, row in zip(grid["heads"], attention, strict=True)]  # fmt: skip
     host = detect_host()
     body = {
         "schema": LUT_SCHEMA,

@@ -1,12 +1,13 @@
 """The probe set of a latency table: small ONNX files of single block branches of one model geometry, over a grid
-of kept heads, value widths and FFN widths, plus the parts outside the blocks and a call-overhead graph.
+of kept heads, value widths, q/k widths and FFN widths, plus the parts outside the blocks and a call-overhead graph.
 
 Each probe is cut from the model exactly as the exporter cuts a pruned network (export/compact.py): an attention
-branch is norm1, attention with h heads of value width w (the emitted, padded width), LayerScale and the residual
-add; an FFN branch is norm2, an MLP of k neurons, LayerScale and the add; `fixed` is the network with no blocks
-(patch embedding, prefix tokens, final norm, head). They are written, simplified and checked as `hiap export`
-writes a model, so the device runs the same operators it will run in the real file. The weights are the random
-init of the model: latency does not depend on their values at FP32.
+branch is norm1, attention with h heads of value width w (the emitted, padded width) or of q/k width q at full value
+width (the q/k axis, on models whose q/k dims can be gated: no qk-norm), LayerScale and the residual add; an FFN
+branch is norm2, an MLP of k neurons, LayerScale and the add; `fixed` is the network with no blocks (patch
+embedding, prefix tokens, final norm, head). They are written, simplified and checked as `hiap export` writes a
+model, so the device runs the same operators it will run in the real file. The weights are the random init of the
+model: latency does not depend on their values at FP32.
 """
 
 from __future__ import annotations
@@ -25,9 +26,17 @@ from export.onnx_io import simplify_onnx, torch2onnx
 from hiap import __version__
 from hiap.base.atomic import write_json_atomic
 from hiap.base.errors import HiapError
-from hiap.base.lut import FIXED_PROBE, OVERHEAD_PROBE, PROBE_MANIFEST, attention_probe, ffn_probe, geometry_record
+from hiap.base.lut import (
+    FIXED_PROBE,
+    OVERHEAD_PROBE,
+    PROBE_MANIFEST,
+    attention_probe,
+    ffn_probe,
+    geometry_record,
+    qk_probe,
+)
 from hiap.cost import BlockStructure, Geometry
-from hiap.gated import describe_vit
+from hiap.gated import describe_vit, qk_gateable
 from hiap.models import create_model, data_config
 
 
@@ -38,21 +47,27 @@ class Grid:
     heads: tuple[int, ...]
     value_widths: tuple[int, ...]  # emitted widths: multiples of align (and the head width)
     ffn_widths: tuple[int, ...]
+    qk_widths: tuple[int, ...] = ()  # emitted q/k widths, as value widths; empty: no q/k axis
 
     @property
     def size(self) -> int:
-        return len(self.heads) * len(self.value_widths) + len(self.ffn_widths) + 2
+        # the q/k axis's full width is the attention probe at full value width: no file of its own
+        qk = len(self.heads) * max(len(self.qk_widths) - 1, 0)
+        return len(self.heads) * len(self.value_widths) + qk + len(self.ffn_widths) + 2
 
 
 def default_grid(geom: Geometry, align: int, ffn_step: int) -> Grid:
-    """Every head count, every value width the exporter can emit with `align`, FFN widths every `ffn_step`."""
+    """Every head count, every value width the exporter can emit with `align`, the same q/k widths where q/k dims
+    can be gated (no qk-norm), FFN widths every `ffn_step`."""
     if align < 1:
         raise HiapError(f"--align must be >= 1, got {align}.")
     if ffn_step < 1:
         raise HiapError(f"--ffn-step must be >= 1, got {ffn_step}.")
     widths = sorted({min(w, geom.head_dim) for w in range(align, geom.head_dim + align, align)})
     ffn = sorted(set(range(ffn_step, geom.hidden, ffn_step)) | {geom.hidden})
-    return Grid(heads=tuple(range(1, geom.num_heads + 1)), value_widths=tuple(widths), ffn_widths=tuple(ffn))
+    qk = tuple(widths) if qk_gateable(geom) else ()
+    return Grid(heads=tuple(range(1, geom.num_heads + 1)), value_widths=tuple(widths), ffn_widths=tuple(ffn),
+                qk_widths=qk)  # fmt: skip
 
 
 class _Copy(nn.Module):
@@ -63,14 +78,15 @@ class _Copy(nn.Module):
 
 
 def _branch(block: nn.Module, geom: Geometry, heads: int, width: int, neurons: int, align: int,
-            chain: int = 1) -> nn.Module:  # fmt: skip
-    """`chain` compact blocks in a row that keep only an attention branch (heads > 0) or only an FFN branch
-    (neurons > 0), each with its own copy of the weights, as the blocks of a network have."""
+            chain: int = 1, qk_width: int | None = None) -> nn.Module:  # fmt: skip
+    """`chain` compact blocks in a row that keep only an attention branch (heads > 0; q/k at `qk_width`, None: full)
+    or only an FFN branch (neurons > 0), each with its own copy of the weights, as the blocks of a network have."""
     plan = BlockStructure(
         heads=tuple(range(heads)),
         value_dims=tuple(tuple(range(width)) for _ in range(heads)),
         ffn=neurons > 0,
         neurons=tuple(range(neurons)),
+        qk_dims=None if qk_width is None else tuple(tuple(range(qk_width)) for _ in range(heads)),
     )
     one = compact_block(block, plan, align)
     return nn.Sequential(one, *(copy.deepcopy(one) for _ in range(chain - 1))).eval()
@@ -104,6 +120,10 @@ def make_probes(model: str, model_kwargs: dict[str, Any], out: Path, align: int 
         for w in grid.value_widths:
             probes.append({"kind": "attention", "heads": h, "width": w, "file": attention_probe(h, w),
                            "module": _branch(block, geom, h, w, 0, align, chain), "input": tokens})  # fmt: skip
+        for q in grid.qk_widths[:-1]:
+            branch = _branch(block, geom, h, geom.head_dim, 0, align, chain, qk_width=q)
+            probes.append({"kind": "attention_qk", "heads": h, "qk_width": q, "file": qk_probe(h, q),
+                           "module": branch, "input": tokens})  # fmt: skip
     for k in grid.ffn_widths:
         probes.append({"kind": "ffn", "neurons": k, "file": ffn_probe(k),
                        "module": _branch(block, geom, 0, 0, k, align, chain), "input": tokens})  # fmt: skip
@@ -139,7 +159,8 @@ def make_probes(model: str, model_kwargs: dict[str, Any], out: Path, align: int 
             "heads": list(grid.heads),
             "value_widths": list(grid.value_widths),
             "ffn_widths": list(grid.ffn_widths),
-        },
+        }
+        | ({"qk_widths": list(grid.qk_widths)} if grid.qk_widths else {}),
         "probes": probes,
     }
     write_json_atomic(out / PROBE_MANIFEST, manifest, indent=1)

@@ -187,7 +187,8 @@ class TrainConfig:
     ffn_block_gates: bool = PruneOptions.ffn_block_gates
     # True: each head's q/k dims carry micro gates too (removed from q and k at export; the softmax scale stays
     # 1/sqrt(head_dim)). Beyond the paper, which keeps Q and K whole; false is the paper's search space. MAC budgets
-    # only (a latency table prices attention at full q/k width) and not with qk-norm; there the gates stay open.
+    # and latency tables with a q/k axis (older tables price attention at full q/k width), not with qk-norm; there
+    # the gates stay open.
     qk_gates: bool = PruneOptions.qk_gates
     k_min: int = PruneOptions.k_min  # heads kept per block at least
     min_value_frac: float = PruneOptions.min_value_frac  # value dims kept per kept head at least

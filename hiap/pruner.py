@@ -71,7 +71,7 @@ class Budget:
         if self.latency is None:
             return gated.expected_cost()
         p = gated.keep_probabilities()
-        return self.latency.expected(p["head"], p["ffn"], p["value"], p["neuron"])  # q/k never gated here
+        return self.latency.expected(p["head"], p["ffn"], p["value"], p["neuron"], p["qk"] if gated.qk_gated else None)
 
     def hard(self, gated: GatedViT) -> torch.Tensor:
         """The exported network's cost as a tensor on the gates' device (no host read-back)."""
@@ -106,8 +106,9 @@ def mac_budget(geometry: Geometry, floors: Floors, target: float | int | str, ff
 
 
 def latency_budget(geometry: Geometry, floors: Floors, table: LatencyTable, model: str, batch: int, want: float,
-                   ffn_removable: bool) -> Budget:  # fmt: skip
-    """A latency budget priced by a device's table, checked against the dense model and the floors."""
+                   ffn_removable: bool, qk_removable: bool = False) -> Budget:  # fmt: skip
+    """A latency budget priced by a device's table, checked against the dense model and the floors (q/k widths
+    count as removable only where the table prices them)."""
     cost = LatencyCost(table, geometry, model, batch)
     dense = cost.dense
     if isinstance(want, bool) or not isinstance(want, (int, float)) or not want > 0:
@@ -115,7 +116,7 @@ def latency_budget(geometry: Geometry, floors: Floors, table: LatencyTable, mode
     if want >= dense:
         raise HiapError(f"Target {format_ms(want)} is not below the dense model's predicted {format_ms(dense)} on "
                         f"{cost.table.device}: give a smaller --target-latency-ms.")  # fmt: skip
-    low = cost.min_reachable_ms(floors, ffn_removable)
+    low = cost.min_reachable_ms(floors, ffn_removable, qk_removable and cost.prices_qk)
     if want < low:
         raise HiapError(
             f"Target {format_ms(want)} is below the fastest network the floors allow on {cost.table.device}: "
@@ -221,11 +222,12 @@ class Pruner:
         geometry = describe_vit(vit)  # refuses unsupported blocks before anything changes
         floors = Floors(opts.k_min, opts.min_value_frac, opts.min_neuron_frac, opts.min_qk_frac)
         self.model_name = model_name or str(getattr(vit, "pretrained_cfg", {}).get("architecture") or "")
-        # q/k widths are gated for a MAC budget on a model without qk-norm (GatedViT; a latency table prices
-        # attention at full q/k width).
-        qk_gates = opts.qk_gates and target_latency_ms is None and qk_gateable(geometry)
+        # q/k widths are gated on a model without qk-norm (GatedViT) for a MAC budget, or a latency budget whose
+        # table has a q/k axis (older tables price attention at full q/k width only).
+        qk_gates = opts.qk_gates and qk_gateable(geometry)
         self.budget = self._budget(geometry, floors, opts, target_macs, target_latency_ms, lut, latency_batch,
                                    qk_gates)  # fmt: skip
+        qk_gates = qk_gates and (self.budget.latency is None or self.budget.latency.prices_qk)
         gain = opts.controller_gain or (2.0 if self.budget.kind == "latency" else 0.5)
         self.controller = BudgetController(self.budget.target / self.budget.dense, gain=gain)
         check_schedule(total_steps, steps_per_epoch, opts.gate_init, opts.gate_lr, self.controller.ramp)
@@ -288,7 +290,8 @@ class Pruner:
         table = lut if isinstance(lut, LatencyTable) else read_lut(Path(lut))
         if not self.model_name:
             raise HiapError("A latency target needs the model's timm name (model_name=) to check the table is its.")
-        return latency_budget(geometry, floors, table, self.model_name, batch, target_latency_ms, opts.ffn_block_gates)
+        return latency_budget(geometry, floors, table, self.model_name, batch, target_latency_ms, opts.ffn_block_gates,
+                              qk_gates)  # fmt: skip
 
     # --- what the caller reads -----------------------------------------------------------------------------
     @property

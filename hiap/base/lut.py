@@ -30,6 +30,10 @@ def attention_probe(heads: int, width: int) -> str:
     return f"attn_h{heads}_w{width}.onnx"
 
 
+def qk_probe(heads: int, width: int) -> str:
+    return f"attn_h{heads}_q{width}.onnx"
+
+
 def ffn_probe(neurons: int) -> str:
     return f"ffn_k{neurons}.onnx"
 
@@ -51,13 +55,16 @@ class Tables:
     overhead: a graph that only copies its input (the cost of one call, which every probe file pays once and a
     whole network pays once); fixed: the network without blocks (patch embedding, prefix tokens, final norm, head);
     attention[i][j]: the attention branch (norm, attention, residual add) with heads[i] heads of value width
-    value_widths[j]; ffn[k]: the FFN branch (norm, MLP, residual add) with ffn_widths[k] neurons.
+    value_widths[j] (q/k at full width); ffn[k]: the FFN branch (norm, MLP, residual add) with ffn_widths[k]
+    neurons; attention_qk[i][j] (tables with a q/k axis, else empty): the attention branch with heads[i] heads of
+    q/k width qk_widths[j] and full value width (its last column is attention[i][-1], the same branch).
     """
 
     overhead: Cell
     fixed: Cell
     attention: tuple[tuple[Cell, ...], ...]
     ffn: tuple[Cell, ...]
+    attention_qk: tuple[tuple[Cell, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class LatencyTable:
     tables: dict[int, Tables]
     body: dict[str, Any]  # the whole file, for reports and the artifact's record
     path: str = ""
+    qk_widths: tuple[int, ...] = ()  # emitted q/k widths; empty: the table prices attention at full q/k width only
 
     @cached_property
     def digest(self) -> str:
@@ -197,9 +205,15 @@ def parse_lut(body: Any, path: str = "") -> LatencyTable:
     heads = _ints(grid.get("heads"), f"{where} grid 'heads'")
     widths = _ints(grid.get("value_widths"), f"{where} grid 'value_widths'")
     ffn = _ints(grid.get("ffn_widths"), f"{where} grid 'ffn_widths'")
-    if heads[-1] != geometry["num_heads"] or widths[-1] != geometry["head_dim"] or ffn[-1] != geometry["hidden"]:
-        raise HiapError(f"{where}: the grid must reach the dense widths (heads {geometry['num_heads']}, value width "
-                        f"{geometry['head_dim']}, FFN {geometry['hidden']}).")  # fmt: skip
+    qk = _ints(grid["qk_widths"], f"{where} grid 'qk_widths'") if "qk_widths" in grid else ()
+    if (
+        heads[-1] != geometry["num_heads"]
+        or widths[-1] != geometry["head_dim"]
+        or ffn[-1] != geometry["hidden"]
+        or (qk and qk[-1] != geometry["head_dim"])
+    ):
+        raise HiapError(f"{where}: the grid must reach the dense widths (heads {geometry['num_heads']}, value and q/k "
+                        f"width {geometry['head_dim']}, FFN {geometry['hidden']}).")  # fmt: skip
     for key in ("align", "chain"):
         if not isinstance(body.get(key), int) or isinstance(body.get(key), bool) or body[key] < 1:
             raise HiapError(f"{where}: '{key}' must be a positive integer.")
@@ -222,11 +236,21 @@ def parse_lut(body: Any, path: str = "") -> LatencyTable:
         ffn_cells = t.get("ffn")
         if not isinstance(ffn_cells, list) or len(ffn_cells) != len(ffn):
             raise HiapError(f"{at} 'ffn': expected one cell per FFN width ({len(ffn)}).")
+        qk_rows = []
+        if qk:
+            raw_qk = t.get("attention_qk")
+            if not isinstance(raw_qk, list) or len(raw_qk) != len(heads):
+                raise HiapError(f"{at} 'attention_qk': expected one row per head count ({len(heads)}).")
+            for i, row in enumerate(raw_qk):
+                if not isinstance(row, list) or len(row) != len(qk):
+                    raise HiapError(f"{at} 'attention_qk'[{i}]: expected one cell per q/k width ({len(qk)}).")
+                qk_rows.append(tuple(_cell(c, f"{at} 'attention_qk'[{i}]") for c in row))
         tables[int(key)] = Tables(
             overhead=_cell(t.get("overhead"), f"{at} 'overhead'"),
             fixed=_cell(t.get("fixed"), f"{at} 'fixed'"),
             attention=tuple(rows),
             ffn=tuple(_cell(c, f"{at} 'ffn'") for c in ffn_cells),
+            attention_qk=tuple(qk_rows),
         )
     kwargs = body.get("model_kwargs") or {}
     if not isinstance(kwargs, dict):
@@ -235,7 +259,7 @@ def parse_lut(body: Any, path: str = "") -> LatencyTable:
         device=str(body["device"]), runtime=str(body["runtime"]), precision=str(body["precision"]),
         model=str(body["model"]), model_kwargs=kwargs, geometry={k: int(geometry[k]) for k in GEOMETRY_KEYS},
         align=body["align"], chain=body["chain"], heads=heads, value_widths=widths, ffn_widths=ffn, tables=tables,
-        body=body, path=path,
+        body=body, path=path, qk_widths=qk,
     )  # fmt: skip
 
 

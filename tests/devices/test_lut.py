@@ -69,7 +69,11 @@ def test_profile_writes_a_self_describing_table(lut: Path) -> None:
     cells = table.at(1)
     # A chain of four branches costs more than one call that only copies its input; the dense FFN more than the
     # narrowest (timings on a shared machine: only orderings that hold by a wide margin).
-    assert all(c.ms > cells.overhead.ms for row in cells.attention for c in row)
+    assert all(c.ms > cells.overhead.ms for row in cells.attention + cells.attention_qk for c in row)
+    # The q/k axis (this model has no qk-norm): q/k widths on the value grid, its full width the attention branch
+    # at full value width (one probe, not timed twice).
+    assert table.qk_widths == (8, 16) and body["grid"]["qk_widths"] == [8, 16]
+    assert [row[-1] for row in cells.attention_qk] == [row[-1] for row in cells.attention]
     assert cells.ffn[-1].ms > cells.ffn[0].ms
     assert all(c.p90 >= c.p50 > 0 for c in cells.ffn)
 
@@ -79,12 +83,15 @@ def test_probes_made_on_one_side_are_measured_on_the_other(tmp_path: Path, cli) 
     code, text = cli(["profile", "--model", "hiap_vit_fmnist_tiny", "--ffn-step", "128", "--probes-only", str(probes)])
     assert code == 0, text
     manifest = json.loads((probes / "probes.json").read_text())
-    assert len(manifest["probes"]) == 2 + 4 * 2 + 2
+    # overhead, fixed, 4 head counts x 2 value widths, 4 x 1 narrower q/k width, 2 FFN widths
+    assert len(manifest["probes"]) == 2 + 4 * 2 + 4 + 2
     assert [p["kind"] for p in manifest["probes"]][:3] == ["overhead", "fixed", "attention"]
     import onnx
 
     meta = {m.key: m.value for m in onnx.load(str(probes / "attn_h3_w16.onnx")).metadata_props}
     assert json.loads(meta["hiap_probe"]) == {"kind": "attention", "heads": 3, "width": 16}
+    meta = {m.key: m.value for m in onnx.load(str(probes / "attn_h3_q8.onnx")).metadata_props}
+    assert json.loads(meta["hiap_probe"]) == {"kind": "attention_qk", "heads": 3, "qk_width": 8}
     code, text = cli(["profile", "--probes", str(probes), "--iterations", "20", "--warmup", "1",
                       "--out", str(tmp_path / "lut.json")])  # fmt: skip
     assert code == 0, text
@@ -96,6 +103,12 @@ def test_probes_made_on_one_side_are_measured_on_the_other(tmp_path: Path, cli) 
     assert (tmp_path / "lut.json").read_bytes() == before
     code, text = cli(["profile", "--probes", str(probes), "--rounds", "0", "--out", str(tmp_path / "other.json")])
     assert code == 2 and "--rounds must be >= 1, got 0" in text and not (tmp_path / "other.json").exists()
+    listed = (probes / "probes.json").read_text()
+    manifest["probes"] = [p for p in manifest["probes"] if p["file"] != "attn_h2_q8.onnx"]
+    (probes / "probes.json").write_text(json.dumps(manifest))
+    code, text = cli(["profile", "--probes", str(probes), "--out", str(tmp_path / "other.json")])
+    assert code == 2 and "is incomplete" in text  # a cell of the q/k axis without its probe
+    (probes / "probes.json").write_text(listed)
     (probes / "ffn_k128.onnx").unlink()
     code, text = cli(["profile", "--probes", str(probes), "--out", str(tmp_path / "other.json")])
     assert code == 2 and "'ffn_k128.onnx' that is missing" in text

@@ -30,8 +30,15 @@ def ffn_ms(k: float) -> float:
     return 0.00005 * k + 0.001
 
 
-def synthetic_lut(geom, align: int = 8, ffn_step: int = 64, model: str = "hiap_vit_fmnist_tiny") -> dict:
-    """A lut.json body whose branches cost head_ms / ffn_ms exactly (each cell is a chain of CHAIN plus one call)."""
+def qk_ms(h: float, q: float) -> float:
+    """What a table with a q/k axis adds to head_ms for h heads of q/k width q (0 at the full width, 16)."""
+    return 0.0003 * h * (q - 16)
+
+
+def synthetic_lut(geom, align: int = 8, ffn_step: int = 64, model: str = "hiap_vit_fmnist_tiny",
+                  qk: bool = False) -> dict:  # fmt: skip
+    """A lut.json body whose branches cost head_ms / ffn_ms exactly (each cell is a chain of CHAIN plus one call);
+    with `qk`, a q/k axis on which h heads of q/k width q at full value width cost head_ms(h, 16) + qk_ms(h, q)."""
     heads = list(range(1, geom.num_heads + 1))
     widths = sorted({min(w, geom.head_dim) for w in range(align, geom.head_dim + align, align)})
     ffn = sorted(set(range(ffn_step, geom.hidden, ffn_step)) | {geom.hidden})
@@ -45,12 +52,18 @@ def synthetic_lut(geom, align: int = 8, ffn_step: int = 64, model: str = "hiap_v
         "attention": [[cell(OVERHEAD + CHAIN * head_ms(h, w)) for w in widths] for h in heads],
         "ffn": [cell(OVERHEAD + CHAIN * ffn_ms(k)) for k in ffn],
     }
+    grid = {"heads": heads, "value_widths": widths, "ffn_widths": ffn}
+    if qk:
+        dh = geom.head_dim
+        table["attention_qk"] = [
+            [cell(OVERHEAD + CHAIN * (head_ms(h, dh) + qk_ms(h, q))) for q in widths] for h in heads
+        ]
+        grid["qk_widths"] = widths
     return {
         "schema": "hiap-lut", "schema_version": 1, "device": "x86-cpu", "runtime": "onnxruntime", "precision": "fp32",
         "threads": {"intra_op_threads": 2}, "model": model, "model_kwargs": {},
         "geometry": {k: getattr(geom, k) for k in ("num_tokens", "dim", "depth", "num_heads", "head_dim", "hidden")},
-        "align": align, "chain": CHAIN, "grid": {"heads": heads, "value_widths": widths, "ffn_widths": ffn},
-        "tables": {"1": table},
+        "align": align, "chain": CHAIN, "grid": grid, "tables": {"1": table},
     }  # fmt: skip
 
 
@@ -111,18 +124,65 @@ def test_masks_and_structures_agree_and_expected_is_exact_at_zero_one(cost: Late
     assert float(exp.macro + exp.micro) == pytest.approx(want - FIXED, rel=1e-6)
 
 
-def test_expected_latency_gives_every_gate_kind_a_gradient(cost: LatencyCost, tiny: GatedViT) -> None:
-    # (q/k dims are never gated under a latency target: the table prices attention at full q/k width)
-    p = {k: torch.full_like(v, 0.7).requires_grad_(True) for k, v in tiny.gates.as_dict().items() if k != "qk"}
-    exp = cost.expected(p["head"], p["ffn"], p["value"], p["neuron"])
+@pytest.fixture(scope="module")
+def qk_cost(tiny: GatedViT) -> LatencyCost:
+    body = synthetic_lut(tiny.geometry, qk=True)
+    return LatencyCost(parse_lut(body, "synthetic"), tiny.geometry, "hiap_vit_fmnist_tiny")
+
+
+def _qk_block(h: int, widths: list[int], k: int, qk: list[int] | None) -> BlockStructure:
+    qk_dims = None if qk is None else tuple(tuple(range(q)) for q in qk)
+    return BlockStructure(tuple(range(h)), tuple(tuple(range(w)) for w in widths), k > 0, tuple(range(k)), qk_dims)
+
+
+def test_a_table_with_a_q_k_axis_prices_narrowed_q_k_widths(qk_cost: LatencyCost, cost: LatencyCost,
+                                                            tiny: GatedViT) -> None:  # fmt: skip
+    """A(h, w) + Q(h, q) - Q(h, head_dim): padded to align like value widths; masks, structures and the expected
+    latency at 0/1 agree; a table without the axis prices every q/k width as full."""
+    assert qk_cost.prices_qk and not cost.prices_qk
+    assert qk_cost.dense == pytest.approx(cost.dense, rel=1e-12)  # full q/k widths: the same network
+    # q/k widths 3 and 5 are emitted as 8 (the widest, rounded up to align 8); None keeps the full 16.
+    structure = Structure((_qk_block(2, [16, 16], 128, [3, 5]), _qk_block(1, [8], 0, [16]),
+                           _qk_block(4, [8] * 4, 64, None), _qk_block(3, [16] * 3, 256, [8, 8, 8])))  # fmt: skip
+    want = FIXED + head_ms(2, 16) + qk_ms(2, 8) + ffn_ms(128) + head_ms(1, 8) + head_ms(4, 8) + ffn_ms(64)
+    want += head_ms(3, 16) + qk_ms(3, 8) + ffn_ms(256)
+    assert qk_cost.structure_ms(structure) == pytest.approx(want, rel=1e-12)
+    assert cost.structure_ms(structure) == pytest.approx(want - qk_ms(2, 8) - qk_ms(3, 8), rel=1e-12)
+    gated = GatedViT(create_model("hiap_vit_fmnist_tiny", num_classes=10), qk_gates=True)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for logits in gated.gates.as_dict().values():
+            logits.copy_(torch.randn(logits.shape, generator=gen) * 2)
+    masks = gated.hard_masks()
+    assert float(qk_cost.masks_ms(masks)) == pytest.approx(qk_cost.structure_ms(masks_to_structure(masks)), rel=1e-9)
+    # Expected latency at 0/1, every kept head at one grid width: exact, the q/k term in the macro part.
+    head = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.float32)
+    value, qk = torch.ones(4, 4, 16), torch.ones(4, 4, 16)
+    qk[0, :, 8:] = 0
+    qk[3, :, 8:] = 0
+    ffn, neuron = torch.ones(4), torch.ones(4, 256)
+    exp = qk_cost.expected(head, ffn, value, neuron, qk)
+    want = FIXED + head_ms(2, 16) + qk_ms(2, 8) + head_ms(1, 16) + head_ms(4, 16) + head_ms(3, 16) + qk_ms(3, 8)
+    want += 4 * ffn_ms(256)
+    assert float(exp.total) == pytest.approx(want, rel=1e-6)
+    without = qk_cost.expected(head, ffn, value, neuron)
+    assert float(exp.macro - without.macro) == pytest.approx(qk_ms(2, 8) + qk_ms(3, 8), rel=1e-5)
+    with pytest.raises(ValueError, match="without a q/k axis"):
+        cost.expected(head, ffn, value, neuron, qk)
+
+
+def test_expected_latency_gives_every_gate_kind_a_gradient(qk_cost: LatencyCost, tiny: GatedViT) -> None:
+    p = {k: torch.full_like(v, 0.7).requires_grad_(True) for k, v in tiny.gates.as_dict().items()}
+    exp = qk_cost.expected(p["head"], p["ffn"], p["value"], p["neuron"], p["qk"])
     exp.total.backward()
     for kind, t in p.items():
         assert t.grad is not None and float(t.grad.abs().min()) > 0, kind
-    # The macro part moves only with heads and FFN gates (kept at all); widths only move the micro part.
+    # The macro part moves only with heads, FFN gates (kept at all) and q/k widths (as in the MAC cost); value
+    # widths only move the micro part.
     q = {k: torch.full_like(v, 0.7).requires_grad_(True) for k, v in tiny.gates.as_dict().items()}
-    cost.expected(q["head"], q["ffn"], q["value"], q["neuron"]).macro.backward()
+    qk_cost.expected(q["head"], q["ffn"], q["value"], q["neuron"], q["qk"]).macro.backward()
     assert q["value"].grad is None or float(q["value"].grad.abs().max()) == 0
-    assert float(q["head"].grad.abs().min()) > 0
+    assert float(q["head"].grad.abs().min()) > 0 and float(q["qk"].grad.abs().min()) > 0
 
 
 def test_min_reachable_latency_is_the_floors_network(cost: LatencyCost) -> None:
@@ -230,13 +290,39 @@ def test_latency_targets_out_of_reach_are_refused_up_front(tmp_path: Path) -> No
         TrainConfig(target_latency_ms=0.1).validate()
 
 
-def test_q_k_widths_stay_ungated_under_a_latency_target(cost: LatencyCost) -> None:
-    """A table prices attention at full q/k width, so a latency target keeps every q/k dim (qk_gates or not)."""
+def test_q_k_widths_are_gated_under_a_latency_target_only_where_the_table_prices_them(
+    cost: LatencyCost, qk_cost: LatencyCost
+) -> None:
+    """A table without a q/k axis prices attention at full q/k width, so a latency target on it keeps every q/k dim
+    (qk_gates or not); on a table with the axis they are gated as for a MAC budget, and the floors' fastest network
+    narrows them."""
     from hiap.config import PruneOptions
     from hiap.pruner import Pruner
 
-    vit = create_model("hiap_vit_fmnist_tiny", num_classes=10)
-    pruner = Pruner(vit, total_steps=1000, target_latency_ms=0.6 * cost.dense, lut=cost.table,
-                    model_name="hiap_vit_fmnist_tiny", options=PruneOptions(qk_gates=True))  # fmt: skip
-    assert not pruner.gated.qk_gated and not pruner.gates.qk.requires_grad
-    assert all(b.qk_dims is None for b in pruner.structure().blocks)
+    def pruner(table: LatencyCost, qk_gates: bool = True) -> Pruner:
+        vit = create_model("hiap_vit_fmnist_tiny", num_classes=10)
+        return Pruner(vit, total_steps=1000, target_latency_ms=0.6 * table.dense, lut=table.table,
+                      model_name="hiap_vit_fmnist_tiny", options=PruneOptions(qk_gates=qk_gates))  # fmt: skip
+
+    old = pruner(cost)
+    assert not old.gated.qk_gated and not old.gates.qk.requires_grad
+    assert all(b.qk_dims is None for b in old.structure().blocks)
+    new = pruner(qk_cost)
+    assert new.gated.qk_gated and new.gates.qk.requires_grad
+    assert not pruner(qk_cost, qk_gates=False).gated.qk_gated
+    floors = Floors(k_min=1, min_value_frac=0.25, min_neuron_frac=0.1, min_qk_frac=0.25)
+    assert qk_cost.min_reachable_ms(floors, qk_removable=True) == pytest.approx(
+        qk_cost.min_reachable_ms(floors) + 4 * qk_ms(1, 8)
+    )
+
+
+def test_a_latency_target_with_q_k_gates_lands_and_narrows_q_k(tmp_path: Path) -> None:
+    """On a table with a q/k axis a tight latency target is met partly by narrower q/k widths, within 1 %."""
+    geom = GatedViT(create_model("hiap_vit_fmnist_tiny", num_classes=10)).geometry
+    cfg = _latency_run(tmp_path, 0.09, search_fraction=1.0, adapt_from="gated")
+    Path(cfg.lut).write_text(json.dumps(synthetic_lut(geom, qk=True)))
+    summary = Trainer(cfg).run()
+    assert abs(summary["predicted_latency_ms"] / 0.09 - 1) <= 0.01, summary["predicted_latency_ms"]
+    assert summary["target_met"]
+    narrowed = [q for block in summary["kept_qk_dims"] if block is not None for q in block if q < geom.head_dim]
+    assert narrowed, summary["kept_qk_dims"]
