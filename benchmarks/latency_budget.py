@@ -73,13 +73,16 @@ def _save(results: dict[str, Any]) -> None:
     (results_dir() / f"{RESULTS}.json").write_text(json.dumps(results, indent=1) + "\n")
 
 
-def _block(h: int, w: int, k: int, geom: Geometry) -> BlockStructure:
+def _block(h: int, w: int, k: int, geom: Geometry, q: int | None = None) -> BlockStructure:
+    """h heads of value width w (and q/k width q; None: full), k neurons."""
     h, w = max(1, min(h, geom.num_heads)), max(1, min(w, geom.head_dim))
-    return BlockStructure(tuple(range(h)), tuple(tuple(range(w)) for _ in range(h)), k > 0, tuple(range(k)))
+    qk = None if q is None else tuple(tuple(range(q)) for _ in range(h))
+    return BlockStructure(tuple(range(h)), tuple(tuple(range(w)) for _ in range(h)), k > 0, tuple(range(k)), qk)
 
 
 def structures(geom: Geometry) -> dict[str, Structure]:
-    """Eight hand-made and random structures of one geometry (widths off the align grid included)."""
+    """Ten hand-made and random structures of one geometry (widths off the align grid included; two with q/k widths
+    narrowed, priced by a table's q/k axis)."""
     H, D, K, L = geom.num_heads, geom.head_dim, geom.hidden, geom.depth
     rng = np.random.default_rng(7)
     out = {
@@ -98,6 +101,8 @@ def structures(geom: Geometry) -> dict[str, Structure]:
             blocks.append(_block(int(rng.integers(1, H + 1)), int(rng.integers(D // 4, D + 1)), k, geom))
         out[f"random {r}"] = Structure(tuple(blocks))
     out["learned-shaped"] = learned_like_plan(geom, 3, 0.5 * geom.dense_macs / 1e9)
+    out["q/k half"] = Structure(tuple(_block(H, D, K, geom, q=D // 2) for _ in range(L)))
+    out["half, q/k quarter"] = Structure(tuple(_block(H // 2, D // 2, K // 2, geom, q=D // 4) for _ in range(L)))
     return out
 
 

@@ -1,11 +1,15 @@
 """Pruning quality against peers at equal measured latency on the built-in data (ONNX Runtime CPU, x86-cpu profile).
 
-    python benchmarks/latency_peers.py --part table|train|match|finetune|measure|report|all
+    python benchmarks/latency_peers.py --part table|choose|train|match|finetune|measure|report|all
                                        [--targets 0.65 0.45] [--seeds 0 1 2] [--threads 1]
 
 The MAC comparison (peers.py) holds compute equal; this one holds the measured latency equal, which is what a user
 with a latency budget buys. Per target (a fraction of the table's dense latency) and seed:
-- table: the built-in model's latency table, timed here with the x86-cpu profile (2 threads, batch 1);
+- table: the built-in model's latency table, timed here with the x86-cpu profile (2 threads, batch 1), with its q/k
+  axis;
+- choose: the recipe under a latency target, chosen on the search-3k split (3,000 images carved from the training
+  set, its own dense start; benchmarks/search_split.py): the default (q/k dims gated, priced by the table's q/k
+  axis) against the paper's search space (qk_gates false), same target, table and seeds (--choose-targets);
 - train: HiAP's default recipe trained to the target (`--target-latency-ms` on that table) and exported;
 - match: every peer (uniform l1, l1 FFN-only, Torch-Pruning; peers.py's pruning code) pruned at 18 ratios without
   training, exported, and timed alternating with every HiAP network of the target in one pass; each seed's peer
@@ -15,7 +19,8 @@ with a latency budget buys. Per target (a fraction of the table's dense latency)
 - measure: every final network and the dense start timed alternating in one process (p50 of all calls, and the
   median of the fastest round as the tables use); accuracy on the built-in validation split (held out).
 The parts that time (table, match, measure) want a quiet machine. Resumable: trained networks are appended to
-results/latency_peers.jsonl and skipped on a rerun; ratios and timings go to results/latency_peers.json.
+results/latency_peers.jsonl (the choice: latency_peers_choice.jsonl) and skipped on a rerun; ratios and timings go
+to results/latency_peers.json.
 """
 
 from __future__ import annotations
@@ -94,6 +99,35 @@ def _record(method: str, target: float, seed: int, acc: float, onnx: Path, dense
             "mac_fraction": macs / dense_macs, "onnx_params": params, "onnx": onnx.name,
             "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(),
             "date": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
+
+
+CHOICES: dict[str, dict[str, Any]] = {"hiap": {}, "hiap-no-qk": {"qk_gates": False}}
+
+
+def part_choose(targets: list[float], seeds: list[int], log: Path) -> None:
+    """The default and the paper's search space to the same latency targets on the search-3k split."""
+    from rich.console import Console
+    from search_split import dense_start, search_data
+
+    from hiap.config import TrainConfig
+    from hiap.train import Trainer
+
+    start = dense_start(Path(tempfile.gettempdir()) / "hiap-search-split", "search-3k")
+    for target in targets:
+        for seed in seeds:
+            for variant, overrides in CHOICES.items():
+                if any((r["variant"], r["target"], r["seed"]) == (variant, target, seed) for r in load_runs(log)):
+                    continue
+                t0 = time.perf_counter()
+                with tempfile.TemporaryDirectory() as tmp:
+                    cfg = TrainConfig(target_latency_ms=_target_ms(target), lut=str(_lut()), seed=seed, epochs=EPOCHS,
+                                      pretrained=str(start), out=f"{tmp}/run", **overrides)  # fmt: skip
+                    s = Trainer(cfg, Console(quiet=True), make_data=lambda c: search_data(c, "search-3k")).run()
+                keys = ("val_acc", "target_latency_ms", "predicted_latency_ms", "target_error", "kept_heads",
+                        "kept_ffn", "kept_neurons", "kept_qk_dims")  # fmt: skip
+                _log_run(log, {"variant": variant, "target": target, "seed": seed} | {k: s[k] for k in keys}
+                         | {"mac_fraction": s["pruned_gmacs"] / s["dense_gmacs"], "seconds": time.perf_counter() - t0,
+                            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")})  # fmt: skip
 
 
 def part_train(targets: list[float], seeds: list[int], log: Path) -> None:
@@ -253,9 +287,40 @@ def _save(results: dict[str, Any]) -> None:
     (results_dir() / "latency_peers.json").write_text(json.dumps(results, indent=1) + "\n")
 
 
+def _choice_lines(log: Path) -> list[str]:
+    """The search-split comparison: per target and variant, top-1 on the carved images, and the per-seed gap."""
+    runs = load_runs(log)
+    if not runs:
+        return []
+    lines = ["## The recipe under a latency target, chosen on the search-3k split", "",
+             "3,000 images carved from the training set, its own dense start; the same table, target and seeds for "
+             f"both; top-1 on the carved images. Every run: `{log.name}`.", "",
+             "| target (of dense table ms) | variant | seeds | top-1 % (mean +- sd) | per seed | predicted ms / "
+             "target | MACs (of dense) | vs no q/k per seed (pp) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for target in sorted({r["target"] for r in runs}, reverse=True):
+        base = {r["seed"]: r for r in runs if (r["variant"], r["target"]) == ("hiap-no-qk", target)}
+        for variant in CHOICES:
+            rs = sorted((r for r in runs if (r["variant"], r["target"]) == (variant, target)), key=lambda r: r["seed"])
+            if not rs:
+                continue
+            accs = [100 * r["val_acc"] for r in rs]
+            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            land = statistics.mean(r["predicted_latency_ms"] / r["target_latency_ms"] for r in rs)
+            gap = [100 * (r["val_acc"] - base[r["seed"]]["val_acc"]) for r in rs if r["seed"] in base]
+            lines.append(f"| {target} | {variant} | {len(rs)} | {statistics.mean(accs):.2f} +- {sd:.2f} | "
+                         f"{' / '.join(f'{a:.2f}' for a in accs)} | {land:.3f} | "
+                         f"{statistics.mean(r['mac_fraction'] for r in rs):.3f} | "
+                         f"{' / '.join(f'{g:+.2f}' for g in gap) if variant != 'hiap-no-qk' else '-'} |")  # fmt: skip
+    return [*lines, ""]
+
+
 def part_report(log: Path, results: dict[str, Any]) -> None:
     runs = load_runs(log)
+    choice = _choice_lines(results_dir() / "latency_peers_choice.jsonl")
     if not results.get("measure"):
+        if choice:
+            (results_dir() / "latency_peers.md").write_text("\n".join(choice))
+            print("\n".join(choice))
         raise SystemExit("nothing measured yet: --part measure")
     last = results["measure"][-1]
     p50, steady = last["p50_ms"], last["steady_ms"]
@@ -290,6 +355,7 @@ def part_report(log: Path, results: dict[str, Any]) -> None:
                 f"{' / '.join(f'{d:+.2f}' for d in diff) if method != 'hiap' else '-'} |"
             )
             points += [(method, target, p50[r["onnx"]] / dense_p50, 100 * r["val_acc"]) for r in rs]
+    lines += ["", *choice]
     lines += ["", "Steady latency (median of the fastest round, as the tables use) of the same pass, ms:", "",
               "| network | p50 | steady |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {k[: -len('.onnx')] if k.endswith('.onnx') else k} | {p50[k]:.4f} | {steady[k]:.4f} |"
@@ -310,11 +376,13 @@ def _env_line(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parts = ("table", "train", "match", "finetune", "measure", "report")
+    parts = ("table", "choose", "train", "match", "finetune", "measure", "report")
     parser.add_argument("--part", choices=(*parts, "all"), default="all")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.65, 0.45],
                         help="latency targets, fractions of the table's dense latency")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--choose-targets", type=float, nargs="+", default=[0.45],
+                        help="choose: latency targets of the search-split comparison")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads while training (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -330,6 +398,8 @@ def main() -> None:
     for part in parts if args.part == "all" else (args.part,):
         if part == "table":
             part_table()
+        elif part == "choose":
+            part_choose(args.choose_targets, args.seeds, results_dir() / "latency_peers_choice.jsonl")
         elif part == "train":
             part_train(args.targets, args.seeds, log)
         elif part == "match":
