@@ -163,7 +163,8 @@ class LatencyCost:
             if not self.prices_qk:
                 raise ValueError("q/k keep probabilities given to a table without a q/k axis")
             qk_width = (p_head * p_qk.sum(-1)).sum(-1) / heads.clamp_min(1e-6)
-            qk = _valued(self._qk_saving(t, heads, qk_width), per_head_qk * heads * qk_width)
+            saving = per_head_qk * heads * (qk_width - self.geometry.head_dim)  # the trend of Q(h, q) - Q(h, Dh)
+            qk = _valued(self._qk_saving(t, heads, qk_width), saving)
             attention, macro = attention + qk, macro + qk
         total = self.fixed + attention.sum() + ffn.sum()
         return ExpectedCost(macro=macro.sum(), micro=total - self.fixed - macro.sum(), total=total)
