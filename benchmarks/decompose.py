@@ -1,9 +1,10 @@
 """Where HiAP's accuracy goes at a budget: its own run (the path) against its structure trained like a peer.
 
-    python benchmarks/decompose.py [--split search|search-3k|val] [--budgets 0.5 0.33 0.2] [--seeds 0]
-                                   [--variants hiap ...] [--parts path structure l1-sizes uniform]
+    python benchmarks/decompose.py [--task builtin|cifar10] [--split search|search-3k|val|test]
+                                   [--budgets 0.5 0.33 0.2] [--seeds 0] [--variants hiap ...]
+                                   [--parts path structure l1-sizes uniform]
 
-For every HiAP variant, budget and seed, on the built-in data:
+For every HiAP variant, budget and seed, on the built-in data (or the CIFAR-10 CPU setting of cifar10.py):
 - path: the variant's own `hiap train` run (its validation top-1 as the run ends);
 - structure: the structure that run exported, its kept units copied from the dense start, fine-tuned like the peers
   (benchmarks/peers.py::finetune: the same epochs x images and KD recipe);
@@ -15,10 +16,13 @@ path vs structure is what the training path costs; structure vs l1-sizes what th
 l1-sizes vs uniform what the learned allocation costs. Every MAC figure is the exported (align-8) network's, counted
 by torch's FlopCounterMode, and every network of a (budget, seed) is matched to the variant's exported MACs.
 
-Splits: `search` (the choices: 10,800 training images, validated on the 1,200 carved from the training set, from a
-dense start trained without them, benchmarks/search_split.py) and `val` (reported: the shipped checkpoint and the
-built-in validation split). Resumable: every finished run is appended to `results/decompose[-search].jsonl` and
-skipped on a rerun; the table is rebuilt from that file (`--report-only`).
+Splits of the built-in data: `search` / `search-3k` (the choices: 10,800 / 9,000 training images, validated on the
+1,200 / 3,000 carved from the training set, from a dense start trained without them, benchmarks/search_split.py)
+and `val` (reported: the shipped checkpoint and the built-in validation split). CIFAR-10: `search` (5,000 carved
+from the training set) and `test` (the official test split), both from cifar10.py's committed dense start, the
+setting's 2 epochs x 45,000 images per network. Resumable: every finished run is appended to
+`results/decompose[-cifar10][-SPLIT].jsonl` and skipped on a rerun; the table is rebuilt from that file
+(`--report-only`).
 """
 
 from __future__ import annotations
@@ -30,17 +34,18 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from common import environment, load_runs, results_dir
-from peers import MODEL, finetune, macs_of, prune_to
+from peers import MODEL, example_input, finetune, macs_of, prune_to
 from rich.console import Console
 from search_split import dense_start, search_data, val_data
 
 from export.compact import build_compact
 from hiap.config import TrainConfig
 from hiap.cost import BlockStructure, Structure
+from hiap.data import Augment, ImageFolderData
 from hiap.models import create_model, data_config, load_pretrained
 from hiap.train import Trainer, structure_summary
 
@@ -110,14 +115,60 @@ def l1_sized(dense: torch.nn.Module, learned: Structure) -> Structure:
     return Structure(tuple(blocks))
 
 
-def run_path(variant: str, budget: float, seed: int, epochs: int, split: str,
-             start: Path | None) -> tuple[float, torch.nn.Module, Structure, dict[str, Any]]:  # fmt: skip
+class Task(NamedTuple):
+    """What every network of a decomposition shares: the dense start, its data, and hiap train's settings."""
+
+    dense: torch.nn.Module
+    data: Any
+    train: dict[str, Any]  # TrainConfig keys of every HiAP run
+    make_data: Any  # Trainer's make_data (None: the config's data)
+    epochs: int
+
+
+def describe(task: str, split: str, epochs: int) -> str:
+    """The model, data, split and epochs of a decomposition, for its report."""
+    if task == "cifar10":
+        where = (
+            "search split (5,000 images carved from the training set)" if split == "search" else "official test split"
+        )
+        return f"CIFAR-10 CPU setting (cifar10.py), {where}, {epochs} epochs x 45,000 images per network"
+    carved = {"search": "1,200", "search-3k": "3,000"}.get(split)
+    where = f"search split ({carved} images carved from the training set)" if carved else "validation split"
+    return f"{MODEL}, built-in data, {where}, {epochs} epochs per network"
+
+
+def builtin_task(split: str, epochs: int) -> Task:
+    cache = Path(tempfile.gettempdir()) / "hiap-search-split"
+    cache.mkdir(exist_ok=True)
+    start = None if split == "val" else dense_start(cache, split)
+    dense = create_model(MODEL, num_classes=10).eval()
+    load_pretrained(dense, MODEL, str(start) if start else "auto")
+    make = val_data if split == "val" else lambda c: search_data(c, split)
+    train = {"epochs": epochs, "pretrained": str(start) if start else "auto"}
+    return Task(dense, make(data_config(dense)), train, make, epochs)
+
+
+def cifar_task(split: str) -> Task:
+    import cifar10
+
+    spec = cifar10.SETTINGS["cpu"]
+    cache = Path.home() / ".cache" / "hiap" / "cifar10"
+    roots = cifar10.prepare(cifar10.DEFAULT_ARCHIVE, cache)
+    weights, _ = cifar10.dense_start("cpu", roots, cache)
+    dense = create_model(spec["model"], num_classes=10, model_kwargs=spec["model_kwargs"]).eval()
+    load_pretrained(dense, spec["model"], str(weights))
+    data = ImageFolderData(roots[split], data_config(dense), workers=0, augment=Augment())
+    train = {"model": spec["model"], "model_kwargs": spec["model_kwargs"], "data": str(roots[split]),
+             "pretrained": str(weights), "workers": 0, **spec["prune"]}  # fmt: skip
+    return Task(dense, data, train, None, spec["prune"]["epochs"])
+
+
+def run_path(variant: str, budget: float, seed: int,
+             task: Task) -> tuple[float, torch.nn.Module, Structure, dict[str, Any]]:  # fmt: skip
     """The variant's own run: its accuracy, the exported (align-8) network, its structure and summary."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(target_macs=str(budget), seed=seed, epochs=epochs, out=f"{tmp}/run",
-                          pretrained=str(start) if start else "auto", **VARIANTS[variant])  # fmt: skip
-        make = val_data if split == "val" else lambda c: search_data(c, split)
-        trainer = Trainer(cfg, Console(quiet=True), make_data=make)
+        cfg = TrainConfig(target_macs=str(budget), seed=seed, out=f"{tmp}/run", **task.train | VARIANTS[variant])
+        trainer = Trainer(cfg, Console(quiet=True), make_data=task.make_data)
         summary = trainer.run()
         structure = trainer.gated.hard_structure()
         compact = build_compact(trainer.vit.eval(), structure, align=8)
@@ -127,10 +178,12 @@ def run_path(variant: str, budget: float, seed: int, epochs: int, split: str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=("search", "search-3k", "val"), default="search")
+    parser.add_argument("--task", choices=("builtin", "cifar10"), default="builtin")
+    parser.add_argument("--split", choices=("search", "search-3k", "val", "test"), default="search",
+                        help="builtin: search, search-3k or val; cifar10: search or test")  # fmt: skip
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.33, 0.2])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=6, help="builtin: epochs per network (cifar10: its setting's)")
     parser.add_argument("--variants", nargs="+", default=["hiap"], choices=sorted(VARIANTS))
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -138,27 +191,29 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = "decompose" + ("" if args.split == "val" else f"-{args.split}")
+    splits = {"builtin": ("search", "search-3k", "val"), "cifar10": ("search", "test")}[args.task]
+    if args.split not in splits:
+        raise SystemExit(f"--split {args.split} is not a split of --task {args.task}: one of {', '.join(splits)}.")
+    name = (
+        "decompose" + ("-cifar10" if args.task == "cifar10" else "") + ("" if args.split == "val" else f"-{args.split}")
+    )
     log = results_dir() / f"{name}.jsonl"
+    epochs = 2 if args.task == "cifar10" else args.epochs
     if not args.report_only:
-        cache = Path(tempfile.gettempdir()) / "hiap-search-split"
-        cache.mkdir(exist_ok=True)
-        start = None if args.split == "val" else dense_start(cache, args.split)
-        dense = create_model(MODEL, num_classes=10).eval()
-        load_pretrained(dense, MODEL, str(start) if start else "auto")
-        data = val_data(data_config(dense)) if args.split == "val" else search_data(data_config(dense), args.split)
-        dense_macs = macs_of(dense)
+        task = cifar_task(args.split) if args.task == "cifar10" else builtin_task(args.split, args.epochs)
         for seed in args.seeds:
             for budget in args.budgets:
                 for variant in args.variants:
-                    train(args, log, variant, budget, seed, start, dense, data, dense_macs)
-    report(name, log)
+                    train(args, log, variant, budget, seed, task)
+    report(name, log, describe(args.task, args.split, epochs))
 
 
-def train(args: argparse.Namespace, log: Path, variant: str, budget: float, seed: int, start: Path | None,
-          dense: torch.nn.Module, data: Any, dense_macs: int) -> None:  # fmt: skip
+def train(args: argparse.Namespace, log: Path, variant: str, budget: float, seed: int, task: Task) -> None:
     """Every part of one (variant, budget, seed) not yet in the log; `path` first (the others need its structure)."""
     runs = load_runs(log)
+    dense, data = task.dense, task.data
+    example = example_input(dense)
+    dense_macs = macs_of(dense, example)
     done = {(r["variant"], r["budget"], r["seed"], r["part"]) for r in runs}
     todo = [p for p in args.parts if (variant, budget, seed, p) not in done]
     if not todo:
@@ -170,8 +225,8 @@ def train(args: argparse.Namespace, log: Path, variant: str, budget: float, seed
         exported = round(path_runs[0]["mac_fraction"] * dense_macs)
     else:
         t0 = time.perf_counter()
-        acc, model, structure, summary = run_path(variant, budget, seed, args.epochs, args.split, start)
-        exported = macs_of(model)
+        acc, model, structure, summary = run_path(variant, budget, seed, task)
+        exported = macs_of(model, example)
         if "path" in todo:
             seconds = time.perf_counter() - t0
             append(log, {"variant": variant, "budget": budget, "seed": seed, "part": "path", "val_acc": acc,
@@ -190,9 +245,9 @@ def train(args: argparse.Namespace, log: Path, variant: str, budget: float, seed
             plan = structure if part == "structure" else l1_sized(dense, structure)
             net = build_compact(copy.deepcopy(dense), plan, align=8)
             kept = structure_summary(plan)
-        macs = macs_of(net)
+        macs = macs_of(net, example)
         teacher = copy.deepcopy(dense).eval().requires_grad_(False)
-        part_acc = finetune(net, teacher, data, args.epochs, seed)
+        part_acc = finetune(net, teacher, data, task.epochs, seed)
         append(log, {"variant": variant, "budget": budget, "seed": seed, "part": part, "val_acc": part_acc,
                      "mac_fraction": macs / dense_macs, "seconds": time.perf_counter() - t0,
                      "kept_heads": kept.get("kept_heads"), "kept_neurons": kept.get("kept_neurons")})  # fmt: skip
@@ -206,7 +261,7 @@ def append(log: Path, run: dict[str, Any]) -> None:
         f.write(json.dumps(run) + "\n")
 
 
-def report(name: str, log: Path) -> None:
+def report(name: str, log: Path, what: str) -> None:
     runs = load_runs(log)
     rows = [
         "| variant | budget | seeds | path (own run) | structure (kept units, fine-tuned) "
@@ -237,15 +292,13 @@ def report(name: str, log: Path) -> None:
                else "")  # fmt: skip
         macs = statistics.mean(r["mac_fraction"] for r in mine if r["part"] == "path") if means["path"] else 0
         rows.append(f"| {variant} | {budget} | {seeds} | " + " | ".join(cells) + f" | {gap} | {macs:.3f} |")
-    carved = {"decompose-search": "1,200", "decompose-search-3k": "3,000"}.get(name)
-    split = f"search split ({carved} images carved from the training set)" if carved else "validation split"
-    env = environment(f"{MODEL}, built-in data, {split}, 6 epochs per network, KD from the dense start")
+    env = environment(f"{what}, KD from the dense start")
     results = results_dir()
     note = (
         "Top-1 % (mean over seeds); a uniform cut in parentheses is the one matched to another variant, at the "
         f"same budget and seed and closest in MACs. Every run: `{log.name}`."
     )
-    head = [f"# Where HiAP's accuracy goes ({split})", "",
+    head = [f"# Where HiAP's accuracy goes ({what.split(', ')[0]}, {what.split(', ')[-2]})", "",
             f"{env['recipe']}; {env['machine']}, {env['cpu']['model']} ({' '.join(env['cpu']['flags'])}), 1 thread "
             f"per run, torch {env['torch']}, hiap {env['hiap']}, {env['date']}. {note}",
             ""]  # fmt: skip
