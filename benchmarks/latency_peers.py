@@ -12,9 +12,11 @@ with a latency budget buys. Per target (a fraction of the table's dense latency)
   axis) against the paper's search space (qk_gates false), same target, table and seeds (--choose-targets);
 - train: HiAP's default recipe trained to the target (`--target-latency-ms` on that table) and exported;
 - match: every peer (uniform l1, l1 FFN-only, Torch-Pruning; peers.py's pruning code) pruned at 18 ratios without
-  training, exported, and timed alternating with every HiAP network of the target in one pass; each seed's peer
-  ratio is interpolated where the peer's measured latency crosses that seed's HiAP network. The table is not used
-  for the peers: it prices attention at full q/k width and would overrate a uniform cut, which narrows q and k;
+  training, exported, and timed alternating with every HiAP network of the target; near where the peer's measured
+  latency crosses each seed's HiAP network, ratios every 0.01 are timed again the same way and the one measured
+  closest is that seed's (none where no candidate comes within 5 %: the peer cannot reach that latency). Peers are
+  matched on measurement, not on the table: the table prices a block's widest head and the align-8 grid of hiap's
+  export, while a uniform cut leaves every head at an unaligned width (measured slower than a narrower aligned one);
 - finetune: each peer pruned at its ratio and trained like peers.py (the same epochs x images, recipe and KD);
 - measure: every final network and the dense start timed alternating in one process (p50 of all calls, and the
   median of the fastest round as the tables use); accuracy on the built-in validation split (held out).
@@ -212,36 +214,53 @@ def _crossing(ratios: list[float], ms: list[float], target: float) -> float | No
     return None
 
 
+def _candidates(dense: torch.nn.Module, data: BuiltinData, method: str, ratios: list[float]) -> dict[str, Path]:
+    """The peer pruned at each ratio (no training) and exported; ratios that empty a layer are left out."""
+    out = {}
+    for ratio in ratios:
+        path = CACHE / "candidates" / f"{method}-{ratio}.onnx"
+        if not path.is_file():
+            try:
+                model = prune(dense, method, ratio, data)
+            except ValueError:  # emptied a layer: no network at this ratio
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch2onnx(model.eval(), data_config(dense)["input_size"], path)
+        out[f"{method} {ratio}"] = path
+    return out
+
+
 def part_match(targets: list[float], seeds: list[int], log: Path, results: dict[str, Any]) -> None:
-    """Each peer's ratio per seed: candidates timed alternating with the HiAP networks they are matched to."""
+    """Each peer's ratio per seed, on measured latency: a coarse pass over RATIOS finds where the peer's latency
+    crosses each HiAP network's, a fine pass (every 0.01 within 0.04 of each crossing) picks the ratio whose network
+    measured closest to it. Latency is not monotone in the ratio (a head width off the multiples of 8 runs slower
+    than a wider aligned one), so the fine pass measures instead of interpolating. Both passes time the candidates
+    alternating with the HiAP networks they are matched to."""
     dense, data = _dense()
-    shape = data_config(dense)["input_size"]
-    candidates: dict[str, Path] = {}
-    for method in PEERS:
-        for ratio in RATIOS:
-            path = CACHE / "candidates" / f"{method}-{ratio}.onnx"
-            if not path.is_file():
-                try:
-                    model = prune(dense, method, ratio, data)
-                except ValueError:  # emptied a layer: no network at this ratio
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                torch2onnx(model.eval(), shape, path)
-            candidates[f"{method} {ratio}"] = path
+    coarse = {m: _candidates(dense, data, m, list(RATIOS)) for m in PEERS}
     for target in targets:
-        hiap = {r["seed"]: _onnx(f"hiap-{target}-{r['seed']}") for r in load_runs(log)
+        hiap = {f"hiap {r['seed']}": _onnx(f"hiap-{target}-{r['seed']}") for r in load_runs(log)
                 if (r["method"], r["target"]) == ("hiap", target) and r["seed"] in seeds}  # fmt: skip
         if not hiap:
             print(f"match: no HiAP network at {target} yet (--part train)", flush=True)
             continue
-        samples = _time({f"hiap {s}": p for s, p in hiap.items()} | candidates)
-        steady = {k: _steady(v) for k, v in samples.items()}
-        entry: dict[str, Any] = {"timed": time.strftime("%Y-%m-%d %H:%M"), "rounds": ROUNDS, "calls": CALLS,
-                                 "steady_ms": steady, "ratios": {}}  # fmt: skip
+        steady = {k: _steady(v) for k, v in _time(hiap | {k: p for c in coarse.values() for k, p in c.items()}).items()}
+        fine: dict[str, dict[str, Path]] = {}
         for method in PEERS:
-            keys = [k for k in candidates if k.split()[0] == method]
-            ratios, ms = [float(k.split()[1]) for k in keys], [steady[k] for k in keys]
-            entry["ratios"][method] = {str(s): _crossing(ratios, ms, steady[f"hiap {s}"]) for s in hiap}
+            ratios = [float(k.split()[1]) for k in coarse[method]]
+            crossings = [_crossing(ratios, [steady[k] for k in coarse[method]], steady[h]) for h in hiap]
+            near = {round(c + d / 100, 2) for c in crossings if c is not None for d in range(-4, 5)}
+            fine[method] = _candidates(dense, data, method, sorted(r for r in near if 0 < r < 1))
+        timed = {k: _steady(v) for k, v in _time(hiap | {k: p for c in fine.values() for k, p in c.items()}).items()}
+        entry: dict[str, Any] = {"timed": time.strftime("%Y-%m-%d %H:%M"), "rounds": ROUNDS, "calls": CALLS,
+                                 "coarse_ms": steady, "fine_ms": timed, "ratios": {}}  # fmt: skip
+        for method in PEERS:
+            entry["ratios"][method] = {}
+            for h in hiap:
+                # the closest measured candidate, if the peer can reach within 5 % of the HiAP network at all
+                best = min(fine[method], key=lambda k: abs(timed[k] - timed[h]), default=None)
+                close = best is not None and abs(timed[best] / timed[h] - 1) <= 0.05
+                entry["ratios"][method][h.split()[1]] = float(best.split()[1]) if close else None
         results.setdefault("match", {})[str(target)] = entry
         _save(results)
         print(f"match {target}: {json.dumps(entry['ratios'])}", flush=True)
