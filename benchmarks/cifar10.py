@@ -311,7 +311,8 @@ def main() -> None:
     (out / f"{name}.json").write_text(json.dumps(body, indent=1) + "\n")
     table = summarise(runs, args.methods, args.budgets)
     head = [f"# Pruning quality on CIFAR-10 ({args.setting} setting, {args.split} split)", "",
-            f"{env['recipe']}; {env['machine']}, {env['threads']} threads, torch {env['torch']}, "
+            f"{env['recipe']}; {env['machine']}, {env['cpu']['model']} ({' '.join(env['cpu']['flags'])}), "
+            f"{env['threads']} threads, torch {env['torch']}, "
             f"onnxruntime {env['onnxruntime']}, hiap {env['hiap']}, {env['date']}.", "",
             f"Dense start: {dense_acc:.2f} % on this split's val, trained {spec['dense']['epochs']} epochs "
             f"({dense_info['train_seconds'] / 60:.0f} min here)." + (f" ORT batch 1: {dense_ms:.3f} ms." if dense_ms
