@@ -417,8 +417,9 @@ def profile(
         body["measured_elsewhere"] = target.mismatch
     write_lut(out, body)
     table = parse_lut(body, str(out))
+    qk = f" (and {len(table.heads)}x{len(table.qk_widths)} at q/k widths)" if table.qk_widths else ""
     console.print(f"wrote {out}: {table.model} on {table.describe()}, {len(table.heads)}x{len(table.value_widths)} "
-                  f"attention and {len(table.ffn_widths)} FFN cells at batch "
+                  f"attention{qk} and {len(table.ffn_widths)} FFN cells at batch "
                   f"{', '.join(str(b) for b in sorted(table.tables))}")  # fmt: skip
     if not body.get("validated", True):
         console.print(f"[yellow]note:[/] {body['note']}")
@@ -473,6 +474,14 @@ def _print_lut(path: Path, body: dict[str, Any], as_json: bool) -> None:
         for h, row in zip(lut.heads, cells.attention, strict=True):
             attn.add_row(str(h), *(f"{lut.branch_ms(c, batch):.4f}" for c in row))
         console.print(attn)
+        if cells.attention_qk:
+            qk = Table(title=f"attention branch, ms (batch {batch}): kept heads x q/k width, full value width")
+            qk.add_column("heads", justify="right")
+            for q in lut.qk_widths:
+                qk.add_column(str(q), justify="right")
+            for h, row in zip(lut.heads, cells.attention_qk, strict=True):
+                qk.add_row(str(h), *(f"{lut.branch_ms(c, batch):.4f}" for c in row))
+            console.print(qk)
         ffn = Table(title=f"FFN branch, ms (batch {batch})")
         ffn.add_column("neurons", justify="right")
         ffn.add_column("ms", justify="right")

@@ -170,9 +170,14 @@ def plot_lut(path: Path, out: Path) -> Path:
     fig, axes = plt.subplots(len(batches), 2, figsize=(10, 3.6 * len(batches)), squeeze=False)
     for (ax1, ax2), batch in zip(axes, batches, strict=True):
         cells = lut.tables[batch]
-        for h, row in zip(lut.heads, cells.attention, strict=True):
-            ax1.plot(lut.value_widths, [lut.branch_ms(c, batch) for c in row], marker="o", label=f"{h} heads")
-        ax1.set_xlabel(f"value width per head (--align {lut.align})")
+        for i, (h, row) in enumerate(zip(lut.heads, cells.attention, strict=True)):
+            ax1.plot(lut.value_widths, [lut.branch_ms(c, batch) for c in row], marker="o", color=f"C{i}",
+                     label=f"{h} heads")  # fmt: skip
+        for i, (h, row) in enumerate(zip(lut.heads, cells.attention_qk, strict=True)):  # the q/k axis, if any
+            ax1.plot(lut.qk_widths, [lut.branch_ms(c, batch) for c in row], marker="x", linestyle="--",
+                     color=f"C{i}", label=f"{h} heads, q/k width")  # fmt: skip
+        width = "value width (o) or q/k width (x, dashed)" if lut.qk_widths else "value width"
+        ax1.set_xlabel(f"{width} per head (--align {lut.align})")
         ax1.set_ylabel("ms per attention branch")
         ax1.set_ylim(bottom=0)
         ax1.set_title(f"attention, batch {batch}")

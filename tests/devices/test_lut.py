@@ -120,6 +120,7 @@ def test_probes_made_on_one_side_are_measured_on_the_other(tmp_path: Path, cli) 
 def test_inspect_and_report_show_the_table(lut: Path, tmp_path: Path, cli) -> None:
     code, text = cli(["inspect", str(lut)])
     assert code == 0 and "attention branch" in text and "FFN branch" in text and "x86-cpu" in text
+    assert "kept heads x q/k width" in text  # the q/k axis of a model without qk-norm
     code, text = cli(["report", str(lut), "--out", str(tmp_path)])
     assert code == 0 and (tmp_path / "lut.png").stat().st_size > 10_000
 
