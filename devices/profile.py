@@ -234,7 +234,7 @@ def _problems(body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
             if dotted not in SCHEMA:
                 known = [k.rsplit(".", 1)[-1] for k in SCHEMA if k.startswith(prefix) and "." not in k[len(prefix) :]]
                 hint = did_you_mean(str(key), known) or f" (known: {known})"
-                problems.append(f"'{dotted}' is not a profile field{hint}")
+                problems.append(f"{dotted!r} is not a profile field{hint}")  # repr: a key may hold a newline
             elif isinstance(value, dict):
                 walk(value, dotted + ".")
 
@@ -261,9 +261,22 @@ def _problems(body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     return problems, good
 
 
+def _first_problems(problems: list[str], room: int = 360) -> str:
+    """The problems joined by '; ', as many as fit in `room` characters (the first always), and how many more: one
+    line a user can read (a profile whose whole 'budgets' section was replaced listed nine problems, 900 characters)."""
+    shown = problems[:1]
+    for p in problems[1:]:
+        if len("; ".join([*shown, p])) > room:
+            break
+        shown.append(p)
+    more = len(problems) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more (fix these first)" if more else "")
+
+
 def validate(body: Any, source: str) -> DeviceProfile:
-    """Check a parsed profile against SCHEMA and the value rules; raise one HiapError naming the file and every
-    problem found (separated by '; '), so a bad file is fixed in one pass."""
+    """Check a parsed profile against SCHEMA and the value rules; raise one HiapError naming the file and the problems
+    found (separated by '; ', as many as a readable line holds, with how many more), so a bad file is fixed in one or
+    two passes."""
     if not isinstance(body, dict):
         raise HiapError(f"Device profile {source}: expected a YAML mapping at the top level.")
     problems, good = _problems(body)
@@ -324,7 +337,7 @@ def validate(body: Any, source: str) -> DeviceProfile:
             except ValueError as exc:
                 fail(key, str(exc))
     if problems:
-        raise HiapError(f"Device profile {source}: {'; '.join(problems)}.")
+        raise HiapError(f"Device profile {source}: {_first_problems(problems)}.")
 
     def section(name: str) -> dict[str, Any]:
         return {k.split(".", 1)[1]: v for k, v in good.items() if k.startswith(name + ".")}

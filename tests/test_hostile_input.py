@@ -121,6 +121,15 @@ def test_fuzzed_profiles_are_accepted_or_refused_in_one_line(tmp_path: Path, pat
     one_line_error(read_profile, file)
 
 
+def test_a_profile_key_holding_a_newline_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Found by the fuzz test above: an unknown key is quoted with its escapes, so the error stays one line."""
+    good = yaml.safe_load((ROOT / "devices" / "profiles" / "x86-cpu.yaml").read_text())
+    good["budgets"]["\n"] = 1
+    file = tmp_path / "p.yaml"
+    file.write_text(yaml.safe_dump(good))
+    assert "'budgets.\\n' is not a profile field" in str(one_line_error(read_profile, file))
+
+
 @FUZZ
 @given(path=st.lists(st.integers(0, 50), min_size=1, max_size=6), value=JSON)
 def test_fuzzed_latency_tables_are_accepted_or_refused_in_one_line(tmp_path: Path, path: list, value: object) -> None:
