@@ -136,6 +136,7 @@ def part_prediction(results: dict[str, Any], repeat: int = 1, only: list[str] | 
                                               warmup=10)  # fmt: skip
         lut_path = folder / ("lut.json" if repeat == 1 else f"lut-{repeat}.json")  # training uses the first
         write_lut(lut_path, body)
+        results.setdefault("pass_environments", {})[f"{name} {repeat}"] = environment(f"prediction pass {repeat}")
         cost = LatencyCost(parse_lut(body, str(lut_path)), geom, model)
         for label, s in shapes.items():
             calls = samples[(1, files[label])]
@@ -330,6 +331,9 @@ def part_report(results: dict[str, Any]) -> None:
         median = np.median([abs(r["error"]) for r in rows])
         where = f"{worst['error']:+.1%} ({worst['geometry']}, {worst['structure']})"
         lines += ["", f"Pass {repeat}: median |error| {median:.1%} over {len(rows)} structures; worst {where}."]
+    for key, penv in results.get("pass_environments", {}).items():
+        lines += ["", f"Pass {key}: {penv['date']}, {penv['machine']}, CPU {penv['cpu']['model']} "
+                      f"({' '.join(penv['cpu']['flags'])}), torch {penv['torch']}, hiap {penv['hiap']}."]  # fmt: skip
     lines += ["", "## Landing (built-in model, default recipe, seed 0)", "",
               "Every measuring pass is kept. From pass 2 the table's probes are timed again in the same rounds as the "
               "networks: 'drift' is that table's dense prediction over the training table's (how much the machine "
