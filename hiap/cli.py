@@ -466,22 +466,22 @@ def _print_lut(path: Path, body: dict[str, Any], as_json: bool) -> None:
     )
     if lut.measured_elsewhere:
         console.print(f"[yellow]warning:[/] not measured on {lut.device}: {lut.measured_elsewhere}")
+
+    def heads_by_width(title: str, widths: tuple[int, ...], rows: Any, batch: int) -> Table:
+        table = Table(title=title)
+        table.add_column("heads", justify="right")
+        for w in widths:
+            table.add_column(str(w), justify="right")
+        for h, row in zip(lut.heads, rows, strict=True):
+            table.add_row(str(h), *(f"{lut.branch_ms(c, batch):.4f}" for c in row))
+        return table
+
     for batch, cells in sorted(lut.tables.items()):
-        attn = Table(title=f"attention branch, ms (batch {batch}): kept heads x value width")
-        attn.add_column("heads", justify="right")
-        for w in lut.value_widths:
-            attn.add_column(str(w), justify="right")
-        for h, row in zip(lut.heads, cells.attention, strict=True):
-            attn.add_row(str(h), *(f"{lut.branch_ms(c, batch):.4f}" for c in row))
-        console.print(attn)
+        console.print(heads_by_width(f"attention branch, ms (batch {batch}): kept heads x value width",
+                                     lut.value_widths, cells.attention, batch))  # fmt: skip
         if cells.attention_qk:
-            qk = Table(title=f"attention branch, ms (batch {batch}): kept heads x q/k width, full value width")
-            qk.add_column("heads", justify="right")
-            for q in lut.qk_widths:
-                qk.add_column(str(q), justify="right")
-            for h, row in zip(lut.heads, cells.attention_qk, strict=True):
-                qk.add_row(str(h), *(f"{lut.branch_ms(c, batch):.4f}" for c in row))
-            console.print(qk)
+            console.print(heads_by_width(f"attention branch, ms (batch {batch}): kept heads x q/k width, full value "
+                                         "width", lut.qk_widths, cells.attention_qk, batch))  # fmt: skip
         ffn = Table(title=f"FFN branch, ms (batch {batch})")
         ffn.add_column("neurons", justify="right")
         ffn.add_column("ms", justify="right")
