@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import statistics
 import tempfile
@@ -208,7 +209,7 @@ def _steady(rounds: list[list[float]]) -> float:
 
 def _crossing(ratios: list[float], ms: list[float], target: float) -> float | None:
     """The smallest ratio where the measured latency falls to `target` (linear between neighbouring candidates)."""
-    for (r0, m0), (r1, m1) in zip(zip(ratios, ms, strict=True), zip(ratios[1:], ms[1:], strict=True), strict=False):
+    for (r0, m0), (r1, m1) in itertools.pairwise(zip(ratios, ms, strict=True)):
         if m0 >= target >= m1 and m0 > m1:
             return r0 + (m0 - target) / (m0 - m1) * (r1 - r0)
     return None
