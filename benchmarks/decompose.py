@@ -34,19 +34,17 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from common import environment, load_runs, results_dir
-from peers import MODEL, example_input, finetune, macs_of, prune_to
+from peers import example_input, finetune, macs_of, prune_to
 from rich.console import Console
-from search_split import dense_start, search_data, val_data
+from tasks import Task, builtin_task, cifar_task, describe
 
 from export.compact import build_compact
 from hiap.config import TrainConfig
 from hiap.cost import BlockStructure, Structure
-from hiap.data import Augment, ImageFolderData
-from hiap.models import create_model, data_config, load_pretrained
 from hiap.train import Trainer, structure_summary
 
 # HiAP variants: TrainConfig overrides of the default recipe, named after what they change.
@@ -113,54 +111,6 @@ def l1_sized(dense: torch.nn.Module, learned: Structure) -> Structure:
             neurons = tuple(sorted(score.argsort(descending=True)[: len(plan.neurons)].tolist()))
         blocks.append(BlockStructure(tuple(heads), dims, bool(neurons), neurons))
     return Structure(tuple(blocks))
-
-
-class Task(NamedTuple):
-    """What every network of a decomposition shares: the dense start, its data, and hiap train's settings."""
-
-    dense: torch.nn.Module
-    data: Any
-    train: dict[str, Any]  # TrainConfig keys of every HiAP run
-    make_data: Any  # Trainer's make_data (None: the config's data)
-    epochs: int
-
-
-def describe(task: str, split: str, epochs: int) -> str:
-    """The model, data, split and epochs of a decomposition, for its report."""
-    if task == "cifar10":
-        where = (
-            "search split (5,000 images carved from the training set)" if split == "search" else "official test split"
-        )
-        return f"CIFAR-10 CPU setting (cifar10.py), {where}, {epochs} epochs x 45,000 images per network"
-    carved = {"search": "1,200", "search-3k": "3,000"}.get(split)
-    where = f"search split ({carved} images carved from the training set)" if carved else "validation split"
-    return f"{MODEL}, built-in data, {where}, {epochs} epochs per network"
-
-
-def builtin_task(split: str, epochs: int) -> Task:
-    cache = Path(tempfile.gettempdir()) / "hiap-search-split"
-    cache.mkdir(exist_ok=True)
-    start = None if split == "val" else dense_start(cache, split)
-    dense = create_model(MODEL, num_classes=10).eval()
-    load_pretrained(dense, MODEL, str(start) if start else "auto")
-    make = val_data if split == "val" else lambda c: search_data(c, split)
-    train = {"epochs": epochs, "pretrained": str(start) if start else "auto"}
-    return Task(dense, make(data_config(dense)), train, make, epochs)
-
-
-def cifar_task(split: str) -> Task:
-    import cifar10
-
-    spec = cifar10.SETTINGS["cpu"]
-    cache = Path.home() / ".cache" / "hiap" / "cifar10"
-    roots = cifar10.prepare(cifar10.DEFAULT_ARCHIVE, cache)
-    weights, _ = cifar10.dense_start("cpu", roots, cache)
-    dense = create_model(spec["model"], num_classes=10, model_kwargs=spec["model_kwargs"]).eval()
-    load_pretrained(dense, spec["model"], str(weights))
-    data = ImageFolderData(roots[split], data_config(dense), workers=0, augment=Augment())
-    train = {"model": spec["model"], "model_kwargs": spec["model_kwargs"], "data": str(roots[split]),
-             "pretrained": str(weights), "workers": 0, **spec["prune"]}  # fmt: skip
-    return Task(dense, data, train, None, spec["prune"]["epochs"])
 
 
 def run_path(variant: str, budget: float, seed: int,

@@ -1,15 +1,16 @@
-"""Pruning quality against peers at equal measured latency on the built-in data (ONNX Runtime CPU, x86-cpu profile).
+"""Pruning quality against peers at equal measured latency (ONNX Runtime CPU, x86-cpu profile).
 
-    python benchmarks/latency_peers.py --part table|choose|train|match|finetune|measure|report|all
+    python benchmarks/latency_peers.py [--task builtin|cifar10]
+                                       --part table|choose|train|match|finetune|measure|report|all
                                        [--targets 0.65 0.45] [--seeds 0 1 2] [--threads 1]
 
 The MAC comparison (peers.py) holds compute equal; this one holds the measured latency equal, which is what a user
 with a latency budget buys. Per target (a fraction of the table's dense latency) and seed:
-- table: the built-in model's latency table, timed here with the x86-cpu profile (2 threads, batch 1), with its q/k
-  axis;
-- choose: the recipe under a latency target, chosen on the search-3k split (3,000 images carved from the training
-  set, its own dense start; benchmarks/search_split.py): the default (q/k dims gated, priced by the table's q/k
-  axis) against the paper's search space (qk_gates false), same target, table and seeds (--choose-targets);
+- table: the task's latency table, timed here with the x86-cpu profile (2 threads, batch 1), with its q/k axis;
+- choose (built-in data only): the recipe under a latency target, chosen on the search-3k split (3,000 images
+  carved from the training set, its own dense start; benchmarks/search_split.py): the default (q/k dims gated,
+  priced by the table's q/k axis) against the paper's search space (qk_gates false), same target, table and seeds
+  (--choose-targets);
 - train: HiAP's default recipe trained to the target (`--target-latency-ms` on that table) and exported;
 - match: every peer (uniform l1, l1 FFN-only, Torch-Pruning; peers.py's pruning code) pruned at 18 ratios without
   training, exported, and timed alternating with every HiAP network of the target; near where the peer's measured
@@ -19,10 +20,11 @@ with a latency budget buys. Per target (a fraction of the table's dense latency)
   export, while a uniform cut leaves every head at an unaligned width (measured slower than a narrower aligned one);
 - finetune: each peer pruned at its ratio and trained like peers.py (the same epochs x images, recipe and KD);
 - measure: every final network and the dense start timed alternating in one process (p50 of all calls, and the
-  median of the fastest round as the tables use); accuracy on the built-in validation split (held out).
+  median of the fastest round as the tables use); accuracy on the held-out split (the built-in validation split;
+  CIFAR-10's official test split, the setting's dense start and 2 epochs x 45,000 images per network).
 The parts that time (table, match, measure) want a quiet machine. Resumable: trained networks are appended to
-results/latency_peers.jsonl (the choice: latency_peers_choice.jsonl) and skipped on a rerun; ratios and timings go
-to results/latency_peers.json.
+results/latency_peers[-cifar10].jsonl (the choice: latency_peers_choice.jsonl) and skipped on a rerun; ratios and
+timings go to results/latency_peers[-cifar10].json.
 """
 
 from __future__ import annotations
@@ -34,65 +36,86 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from common import environment, load_runs, results_dir
-from peers import MODEL, finetune, plot, prune
+from peers import finetune, plot, prune
+from tasks import Task, builtin_task, cifar_task
 
 from devices.profile import load_profile
 from export.onnx_io import onnx_cost, torch2onnx
 from export.probes import profile_model
 from hiap.base.lut import read_lut, write_lut
-from hiap.data import BuiltinData
 from hiap.gated import describe_vit
 from hiap.latency import LatencyCost
-from hiap.models import create_model, data_config, load_pretrained
+from hiap.models import data_config
 
 CACHE = Path(tempfile.gettempdir()) / "hiap-latency-peers"
+TITLES = {"builtin": "built-in data", "cifar10": "CIFAR-10 CPU setting"}
 PEERS = ("uniform", "l1-ffn", "torch-pruning")
 RATIOS = tuple(round(r, 2) for r in np.arange(0.05, 0.95, 0.05))
 EPOCHS = 6  # as peers.py and hiap train's default on the built-in data
 ROUNDS, CALLS = 40, 30  # a pass: every network called CALLS times per round, in turn
 
 
-def _lut() -> Path:
-    return CACHE / "lut.json"
+@dataclass
+class Setup:
+    """One task's comparison: its dense start, data and hiap train settings, where its files go, its result names."""
+
+    name: str  # builtin | cifar10
+    task: Task
+    cache: Path  # latency table, candidates, final networks, HiAP runs
+
+    @property
+    def stem(self) -> str:
+        return "latency_peers" if self.name == "builtin" else f"latency_peers-{self.name}"
+
+    @property
+    def lut(self) -> Path:
+        return self.cache / "lut.json"
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        return tuple(data_config(self.task.dense)["input_size"])
+
+    def onnx(self, name: str) -> Path:
+        return self.cache / "final" / f"{name}.onnx"
+
+    def dense_ms(self) -> float:
+        return LatencyCost(read_lut(self.lut), describe_vit(self.task.dense), self.task.model).dense
+
+    def target_ms(self, fraction: float) -> float:
+        return round(fraction * self.dense_ms(), 4)
+
+    def dense_onnx_macs(self) -> int:
+        path = self.onnx("dense-start")
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch2onnx(self.task.dense, self.input_size, path)
+        return onnx_cost(path)[0]
 
 
-def _dense() -> tuple[torch.nn.Module, BuiltinData]:
-    dense = create_model(MODEL, num_classes=10).eval()
-    load_pretrained(dense, MODEL, "auto")
-    cfg = data_config(dense)
-    return dense, BuiltinData(cfg["input_size"], cfg["mean"], cfg["std"])
+def setup(name: str) -> Setup:
+    if name == "cifar10":
+        return Setup(name, cifar_task("test"), CACHE / "cifar10")
+    return Setup(name, builtin_task("val", EPOCHS), CACHE)
 
 
-def _dense_ms() -> float:
-    vit = create_model(MODEL, num_classes=10)
-    return LatencyCost(read_lut(_lut()), describe_vit(vit), MODEL).dense
-
-
-def _target_ms(fraction: float) -> float:
-    return round(fraction * _dense_ms(), 4)
-
-
-def part_table() -> None:
-    if not _lut().is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        write_lut(_lut(), profile_model(MODEL, {}, load_profile("x86-cpu")))
-    print(f"table: dense {_dense_ms():.4f} ms predicted ({_lut()})", flush=True)
+def part_table(s: Setup) -> None:
+    if not s.lut.is_file():
+        s.cache.mkdir(parents=True, exist_ok=True)
+        write_lut(s.lut, profile_model(s.task.model, s.task.model_kwargs, load_profile("x86-cpu")))
+    print(f"table: dense {s.dense_ms():.4f} ms predicted ({s.lut})", flush=True)
 
 
 def _log_run(log: Path, run: dict[str, Any]) -> None:
     print(json.dumps(run), flush=True)
     with open(log, "a") as f:
         f.write(json.dumps(run) + "\n")
-
-
-def _onnx(name: str) -> Path:
-    return CACHE / "final" / f"{name}.onnx"
 
 
 def _record(method: str, target: float, seed: int, acc: float, onnx: Path, dense_macs: int,
@@ -107,7 +130,7 @@ def _record(method: str, target: float, seed: int, acc: float, onnx: Path, dense
 CHOICES: dict[str, dict[str, Any]] = {"hiap": {}, "hiap-no-qk": {"qk_gates": False}}
 
 
-def part_choose(targets: list[float], seeds: list[int], log: Path) -> None:
+def part_choose(s: Setup, targets: list[float], seeds: list[int], log: Path) -> None:
     """The default and the paper's search space to the same latency targets on the search-3k split."""
     from rich.console import Console
     from search_split import dense_start, search_data
@@ -123,7 +146,7 @@ def part_choose(targets: list[float], seeds: list[int], log: Path) -> None:
                     continue
                 t0 = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp:
-                    cfg = TrainConfig(target_latency_ms=_target_ms(target), lut=str(_lut()), seed=seed, epochs=EPOCHS,
+                    cfg = TrainConfig(target_latency_ms=s.target_ms(target), lut=str(s.lut), seed=seed, epochs=EPOCHS,
                                       pretrained=str(start), out=f"{tmp}/run", **overrides)  # fmt: skip
                     s = Trainer(cfg, Console(quiet=True), make_data=lambda c: search_data(c, "search-3k")).run()
                 keys = ("val_acc", "target_latency_ms", "predicted_latency_ms", "target_error", "kept_heads",
@@ -133,7 +156,7 @@ def part_choose(targets: list[float], seeds: list[int], log: Path) -> None:
                             "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")})  # fmt: skip
 
 
-def part_train(targets: list[float], seeds: list[int], log: Path) -> None:
+def part_train(s: Setup, targets: list[float], seeds: list[int], log: Path) -> None:
     """HiAP's default recipe to each latency target, exported (the compact network hiap export writes)."""
     from rich.console import Console
 
@@ -142,33 +165,25 @@ def part_train(targets: list[float], seeds: list[int], log: Path) -> None:
     from hiap.config import TrainConfig
     from hiap.train import Trainer
 
-    dense_macs = _dense_onnx_macs()
+    dense_macs = s.dense_onnx_macs()
     for target in targets:
         for seed in seeds:
             if any((r["method"], r["target"], r["seed"]) == ("hiap", target, seed) for r in load_runs(log)):
                 continue
             t0 = time.perf_counter()
-            run = CACHE / "runs" / f"hiap-{target}-{seed}"
-            cfg = TrainConfig(target_latency_ms=_target_ms(target), lut=str(_lut()), seed=seed, epochs=EPOCHS,
-                              out=str(run))  # fmt: skip
-            summary = Trainer(cfg, Console(quiet=True), resume=(run / "checkpoint.safetensors").is_file()).run()
+            run = s.cache / "runs" / f"hiap-{target}-{seed}"
+            cfg = TrainConfig(target_latency_ms=s.target_ms(target), lut=str(s.lut), seed=seed, out=str(run),
+                              **s.task.train)  # fmt: skip
+            resume = (run / "checkpoint.safetensors").is_file()
+            summary = Trainer(cfg, Console(quiet=True), resume=resume, make_data=s.task.make_data).run()
             export_source(source_from_run(run), run / "export", force=True)
-            onnx = _onnx(f"hiap-{target}-{seed}")
+            onnx = s.onnx(f"hiap-{target}-{seed}")
             onnx.parent.mkdir(parents=True, exist_ok=True)
             onnx.write_bytes((run / "export" / "model.onnx").read_bytes())
             kept = {k: summary[k] for k in ("kept_heads", "kept_ffn", "kept_neurons", "target_error")}
             row = _record("hiap", target, seed, summary["val_acc"], onnx, dense_macs, t0)
             _log_run(log, row | kept | {"target_ms": summary["target_latency_ms"],
                                         "predicted_ms": summary["predicted_latency_ms"]})  # fmt: skip
-
-
-def _dense_onnx_macs() -> int:
-    path = CACHE / "final" / "dense-start.onnx"
-    if not path.is_file():
-        dense, _ = _dense()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch2onnx(dense, data_config(dense)["input_size"], path)
-    return onnx_cost(path)[0]
 
 
 def _time(paths: dict[str, Path], rounds: int = ROUNDS, calls: int = CALLS) -> dict[str, list[list[float]]]:
@@ -215,32 +230,31 @@ def _crossing(ratios: list[float], ms: list[float], target: float) -> float | No
     return None
 
 
-def _candidates(dense: torch.nn.Module, data: BuiltinData, method: str, ratios: list[float]) -> dict[str, Path]:
+def _candidates(s: Setup, method: str, ratios: list[float]) -> dict[str, Path]:
     """The peer pruned at each ratio (no training) and exported; ratios that empty a layer are left out."""
     out = {}
     for ratio in ratios:
-        path = CACHE / "candidates" / f"{method}-{ratio}.onnx"
+        path = s.cache / "candidates" / f"{method}-{ratio}.onnx"
         if not path.is_file():
             try:
-                model = prune(dense, method, ratio, data)
+                model = prune(s.task.dense, method, ratio, s.task.data)
             except ValueError:  # emptied a layer: no network at this ratio
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch2onnx(model.eval(), data_config(dense)["input_size"], path)
+            torch2onnx(model.eval(), s.input_size, path)
         out[f"{method} {ratio}"] = path
     return out
 
 
-def part_match(targets: list[float], seeds: list[int], log: Path, results: dict[str, Any]) -> None:
+def part_match(s: Setup, targets: list[float], seeds: list[int], log: Path, results: dict[str, Any]) -> None:
     """Each peer's ratio per seed, on measured latency: a coarse pass over RATIOS finds where the peer's latency
     crosses each HiAP network's, a fine pass (every 0.01 within 0.04 of each crossing) picks the ratio whose network
     measured closest to it. Latency is not monotone in the ratio (a head width off the multiples of 8 runs slower
     than a wider aligned one), so the fine pass measures instead of interpolating. Both passes time the candidates
     alternating with the HiAP networks they are matched to."""
-    dense, data = _dense()
-    coarse = {m: _candidates(dense, data, m, list(RATIOS)) for m in PEERS}
+    coarse = {m: _candidates(s, m, list(RATIOS)) for m in PEERS}
     for target in targets:
-        hiap = {f"hiap {r['seed']}": _onnx(f"hiap-{target}-{r['seed']}") for r in load_runs(log)
+        hiap = {f"hiap {r['seed']}": s.onnx(f"hiap-{target}-{r['seed']}") for r in load_runs(log)
                 if (r["method"], r["target"]) == ("hiap", target) and r["seed"] in seeds}  # fmt: skip
         if not hiap:
             print(f"match: no HiAP network at {target} yet (--part train)", flush=True)
@@ -251,7 +265,7 @@ def part_match(targets: list[float], seeds: list[int], log: Path, results: dict[
             ratios = [float(k.split()[1]) for k in coarse[method]]
             crossings = [_crossing(ratios, [steady[k] for k in coarse[method]], steady[h]) for h in hiap]
             near = {round(c + d / 100, 2) for c in crossings if c is not None for d in range(-4, 5)}
-            fine[method] = _candidates(dense, data, method, sorted(r for r in near if 0 < r < 1))
+            fine[method] = _candidates(s, method, sorted(r for r in near if 0 < r < 1))
         timed = {k: _steady(v) for k, v in _time(hiap | {k: p for c in fine.values() for k, p in c.items()}).items()}
         entry: dict[str, Any] = {"timed": time.strftime("%Y-%m-%d %H:%M"), "rounds": ROUNDS, "calls": CALLS,
                                  "coarse_ms": steady, "fine_ms": timed, "ratios": {}}  # fmt: skip
@@ -263,14 +277,14 @@ def part_match(targets: list[float], seeds: list[int], log: Path, results: dict[
                 close = best is not None and abs(timed[best] / timed[h] - 1) <= 0.05
                 entry["ratios"][method][h.split()[1]] = float(best.split()[1]) if close else None
         results.setdefault("match", {})[str(target)] = entry
-        _save(results)
+        _save(s, results)
         print(f"match {target}: {json.dumps(entry['ratios'])}", flush=True)
 
 
-def part_finetune(targets: list[float], seeds: list[int], log: Path, results: dict[str, Any]) -> None:
+def part_finetune(s: Setup, targets: list[float], seeds: list[int], log: Path, results: dict[str, Any]) -> None:
     """Each peer pruned at its matched ratio and trained like peers.py."""
-    dense, data = _dense()
-    dense_macs = _dense_onnx_macs()
+    dense, data = s.task.dense, s.task.data
+    dense_macs = s.dense_onnx_macs()
     for target in targets:
         match = results.get("match", {}).get(str(target))
         for seed in seeds:
@@ -284,27 +298,27 @@ def part_finetune(targets: list[float], seeds: list[int], log: Path, results: di
                 t0 = time.perf_counter()
                 model = prune(dense, method, ratio, data)
                 teacher = copy.deepcopy(dense).eval().requires_grad_(False)
-                acc = finetune(model, teacher, data, EPOCHS, seed)
-                onnx = _onnx(f"{method}-{target}-{seed}")
-                torch2onnx(model.eval(), data_config(dense)["input_size"], onnx)
+                acc = finetune(model, teacher, data, s.task.epochs, seed)
+                onnx = s.onnx(f"{method}-{target}-{seed}")
+                torch2onnx(model.eval(), s.input_size, onnx)
                 _log_run(log, _record(method, target, seed, acc, onnx, dense_macs, t0) | {"prune_ratio": ratio})
 
 
-def part_measure(log: Path, results: dict[str, Any]) -> None:
+def part_measure(s: Setup, log: Path, results: dict[str, Any]) -> None:
     """Every final network and the dense start, alternating in one pass (appended; earlier passes kept)."""
-    _dense_onnx_macs()
+    s.dense_onnx_macs()
     runs = load_runs(log)
-    paths = {"dense start": _onnx("dense-start")} | {r["onnx"]: _onnx(r["onnx"][: -len(".onnx")]) for r in runs}
+    paths = {"dense start": s.onnx("dense-start")} | {r["onnx"]: s.onnx(r["onnx"][: -len(".onnx")]) for r in runs}
     samples = _time(paths)
     results.setdefault("measure", []).append({
         "timed": time.strftime("%Y-%m-%d %H:%M"), "rounds": ROUNDS, "calls": CALLS,
         "p50_ms": {k: _p50(v) for k, v in samples.items()}, "steady_ms": {k: _steady(v) for k, v in samples.items()},
     })  # fmt: skip
-    _save(results)
+    _save(s, results)
 
 
-def _save(results: dict[str, Any]) -> None:
-    (results_dir() / "latency_peers.json").write_text(json.dumps(results, indent=1) + "\n")
+def _save(s: Setup, results: dict[str, Any]) -> None:
+    (results_dir() / f"{s.stem}.json").write_text(json.dumps(results, indent=1) + "\n")
 
 
 def _choice_lines(log: Path) -> list[str]:
@@ -334,27 +348,44 @@ def _choice_lines(log: Path) -> list[str]:
     return [*lines, ""]
 
 
-def part_report(log: Path, results: dict[str, Any]) -> None:
+def _unreached(results: dict[str, Any]) -> str:
+    """Per target, each peer matched for no seed: its fastest candidate against the HiAP networks, in the same pass."""
+    notes = []
+    for target, entry in results.get("match", {}).items():
+        coarse = entry["coarse_ms"]
+        hiap = [ms for k, ms in coarse.items() if k.startswith("hiap ")]
+        for method in PEERS:
+            timed = {k: ms for k, ms in coarse.items() if k.startswith(f"{method} ")}
+            if timed and not any(r is not None for r in entry["ratios"][method].values()):
+                best = min(timed, key=timed.__getitem__)
+                notes.append(f"at {target}, {method}'s fastest candidate (ratio {best.split()[1]}) ran "
+                             f"{timed[best]:.3f} ms against HiAP's {min(hiap):.3f}-{max(hiap):.3f} ms")  # fmt: skip
+    return "; ".join(notes) or "every peer reached every target"
+
+
+def part_report(s: Setup, log: Path, results: dict[str, Any]) -> None:
     runs = load_runs(log)
-    choice = _choice_lines(results_dir() / "latency_peers_choice.jsonl")
+    choice = _choice_lines(results_dir() / "latency_peers_choice.jsonl") if s.name == "builtin" else []
+    md = results_dir() / f"{s.stem}.md"
     if not results.get("measure"):
         if choice:
-            (results_dir() / "latency_peers.md").write_text("\n".join(choice))
+            md.write_text("\n".join(choice))
             print("\n".join(choice))
         raise SystemExit("nothing measured yet: --part measure")
     last = results["measure"][-1]
     p50, steady = last["p50_ms"], last["steady_ms"]
     dense_p50 = p50["dense start"]
+    held_out = "built-in validation split" if s.name == "builtin" else "official CIFAR-10 test split"
     lines = [
-        "# Pruning quality at equal measured latency (built-in data, ONNX Runtime CPU, x86-cpu profile)", "",
+        f"# Pruning quality at equal measured latency ({TITLES[s.name]}, ONNX Runtime CPU, x86-cpu profile)", "",
         f"{_env_line(results, runs)}", "",
         f"Measuring pass {len(results['measure'])} ({last['timed']}): every network {last['calls']} calls in each of "
         f"{last['rounds']} rounds, all alternating in one process; dense start p50 {dense_p50:.4f} ms. Top-1 on the "
-        f"built-in validation split (held out; no choice is made on it). Each peer's ratio was matched on measured "
+        f"{held_out} (held out; no choice is made on it). Each peer's ratio was matched on measured "
         "latency to that seed's HiAP network in an earlier pass (benchmarks/latency_peers.py); 'p50 vs HiAP' is "
         "what is left of the difference in this pass (+: the peer is slower, it had more time). A method missing at a "
-        "target cannot reach that latency (l1 FFN-only cannot cut attention; Torch-Pruning's fastest candidate, 90 % "
-        "pruned, ran 0.33 ms).", "",
+        "target has no candidate within 5 % of that latency (l1 FFN-only cannot cut attention; steady ms of the "
+        f"coarse matching pass): {_unreached(results)}.", "",
         "| target (of dense table ms) | method | seeds | top-1 % (mean +- sd) | p50 ms (mean) | p50 vs HiAP per seed | "
         "speed-up (p50) | MACs (of dense) | top-1 vs HiAP per seed (pp) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -384,10 +415,10 @@ def part_report(log: Path, results: dict[str, Any]) -> None:
               "| network | p50 | steady |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {k[: -len('.onnx')] if k.endswith('.onnx') else k} | {p50[k]:.4f} | {steady[k]:.4f} |"
               for k in sorted(p50)]  # fmt: skip
-    (results_dir() / "latency_peers.md").write_text("\n".join(lines) + "\n")
+    md.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    plot(points, None, results_dir() / "latency_peers.png",
-         "Built-in data at equal measured latency: dots are seeds", "validation top-1 (%)",
+    plot(points, None, results_dir() / f"{s.stem}.png",
+         f"{TITLES[s.name]} at equal measured latency: dots are seeds", f"{held_out.split(' split')[0]} top-1 (%)",
          xlabel="measured p50 latency (of the dense start's)")  # fmt: skip
 
 
@@ -402,6 +433,7 @@ def _env_line(results: dict[str, Any], runs: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parts = ("table", "choose", "train", "match", "finetune", "measure", "report")
+    parser.add_argument("--task", choices=tuple(TITLES), default="builtin")
     parser.add_argument("--part", choices=(*parts, "all"), default="all")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.65, 0.45],
                         help="latency targets, fractions of the table's dense latency")  # fmt: skip
@@ -412,28 +444,34 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    log = results_dir() / "latency_peers.jsonl"
-    path = results_dir() / "latency_peers.json"
+    s = setup(args.task)
+    log = results_dir() / f"{s.stem}.jsonl"
+    path = results_dir() / f"{s.stem}.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     if "environment" not in results:
-        env = environment(f"{EPOCHS} epochs x 12,000 images per method, KD from the dense start, seeds {args.seeds}")
+        images = "12,000" if s.name == "builtin" else "45,000"
+        recipe = f"{s.task.epochs} epochs x {images} images per method, KD from the dense start, seeds {args.seeds}"
+        env = environment(recipe)
         env["onnxruntime"] = __import__("onnxruntime").__version__
         results["environment"] = env
     for part in parts if args.part == "all" else (args.part,):
         if part == "table":
-            part_table()
+            part_table(s)
         elif part == "choose":
-            part_choose(args.choose_targets, args.seeds, results_dir() / "latency_peers_choice.jsonl")
+            if s.name != "builtin":
+                print("choose: the recipe is chosen on the built-in data's search-3k split only", flush=True)
+                continue
+            part_choose(s, args.choose_targets, args.seeds, results_dir() / "latency_peers_choice.jsonl")
         elif part == "train":
-            part_train(args.targets, args.seeds, log)
+            part_train(s, args.targets, args.seeds, log)
         elif part == "match":
-            part_match(args.targets, args.seeds, log, results)
+            part_match(s, args.targets, args.seeds, log, results)
         elif part == "finetune":
-            part_finetune(args.targets, args.seeds, log, results)
+            part_finetune(s, args.targets, args.seeds, log, results)
         elif part == "measure":
-            part_measure(log, results)
+            part_measure(s, log, results)
         else:
-            part_report(log, results)
+            part_report(s, log, results)
 
 
 if __name__ == "__main__":
