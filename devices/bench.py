@@ -518,6 +518,11 @@ class _Plan:
     precision: str | None = None  # bf16 / fp16: the FP32 file computed at that precision (--precision)
 
 
+def check_options(artifact: Path, target: BenchTarget, opts: BenchOptions) -> None:
+    """Raise HiapError for options that cannot be benched (the checks `run_bench` makes before measuring)."""
+    _plan(artifact, target, opts)
+
+
 def _plan(artifact: Path, target: BenchTarget, opts: BenchOptions) -> _Plan:
     """Every check of the options that can fail, made before minutes of measuring."""
     profile, mismatch = target.profile, target.mismatch

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devices.bench import BenchOptions, BenchReport, BenchTarget, check_inference_precision, run_bench
+from devices.bench import (
+    BenchOptions,
+    BenchReport,
+    BenchTarget,
+    check_inference_precision,
+    check_options,
+    run_bench,
+)
 from devices.profile import INFERENCE_PRECISIONS
 from hiap.base.errors import HiapError
 
@@ -104,6 +111,8 @@ def run_sweep(fp32: Path, int8: Path | None, target: BenchTarget, opts: BenchOpt
                         "--compare-runtime.")  # fmt: skip
     if int8 is not None and not int8.is_file():
         raise HiapError(f"--int8 '{int8}' does not exist: export it with hiap export RUN --precision int8.")
+    # Options every row shares (--data, --golden, limits, the device) are refused once, not skipped row by row.
+    check_options(fp32, target, opts)
     default = RUNTIME_FLAG.get(target.profile.runtime)
     rows = []
     for row in plan_rows(target, fp32, int8):

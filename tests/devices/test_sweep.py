@@ -48,6 +48,7 @@ def test_sweep_runs_every_combination_and_names_the_fastest_that_meets_every_bud
 def test_sweep_refuses_the_options_it_sets_itself(exported_pair: dict, tmp_path: Path) -> None:
     for extra, message in ((["--runtime", "openvino"], "--sweep runs every runtime and precision itself"),
                            (["--int8", str(tmp_path / "none.onnx")], "--int8 '"),
+                           (["--data", str(tmp_path / "no-such-folder")], "is not a folder"),  # once, not per row
                            ([], None)):  # fmt: skip
         args = ["bench", str(exported_pair["pruned"]), "--device", "x86-cpu", *extra, *FAST]
         if message is None:
