@@ -174,18 +174,19 @@ def half_plan(geom: Any) -> Structure:
     raise SystemExit("no plan reaches half the MACs")
 
 
-def latency_models(tmp: Path) -> dict[tuple[str, str, str], Path]:
+def latency_models(tmp: Path, archs: tuple[str, ...] = ("deit_tiny_patch16_224", "deit_small_patch16_224"),
+                   kinds: tuple[str, ...] = ("dense", "pruned 0.5")) -> dict[tuple[str, str, str], Path]:  # fmt: skip
     """(arch, dense|pruned 0.5, precision) -> file: FP32, INT8 static (the default recipe, and with the attention
     matmuls left in float) and INT8 dynamic files of DeiT-Tiny/Small, all with a dynamic batch axis."""
     files = {}
     rng = np.random.default_rng(0)
-    for arch in ("deit_tiny_patch16_224", "deit_small_patch16_224"):
+    for arch in archs:
         torch.manual_seed(0)
         vit = create_model(arch).eval()
         geom = describe_vit(vit)
         calib = rng.standard_normal((32, 3, 224, 224)).astype(np.float32)
         short = "-".join(arch.split("_")[:2])
-        for kind in ("dense", "pruned 0.5"):
+        for kind in kinds:
             model = vit if kind == "dense" else build_compact(vit, half_plan(geom), align=8)
             fp32 = tmp / f"{arch}-{kind.split()[0]}.onnx"
             torch2onnx(model.eval(), (3, 224, 224), fp32, dynamic_batch=True)
@@ -265,6 +266,53 @@ def latency_part(files: dict[tuple[str, str, str], Path], rounds: int, iters: in
     return rows
 
 
+def breakdown_part(files: dict[tuple[str, str, str], Path], calls: int = 30) -> list[dict[str, Any]]:
+    """Where ONNX Runtime spends a batch-1 call of each file: kernel time per operator type (its profiler, after
+    warm-up), and the wall time of the same calls. Shares, not absolute times, are what this part reports."""
+    import collections
+
+    rows = []
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    for (arch, kind, precision), path in files.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
+            opts.log_severity_level = 3
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(Path(tmp) / "profile")
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            feed = {sess.get_inputs()[0].name: x}
+            for _ in range(5):
+                sess.run(None, feed)
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                sess.run(None, feed)
+            ms = (time.perf_counter() - t0) / calls * 1e3
+            events = json.loads(Path(sess.end_profiling()).read_text())
+        by_op: collections.Counter[str] = collections.Counter()
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                by_op[e["args"]["op_name"]] += e["dur"]
+        total = sum(by_op.values())
+        rows.append({"arch": arch, "model": kind, "precision": precision, "ms": ms, "calls": calls,
+                     "share": {op: us / total for op, us in by_op.most_common()}})  # fmt: skip
+        print(arch, kind, precision, f"{ms:.2f} ms", {k: round(v, 3) for k, v in list(rows[-1]["share"].items())[:8]})
+    return rows
+
+
+def breakdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Per file, the operator types by share of kernel time; matrix products (float or integer) summed apart."""
+    gemm = ("Gemm", "MatMul", "FusedMatMul", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "MatMulInteger",
+            "DynamicQuantizeMatMul", "Conv", "QLinearConv", "ConvInteger")  # fmt: skip
+    lines = ["| file | ms per call | matrix products (incl. patch Conv) | everything else | largest operator types |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        mm = sum(v for k, v in r["share"].items() if k in gemm)
+        top = ", ".join(f"{k} {v:.0%}" for k, v in list(r["share"].items())[:8])
+        lines.append(f"| {r['arch']} {r['model']} {r['precision']} | {r['ms']:.2f} | {mm:.0%} | {1 - mm:.0%} | {top} |")
+    return lines
+
+
 def table(acc: list[dict[str, Any]], lat: list[dict[str, Any]]) -> list[str]:
     lines = []
     if acc:
@@ -299,12 +347,15 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/hiap_vit_fmnist-macs0.5"))
     parser.add_argument("--cifar-onnx", type=Path, default=None)
     parser.add_argument("--cifar-data", type=Path, default=None)
-    parser.add_argument("--part", choices=("accuracy", "latency", "all", "report"), default="all",
+    parser.add_argument("--part", choices=("accuracy", "latency", "breakdown", "all", "report"), default="all",
                         help="report: rewrite the .md from the .json only")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iters", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.part == "breakdown":
+        breakdown_main()
+        return
     # The committed quantization.* were measured on an AVX2-only CPU; a latency run on another CPU class is kept
     # beside them, named by its class.
     name = "quantization" if args.part != "latency" else f"quantization-latency-{cpu_class()}"
@@ -362,6 +413,26 @@ def main() -> None:
         "\n".join(head + table(acc if name == "quantization" else [], lat)) + "\n"
     )
     print("\n".join(head + table(acc, lat)))
+
+
+def breakdown_main() -> None:
+    """DeiT-Small dense at FP32, INT8 static (the default recipe) and INT8 dynamic: where each call's time goes."""
+    with tempfile.TemporaryDirectory() as tmp_name:
+        files = latency_models(Path(tmp_name), ("deit_small_patch16_224",), ("dense",))
+        rows = breakdown_part({k: v for k, v in files.items() if k[2] != "int8 weight matmuls only"})
+    env = environment("ONNX Runtime profiler, 2 threads, batch 1") | {"onnxruntime": ort.__version__,
+                                                                     "cpu_flags": cpu_flags()}  # fmt: skip
+    name = f"quantization-breakdown-{cpu_class()}"
+    (results_dir() / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
+    head = [f"# Where an INT8 call's time goes: DeiT-Small on ONNX Runtime, {cpu_class()}-class CPU", "",
+            f"{env['machine']}, CPU flags {env['cpu_flags']}, 2 threads, batch 1, onnxruntime {env['onnxruntime']}, "
+            f"torch {env['torch']}, hiap {env['hiap']}, {env['date']}. Random weights; each file's kernel time per "
+            "operator type from ONNX Runtime's profiler over the timed calls (profiling adds its own overhead: the "
+            "shares are what to read, quantization-latency-*.md has the speed). Made by `python "
+            "benchmarks/quantization.py --part breakdown`.", ""]  # fmt: skip
+    lines = head + breakdown_table(rows)
+    (results_dir() / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
