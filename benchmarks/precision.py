@@ -139,7 +139,7 @@ def _row_cells(row: dict[str, Any], fp32_top1: float | None) -> list[str] | None
 def part_report(results: dict[str, Any]) -> list[str]:
     env = results["environment"]
     lines = [
-        f"# Trained networks per runtime x precision on a {results['cpu_class']}-class CPU (`hiap bench --sweep`)",
+        f"# Trained networks per runtime x precision on the {results['cpu_class']} CPU class (`hiap bench --sweep`)",
         "",
         f"{env['machine']}, CPU {env['cpu']['model']} ({' '.join(env['cpu']['flags'])}), x86-cpu profile (2 "
         f"threads, batch 1), onnxruntime {env['onnxruntime']}, openvino {env['openvino']}, torch {env['torch']}, "

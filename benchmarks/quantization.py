@@ -401,7 +401,7 @@ def main() -> None:
             "rows below were measured on files quantized with min-max and 8-bit weights, before the default "
             "moved to percentile and 7 bits: the same operators and kernels, not re-timed.", ""]  # fmt: skip
     if name != "quantization":  # a latency run on another CPU class: its own short header
-        head = [f"# FP32, bf16, fp16 and INT8 speed on a {cpu_class()}-class CPU", "",
+        head = [f"# FP32, bf16, fp16 and INT8 speed on the {cpu_class()} CPU class", "",
                 f"{env['machine']}, CPU flags {env['cpu_flags']}, 2 threads, batch 1 and 8, onnxruntime "
                 f"{env['onnxruntime']}, openvino {env['openvino']}, torch {env['torch']}, hiap {env['hiap']}, "
                 f"{env['date']}. Random weights (speed does not depend on them); every model, precision and runtime "
