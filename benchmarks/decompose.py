@@ -91,8 +91,8 @@ PARTS = ("path", "structure", "l1-sizes", "uniform")
 
 def l1_sized(dense: torch.nn.Module, learned: Structure) -> Structure:
     """The learned per-block sizes with the units chosen by l1 magnitude of the dense weights they read and write:
-    heads by their q/k/v rows and proj columns, the learned value widths given to the heads in order of magnitude,
-    value dims and FFN neurons by their own rows and columns."""
+    heads by their q/k/v rows and proj columns, the learned value (and q/k) widths given to the heads in order of
+    magnitude, value dims and FFN neurons by their own rows and columns, q/k dims by their q and k rows."""
     blocks = []
     for blk, plan in zip(dense.blocks, learned.blocks, strict=True):
         attn, mlp = blk.attn, blk.mlp
@@ -105,11 +105,16 @@ def l1_sized(dense: torch.nn.Module, learned: Structure) -> Structure:
         widths = dict(zip(by_score, sorted((len(v) for v in plan.value_dims), reverse=True), strict=True))
         value_score = w[2].sum(-1) + proj.sum(0)  # [h, dh]
         dims = tuple(tuple(sorted(value_score[i].argsort(descending=True)[: widths[i]].tolist())) for i in heads)
+        qk_dims = None
+        if plan.qk_dims is not None:  # q/k widths were learned too: the same sizes, dims by their q and k rows
+            qk_widths = dict(zip(by_score, sorted((len(q) for q in plan.qk_dims), reverse=True), strict=True))
+            qk_score = (w[0] + w[1]).sum(-1)  # [h, dh]
+            qk_dims = tuple(tuple(sorted(qk_score[i].argsort(descending=True)[: qk_widths[i]].tolist())) for i in heads)
         neurons: tuple[int, ...] = ()
         if plan.ffn and plan.neurons:
             score = mlp.fc1.weight.detach().abs().sum(1) + mlp.fc2.weight.detach().abs().sum(0)
             neurons = tuple(sorted(score.argsort(descending=True)[: len(plan.neurons)].tolist()))
-        blocks.append(BlockStructure(tuple(heads), dims, bool(neurons), neurons))
+        blocks.append(BlockStructure(tuple(heads), dims, bool(neurons), neurons, qk_dims))
     return Structure(tuple(blocks))
 
 
