@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from common import environment, results_dir
+from common import environment, latency_ms, results_dir
 
 from export.compact import build_compact
 from export.onnx_io import simplify_onnx, torch2onnx
@@ -304,12 +304,13 @@ def breakdown_table(rows: list[dict[str, Any]]) -> list[str]:
     """Per file, the operator types by share of kernel time; matrix products (float or integer) summed apart."""
     gemm = ("Gemm", "MatMul", "FusedMatMul", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "MatMulInteger",
             "DynamicQuantizeMatMul", "Conv", "QLinearConv", "ConvInteger")  # fmt: skip
-    lines = ["| file | ms per call | matrix products (incl. patch Conv) | everything else | largest operator types |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| file | ms per call | x FP32 | matrix products (incl. patch Conv) | everything else | largest operator "
+             "types (profiled) |", "|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         mm = sum(v for k, v in r["share"].items() if k in gemm)
         top = ", ".join(f"{k} {v:.0%}" for k, v in list(r["share"].items())[:8])
-        lines.append(f"| {r['arch']} {r['model']} {r['precision']} | {r['ms']:.2f} | {mm:.0%} | {1 - mm:.0%} | {top} |")
+        lines.append(f"| {r['arch']} {r['model']} {r['precision']} | {r['ms_unprofiled']:.2f} | {r['speedup']:.2f}x | "
+                     f"{mm:.0%} | {1 - mm:.0%} | {top} |")  # fmt: skip
     return lines
 
 
@@ -415,21 +416,54 @@ def main() -> None:
     print("\n".join(head + table(acc, lat)))
 
 
+# INT8 recipes timed beside the default in the breakdown: more operators quantized, full 8-bit weights, s8 activations.
+BREAKDOWN_RECIPES = (
+    ("int8 every operator", Recipe("int8", "percentile", "all", "u8")),
+    ("int8 8-bit weights", Recipe("int8", "percentile", "matmul+attention", "u8", False)),
+    ("int8 s8 activations", Recipe("int8", "percentile", "matmul+attention", "s8", False)),
+)
+
+
+def recipe_speed(files: dict[tuple[str, str, str], Path], rounds: int = 7, iters: int = 5) -> dict[str, float]:
+    """Batch-1 ms of every file on ONNX Runtime, all alternating round by round (median of the rounds)."""
+    sessions = {key[2]: session(path) for key, path in files.items()}
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, sess in sessions.items():
+            latency_ms(sess, x, 1)  # untimed: the previous session's threads may still be winding down
+            times[k].append(latency_ms(sess, x, iters))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def breakdown_main() -> None:
-    """DeiT-Small dense at FP32, INT8 static (the default recipe) and INT8 dynamic: where each call's time goes."""
+    """DeiT-Small dense at FP32, INT8 static (the default recipe and three others) and INT8 dynamic: where each
+    call's time goes, and how fast each runs."""
     with tempfile.TemporaryDirectory() as tmp_name:
         files = latency_models(Path(tmp_name), ("deit_small_patch16_224",), ("dense",))
-        rows = breakdown_part({k: v for k, v in files.items() if k[2] != "int8 weight matmuls only"})
+        files = {k: v for k, v in files.items() if k[2] != "int8 weight matmuls only"}
+        calib = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
+        fp32 = files[("deit-small", "dense", "fp32")]
+        for name, recipe in BREAKDOWN_RECIPES:
+            out = Path(tmp_name) / f"{name.replace(' ', '-')}.onnx"
+            quantize_file(fp32, out, recipe, calib, {})
+            files[("deit-small", "dense", name)] = out
+        speed = recipe_speed(files)
+        rows = breakdown_part(files)
+    for r in rows:
+        r["ms_unprofiled"] = speed[r["precision"]]
+        r["speedup"] = speed["fp32"] / speed[r["precision"]]
     env = environment("ONNX Runtime profiler, 2 threads, batch 1") | {"onnxruntime": ort.__version__,
                                                                      "cpu_flags": cpu_flags()}  # fmt: skip
     name = f"quantization-breakdown-{cpu_class()}"
     (results_dir() / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
-    head = [f"# Where an INT8 call's time goes: DeiT-Small on ONNX Runtime, {cpu_class()}-class CPU", "",
+    head = [f"# Where an INT8 call's time goes: DeiT-Small on ONNX Runtime, the {cpu_class()} CPU class", "",
             f"{env['machine']}, CPU flags {env['cpu_flags']}, 2 threads, batch 1, onnxruntime {env['onnxruntime']}, "
             f"torch {env['torch']}, hiap {env['hiap']}, {env['date']}. Random weights; each file's kernel time per "
             "operator type from ONNX Runtime's profiler over the timed calls (profiling adds its own overhead: the "
-            "shares are what to read, quantization-latency-*.md has the speed). Made by `python "
-            "benchmarks/quantization.py --part breakdown`.", ""]  # fmt: skip
+            "shares are what to read), and the speed of every file without the profiler, all alternating in one "
+            "process (7 rounds x 5 calls, median). Made by `python benchmarks/quantization.py --part breakdown`.",
+            ""]  # fmt: skip
     lines = head + breakdown_table(rows)
     (results_dir() / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
