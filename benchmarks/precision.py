@@ -31,6 +31,7 @@ import yaml
 from common import environment, results_dir
 from quantization import cpu_class
 from rich.console import Console
+from tasks import cifar_task
 
 from hiap.config import TrainConfig
 from hiap.train import Trainer
@@ -54,17 +55,7 @@ def part_train(task: str) -> None:
     run = run_dir(task)
     if (run / "summary.json").is_file():
         return
-    if task == "cifar10":
-        import cifar10
-
-        spec = cifar10.SETTINGS["cpu"]
-        cache = Path.home() / ".cache" / "hiap" / "cifar10"
-        roots = cifar10.prepare(cifar10.DEFAULT_ARCHIVE, cache)
-        weights, _ = cifar10.dense_start("cpu", roots, cache)
-        keys = {"model": spec["model"], "model_kwargs": spec["model_kwargs"], "data": str(roots["test"]),
-                "pretrained": str(weights), "workers": 0, **spec["prune"]}  # fmt: skip
-    else:
-        keys = {}
+    keys = cifar_task("test").train if task == "cifar10" else {}  # built-in: hiap train's defaults
     cfg = TrainConfig(target_macs="0.5", seed=0, out=str(run), **keys)
     summary = Trainer(cfg, Console(), resume=(run / "checkpoint.safetensors").is_file()).run()
     print(f"{task}: trained to {summary['pruned_gmacs'] / summary['dense_gmacs']:.3f} of the dense MACs", flush=True)
