@@ -56,7 +56,7 @@ RECIPES = [
 
 
 def cpu_flags() -> list[str]:
-    """The CPU's features that decide its int8 and bf16/fp16 kernels (devices.host.CPU_FLAGS)."""
+    """The CPU's features that decide its int8 and bf16/fp16 kernels (hiap.base.cpu.CPU_FLAGS)."""
     from devices.host import detect_host
 
     return detect_host().cpu_flags

@@ -12,13 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from devices.profile import DeviceProfile
+from hiap.base.cpu import cpu_flags, cpu_model, read_cpuinfo
 
 DT_MODEL = Path("/proc/device-tree/model")
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
-CPUINFO = Path("/proc/cpuinfo")
-# CPU features that decide which kernels, and so which speeds and precisions, a runtime gets (x86, then ARM).
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16", "amx_fp16",
-             "asimddp", "fphp", "asimdhp", "bf16", "i8mm")  # fmt: skip
 
 
 @dataclass
@@ -30,7 +27,7 @@ class Host:
     model: str = ""
     l4t: str = ""
     cpu: str = ""
-    cpu_flags: list[str] = field(default_factory=list)  # which of CPU_FLAGS the CPU reports
+    cpu_flags: list[str] = field(default_factory=list)  # which of hiap.base.cpu.CPU_FLAGS the CPU reports
     emulated: str = ""  # non-empty when the architecture is emulated (qemu-user): latency is meaningless
     nvidia_gpu: bool = False
     notes: list[str] = field(default_factory=list)
@@ -57,13 +54,8 @@ def detect_host(root: Path = Path("/")) -> Host:
     arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
     dt_model = _read(root / DT_MODEL.relative_to("/"))
     tegra = _read(root / TEGRA_RELEASE.relative_to("/"))
-    cpuinfo = _read(root / CPUINFO.relative_to("/"))
-    host = Host(arch=arch, board="generic", model=dt_model)
-    names = re.findall(r"^(?:model name|Hardware|Model)\s*:\s*(.+)$", cpuinfo, flags=re.M)
-    host.cpu = names[0].strip() if names else platform.processor()
-    features = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", cpuinfo, flags=re.M)
-    reported = set(features.group(1).split()) if features else set()
-    host.cpu_flags = [f for f in CPU_FLAGS if f in reported]
+    cpuinfo = read_cpuinfo(root)
+    host = Host(arch=arch, board="generic", model=dt_model, cpu=cpu_model(cpuinfo), cpu_flags=cpu_flags(cpuinfo))
     if tegra or "jetson" in dt_model.lower() or "nvidia" in dt_model.lower():
         host.board = "jetson"
         # "# R36 (release), REVISION: 4.3, ..." is L4T 36.4.3 (JetPack 6.2); JetPack 6.0 (36.3) ships TensorRT 8.6

@@ -20,6 +20,7 @@ from torch import nn
 from hiap import __version__, faults
 from hiap import distributed as dd
 from hiap.base.atomic import write_json_atomic, write_text_atomic
+from hiap.base.cpu import cpu_flags, cpu_model, read_cpuinfo
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
 from hiap.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -719,6 +720,7 @@ class Trainer:
         pruned_macs = self.pruner.hard_macs() if self.pruner else self.dense_macs
         budget = self.budget
         landed = budget.of(self.geometry, structure)
+        cpuinfo = read_cpuinfo()
         return {
             "hiap_version": __version__,
             "model": self.cfg.model,
@@ -749,6 +751,9 @@ class Trainer:
             "hidden": self.geometry.hidden,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
+            # The CPU the run's seconds were measured on (its features decide the kernels a CPU run got).
+            "cpu": cpu_model(cpuinfo),
+            "cpu_flags": cpu_flags(cpuinfo),
             "torch_version": torch.__version__,
             "run_dir": str(self.paths.root),
             "checkpoint": str(self.paths.checkpoint),

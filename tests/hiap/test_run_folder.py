@@ -39,3 +39,13 @@ def test_resuming_a_finished_run_leaves_its_summary_as_it_is(tmp_path: Path) -> 
     again = Trainer(_tiny(run), resume=True).run()
     assert again == summary | {}  # the finished run's own summary, seconds and run_dir included
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != LOCK_NAME} == before
+
+
+def test_a_run_summary_names_the_cpu_it_ran_on(tiny_run: Path) -> None:
+    import json
+
+    from devices.host import detect_host
+
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    host = detect_host()
+    assert summary["cpu"] == host.cpu and summary["cpu_flags"] == host.cpu_flags
