@@ -269,6 +269,8 @@ class Pruner:
         self.trace: list[list[float]] = []  # [step, tau, expected, hard, reference] (fractions of dense)
         self.penalty_parts: dict[str, torch.Tensor] = {}  # the last penalty()'s terms, detached, for logging
         self._final: Masks | None = None  # the fixed structure's masks once the search has ended
+        # The fixed structure's expected and hard cost, measured once after the search (its gates stand still).
+        self._fixed_costs: dict[str, torch.Tensor] | None = None
         self._open = False
         self._forward_masks: tuple[Masks, list[bool], bool] | None = None
         self._eval_masks: tuple[tuple[Any, ...], tuple[Masks, list[bool], bool]] | None = None
@@ -441,11 +443,15 @@ class Pruner:
         """After `optimizer.step()`: feed the measured cost to the controller, keep the trace, set the gate lrs of
         `optimizer` for the next step, and end the search on its last step. The `log` tensors are read back in
         the same single host synchronisation as the pruner's own figures (StepReport.logged)."""
-        with torch.no_grad():
-            measured = {
-                "expected_cost": self.budget.expected(self.gated).total,
-                "hard_cost": self.budget.hard(self.gated),
-            }
+        measured = self._fixed_costs
+        if measured is None:
+            with torch.no_grad():
+                measured = {
+                    "expected_cost": self.budget.expected(self.gated).total,
+                    "hard_cost": self.budget.hard(self.gated),
+                }
+            if not self.searching:
+                self._fixed_costs = measured
         tensors = {**(log or {}), **measured}
         values = dict(zip(tensors, torch.stack([v.detach().reshape(()).double() for v in tensors.values()]).tolist(),
                           strict=True))  # fmt: skip
@@ -621,6 +627,7 @@ class Pruner:
         self.landed = bool(state.get("landed", False))
         self._final = self.gated.hard_masks() if step >= self.search_steps else None
         self._forward_masks = None
+        self._fixed_costs = None
         self.hard_fraction = self._fraction(float(self.budget.hard(self.gated)))
 
     def _geometry_record(self) -> dict[str, int]:

@@ -170,3 +170,19 @@ def test_qk_gates_stay_open_under_qk_norm_and_a_state_keeps_its_setting() -> Non
     closed = Pruner(vit, total_steps=1000, target_macs=0.5, options=PruneOptions(qk_gates=False))
     with pytest.raises(HiapError, match="qk_gates True, this pruner's is False"):
         closed.load_state_dict(plain.state_dict())
+
+
+def test_after_the_search_the_fixed_structure_is_costed_once() -> None:
+    from vit_zoo import make_vit
+
+    from hiap.pruner import Pruner
+
+    pruner = Pruner(make_vit("plain"), total_steps=200, target_macs=0.5)
+    calls = []
+    expected = pruner.budget.expected
+    pruner.budget.expected = lambda gated: calls.append(pruner.step_count) or expected(gated)  # type: ignore[method-assign]
+    reports = [pruner.step() for _ in range(200)]
+    first_fixed = pruner.search_steps  # the first step that starts with the search over
+    assert calls == list(range(first_fixed + 1))  # every search step, then once
+    after = [(r.expected_fraction, r.hard_fraction) for r in reports[first_fixed:]]
+    assert all(a == after[0] for a in after) and not reports[-1].searching
