@@ -175,6 +175,14 @@ def main() -> None:
     name = f"precision-{cpu_class()}"
     path = results_dir() / f"{name}.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    if args.part in ("sweep", "all"):
+        env = environment("hiap bench --sweep, x86-cpu profile")
+        env["onnxruntime"] = __import__("onnxruntime").__version__
+        try:
+            env["openvino"] = __import__("openvino").__version__
+        except ImportError:
+            env["openvino"] = None
+        results |= {"environment": env, "cpu_class": cpu_class()}
     for task in args.tasks:
         if args.part in ("train", "all"):
             part_train(task)
@@ -182,13 +190,6 @@ def main() -> None:
             part_export(task)
         if args.part in ("sweep", "all"):
             part_sweep(task, results)
-            env = environment("hiap bench --sweep, x86-cpu profile")
-            env["onnxruntime"] = __import__("onnxruntime").__version__
-            try:
-                env["openvino"] = __import__("openvino").__version__
-            except ImportError:
-                env["openvino"] = None
-            results |= {"environment": env, "cpu_class": cpu_class()}
             path.write_text(json.dumps(results, indent=1) + "\n")
     if results.get("sweeps"):
         lines = part_report(results)

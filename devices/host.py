@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from devices.profile import DeviceProfile
-from hiap.base.cpu import cpu_flags, cpu_model, read_cpuinfo
+from hiap.base.cpu import cpu_flags, cpu_model, read_cpuinfo, read_system_file
 
 DT_MODEL = Path("/proc/device-tree/model")
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
@@ -41,19 +41,12 @@ class Host:
         return f"{what} ({self.arch}{extra}{', emulated by ' + self.emulated if self.emulated else ''})"
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace").replace("\x00", "").strip()
-    except OSError:
-        return ""
-
-
 def detect_host(root: Path = Path("/")) -> Host:
     """Read the machine; `root` lets tests point at a fake filesystem."""
     arch = platform.machine().lower()
     arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
-    dt_model = _read(root / DT_MODEL.relative_to("/"))
-    tegra = _read(root / TEGRA_RELEASE.relative_to("/"))
+    dt_model = read_system_file(root / DT_MODEL.relative_to("/"))
+    tegra = read_system_file(root / TEGRA_RELEASE.relative_to("/"))
     cpuinfo = read_cpuinfo(root)
     host = Host(arch=arch, board="generic", model=dt_model, cpu=cpu_model(cpuinfo), cpu_flags=cpu_flags(cpuinfo))
     if tegra or "jetson" in dt_model.lower() or "nvidia" in dt_model.lower():
@@ -117,7 +110,8 @@ def power_state(host: Host) -> dict[str, str]:
     """What the measurement protocol asks to report: CPU governor, and on a Jetson the nvpmodel mode and clocks."""
     import subprocess
 
-    state = {"governor": _read(Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")) or "unreadable"}
+    governor = read_system_file(Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"))
+    state = {"governor": governor or "unreadable"}
     if host.board == "jetson":
         for key, cmd in (("power_mode", ["nvpmodel", "-q"]), ("jetson_clocks", ["jetson_clocks", "--show"])):
             if shutil.which(cmd[0]) is None:

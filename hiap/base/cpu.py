@@ -13,12 +13,17 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "am
              "asimddp", "fphp", "asimdhp", "bf16", "i8mm")  # fmt: skip
 
 
-def read_cpuinfo(root: Path = Path("/")) -> str:
-    """/proc/cpuinfo under `root` (tests point it at a fake filesystem); '' where it cannot be read."""
+def read_system_file(path: Path) -> str:
+    """A /proc, /sys or /etc file's text (NULs dropped, stripped); '' where it cannot be read."""
     try:
-        return (root / CPUINFO.relative_to("/")).read_text(errors="replace").replace("\x00", "").strip()
+        return path.read_text(errors="replace").replace("\x00", "").strip()
     except OSError:
         return ""
+
+
+def read_cpuinfo(root: Path = Path("/")) -> str:
+    """/proc/cpuinfo under `root` (tests point it at a fake filesystem); '' where it cannot be read."""
+    return read_system_file(root / CPUINFO.relative_to("/"))
 
 
 def cpu_model(cpuinfo: str) -> str:
