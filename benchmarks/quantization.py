@@ -174,10 +174,20 @@ def half_plan(geom: Any) -> Structure:
     raise SystemExit("no plan reaches half the MACs")
 
 
+# The INT8 files the latency part times: the default static recipe, the attention matmuls left in float, dynamic.
+LATENCY_RECIPES = (
+    ("int8", Recipe.for_runtime("int8")),
+    ("int8 weight matmuls only", Recipe("int8", "minmax", "matmul")),
+    ("int8-dynamic", Recipe.for_runtime("int8-dynamic")),
+)
+
+
 def latency_models(tmp: Path, archs: tuple[str, ...] = ("deit_tiny_patch16_224", "deit_small_patch16_224"),
-                   kinds: tuple[str, ...] = ("dense", "pruned 0.5")) -> dict[tuple[str, str, str], Path]:  # fmt: skip
-    """(arch, dense|pruned 0.5, precision) -> file: FP32, INT8 static (the default recipe, and with the attention
-    matmuls left in float) and INT8 dynamic files of DeiT-Tiny/Small, all with a dynamic batch axis."""
+                   kinds: tuple[str, ...] = ("dense", "pruned 0.5"),
+                   recipes: tuple[tuple[str, Recipe], ...] = LATENCY_RECIPES,
+                   ) -> dict[tuple[str, str, str], Path]:  # fmt: skip
+    """(arch, dense|pruned 0.5, precision) -> file: FP32 and one INT8 file per recipe of DeiT-Tiny/Small, all with
+    a dynamic batch axis."""
     files = {}
     rng = np.random.default_rng(0)
     for arch in archs:
@@ -192,9 +202,7 @@ def latency_models(tmp: Path, archs: tuple[str, ...] = ("deit_tiny_patch16_224",
             torch2onnx(model.eval(), (3, 224, 224), fp32, dynamic_batch=True)
             simplify_onnx(fp32)
             files[(short, kind, "fp32")] = fp32
-            for name, recipe in (("int8", Recipe.for_runtime("int8")),
-                                 ("int8 weight matmuls only", Recipe("int8", "minmax", "matmul")),
-                                 ("int8-dynamic", Recipe.for_runtime("int8-dynamic"))):  # fmt: skip
+            for name, recipe in recipes:
                 out = tmp / f"{fp32.stem}-{len(files)}.onnx"
                 quantize_file(fp32, out, recipe, calib, {})
                 files[(short, kind, name)] = out
@@ -416,8 +424,11 @@ def main() -> None:
     print("\n".join(head + table(acc, lat)))
 
 
-# INT8 recipes timed beside the default in the breakdown: more operators quantized, full 8-bit weights, s8 activations.
+# The breakdown's INT8 files: the default and dynamic, and beside them more operators quantized, full 8-bit weights,
+# s8 activations.
 BREAKDOWN_RECIPES = (
+    LATENCY_RECIPES[0],
+    LATENCY_RECIPES[2],
     ("int8 every operator", Recipe("int8", "percentile", "all", "u8")),
     ("int8 8-bit weights", Recipe("int8", "percentile", "matmul+attention", "u8", False)),
     ("int8 s8 activations", Recipe("int8", "percentile", "matmul+attention", "s8", False)),
@@ -440,14 +451,7 @@ def breakdown_main() -> None:
     """DeiT-Small dense at FP32, INT8 static (the default recipe and three others) and INT8 dynamic: where each
     call's time goes, and how fast each runs."""
     with tempfile.TemporaryDirectory() as tmp_name:
-        files = latency_models(Path(tmp_name), ("deit_small_patch16_224",), ("dense",))
-        files = {k: v for k, v in files.items() if k[2] != "int8 weight matmuls only"}
-        calib = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
-        fp32 = files[("deit-small", "dense", "fp32")]
-        for name, recipe in BREAKDOWN_RECIPES:
-            out = Path(tmp_name) / f"{name.replace(' ', '-')}.onnx"
-            quantize_file(fp32, out, recipe, calib, {})
-            files[("deit-small", "dense", name)] = out
+        files = latency_models(Path(tmp_name), ("deit_small_patch16_224",), ("dense",), BREAKDOWN_RECIPES)
         speed = recipe_speed(files)
         rows = breakdown_part(files)
     for r in rows:
