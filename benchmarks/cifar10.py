@@ -63,6 +63,14 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "dense": {"epochs": 15, "lr": 1e-3, "warmup_epochs": 1.0, "batch_size": 128},
         "prune": {"epochs": 2, "batch_size": 128},
     },
+    # 'cpu' geometry, the dense start trained to its plateau (benchmarks/plateau.py): a cosine over 150 epochs at
+    # batch 256 (the fastest fp32 configuration of results/throughput.md: 761 images/s on 2 cores, ~59 s an epoch)
+    "plateau": {
+        "model": "vit_tiny_patch16_224",
+        "model_kwargs": {"img_size": 32, "patch_size": 8, "depth": 6, "embed_dim": 128, "num_heads": 4},
+        "dense": {"epochs": 150, "lr": 1e-3, "warmup_epochs": 5.0, "batch_size": 256},
+        "prune": {"epochs": 2, "batch_size": 128},
+    },
     "paper": {
         "model": "vit_tiny_patch16_224",
         "model_kwargs": {"img_size": 32, "patch_size": 4, "depth": 6},
