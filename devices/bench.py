@@ -20,6 +20,7 @@ from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
 from runtime.base import Runner, batch_of
 from runtime.data import (
+    SUBSET_SELECTION,
     Preprocessing,
     builtin_fingerprint,
     builtin_val_batches,
@@ -248,7 +249,11 @@ def _same_split(meta: dict[str, str], data: EvalData, limit: int | None) -> tupl
     except HiapError:
         recorded = None
     evaluated = data.fingerprint(limit)
-    split = {"evaluated": evaluated, "recorded": recorded, "same": False}
+    split: dict[str, Any] = {"evaluated": evaluated, "recorded": recorded, "same": False}
+    whole = evaluated
+    if limit is not None:  # a class-balanced subset (runtime.data.balanced_subset) of the whole split
+        whole = data.fingerprint()
+        split["subset"] = {"images": evaluated["images"], "of": whole["images"], "selection": SUBSET_SELECTION}
     if not isinstance(recorded, dict):
         why = ("the model's metadata records no validation split (a plan-only export, one made without the run's "
                "data, or by an older hiap); re-export from the run, or pass --compare DENSE.onnx")  # fmt: skip
@@ -256,7 +261,7 @@ def _same_split(meta: dict[str, str], data: EvalData, limit: int | None) -> tupl
     if evaluated == recorded:
         split["same"] = True
         return split, None
-    if limit is not None and data.fingerprint() == recorded:
+    if limit is not None and whole == recorded:
         return split, (f"--limit {limit} evaluates {evaluated['images']} of the {recorded['images']} images the "
                        "run validated on, so its validation accuracy does not apply")  # fmt: skip
     return split, (f"--data is not the split the run validated on ({_describe_split(evaluated)}; the run's: "

@@ -150,17 +150,22 @@ def structure_from_dict(blocks: Any, geom: Geometry) -> Structure:
 
 
 def read_plan_json(path: Path) -> dict[str, Any]:
-    body = read_json_object(path, "Plan")
+    """A plan.json, its fields checked (`check_plan` says how)."""
+    return check_plan(read_json_object(path, "Plan"), f"Plan '{path}'")
+
+
+def check_plan(body: dict[str, Any], where: str) -> dict[str, Any]:
+    """A plan's fields checked (the structure is checked against the model by `structure_from_dict`); `where` names
+    the plan in the messages ("Plan 'out/plan.json'"). num_classes 0 is a headless backbone (a timm ViT built with
+    num_classes=0 under the user's own head)."""
     if body.get("schema_version") not in (SCHEMA_VERSION, QK_SCHEMA_VERSION):
-        raise HiapError(
-            f"Plan '{path}': expected a JSON object with schema_version {SCHEMA_VERSION} or {QK_SCHEMA_VERSION}."
-        )
+        raise HiapError(f"{where}: expected a JSON object with schema_version {SCHEMA_VERSION} or {QK_SCHEMA_VERSION}.")
     for key in ("model", "num_classes", "input_size", "mean", "std", "blocks"):
         if key not in body:
-            raise HiapError(f"Plan '{path}': missing field '{key}'.")
+            raise HiapError(f"{where}: missing field '{key}'.")
 
     def bad(key: str, want: str) -> HiapError:
-        return HiapError(f"Plan '{path}': field '{key}' must be {want}, got {body[key]!r:.80}.")
+        return HiapError(f"{where}: field '{key}' must be {want}, got {body[key]!r:.80}.")
 
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
@@ -169,9 +174,9 @@ def read_plan_json(path: Path) -> dict[str, Any]:
         raise bad("model", "a model name")
     kwargs = body.get("model_kwargs", {})
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        raise HiapError(f"Plan '{path}': field 'model_kwargs' must be an object of constructor arguments.")
-    if not is_int(body["num_classes"]) or body["num_classes"] < 1:
-        raise bad("num_classes", "a positive integer")
+        raise HiapError(f"{where}: field 'model_kwargs' must be an object of constructor arguments.")
+    if not is_int(body["num_classes"]) or body["num_classes"] < 0:
+        raise bad("num_classes", "an integer >= 0 (0: a headless backbone)")
     size = body["input_size"]
     if not isinstance(size, list) or len(size) != 3 or not all(is_int(v) and v > 0 for v in size):
         raise bad("input_size", "[C, H, W] of positive integers")

@@ -243,8 +243,8 @@ def calibration_images(data: str | None, builtin_model: bool, pre: Any, n: int) 
 
 
 def validation_images(data: str | None, builtin_model: bool, pre: Any, limit: int) -> tuple[Images | None, str]:
-    """The run's validation images with labels (the whole built-in split; the first `limit` of an ImageFolder's
-    val/), or None and why not."""
+    """The run's validation images with labels (the whole built-in split; `limit` of an ImageFolder's val/, taken
+    round-robin over its classes), or None and why not."""
     from runtime.data import builtin_images, image_folder_batches
 
     if data in (None, "builtin") and (data == "builtin" or builtin_model):

@@ -274,15 +274,17 @@ def report(
 @user_errors
 @needs_train_extra
 def inspect(
-    target: str = typer.Argument(..., help="timm model name, run directory, checkpoint, plan.json or .onnx."),
+    target: str = typer.Argument(
+        ..., help="timm model name, run directory, checkpoint, export folder, plan.json, save_pruned file or .onnx."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Dense and pruned GMACs, params and the per-block structure; or a latency table (lut.json) as rows."""
     path = Path(target)
     if path.suffix in (".json", ".onnx", ".safetensors") or "/" in target:
         if not path.exists():
-            raise HiapError(f"'{target}' does not exist: pass a timm model name, run directory, checkpoint, "
-                            "plan.json, lut.json or .onnx file.")  # fmt: skip
+            raise HiapError(f"'{target}' does not exist: pass a timm model name, run directory, checkpoint, export "
+                            "folder, plan.json, lut.json, save_pruned weights or .onnx file.")  # fmt: skip
         if not path.is_file() and not path.is_dir():
             raise HiapError(f"'{target}' is not a regular file.")
     lut = _lut_body(path) if target.endswith(".json") else None
@@ -304,7 +306,11 @@ def inspect(
 
         report = inspect_plan(Path(target))
     else:
-        report = inspect_target(target)
+        from export.inspect import inspect_planned
+        from hiap.api import PLAN_KEY
+
+        # An export folder or save_pruned's weights hold a plan and no checkpoint; the rest is the core's.
+        report = (inspect_planned(path, PLAN_KEY) if path.exists() else None) or inspect_target(target)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -641,7 +647,9 @@ def bench(
     warmup: int = typer.Option(None, help="Untimed calls first (default: the profile's protocol)."),
     min_seconds: float = typer.Option(None, help="Keep timing until this many seconds have passed."),
     limit: int = typer.Option(
-        None, help="Evaluate only the first N images of --data (then not the run's split: no drop vs training)."
+        None,
+        help="Evaluate N images of --data, taken round-robin over its classes (the same every run; then not the "
+        "run's split: no drop vs training).",
     ),
     runtime: str = typer.Option(None, help="CPU profiles: onnxruntime or openvino (default: the profile's)."),
     compare_runtime: str = typer.Option(

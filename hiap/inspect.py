@@ -48,7 +48,8 @@ def inspect_target(target: str) -> dict[str, Any]:
     path = Path(target)
     if path.exists():
         if path.is_dir() and not (path / CHECKPOINT_NAME).exists():
-            raise HiapError(f"'{path}' is a folder without {CHECKPOINT_NAME}: pass a run directory or a checkpoint.")
+            raise HiapError(f"'{path}' is a folder without {CHECKPOINT_NAME} or plan.json: pass a run directory, an "
+                            "export folder or a checkpoint.")  # fmt: skip
         if path.is_file() and path.suffix != ".safetensors":
             raise HiapError(f"Cannot inspect '{path}': expected a timm model name, a run directory or a checkpoint.")
         ckpt = load_checkpoint(path)

@@ -141,11 +141,34 @@ def builtin_images(pre: Preprocessing, split: str = "val", indices: np.ndarray |
     return _prepare_builtin(x, pre), y
 
 
+# How `limit` picks its images, as the bench report records it: the splits are stored class by class, so the
+# first N images would be one or two classes only.
+SUBSET_SELECTION = "round-robin over the classes in class order, each class's images in split order"
+
+
+def balanced_subset(labels: np.ndarray | list[int], limit: int | None) -> np.ndarray:
+    """Indices of `limit` of the items whose classes are `labels`, class-balanced and deterministic: the k-th item of
+    every class (in class order) before the (k+1)-th of any, so each class gets floor or ceil(limit / classes) of
+    them (a class with fewer gives all it has, the others fill in). Sorted, so the items keep the split's order;
+    every item when `limit` is None or not below their count."""
+    y = np.asarray(labels, dtype=np.int64)
+    if limit is None or limit >= len(y):
+        return np.arange(len(y))
+    seen: dict[int, int] = {}
+    rank = np.empty(len(y), dtype=np.int64)  # how many items of its class come before each item
+    for i, c in enumerate(y.tolist()):
+        rank[i] = seen.get(c, 0)
+        seen[c] = int(rank[i]) + 1
+    return np.sort(np.lexsort((y, rank))[:limit])  # by rank, then class
+
+
 def builtin_val_batches(pre: Preprocessing, batch_size: int = 64, limit: int | None = None,
                         path: Path | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
-    """The built-in validation split (3,000 Fashion-MNIST images) prepared exactly as training validated it."""
+    """The built-in validation split (3,000 Fashion-MNIST images) prepared exactly as training validated it; `limit`
+    of them picked by `balanced_subset`."""
     arrays = load_builtin_arrays(path)
-    x_all, y_all = arrays["x_val"][:limit], arrays["y_val"][:limit].astype(np.int64)
+    keep = balanced_subset(arrays["y_val"], limit)
+    x_all, y_all = arrays["x_val"][keep], arrays["y_val"][keep].astype(np.int64)
     for i in range(0, len(y_all), batch_size):
         yield _prepare_builtin(x_all[i : i + batch_size], pre), y_all[i : i + batch_size]
 
@@ -193,6 +216,14 @@ def image_folder_files(root: Path) -> tuple[list[str], list[tuple[Path, str]]]:
     return classes, files
 
 
+def _limited(classes: list[str], files: list[tuple[Path, str]], limit: int | None) -> list[tuple[Path, str]]:
+    """`limit` of an ImageFolder's (image, class folder) pairs, class-balanced by `balanced_subset`."""
+    if limit is None:
+        return files
+    order = {c: i for i, c in enumerate(classes)}
+    return [files[i] for i in balanced_subset([order[c] for _, c in files], limit)]
+
+
 def is_training_root(root: Path) -> bool:
     """True for what `hiap train --data` takes (ROOT/val/<class>/..., usually with ROOT/train/): a val/ folder
     holding class folders and no images of its own. A class-folder tree with a class named 'val' holds images."""
@@ -212,11 +243,10 @@ def resolve_image_folder(root: Path) -> Path:
 
 def split_fingerprint(root: Path, limit: int | None = None) -> dict[str, Any]:
     """Identity of an ImageFolder split without decoding it: image count, class folders and a sha256 over the
-    relative paths and sizes of its images (the first `limit` of them with `limit`). Paths are relative, so the
-    same split copied to a board elsewhere has the same fingerprint."""
+    relative paths and sizes of its images (with `limit`, of the ones `balanced_subset` picks, as the bench
+    evaluates them). Paths are relative, so the same split copied to a board elsewhere has the same fingerprint."""
     classes, files = image_folder_files(root)
-    if limit is not None:
-        files = files[:limit]
+    files = _limited(classes, files, limit)
     digest = hashlib.sha256(json.dumps(classes).encode())
     for path, _ in files:
         digest.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\n".encode())
@@ -226,7 +256,8 @@ def split_fingerprint(root: Path, limit: int | None = None) -> dict[str, Any]:
 def builtin_fingerprint(limit: int | None = None, path: Path | None = None) -> dict[str, Any]:
     """The same for the built-in validation split (over its pixels and labels: it is one file, not a tree)."""
     arrays = load_builtin_arrays(path)
-    x, y = arrays["x_val"][:limit], arrays["y_val"][:limit]
+    keep = balanced_subset(arrays["y_val"], limit)
+    x, y = arrays["x_val"][keep], arrays["y_val"][keep]
     digest = hashlib.sha256(np.ascontiguousarray(x).tobytes())
     digest.update(np.ascontiguousarray(y).tobytes())
     classes = [str(c) for c in arrays["classes"]]
@@ -235,7 +266,8 @@ def builtin_fingerprint(limit: int | None = None, path: Path | None = None) -> d
 
 def image_folder_batches(root: Path, pre: Preprocessing, batch_size: int = 32,
                          limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
-    """An ImageFolder (one sub-folder per class); classes map by the model's class names when it has them."""
+    """An ImageFolder (one sub-folder per class); classes map by the model's class names when it has them. `limit`
+    of its images picked by `balanced_subset` (over the class folders, in sorted order)."""
     names, listed = image_folder_files(root)
     if pre.class_names:
         # Folder names cannot hold '/', so 't-shirt/top' matches a folder 't-shirt_top'.
@@ -247,9 +279,7 @@ def image_folder_batches(root: Path, pre: Preprocessing, batch_size: int = 32,
         index = {n: known[n] for n in names}
     else:  # no names in the metadata: the training convention, sorted folder order
         index = {n: i for i, n in enumerate(names)}
-    files = [(f, index[cls]) for f, cls in listed]
-    if limit is not None:
-        files = files[:limit]
+    files = [(f, index[cls]) for f, cls in _limited(names, listed, limit)]
     if not files:
         raise HiapError(f"Data '{root}' has no images ({', '.join(IMAGE_SUFFIXES)}).")
     for i in range(0, len(files), batch_size):

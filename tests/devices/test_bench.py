@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_onnx import linear_export
+from tiny_onnx import linear_export, linear_onnx
 from typer.testing import CliRunner
 
 from hiap.cli import app
@@ -97,6 +97,29 @@ def test_allow_mismatch_labels_every_figure(linear_model: Path, tmp_path: Path) 
     assert not report["measured_on_target"] and report["label"].startswith("NOT MEASURED ON rpi5")
     assert "NOT MEASURED ON rpi5" in result.output.replace("\n", " ")
     assert report["verdict"] == "not measured" and report["passed"] is False
+
+
+def test_bench_limit_evaluates_every_class(tmp_path: Path) -> None:
+    """--limit on an ImageFolder (stored class by class) takes its images round-robin over the classes: a limit
+    below one class's size still evaluates every class, and the report says what subset it was."""
+    from PIL import Image
+
+    from runtime.data import SUBSET_SELECTION
+
+    for cls in ("airplane", "bird", "cat"):
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((28, 28), 255, np.uint8)).save(tmp_path / "val" / cls / f"{i}.png")
+    weight = np.zeros((28 * 28, 3), np.float32)
+    weight[:, 2] = 1.0  # white images: always class 2 ('cat'), so top-1 is the share of cats evaluated
+    model = linear_onnx(tmp_path / "model.onnx", weight)
+    out = tmp_path / "bench.json"
+    args = ["bench", str(model), "--device", "x86-cpu", "--data", str(tmp_path / "val"), "--limit", "3", *FAST]
+    result = CliRunner().invoke(app, [*args, "--json", str(out)])
+    assert result.exit_code == 4, result.output  # no golden.npz: fidelity is not measured
+    accuracy = json.loads(out.read_text())["accuracy"]
+    assert accuracy["model"] == {"images": 3, "top1": pytest.approx(100 / 3)}  # one image of each class
+    assert accuracy["split"]["subset"] == {"images": 3, "of": 12, "selection": SUBSET_SELECTION}
 
 
 BLOCK_HEAVY_IMPORTS = """

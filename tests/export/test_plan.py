@@ -92,3 +92,34 @@ def test_qk_dims_refused_for_a_qk_norm_model() -> None:
     block = dict(_body()["blocks"][0], qk_dims=[[0], [1]])
     with pytest.raises(HiapError, match="qk-norm"):
         structure_from_dict([block, _body()["blocks"][1]], geom)
+
+
+def test_a_headless_backbones_plan_reads_and_inspects_and_bad_class_counts_are_refused(tmp_path: Path) -> None:
+    """num_classes 0: a timm ViT built with num_classes=0 under the user's own head (the API's own-head case)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from hiap.cli import app
+    from hiap.models import create_model, data_config
+
+    name = "hiap_vit_fmnist_tiny"
+    backbone = create_model(name, num_classes=0, meta=True)
+    geom = describe_vit(backbone)
+    pruned = Structure(blocks=(BlockStructure(heads=(1, 3), value_dims=((0, 5), (2,)), ffn=True, neurons=(4, 9)),
+                               *geom.dense_structure().blocks[1:]))  # fmt: skip
+    make_plan(name, geom, pruned, data_config(backbone), 0).write(tmp_path / "plan.json")
+    body = read_plan_json(tmp_path / "plan.json")
+    assert body["num_classes"] == 0 and structure_from_dict(body["blocks"], geom) == pruned
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "plan.json"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["blocks"][0]["heads"] == [1, 3] and report["blocks"][0]["neurons"] == 2
+    assert report["gmacs"] == pytest.approx(body["gmacs"]) and report["gmacs"] < report["dense_gmacs"]
+    assert report["dense_gmacs"] == pytest.approx(geom.dense_macs / 1e9) == pytest.approx(body["dense_gmacs"])
+    for bad in (-1, 1.5, True):
+        (tmp_path / "bad.json").write_text(json.dumps(body | {"num_classes": bad}))
+        with pytest.raises(HiapError, match=r"field 'num_classes' must be an integer >= 0 \(0: a headless backbone\)"):
+            read_plan_json(tmp_path / "bad.json")
+    refused = CliRunner().invoke(app, ["inspect", str(tmp_path / "bad.json")])
+    assert refused.exit_code == 2 and "'num_classes' must be an integer >= 0" in refused.output

@@ -274,8 +274,8 @@ def test_a_graph_the_tools_cannot_quantize_is_one_line_and_writes_nothing(
     assert not out.exists()
 
 
+@pytest.mark.openvino
 def test_the_int8_file_runs_on_openvino_within_the_int8_fidelity_limits(int8_export: Path, tmp_path: Path) -> None:
-    pytest.importorskip("openvino")
     out = tmp_path / "ov.json"
     args = ["bench", str(int8_export / "model.onnx"), "--runtime", "openvino", "--data", "builtin", "--limit", "500",
             "--iterations", "5", "--warmup", "1", "--min-seconds", "0", "--json", str(out)]  # fmt: skip

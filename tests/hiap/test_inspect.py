@@ -110,5 +110,7 @@ def test_gates_of_another_geometry_and_bad_targets_are_one_line_errors(tmp_path:
     assert "\n" not in str(err.value)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(HiapError, match=f"'{empty}' is a folder without {CHECKPOINT_NAME}: pass a run directory"):
+    with pytest.raises(
+        HiapError, match=f"'{empty}' is a folder without {CHECKPOINT_NAME} or plan.json: pass a run directory"
+    ):
         inspect_target(str(empty))

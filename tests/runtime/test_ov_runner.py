@@ -19,8 +19,8 @@ from hiap.cli import app
 FAST = ["--iterations", "5", "--warmup", "1", "--min-seconds", "0"]
 
 
+@pytest.mark.openvino
 def test_openvino_runner_matches_onnx_runtime_and_reads_the_metadata(tmp_path: Path) -> None:
-    pytest.importorskip("openvino")
     from runtime.harness import run_batched
     from runtime.ort_runner import OrtRunner
     from runtime.ov_runner import OvRunner
@@ -37,8 +37,8 @@ def test_openvino_runner_matches_onnx_runtime_and_reads_the_metadata(tmp_path: P
             ov.infer({"input": np.zeros((2, 1, 28, 28), np.float32)})
 
 
+@pytest.mark.openvino
 def test_bench_runtime_openvino(tmp_path: Path) -> None:
-    pytest.importorskip("openvino")
     model = linear_export(tmp_path / "m")
     out = tmp_path / "b.json"
     result = CliRunner().invoke(app, ["bench", str(model), "--device", "x86-cpu", "--runtime", "openvino",
@@ -72,8 +72,8 @@ def test_runtime_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert runtime_name == "ort" and "OpenVINO, the default of 'x86-cpu', is not installed" in note
 
 
+@pytest.mark.openvino
 def test_one_file_on_two_runtimes_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("openvino")
     monkeypatch.setenv("COLUMNS", "200")
     model = linear_export(tmp_path / "m")
     out = tmp_path / "b.json"
@@ -101,10 +101,12 @@ BF16_CPU = pytest.mark.skipif(
 )
 
 
+@pytest.mark.openvino
 @BF16_CPU
 def test_an_fp32_file_stays_fp32_where_openvino_would_choose_bf16(tmp_path: Path) -> None:
     """On a BF16 CPU the plugin's own default is bf16 (1e-3 off on this model); the runner pins f32 and reports it."""
-    ov = pytest.importorskip("openvino")
+    import openvino as ov
+
     from runtime.harness import run_batched
     from runtime.ort_runner import OrtRunner
     from runtime.ov_runner import OvRunner
@@ -124,8 +126,8 @@ def test_an_fp32_file_stays_fp32_where_openvino_would_choose_bf16(tmp_path: Path
 
 
 @BF16_CPU
+@pytest.mark.openvino
 def test_bench_precision_bf16_and_fp16_compute_and_report_that_precision(tmp_path: Path) -> None:
-    pytest.importorskip("openvino")
     model = linear_export(tmp_path / "m")
     for precision, ov_name in (("bf16", "bf16"), ("fp16", "f16")):
         if precision == "fp16" and not _cpu_has("avx512_fp16", "amx_fp16"):
