@@ -1,4 +1,5 @@
-"""Prune a timm ViT to half its MACs in a plain PyTorch loop on an ImageFolder, then export it for `hiap bench`.
+"""Prune a timm ViT to half its MACs in a plain PyTorch loop on an ImageFolder (your own normalisation and your own
+warmup-cosine schedule), then export it for `hiap bench`.
 
 python examples/prune_imagefolder.py --data DATA --out pruned/          # DATA/train/<class>/*.png
 """
@@ -6,15 +7,18 @@ python examples/prune_imagefolder.py --data DATA --out pruned/          # DATA/t
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import timm
 import torch
-from timm.data import create_transform
 from torch.utils.data import DataLoader
+from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 import hiap.api as hp
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # this loop's normalisation (CIFAR-10's)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,8 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     kwargs = {k: int(v) for k, v in (kv.split("=") for kv in args.model_kwargs.split(",") if kv)}
     train = ImageFolder(args.data / "train")
     model = timm.create_model(args.model, num_classes=len(train.classes), **kwargs)
-    # hiap's data_config: timm's, with the input size the model was built for (timm keeps its pretrained 224).
-    train.transform = create_transform(**hp.data_config(model), is_training=False)
+    train.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
     loader = DataLoader(train, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
 
     # Wrap before building the optimizer: the gate logits are their own groups (own lr, no weight decay).
@@ -40,6 +43,11 @@ def main(argv: list[str] | None = None) -> dict:
     pruner = hp.Pruner(model, len(loader) * args.epochs, target_macs=args.target_macs, options=options,
                        model_name=args.model)  # fmt: skip
     optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters()), "lr": 1e-3}, *pruner.param_groups()])
+    # Any schedule on the whole optimizer: the pruner sets its gate groups' lrs before every step itself.
+    total, warmup = pruner.total_steps, max(1, pruner.total_steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: (i + 1) / warmup if i < warmup else 0.5 * (1 + math.cos(math.pi * (i - warmup) / total))
+    )
     criterion = torch.nn.CrossEntropyLoss()
     model.train()
     for _ in range(args.epochs):
@@ -49,9 +57,12 @@ def main(argv: list[str] | None = None) -> dict:
             loss.backward()
             optimizer.step()
             pruner.step(optimizer)  # controller, temperature, gate lrs; the search's end lands the structure
+            schedule.step()
 
     sample = torch.stack([train[i][0] for i in range(4)])
-    report = hp.export(model, args.out, pruner=pruner, sample_inputs=sample, class_names=train.classes)
+    report = hp.export(model, args.out, pruner=pruner, preprocessing={"mean": MEAN, "std": STD},
+                       sample_inputs=sample, class_names=train.classes)  # fmt: skip
+    report["target_met"] = pruner.target_met
     plan = hp.materialize(pruner)  # the same model object, now physically smaller
     hp.save_pruned(model, args.out / "pruned.safetensors", plan)
     return report

@@ -8,7 +8,8 @@ and export the artifact folder `hiap bench` runs. `hiap train` is built on the s
         loss = pruner.penalty(criterion(model(x), y))
         loss.backward(); opt.step(); opt.zero_grad()
         pruner.step(opt)
-    hiap.api.export(model, "out/", pruner=pruner, sample_inputs=x[:8])   # model.onnx, plan.json, golden.npz
+    hiap.api.export(model, "out/", pruner=pruner, preprocessing={"mean": MEAN, "std": STD},
+                    sample_inputs=x[:8])                                # model.onnx, plan.json, golden.npz
     plan = hiap.api.materialize(pruner)                                   # the backbone's blocks, compact
     hiap.api.save_pruned(model, "pruned.safetensors", plan)
 """
@@ -16,6 +17,8 @@ and export the artifact folder `hiap bench` runs. `hiap train` is built on the s
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,8 @@ from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
 from hiap.config import PruneOptions
 from hiap.gated import describe_vit
-from hiap.models import data_config
+from hiap.models import constructor_kwargs
+from hiap.models import data_config as backbone_data_config
 from hiap.pruner import GATES, Pruner, StepReport, find_backbone
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "apply_plan",
     "data_config",
     "export",
+    "export_dense",
     "load_pruned",
     "materialize",
     "plan_of",
@@ -49,12 +54,31 @@ __all__ = [
 PLAN_KEY = "hiap_plan"  # the plan's JSON in the safetensors header of save_pruned's file
 
 
+def data_config(model: nn.Module) -> dict[str, Any]:
+    """timm's preprocessing of the ViT in `model` (itself or your model's backbone) at the input size it was built
+    for: input_size, mean, std, interpolation, crop_pct. Right only if your training loop normalised that way."""
+    return backbone_data_config(find_backbone(model)[1])
+
+
 def plan_of(pruner: Pruner, class_names: list[str] | None = None, source: str = "hiap.api") -> Plan:
-    """The structure the pruner keeps now, as the plan `hiap export --plan` reads (plan.to_dict() is plan.json)."""
+    """The structure the search fixed, as the plan `hiap export --plan` reads (plan.to_dict() is plan.json)."""
+    _check_searched(pruner, "plan_of")
     vit = pruner.vit
     name = pruner.model_name or type(vit).__name__
-    return make_plan(name, pruner.geometry, pruner.structure(), data_config(vit), int(getattr(vit, "num_classes", 0)),
-                     class_names=list(class_names or []), source=source)  # fmt: skip
+    return make_plan(name, pruner.geometry, pruner.structure(), backbone_data_config(vit),
+                     int(getattr(vit, "num_classes", 0)), class_names=list(class_names or []), source=source,
+                     model_kwargs=constructor_kwargs(vit, name))  # fmt: skip
+
+
+def _check_searched(pruner: Pruner, what: str) -> None:
+    """The structure exists only once the search has ended (before, the gates are still moving)."""
+    if not isinstance(pruner, Pruner):
+        raise HiapError(f"{what} needs the hiap.api.Pruner that wraps the model, got {type(pruner).__name__}.")
+    pruner._check_live()
+    if pruner.searching:
+        raise HiapError(f"The search is still running (step {pruner.step_count} of {pruner.search_steps}): {what} "
+                        "after it has ended, or the structure is not the landed one (for the unpruned network, "
+                        "export_dense() the model before wrapping it).")  # fmt: skip
 
 
 def materialize(pruner: Pruner, align: int = 8, class_names: list[str] | None = None) -> Plan:
@@ -62,12 +86,12 @@ def materialize(pruner: Pruner, align: int = 8, class_names: list[str] | None = 
     block of the kept heads, value dims and neurons (value widths padded to `align`, as the export emits them), the
     gate logits are removed, and every other part of the model (your head) is untouched. Returns the plan; the
     pruner is spent. Rebuild such a model later with load_pruned()."""
-    if pruner.searching:
-        raise HiapError(f"The search is still running (step {pruner.step_count} of {pruner.search_steps}): "
-                        "materialize after it has ended, or the structure is not the landed one.")  # fmt: skip
+    _check_searched(pruner, "materialize")
     plan = plan_of(pruner, class_names)
+    training = pruner.vit.training
     compact_in_place(pruner.model, pruner.backbone_path, plan.structure, align)
-    pruner.model.train(pruner.vit.training)
+    pruner.spent = True
+    pruner.model.train(training)
     return plan
 
 
@@ -154,47 +178,171 @@ def export(
     model: nn.Module,
     out: str | Path,
     pruner: Pruner,
+    *,
+    preprocessing: Mapping[str, Any] | None = None,
     sample_inputs: torch.Tensor | None = None,
     class_names: list[str] | None = None,
     opset: int = 17,
     align: int = 8,
     dynamic_batch: bool = False,
     force: bool = False,
+    lut: str | Path | None = None,
+    int8_data: str | Path | None = None,
 ) -> ExportReport:
     """Write the artifact folder `hiap export` writes (plan.json, model.onnx, golden.npz, export_report.json) for
     `model`, a ViT on its own or your whole model around a pruned ViT backbone (its other parts must be
-    ONNX-exportable), while `pruner` still wraps it: the file is checked against the gated model. `model` itself
-    is not changed. `sample_inputs` (preprocessed, [N, C, H, W]) become the golden inputs the bench's fidelity
-    check replays. A folder holding another export is replaced only with `force`. Returns export_report.json's
-    content."""
-    from export.artifact import export_source
-    from export.source import Source
+    ONNX-exportable), while `pruner` still wraps it and after its search has ended: the file is checked against the
+    gated model. `model` itself is not changed.
 
+    `preprocessing`: how your loop turned images into the model's input, recorded in the file so that `hiap bench
+    --data` evaluates the same way: {"mean": (...), "std": (...)} per channel of [0, 1] pixels, optionally
+    "input_size" (C, H, W; default the size the ViT was built for), "interpolation" and "crop_pct"
+    (data_config(model) gives timm's values, right only if you trained with them). `sample_inputs` (preprocessed
+    float [N, C, H, W]) become the golden inputs the bench's fidelity check replays. `lut`: a latency table whose
+    prediction for the exported network the report records (default: the table of a latency-targeted pruner).
+    `int8_data`: an ImageFolder root (train/ for calibration, val/ for the accuracy check) to make model.onnx the
+    INT8 file (model-fp32.onnx beside it). A folder holding another export is replaced only with `force`. Returns
+    export_report.json's content."""
     if not isinstance(pruner, Pruner) or pruner.model is not model:
         raise HiapError("export needs the Pruner that wraps this model (export before materialize()).")
-    if sample_inputs is not None and (not isinstance(sample_inputs, torch.Tensor) or sample_inputs.dim() != 4):
-        raise HiapError("sample_inputs must be a preprocessed image tensor [N, C, H, W].")
+    _check_searched(pruner, "export")
     vit = pruner.vit
+    structure = pruner.structure()  # the fixed one, whatever moved the logits since
+    return _export(model, vit, Path(out), pruner.backbone_path, pruner.gated, structure,
+                   pruner.model_name or type(vit).__name__, preprocessing, sample_inputs, class_names, opset, align,
+                   dynamic_batch, force, lut if lut is not None else _pruner_lut(pruner), int8_data,
+                   "hiap.api.export")  # fmt: skip
+
+
+def export_dense(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    preprocessing: Mapping[str, Any] | None = None,
+    model_name: str | None = None,
+    sample_inputs: torch.Tensor | None = None,
+    class_names: list[str] | None = None,
+    opset: int = 17,
+    dynamic_batch: bool = False,
+    force: bool = False,
+    int8_data: str | Path | None = None,
+) -> ExportReport:
+    """The same artifact folder for the unpruned `model` (before wrapping it in a Pruner): the dense baseline that
+    `hiap bench --compare` and `--sweep` judge a pruned file against. Arguments as for export()."""
+    from hiap.gated import GatedViT
+
+    path, vit = find_backbone(model)
+    if hasattr(vit, GATES):
+        raise HiapError("export_dense takes the unpruned model: this one carries hiap gates (export the dense model "
+                        "before wrapping it in a Pruner).")  # fmt: skip
+    gated = GatedViT(vit)
+    name = model_name or str(getattr(vit, "pretrained_cfg", {}).get("architecture") or type(vit).__name__)
+    return _export(model, vit, Path(out), path, gated, gated.geometry.dense_structure(), name, preprocessing,
+                   sample_inputs, class_names, opset, 8, dynamic_batch, force, None, int8_data,
+                   "hiap.api.export_dense")  # fmt: skip
+
+
+def _pruner_lut(pruner: Pruner) -> Path | None:
+    latency = pruner.budget.latency
+    path = getattr(latency.table, "path", None) if latency is not None else None
+    return Path(path) if path else None
+
+
+def _export(model: nn.Module, vit: nn.Module, out: Path, backbone_path: str, gated: Any, structure: Any, name: str,
+            preprocessing: Mapping[str, Any] | None, sample_inputs: torch.Tensor | None, class_names: list[str] | None,
+            opset: int, align: int, dynamic_batch: bool, force: bool, lut: Path | str | None,
+            int8_data: str | Path | None, origin: str) -> ExportReport:  # fmt: skip
+    from export.artifact import Int8Options, export_source
+    from export.quantize import Recipe
+    from export.source import Source
+    from hiap.gated import structure_to_masks
+
+    data_cfg = _preprocessing(preprocessing, backbone_data_config(vit))
+    outputs = _check_model_output(model, data_cfg["input_size"])
+    _check_sample_inputs(sample_inputs, data_cfg["input_size"])
+    if class_names is not None and len(class_names) != outputs:
+        raise HiapError(f"class_names has {len(class_names)} names but the model outputs {outputs} values per image: "
+                        "give one name per output.")  # fmt: skip
+    if int8_data is not None and not Path(int8_data).is_dir():
+        raise HiapError(f"int8_data '{int8_data}' is not a folder: give an ImageFolder root with train/ and val/.")
     src = Source(
         vit=vit,
-        gated=pruner.gated,
-        masks=pruner.gated.hard_masks(),
-        structure=pruner.structure(),
-        model=pruner.model_name or type(vit).__name__,
+        gated=gated,
+        masks=structure_to_masks(structure, gated.open_masks()),
+        structure=structure,
+        model=name,
         num_classes=int(getattr(vit, "num_classes", 0)),
         classes=list(class_names or []),
-        data_config=data_config(vit),
+        data_config=data_cfg,
         val_acc=None,
         builtin_data=False,
-        origin="hiap.api.export",
+        origin=origin,
+        model_kwargs=constructor_kwargs(vit, name),
+        data=str(int8_data) if int8_data is not None else None,
         wrapper=None if model is vit else model,
-        backbone_path=pruner.backbone_path,
+        backbone_path=backbone_path,
         golden_inputs=sample_inputs,
     )
+    int8 = Int8Options(Recipe.for_runtime("int8", "ort", None)) if int8_data is not None else None
     was_training = model.training
     try:
-        return export_source(src, Path(out), opset=opset, align=align, dynamic_batch=dynamic_batch, force=force)
+        return export_source(src, out, opset=opset, align=align, dynamic_batch=dynamic_batch, force=force,
+                             lut=Path(lut) if lut is not None else None, int8=int8)  # fmt: skip
     except OSError as exc:
         raise HiapError(f"Cannot write the export to '{out}': {exc.strerror or exc}.") from None
     finally:
         model.train(was_training)
+
+
+def _preprocessing(given: Mapping[str, Any] | None, built: dict[str, Any]) -> dict[str, Any]:
+    """The user's preprocessing over the backbone's own facts (input size it was built for), checked."""
+    if not isinstance(given, Mapping) or "mean" not in given or "std" not in given:
+        raise HiapError(
+            "export needs the preprocessing your loop used: preprocessing={'mean': (...), 'std': (...)} per channel "
+            "of [0, 1] pixels (data_config(model) gives timm's, if you trained with it)."
+        )
+    unknown = set(given) - set(built)
+    if unknown:
+        raise HiapError(f"preprocessing has unknown keys {sorted(unknown)}: known are {sorted(built)}.")
+    cfg = dict(built) | dict(given)
+    channels = int(cfg["input_size"][0]) if len(cfg["input_size"]) == 3 else -1
+    if len(cfg["input_size"]) != 3 or tuple(int(v) for v in cfg["input_size"]) != tuple(built["input_size"]):
+        raise HiapError(f"preprocessing input_size {tuple(cfg['input_size'])} is not the model's "
+                        f"{tuple(built['input_size'])} (C, H, W) it was built for.")  # fmt: skip
+    for key in ("mean", "std"):
+        values = cfg[key]
+        numbers = isinstance(values, (list, tuple)) and all(isinstance(v, (int, float)) for v in values)
+        if not numbers or len(values) != channels or not all(math.isfinite(v) for v in values):
+            raise HiapError(f"preprocessing {key} must be {channels} finite numbers (one per channel), got {values!r}.")
+    if not all(v > 0 for v in cfg["std"]):
+        raise HiapError(f"preprocessing std must be > 0 per channel, got {cfg['std']!r}.")
+    cfg["mean"], cfg["std"] = tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+    cfg["input_size"] = tuple(int(v) for v in cfg["input_size"])
+    return cfg
+
+
+def _check_model_output(model: nn.Module, input_size: tuple[int, ...]) -> int:
+    """The model returns one tensor (what an ONNX file with one output reproduces); its last dimension's size."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, *input_size, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise HiapError(f"The model returns a {type(out).__name__}, not one tensor: export a module whose forward "
+                        "returns the output to deploy (wrap your model and pick that output).")  # fmt: skip
+    return int(out.shape[-1])
+
+
+def _check_sample_inputs(x: torch.Tensor | None, input_size: tuple[int, ...]) -> None:
+    if x is None:
+        return
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != tuple(input_size):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise HiapError(f"sample_inputs must be a preprocessed image tensor [N, {', '.join(map(str, input_size))}], "
+                        f"got {shape}.")  # fmt: skip
+    if not x.is_floating_point():
+        raise HiapError(f"sample_inputs are {x.dtype}: give them preprocessed (float, normalised as in training).")
+    if x.shape[0] < 1:
+        raise HiapError("sample_inputs hold no images: give at least one.")

@@ -36,6 +36,11 @@ def check_target(geom: Geometry, floors: Floors, target_macs: int, ffn_blocks_re
             f"Target {format_macs(target_macs)} exceeds the dense model ({format_macs(dense)}): "
             "give a fraction below 1 or a smaller count."
         )
+    if target_macs == dense:  # a search that removes nothing would still rewind the weights at its end
+        raise HiapError(
+            f"Target {format_macs(target_macs)} is the whole dense model: nothing to prune. Give a fraction below 1, "
+            "or train without a pruner."
+        )
     if target_macs < low:
         raise HiapError(
             f"Target {format_macs(target_macs)} ({target_macs / dense:.1%} of dense) is below the smallest "

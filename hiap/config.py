@@ -53,8 +53,20 @@ PRUNE_KEYS = (
 )  # fmt: skip
 
 
+class _NamedOptions(type):
+    """Options built by keyword: an unknown name is a HiapError with a did-you-mean, not Python's TypeError."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        for key in kwargs:
+            if key not in known:
+                raise HiapError(f"Unknown option '{key}' of {cls.__name__}.{did_you_mean(key, known)} Known: "
+                                f"{', '.join(known)}.")  # fmt: skip
+        return super().__call__(*args, **kwargs)
+
+
 @dataclass(frozen=True)
-class PruneOptions:
+class PruneOptions(metaclass=_NamedOptions):
     """How the gates search: the defaults of the TrainConfig keys of the same names (described there)."""
 
     search_fraction: float = 0.15
@@ -81,7 +93,17 @@ class PruneOptions:
     seed: int = 0  # keys the gate noise: sample of step t is a function of (seed, t) only, the same on every rank
 
     def validate(self) -> None:
-        """Every value in range, or a HiapError naming the key."""
+        """Every value of its type and in range, or a HiapError naming the key."""
+        for f in fields(self):
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool) or isinstance(value, bool):
+                ok = isinstance(value, bool) and isinstance(default, bool)
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float))
+            else:
+                ok = isinstance(value, type(default))
+            if not ok:
+                raise HiapError(f"Option '{f.name}' must be a {type(default).__name__}, got {value!r}.")
         for key in ("gate_lr", "tau_start", "tau_end"):
             if not getattr(self, key) > 0:  # `not >` also refuses NaN
                 raise HiapError(f"Config '{key}' must be > 0, got {getattr(self, key)}.")

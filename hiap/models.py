@@ -166,6 +166,36 @@ def data_config(model: nn.Module) -> dict[str, Any]:
     }
 
 
+# The VisionTransformer arguments that decide a geometry hiap rebuilds from a name and its recorded kwargs.
+GEOMETRY_KWARGS = ("img_size", "patch_size", "in_chans", "depth", "embed_dim", "num_heads", "mlp_ratio")
+
+
+def geometry_kwargs(vit: nn.Module) -> dict[str, Any]:
+    """The geometry arguments a built timm ViT was constructed with (read from its modules)."""
+    embed = vit.patch_embed
+    first = vit.blocks[0]
+    return {
+        "img_size": [int(v) for v in embed.img_size],
+        "patch_size": [int(v) for v in embed.patch_size],
+        "in_chans": int(embed.proj.in_channels),
+        "depth": len(vit.blocks),
+        "embed_dim": int(vit.embed_dim),
+        "num_heads": int(first.attn.num_heads),
+        "mlp_ratio": first.mlp.fc1.out_features / vit.embed_dim,
+    }
+
+
+def constructor_kwargs(vit: nn.Module, name: str) -> dict[str, Any]:
+    """The model_kwargs that rebuild `vit`'s geometry from `name`: the geometry arguments that differ from the
+    name's defaults (all of them when `name` is not a model hiap can build)."""
+    built = geometry_kwargs(vit)
+    try:
+        default = geometry_kwargs(create_model(name, num_classes=0, meta=True))
+    except HiapError:
+        return built
+    return {k: v for k, v in built.items() if v != default[k]}
+
+
 def builtin_checkpoint_path(name: str) -> Path | None:
     file = BUILTIN_CHECKPOINTS.get(name)
     if file is None:

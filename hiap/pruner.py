@@ -127,6 +127,21 @@ def latency_budget(geometry: Geometry, floors: Floors, table: LatencyTable, mode
     return Budget(dense, float(want), cost)
 
 
+def check_gate_groups(optimizer: torch.optim.Optimizer, gates: nn.Module) -> None:
+    """The optimizer holds every gate logit that learns, in the groups Pruner.param_groups() made (their lrs follow
+    the search's phases; in a weight group they would take the weights' lr, schedule and weight decay)."""
+    build = ("build it after wrapping as AdamW([{'params': list(pruner.weight_parameters())}, "
+             "*pruner.param_groups()])")  # fmt: skip
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    learning = [p for p in gates.parameters() if p.requires_grad]
+    if any(id(p) not in group_of for p in learning):
+        raise HiapError("The optimizer does not hold the pruner's gate logits, so the search cannot move them (the "
+                        f"structure would be the initial magnitude order, not a learned one): {build}.")  # fmt: skip
+    if any(group_of[id(p)].get("hiap") not in ("macro", "micro") for p in learning):
+        raise HiapError("The gate logits are in a weight group of the optimizer (AdamW(model.parameters())?), where "
+                        f"they take the weights' lr and weight decay: {build}.")  # fmt: skip
+
+
 def find_backbone(model: nn.Module) -> tuple[str, VisionTransformer]:
     """The timm VisionTransformer to prune: `model` itself or its one ViT submodule, with its dotted name."""
     if isinstance(model, VisionTransformer):
@@ -185,6 +200,9 @@ class StepReport:
     searching: bool  # the search goes on at the next step
     search_ended: bool  # this step was the search's last: the structure is fixed (and rewound, adapt_from start)
     logged: dict[str, float] = field(default_factory=dict)  # the caller's `log` tensors, read back with these
+    # Once the search has ended: the fixed structure lies within target_tolerance of the target (in the budget's
+    # unit, before the export's padding); None while searching.
+    target_met: bool | None = None
 
 
 class Pruner:
@@ -271,6 +289,11 @@ class Pruner:
         self._final: Masks | None = None  # the fixed structure's masks once the search has ended
         # The fixed structure's expected and hard cost, measured once after the search (its gates stand still).
         self._fixed_costs: dict[str, torch.Tensor] | None = None
+        # The gate logits as the search left them: copied back over whatever an optimizer, an LR scheduler or
+        # weight decay did to them afterwards, so the structure after the search depends on nothing but the search.
+        self._fixed_logits: dict[str, torch.Tensor] | None = None
+        self._optimizers: dict[int, Any] = {}  # id -> hook handle of every optimizer step() was given
+        self.spent = False  # materialize() made the model compact: the gates are gone
         self._open = False
         self._forward_masks: tuple[Masks, list[bool], bool] | None = None
         self._eval_masks: tuple[tuple[Any, ...], tuple[Masks, list[bool], bool]] | None = None
@@ -333,13 +356,34 @@ class Pruner:
 
     def structure(self) -> Structure:
         """The structure the export rule keeps now (the fixed one once the search has ended)."""
+        self._check_live()
+        self._pin()
         return self.gated.hard_structure()
 
     def hard_macs(self) -> int:
+        """MACs of the structure the export rule keeps now (the fixed one once the search has ended)."""
+        self._check_live()
+        self._pin()
         return self.gated.hard_macs()
 
     def expected_macs(self) -> float:
+        self._check_live()
+        self._pin()
         return float(self.gated.expected_cost().total.detach())
+
+    @property
+    def target_error(self) -> float | None:
+        """(fixed structure's cost - target) / target in the budget's unit once the search has ended, else None."""
+        if self.searching or self.spent:
+            return None
+        self._pin()
+        return (float(self.budget.hard(self.gated)) - self.budget.target) / self.budget.target
+
+    @property
+    def target_met(self) -> bool | None:
+        """The fixed structure lies within target_tolerance of the target; None while the search runs."""
+        error = self.target_error
+        return None if error is None else abs(error) <= self.options.target_tolerance
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The gate logits as optimizer groups with their own lr and no weight decay: macro gates (heads, FFN
@@ -368,6 +412,10 @@ class Pruner:
             self._open, self._forward_masks = False, None
 
     # --- inside the loop -----------------------------------------------------------------------------------
+    # Outside any torch.compile graph: the masks depend on the step, the temperature and the noise generator, Python
+    # values a compiled graph would guard on and recompile for at every search step; as the graph's inputs they
+    # cost one graph break per block instead.
+    @torch.compiler.disable
     def block_masks(self, index: int, training: bool) -> BlockMasks:
         """The masks of block `index` in this forward; block 0 decides them for the whole forward."""
         if index == 0 or self._forward_masks is None:
@@ -406,6 +454,9 @@ class Pruner:
         """The budget terms while searching (the MAC or latency penalty at the controller's scale, the soft floors,
         polarization and the allocation prior where set), in fp32 whatever autocast is on; 0 after the search.
         Given the task `loss`, that loss with the terms added one by one."""
+        self._check_live()
+        if loss is not None and not isinstance(loss, torch.Tensor):
+            raise HiapError(f"penalty() takes the task loss as a tensor (or nothing), got {type(loss).__name__}.")
         terms = self._terms()
         if loss is None:
             total = torch.zeros((), device=self.gated.gates.head.device)
@@ -443,6 +494,9 @@ class Pruner:
         """After `optimizer.step()`: feed the measured cost to the controller, keep the trace, set the gate lrs of
         `optimizer` for the next step, and end the search on its last step. The `log` tensors are read back in
         the same single host synchronisation as the pruner's own figures (StepReport.logged)."""
+        self._check_live()
+        self._attach(optimizer)
+        self._pin()
         measured = self._fixed_costs
         if measured is None:
             with torch.no_grad():
@@ -464,12 +518,48 @@ class Pruner:
         if step % self.trace_every == 0:  # a few points per epoch for hiap report's curves
             self.trace.append([step, round(tau, 5), expected, hard, self.controller.reference(self.progress(step + 1))])
         ended = self._advance(optimizer)
+        if ended:  # the landing moved the structure: report the one that is now fixed
+            hard = self.hard_fraction = self._fraction(float(self.budget.hard(self.gated)))
         return StepReport(step=self.step_count, tau=tau, expected_fraction=expected, hard_fraction=hard,
-                          penalty_scale=scale, searching=self.searching, search_ended=ended, logged=values)  # fmt: skip
+                          penalty_scale=scale, searching=self.searching, search_ended=ended, logged=values,
+                          target_met=self.target_met)  # fmt: skip
 
     def skip_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """A step whose update was dropped (a non-finite loss): the schedules move on, the controller does not."""
+        self._check_live()
         self._advance(optimizer)
+        self._pin()
+
+    def _attach(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Check, once per optimizer, that it holds the gate groups of param_groups(); from then on the pruner sets
+        their lrs just before each of its steps, so an LR scheduler on the same optimizer cannot move them."""
+        if optimizer is None:
+            if self.searching and any(p.grad is not None for p in self.gated.gates.parameters()):
+                raise HiapError("The gate logits have gradients but step() was given no optimizer: pass the one that "
+                                "holds pruner.param_groups(), as pruner.step(optimizer), so the pruner sets their "
+                                "lrs.")  # fmt: skip
+            return
+        if id(optimizer) in self._optimizers:
+            return
+        if self.searching:
+            check_gate_groups(optimizer, self.gated.gates)
+        self._optimizers[id(optimizer)] = optimizer.register_step_pre_hook(
+            lambda opt, args, kwargs: self._set_gate_lrs(opt.param_groups)
+        )
+
+    @torch.no_grad()
+    def _pin(self) -> None:
+        """After the search the gate logits are those it ended with, whatever moved them since."""
+        if self._fixed_logits is None:
+            return
+        # Copied unconditionally: comparing first would read back to the host every step (a GPU sync).
+        for kind, logits in self.gated.gates.as_dict().items():
+            logits.copy_(self._fixed_logits[kind])
+
+    def _check_live(self) -> None:
+        if self.spent:
+            raise HiapError("This pruner is spent: materialize() made its model compact and removed the gates. Use "
+                            "the returned plan (save_pruned, apply_plan); export before materialize().")  # fmt: skip
 
     def _advance(self, optimizer: torch.optim.Optimizer | None) -> bool:
         self.step_count += 1
@@ -498,6 +588,7 @@ class Pruner:
         if self.search_steps < self.total_steps:
             self.land()
         self._final = self.gated.hard_masks()
+        self._fixed_logits = {k: v.detach().clone() for k, v in self.gated.gates.as_dict().items()}
         if self._start is not None:
             self.rewind(optimizer)
 
@@ -536,8 +627,58 @@ class Pruner:
         micro = self.gated.micro_logits()
         shift = self._shift_to_target(micro)
         neuron_shift = self._shift_to_target([self.gated.gates.neuron])
+        if self._landing_error() > self.options.target_tolerance:
+            # Still above the target with every width at its floor: the search kept too many heads or FFN blocks
+            # (a budget of 0.1 of the MACs landed 38 % over it on a small ViT). The macro logits that learn are
+            # shifted too, keeping the search's ranking of heads and blocks: to each side of the macro step closest
+            # to the target, the widths are landed again, and the side that lands closer is kept.
+            macro = [g for g in (self.gated.gates.head, self.gated.gates.ffn) if g.requires_grad]
+            gates = self.gated.gates.as_dict()
+            start = {k: v.detach().clone() for k, v in gates.items()}
+            best: tuple[float, float, dict[str, torch.Tensor]] | None = None
+            for side in self._bracket(macro):
+                for k, v in gates.items():
+                    v.copy_(start[k])
+                for g in macro:
+                    g.add_(side)
+                extra = self._shift_to_target(micro) + self._shift_to_target([self.gated.gates.neuron])
+                landed = {k: v.detach().clone() for k, v in gates.items()}
+                if best is None or abs(self._landing_error()) < abs(best[0]):
+                    best = (self._landing_error(), extra, landed)
+            assert best is not None
+            for k, v in gates.items():
+                v.copy_(best[2][k])
+            shift += best[1]
         self.landing_shift, self.landed = shift + neuron_shift, True
         return self.landing_shift
+
+    def _bracket(self, logits: list[torch.Tensor], error: Any = None) -> tuple[float, float]:
+        """The two shifts of `logits` (by one constant) either side of the target, closest to it, by bisection:
+        `lo` lands above the target, `hi` at or below it. `error(shift)` sets the shift and returns the landed
+        fraction minus the target (default: the shift alone, no fill)."""
+        base = [g.detach().clone() for g in logits]
+        target = self.budget.target / self.budget.dense
+
+        def plain(shift: float) -> float:
+            for g, b in zip(logits, base, strict=True):
+                g.copy_(b + shift)
+            return self._fraction(float(self.budget.hard(self.gated))) - target
+
+        error = error or plain
+        # A shift past the logits' own range opens or closes every gate (a fixed +-40 was too narrow once the
+        # search's gate lr is scaled by total/search steps: logits reached +-80 at gate_lr 1).
+        span = 1.0 + max(float(b.abs().max()) for b in base)
+        lo, hi = -span, span
+        for _ in range(50):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (lo, mid) if error(mid) > 0 else (mid, hi)
+        for g, b in zip(logits, base, strict=True):
+            g.copy_(b)
+        return lo, hi
+
+    def _landing_error(self) -> float:
+        """(hard cost - target) / target of the gates as they are now."""
+        return (float(self.budget.hard(self.gated)) - self.budget.target) / self.budget.target
 
     def _shift_to_target(self, logits: list[torch.Tensor]) -> float:
         """Add one constant to `logits` (then fill to the export's widths) so the hard network lands closest to the
@@ -555,10 +696,7 @@ class Pruner:
 
         shift = 0.0
         if abs(error(0.0)) > 0.5 * self.options.target_tolerance * target:
-            lo, hi = -40.0, 40.0  # logits move about gate_lr per step: far beyond any reached in a run
-            for _ in range(50):
-                mid = 0.5 * (lo + hi)
-                lo, hi = (lo, mid) if error(mid) > 0 else (mid, hi)
+            lo, hi = self._bracket(logits, error)
             shift = min((0.0, lo, hi), key=lambda c: (round(abs(error(c)), 12), abs(c)))
         error(shift)
         return shift
@@ -570,6 +708,7 @@ class Pruner:
     # --- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Gate logits, controller, schedule position and landing: with the model's weights, a run resumes exactly."""
+        self._pin()
         return {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
@@ -626,6 +765,9 @@ class Pruner:
         self.landing_shift = float(state.get("landing_shift") or 0.0)
         self.landed = bool(state.get("landed", False))
         self._final = self.gated.hard_masks() if step >= self.search_steps else None
+        self._fixed_logits = (
+            {k: v.detach().clone() for k, v in self.gated.gates.as_dict().items()} if self._final is not None else None
+        )
         self._forward_masks = None
         self._fixed_costs = None
         self.hard_fraction = self._fraction(float(self.budget.hard(self.gated)))

@@ -161,7 +161,7 @@ def test_wrapping_keeps_the_weight_names_and_refuses_a_second_wrap() -> None:
     with pytest.raises(HiapError, match="still running"):
         hp.materialize(pruner)
     with pytest.raises(HiapError, match="needs the Pruner that wraps this model"):
-        hp.export(tiny_vit(), "unused", pruner=pruner)
+        hp.export(tiny_vit(), "unused", pruner=pruner, preprocessing=hp.data_config(model))
 
 
 def _loop(model: nn.Module, pruner: hp.Pruner, optimizer: torch.optim.Optimizer, steps: range) -> None:
@@ -223,12 +223,12 @@ def test_a_loop_saved_and_restored_mid_run_ends_exactly_as_the_uninterrupted_one
 
 def test_save_load_and_export_refuse_bad_input_in_one_line_leaving_the_model_as_it_was(tmp_path: Path) -> None:
     model, pruner, optimizer = _setup()
+    _loop(model, pruner, optimizer, range(24))
     with pytest.raises(HiapError, match="still carries gate logits"):
         hp.save_pruned(model, tmp_path / "w.safetensors", hp.plan_of(pruner))
     (tmp_path / "file").write_text("x")
     with pytest.raises(HiapError, match="is a file: give a folder"):
-        hp.export(model, tmp_path / "file", pruner=pruner)
-    _loop(model, pruner, optimizer, range(24))
+        hp.export(model, tmp_path / "file", pruner=pruner, preprocessing=hp.data_config(model))
     plan = hp.materialize(pruner)
     hp.save_pruned(model, tmp_path / "w.safetensors", plan)
     with pytest.raises(HiapError, match="Cannot write"):
@@ -245,3 +245,189 @@ def test_save_load_and_export_refuse_bad_input_in_one_line_leaving_the_model_as_
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(HiapError, match="not a readable safetensors file"):
         hp.load_pruned(tiny_vit(), tmp_path / "bad.safetensors")
+
+
+class Classifier(nn.Module):
+    """A user's model: a headless timm ViT under an MLP classifier."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.backbone = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, patch_size=8, depth=2,
+                                          embed_dim=64, num_heads=2)  # fmt: skip
+        self.head = nn.Sequential(nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def _normalised(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of an ImageFolder split as the user's loop feeds it: [0, 1] pixels, then their mean/std."""
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    normalise = transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    ds = ImageFolder(str(folder), transform=normalise)
+    return torch.stack([x for x, _ in ds]), torch.tensor([y for _, y in ds])
+
+
+def brightness_folder(root: Path) -> Path:
+    """Three classes a model can learn in a few steps: dark, mid-grey and bright noisy images."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 8)):
+        for c, level in (("dark", 40), ("mid", 128), ("bright", 215)):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(rng.normal(level, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+    return root
+
+
+def _trained_classifier(data: Path, steps: int = 40) -> tuple[Classifier, hp.Pruner]:
+    model = Classifier()
+    pruner = hp.Pruner(model, steps, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0),
+                       model_name="vit_tiny_patch16_224")  # fmt: skip
+    optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters()), "lr": 3e-3}, *pruner.param_groups()])
+    x, y = _normalised(data / "train")
+    for step in range(steps):
+        idx = torch.arange(step * 8, step * 8 + 8) % len(y)
+        loss = pruner.penalty(nn.functional.cross_entropy(model(x[idx]), y[idx]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pruner.step(optimizer)
+    return model, pruner
+
+
+def test_the_export_records_the_users_preprocessing_and_the_bench_evaluates_with_it(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    data = brightness_folder(tmp_path / "data")
+    model, pruner = _trained_classifier(data)
+    assert hp.data_config(model)["input_size"] == (3, 32, 32)  # the backbone's built size, not timm's 224
+    with pytest.raises(HiapError, match="needs the preprocessing your loop used"):
+        hp.export(model, tmp_path / "none", pruner=pruner)
+    report = hp.export(model, tmp_path / "out", pruner=pruner, preprocessing={"mean": CIFAR_MEAN, "std": CIFAR_STD})
+    assert json.loads(report["metadata"]["mean"]) == list(CIFAR_MEAN)
+    x, y = _normalised(data / "val")
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"))
+    logits = np.concatenate([session.run(None, {session.get_inputs()[0].name: x[i : i + 1].numpy()})[0]
+                             for i in range(len(y))])  # fmt: skip
+    expected = 100 * float((logits.argmax(-1) == y.numpy()).mean())
+    out = tmp_path / "bench.json"
+    CliRunner().invoke(app, ["bench", str(tmp_path / "out" / "model.onnx"), "--device", "x86-cpu", *FAST,
+                             "--data", str(data), "--json", str(out)])  # fmt: skip
+    assert expected > 60  # the model learned the task: a wrong normalisation would change its answers
+    assert json.loads(out.read_text())["accuracy"]["model"]["top1"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_export_and_plans_only_after_the_search_and_a_dense_export_of_its_own(tmp_path: Path) -> None:
+    model = Classifier()
+    pre = {"mean": CIFAR_MEAN, "std": CIFAR_STD}
+    dense = hp.export_dense(model, tmp_path / "dense", preprocessing=pre, model_name="vit_tiny_patch16_224")
+    assert dense["gmacs"] == dense["dense_gmacs"] and dense["parity"]["passed"]
+    model, pruner = _trained_classifier(image_folder(tmp_path / "data"), steps=40)
+    with pytest.raises(HiapError, match="carries hiap gates"):
+        hp.export_dense(model, tmp_path / "d2", preprocessing=pre)
+    early = Classifier()
+    early_pruner = hp.Pruner(early, 40, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0),
+                             model_name="vit_tiny_patch16_224")  # fmt: skip
+    for call in (lambda: hp.plan_of(early_pruner), lambda: hp.export(early, tmp_path / "e", pruner=early_pruner,
+                                                                        preprocessing=pre)):  # fmt: skip
+        with pytest.raises(HiapError, match="still running"):
+            call()
+    assert not (tmp_path / "e").exists()
+    # A headless backbone built with its own kwargs: the plan records them and reads back from its file.
+    plan = hp.plan_of(pruner)
+    assert plan.num_classes == 0
+    assert plan.model_kwargs == {"img_size": [32, 32], "patch_size": [8, 8], "depth": 2, "embed_dim": 64,
+                                 "num_heads": 2}  # fmt: skip
+    (tmp_path / "plan.json").write_text(json.dumps(plan.to_dict()))
+    rebuilt = hp.apply_plan(Classifier(seed=3), tmp_path / "plan.json")
+    assert [type(b).__name__ for b in rebuilt.backbone.blocks] == ["CompactBlock", "CompactBlock"]
+
+
+class TupleOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.vit = tiny_vit()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vit(x), x.mean()
+
+
+def test_export_refuses_outputs_it_cannot_check_and_bad_samples_in_one_line(tmp_path: Path) -> None:
+    model = TupleOut()
+    pruner = hp.Pruner(model, 24, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0, search_fraction=0.5))
+    optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters())}, *pruner.param_groups()], lr=1e-3)
+    for _ in range(24):
+        x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4,))
+        loss = pruner.penalty(nn.functional.cross_entropy(model(x)[0], y))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pruner.step(optimizer)
+    pre = hp.data_config(model)
+    with pytest.raises(HiapError, match="returns a tuple, not one tensor"):
+        hp.export(model, tmp_path / "t", pruner=pruner, preprocessing=pre)
+    vit, vit_pruner, opt = _setup()
+    _loop(vit, vit_pruner, opt, range(24))
+    pre = hp.data_config(vit)
+    cases = [({"sample_inputs": torch.zeros(2, 3, 16, 16)}, r"\[N, 3, 32, 32\], got \(2, 3, 16, 16\)"),
+             ({"sample_inputs": torch.zeros(2, 3, 32, 32, dtype=torch.uint8)}, "torch.uint8: give them preprocessed"),
+             ({"class_names": ["a", "b"]}, "2 names but the model outputs 3"),
+             ({"preprocessing": {"mean": (0.5,), "std": (0.5,) * 3}}, "mean must be 3 finite numbers"),
+             ({"preprocessing": {"mean": (0.5,) * 3, "std": (0.0,) * 3}}, "std must be > 0")]  # fmt: skip
+    for kwargs, message in cases:
+        with pytest.raises(HiapError, match=message):
+            hp.export(vit, tmp_path / "v", pruner=vit_pruner, **({"preprocessing": pre} | kwargs))
+    assert not (tmp_path / "v").exists() and not (tmp_path / "t").exists()
+
+
+def test_a_latency_targeted_export_records_the_tables_prediction(tmp_path: Path) -> None:
+    from hiap.models import create_model
+
+    spec = importlib.util.spec_from_file_location("lut_tables", ROOT / "tests" / "hiap" / "test_latency.py")
+    assert spec is not None and spec.loader is not None
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    vit = create_model("hiap_vit_fmnist_tiny", num_classes=10)
+    from hiap.gated import describe_vit
+
+    lut = tmp_path / "lut.json"
+    lut.write_text(json.dumps(tables.synthetic_lut(describe_vit(vit))))
+    from hiap.base.lut import read_lut
+    from hiap.latency import LatencyCost
+
+    dense_ms = LatencyCost(read_lut(lut), describe_vit(vit), "hiap_vit_fmnist_tiny", 1).dense
+    pruner = hp.Pruner(vit, 200, target_latency_ms=0.6 * dense_ms, lut=lut,
+                       options=hp.PruneOptions(gate_lr=0.3), model_name="hiap_vit_fmnist_tiny")  # fmt: skip
+    optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters())}, *pruner.param_groups()], lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(pruner.search_steps):
+        x = torch.randn(8, 1, 28, 28, generator=gen)
+        loss = pruner.penalty(nn.functional.cross_entropy(vit(x), (x.mean((1, 2, 3)) > 0).long()))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pruner.step(optimizer)
+    report = hp.export(vit, tmp_path / "out", pruner=pruner, preprocessing=hp.data_config(vit))
+    predicted = report["predicted_latency"]
+    assert predicted is not None and predicted["device"] == "x86-cpu"
+    assert predicted["ms"]["1"] == pytest.approx(pruner.budget.of(pruner.geometry, pruner.structure()), rel=1e-5)
+
+
+def test_the_api_writes_an_int8_file_calibrated_on_the_users_images(tmp_path: Path) -> None:
+    data = brightness_folder(tmp_path / "data")
+    model, pruner = _trained_classifier(data)
+    report = hp.export(model, tmp_path / "int8", pruner=pruner, preprocessing={"mean": CIFAR_MEAN, "std": CIFAR_STD},
+                       int8_data=data)  # fmt: skip
+    assert report["metadata"]["precision"] == "int8"
+    assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == [
+        "export_report.json", "golden.npz", "model-fp32.onnx", "model.onnx", "plan.json"]  # fmt: skip
+    with pytest.raises(HiapError, match=r"int8_data '.*' is not a folder"):
+        hp.export(model, tmp_path / "x", pruner=pruner, preprocessing={"mean": CIFAR_MEAN, "std": CIFAR_STD},
+                  int8_data=tmp_path / "missing")  # fmt: skip
