@@ -211,12 +211,28 @@ def run_one(method: str, budget: float, seed: int, ctx: dict[str, Any]) -> dict[
                 model, ratio = prune_to(dense, method, target, data)
             acc = finetune(model, teacher, data, SETTINGS[setting]["prune"]["epochs"], seed)
     macs = macs_of(model.eval(), example)
+    if ctx.get("per_image"):  # which test images the network gets right, for paired comparisons (paired.py)
+        from paired import pack
+
+        hits = correctness(model, data)
+        structure |= {"correct": pack(hits), "images": len(hits)}
     onnx_path = ctx["onnx_dir"] / f"{method}-{budget}-{seed}.onnx"
     torch2onnx(model.eval(), tuple(example.shape[1:]), onnx_path)
     return {"method": method, "budget": budget, "seed": seed, "val_top1": 100 * acc, "macs": int(macs),
             "macs_fraction": macs / dense_macs, "params": int(sum(p.numel() for p in model.parameters())),
             "prune_ratio": ratio, "seconds": time.perf_counter() - t0, "ort_ms": None, "onnx": onnx_path.name,
             "split": ctx["split"], "setting": setting} | structure  # fmt: skip
+
+
+@torch.no_grad()
+def correctness(model: torch.nn.Module, data: Any) -> Any:
+    """Per validation image (in the data's fixed order): the network's top-1 is its label."""
+    import numpy as np
+
+    model.eval()
+    device = next(model.parameters()).device
+    hits = [(model(x.to(device)).argmax(-1).cpu() == y).numpy() for x, y in data.val_batches(256)]
+    return np.concatenate(hits)
 
 
 def measure_latency(runs: list[dict[str, Any]], onnx_dir: Path, dense: Any, rounds: int, iters: int) -> float:

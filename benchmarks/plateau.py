@@ -3,6 +3,8 @@ budgets where pruning costs accuracy.
 
     python benchmarks/plateau.py --part dense [--data ARCHIVE_OR_ROOT] [--cache DIR]   # resumable, hours
     python benchmarks/plateau.py --part status                                          # the curve so far
+    python benchmarks/plateau.py --part compare [--split test|search] [--budgets ...] [--seeds 0 1 2] [--methods ...]
+    python benchmarks/plateau.py --part report                                          # tables from the runs
 
 `--part dense` trains the start of cifar10.py's 'plateau' setting (a 150-epoch cosine at batch 256 on the 45,000
 training images, validated every epoch on the 5,000 carved from them) in `--cache`, one checkpoint per epoch, and
@@ -13,6 +15,12 @@ machine resumes from the committed state instead of epoch 0. When the cosine has
 removed.
 
 The plateau rule: the last fifth of the epochs gains < 0.3 pp on the carved split (`status` reports it).
+
+`--part compare` runs every method x budget x seed from that start as cifar10.py does (same epochs x images, same KD
+from the frozen start, peers at HiAP's exported MACs), each run appended to `results/plateau[-search].jsonl` as it
+finishes and skipped on a rerun, with the run's per-image correctness on the evaluated split; `--part report`
+writes `results/plateau[-search].{json,md,png}`: every run, the dense-control minus uniform gap per budget (where a
+method can win at all), and HiAP against the best peer per budget, paired on the same images (paired.py).
 """
 
 from __future__ import annotations
@@ -21,22 +29,30 @@ import argparse
 import hashlib
 import json
 import shutil
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 import cifar10
+import numpy as np
 import torch
-from common import results_dir
+from common import environment, load_runs, results_dir
+from paired import paired, unpack
 from rich.console import Console
 
 from hiap.checkpoint import export_weights
 from hiap.config import TrainConfig
+from hiap.data import Augment, ImageFolderData
+from hiap.models import create_model, data_config, load_pretrained
 from hiap.train import Trainer
 
 SETTING = "plateau"
 PLATEAU_GAIN_PP = 0.3  # the last fifth of the epochs may gain less than this on the carved split
 RESUME_FILES = ("checkpoint.safetensors", "metrics.jsonl", "config.yaml")
+BUDGETS = [0.67, 0.5, 0.33, 0.2, 0.1, 0.05]
+METHODS = ["hiap", "uniform", "l1-ffn", "torch-pruning", "dense"]
+PEERS = ("uniform", "l1-ffn", "torch-pruning")
 
 
 def committed_dir() -> Path:
@@ -120,6 +136,95 @@ def finish(run: Path, cfg: TrainConfig) -> dict[str, Any]:
     return info
 
 
+def compare(args: argparse.Namespace, roots: dict[str, Path]) -> None:
+    """Every method x budget x seed from the plateau start, appended run by run (a rerun skips what is done)."""
+    weights = committed_dir() / f"dense-{SETTING}.safetensors"
+    if not weights.is_file():
+        sys.exit(f"No plateau start at '{weights}': run --part dense to the end of its cosine first.")
+    spec = cifar10.SETTINGS[SETTING]
+    dense = create_model(spec["model"], num_classes=10, model_kwargs=spec["model_kwargs"]).eval()
+    load_pretrained(dense, spec["model"], str(weights))
+    data = ImageFolderData(roots[args.split], data_config(dense), workers=0, augment=Augment())
+    runs_path = results_dir() / f"{run_name(args.split)}.jsonl"
+    runs = load_runs(runs_path)
+    onnx_dir = args.cache / f"onnx-{run_name(args.split)}"
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    ctx = {"setting": SETTING, "root": roots[args.split], "weights": weights, "dense": dense, "data": data,
+           "runs": runs, "onnx_dir": onnx_dir, "split": args.split, "matched_to": "hiap",
+           "per_image": True}  # fmt: skip
+    for seed in args.seeds:
+        for budget in args.budgets:
+            for method in args.methods:  # HiAP first: the peers are pruned to its exported MACs
+                b = 1.0 if method == "dense" else budget
+                if any(r["method"] == method and r["budget"] == b and r["seed"] == seed for r in runs):
+                    continue
+                run = cifar10.run_one(method, b, seed, ctx)
+                runs.append(run)
+                with open(runs_path, "a") as f:
+                    f.write(json.dumps(run) + "\n")
+                print(json.dumps({k: v for k, v in run.items() if k != "correct"}), flush=True)
+
+
+def run_name(split: str) -> str:
+    return "plateau" + ("" if split == "test" else "-search")
+
+
+def report(split: str) -> list[str]:
+    """Tables of every run: per budget the dense-minus-uniform gap, each method's mean, HiAP minus the best peer
+    with the paired statistics on the same images (per seed, and pooled over seeds)."""
+    name = run_name(split)
+    runs = load_runs(results_dir() / f"{name}.jsonl")
+    dense = [r["val_top1"] for r in runs if r["method"] == "dense"]
+    dense_mean = statistics.mean(dense) if dense else None
+    budgets = sorted({r["budget"] for r in runs if r["method"] != "dense"}, reverse=True)
+    lines = ["| budget | dense control | uniform | dense - uniform (pp) | hiap | best peer | hiap - best peer (pp) | "
+             "paired 95 % CI, pooled (pp) | only hiap / only peer | McNemar p |", "|---" * 10 + "|"]  # fmt: skip
+    for budget in budgets:
+        by = {m: [r for r in runs if r["method"] == m and r["budget"] == budget] for m in METHODS if m != "dense"}
+        mean = {m: statistics.mean(r["val_top1"] for r in rs) for m, rs in by.items() if rs}
+        gap = f"{dense_mean - mean['uniform']:+.2f}" if dense_mean is not None and "uniform" in mean else "-"
+        peers = {m: v for m, v in mean.items() if m in PEERS}
+        best = max(peers, key=peers.get) if peers else None
+        cells = [f"{budget}", f"{dense_mean:.2f}" if dense_mean is not None else "-",
+                 f"{mean['uniform']:.2f}" if "uniform" in mean else "-", gap,
+                 f"{mean['hiap']:.2f}" if "hiap" in mean else "-",
+                 f"{best} {peers[best]:.2f}" if best else "-"]  # fmt: skip
+        stats = paired_stats(by.get("hiap", []), by.get(best, []) if best else [])
+        if stats is None:
+            cells += ["-", "-", "-", "-"]
+        else:
+            cells += [f"{stats.diff_pp:+.2f}", f"[{stats.ci95_pp[0]:+.2f}, {stats.ci95_pp[1]:+.2f}]",
+                      f"{stats.only_a} / {stats.only_b}", f"{stats.mcnemar_p:.3g}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| method | budget | seed | top-1 % | MACs (of dense) |", "|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (-r["budget"], r["method"], r["seed"])):
+        lines.append(f"| {r['method']} | {r['budget']} | {r['seed']} | {r['val_top1']:.2f} | "
+                     f"{r['macs_fraction']:.3f} |")  # fmt: skip
+    env = environment(f"CIFAR-10 plateau setting ({cifar10.SETTINGS[SETTING]['model_kwargs']}), split {split}")
+    out = results_dir()
+    rows = [{k: v for k, v in r.items() if k != "correct"} | {"top1": r["val_top1"], "mac_fraction": r["macs_fraction"]}
+            for r in runs]  # fmt: skip
+    body = {"environment": env, "runs": rows}
+    (out / f"{name}.json").write_text(json.dumps(body, indent=1) + "\n")
+    head = [f"# Pruning quality from the plateau start (CIFAR-10, {split} split)", "",
+            f"{env['machine']}, {env['cpu']['model']} ({' '.join(env['cpu']['flags'])}), {env['threads']} threads, "
+            f"torch {env['torch']}, hiap {env['hiap']}, {env['date']}.", ""]  # fmt: skip
+    (out / f"{name}.md").write_text("\n".join(head + lines) + "\n")
+    return head + lines
+
+
+def paired_stats(hiap: list[dict[str, Any]], peer: list[dict[str, Any]]) -> Any:
+    """HiAP against a peer on the seeds both have, their per-image correctness concatenated (pooled)."""
+    seeds = sorted({r["seed"] for r in hiap} & {r["seed"] for r in peer})
+    pairs = [(next(r for r in hiap if r["seed"] == s), next(r for r in peer if r["seed"] == s)) for s in seeds]
+    pairs = [(a, b) for a, b in pairs if "correct" in a and "correct" in b]
+    if not pairs:
+        return None
+    a = np.concatenate([unpack(x["correct"], x["images"]) for x, _ in pairs])
+    b = np.concatenate([unpack(y["correct"], y["images"]) for _, y in pairs])
+    return paired(a, b)
+
+
 def status(cache: Path) -> None:
     run = cache / f"dense-{SETTING}-run"
     source = run / "metrics.jsonl" if (run / "metrics.jsonl").is_file() else committed_dir() / "resume/metrics.jsonl"
@@ -134,16 +239,27 @@ def status(cache: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["dense", "status"], required=True)
+    parser.add_argument("--part", choices=["dense", "status", "compare", "report"], required=True)
+    parser.add_argument("--split", choices=["test", "search"], default="test")
+    parser.add_argument("--budgets", type=float, nargs="+", default=BUDGETS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--data", type=Path, default=cifar10.DEFAULT_ARCHIVE, help="CIFAR-10 archive or root")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "hiap" / "cifar10")
     args = parser.parse_args()
     if args.part == "status":
         status(args.cache)
         return
+    if args.part == "report":
+        print("\n".join(report(args.split)))
+        return
     if not args.data.exists():
         sys.exit(f"--data '{args.data}' does not exist: give the CIFAR-10 archive or an unpacked root.")
     roots = cifar10.prepare(args.data, args.cache)
+    if args.part == "compare":
+        compare(args, roots)
+        print("\n".join(report(args.split)))
+        return
     info = train_dense(roots, args.cache)
     print(json.dumps({k: v for k, v in info.items() if k != "curve"}, indent=1))
 
