@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 from common import environment, load_runs, results_dir
-from peers import example_input, finetune, macs_of, plot, prune_to, time_models
+from peers import example_input, finetune, macs_of, peer_network, plot, time_models
 from rich.console import Console
 
 from hiap.config import TrainConfig
@@ -84,6 +84,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
 WHOLE_RUN: dict[str, Any] = {"search_fraction": 1.0, "adapt_from": "gated", "value_align": 0}
 VARIANTS: dict[str, dict[str, Any]] = {
     "hiap": {},
+    # the default, and each removed unit's mean output folded into the next bias when the search ends
+    "hiap-comp": {"compensate": True},
     # the previous default: the gates learn for the whole run and the final structure keeps the gated weights
     "hiap-whole-run": WHOLE_RUN,
     # gates learn in the first half, then the fixed structure trains on from the gated weights (measured with the
@@ -205,10 +207,7 @@ def run_one(method: str, budget: float, seed: int, ctx: dict[str, Any]) -> dict[
                     if r["method"] == ctx["matched_to"] and r["budget"] == budget and r["seed"] == seed]  # fmt: skip
             target = hiap[0]["macs"] if hiap else budget * dense_macs
             teacher = copy.deepcopy(dense).eval().requires_grad_(False)
-            if method == "dense":
-                model, ratio = copy.deepcopy(dense), 0.0
-            else:
-                model, ratio = prune_to(dense, method, target, data)
+            model, ratio = peer_network(dense, method, target, data, seed)
             acc = finetune(model, teacher, data, SETTINGS[setting]["prune"]["epochs"], seed)
     macs = macs_of(model.eval(), example)
     if ctx.get("per_image"):  # which test images the network gets right, for paired comparisons (paired.py)

@@ -11,6 +11,7 @@ start, alpha 0.7, T 4; weight decay on matrices only, as hiap train decays):
 - torch-pruning: Torch-Pruning's ViT recipe (PyPI torch-pruning; Taylor importance from 10 batches, global
   ranking, whole heads and FFN neurons), pruning ratio searched to the target MACs, then fine-tuned;
 - uniform: the same ratio in every layer (l1-magnitude, heads' dims and FFN neurons), then fine-tuned;
+- uniform-comp: uniform with the removed units' mean output folded into the next bias (hiap.compensate);
 - l1-ffn: FFN neurons only (l1-magnitude, uniform ratio), then fine-tuned;
 - dense: the dense start fine-tuned for the same epochs (the control).
 Every final network is exported to ONNX (hiap's exporter, opset 17) and, after all training, timed with ONNX Runtime
@@ -110,6 +111,33 @@ def prune(dense: torch.nn.Module, method: str, ratio: float, data: Any) -> torch
     return model
 
 
+def kept_columns(dense: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+    """Which input columns of a dense weight a cut layer kept (Torch-Pruning copies them in order): a boolean mask."""
+    kept = torch.zeros(dense.shape[1], dtype=torch.bool)
+    j = 0
+    for i in range(dense.shape[1]):
+        if j < cut.shape[1] and torch.equal(dense[:, i], cut[:, j]):
+            kept[i], j = True, j + 1
+    if j != cut.shape[1]:
+        raise ValueError("the cut layer holds columns the dense one does not")
+    return kept
+
+
+def compensate_cut(dense: torch.nn.Module, cut: torch.nn.Module, data: Any, seed: int) -> None:
+    """Fold the dense start's mean output of every removed FFN neuron and value dim into the cut network's fc2 and
+    proj biases (hiap.compensate), measured on the images hiap train calibrates on for the same seed."""
+    from hiap.compensate import fold_removed, unit_stats
+    from hiap.train import CALIBRATION_IMAGES
+
+    batches = [x for _, (x, _) in zip(range(CALIBRATION_IMAGES // 128), data.train_batches(0, 128, seed), strict=False)]
+    stats = unit_stats(dense, dense, batches)
+    for i, (d, c) in enumerate(zip(dense.blocks, cut.blocks, strict=True)):
+        pairs = ((d.mlp.fc2, c.mlp.fc2, stats.neuron_mean[i]), (d.attn.proj, c.attn.proj, stats.value_mean[i]))
+        for d_lin, c_lin, mean in pairs:
+            removed = ~kept_columns(d_lin.weight.detach(), c_lin.weight.detach())
+            fold_removed(c_lin, removed, mean, weight=d_lin.weight)
+
+
 def prune_to(dense: torch.nn.Module, method: str, target_macs: float, data: Any) -> tuple[Any, float]:
     """Bisect the pruning ratio until the pruned MACs are within 1 % of the target (or the closest found)."""
     lo, hi, best = 0.0, 0.95, None
@@ -128,6 +156,17 @@ def prune_to(dense: torch.nn.Module, method: str, target_macs: float, data: Any)
             break
         lo, hi = (mid, hi) if macs > target_macs else (lo, mid)
     return best[0], best[2]  # type: ignore[index]
+
+
+def peer_network(dense: torch.nn.Module, method: str, target_macs: float, data: Any, seed: int) -> tuple[Any, float]:
+    """A peer's network before fine-tuning: the dense start (the control), or its cut at the target MACs, with the
+    removed units' means folded in for a '-comp' method. Returns it and its pruning ratio."""
+    if method == "dense":
+        return copy.deepcopy(dense), 0.0
+    model, ratio = prune_to(dense, method.removesuffix("-comp"), target_macs, data)
+    if method.endswith("-comp"):
+        compensate_cut(dense, model, data, seed)
+    return model, ratio
 
 
 # Peers train where hiap train would (a CUDA device when there is one), and end on the CPU for export and counting.
@@ -316,7 +355,7 @@ def run_one(method: str, budget: float, seed: int, args: argparse.Namespace, den
         # Matched to HiAP's exported MACs for the same budget and seed (its run comes first in every seed).
         hiap = [r["macs"] for r in runs if (r["method"], r["budget"], r["seed"]) == ("hiap", budget, seed)]
         target = hiap[0] if hiap else budget * dense_macs
-        model, ratio = (copy.deepcopy(dense), 0.0) if method == "dense" else prune_to(dense, method, target, data)
+        model, ratio = peer_network(dense, method, target, data, seed)
         macs, params = macs_of(model), sum(p.numel() for p in model.parameters())
         acc = finetune(model, teacher, data, args.epochs, seed)
     onnx = args.cache / f"{method}-{budget}-{seed}.onnx"

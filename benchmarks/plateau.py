@@ -52,7 +52,9 @@ PLATEAU_GAIN_PP = 0.3  # the last fifth of the epochs may gain less than this on
 RESUME_FILES = ("checkpoint.safetensors", "metrics.jsonl", "config.yaml")
 BUDGETS = [0.67, 0.5, 0.33, 0.2, 0.1, 0.05]
 METHODS = ["hiap", "uniform", "l1-ffn", "torch-pruning", "dense"]
-PEERS = ("uniform", "l1-ffn", "torch-pruning")
+# Compensated variants (the removed units' mean output folded into the next bias), run by name with --methods.
+VARIANTS = ["hiap-comp", "uniform-comp"]
+PEERS = ("uniform", "uniform-comp", "l1-ffn", "torch-pruning")
 
 
 def committed_dir() -> Path:
@@ -180,7 +182,8 @@ def report(split: str) -> list[str]:
     lines = ["| budget | dense control | uniform | dense - uniform (pp) | hiap | best peer | hiap - best peer (pp) | "
              "paired 95 % CI, pooled (pp) | only hiap / only peer | McNemar p |", "|---" * 10 + "|"]  # fmt: skip
     for budget in budgets:
-        by = {m: [r for r in runs if r["method"] == m and r["budget"] == budget] for m in METHODS if m != "dense"}
+        by = {m: [r for r in runs if r["method"] == m and r["budget"] == budget] for m in METHODS + VARIANTS
+              if m != "dense"}  # fmt: skip
         mean = {m: statistics.mean(r["val_top1"] for r in rs) for m, rs in by.items() if rs}
         gap = f"{dense_mean - mean['uniform']:+.2f}" if dense_mean is not None and "uniform" in mean else "-"
         peers = {m: v for m, v in mean.items() if m in PEERS}
@@ -196,6 +199,17 @@ def report(split: str) -> list[str]:
             cells += [f"{stats.diff_pp:+.2f}", f"[{stats.ci95_pp[0]:+.2f}, {stats.ci95_pp[1]:+.2f}]",
                       f"{stats.only_a} / {stats.only_b}", f"{stats.mcnemar_p:.3g}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    header = "| method | " + " | ".join(str(b) for b in budgets) + " |"
+    lines += ["", "Every method's mean per budget (+- sd over its seeds, n seeds):", "", header,
+              "|---" * (len(budgets) + 1) + "|"]  # fmt: skip
+    for method in METHODS + VARIANTS:
+        cells = []
+        for budget in [1.0] * len(budgets) if method == "dense" else budgets:
+            accs = [r["val_top1"] for r in runs if r["method"] == method and r["budget"] == budget]
+            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            cells.append(f"{statistics.mean(accs):.2f} +- {sd:.2f} ({len(accs)})" if accs else "-")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "| method | budget | seed | top-1 % | MACs (of dense) |", "|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (-r["budget"], r["method"], r["seed"])):
         lines.append(f"| {r['method']} | {r['budget']} | {r['seed']} | {r['val_top1']:.2f} | "
@@ -243,7 +257,7 @@ def main() -> None:
     parser.add_argument("--split", choices=["test", "search"], default="test")
     parser.add_argument("--budgets", type=float, nargs="+", default=BUDGETS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS + VARIANTS)
     parser.add_argument("--data", type=Path, default=cifar10.DEFAULT_ARCHIVE, help="CIFAR-10 archive or root")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "hiap" / "cifar10")
     args = parser.parse_args()

@@ -49,7 +49,7 @@ PRUNE_KEYS = (
     "search_fraction", "adapt_from", "value_align", "gate_lr", "lambda_macro", "lambda_micro", "target_tolerance",
     "controller_gain", "even_allocation", "polarization", "tau_start", "tau_end", "gate_mode", "gate_init",
     "gate_init_importance", "ffn_block_gates", "qk_gates", "k_min", "min_value_frac", "min_neuron_frac",
-    "min_qk_frac", "seed",
+    "min_qk_frac", "compensate", "seed",
 )  # fmt: skip
 
 
@@ -90,6 +90,7 @@ class PruneOptions(metaclass=_NamedOptions):
     min_value_frac: float = 0.25
     min_neuron_frac: float = 0.1
     min_qk_frac: float = 0.125
+    compensate: bool = False
     seed: int = 0  # keys the gate noise: sample of step t is a function of (seed, t) only, the same on every rank
 
     def validate(self) -> None:
@@ -216,6 +217,10 @@ class TrainConfig:
     min_value_frac: float = PruneOptions.min_value_frac  # value dims kept per kept head at least
     min_neuron_frac: float = PruneOptions.min_neuron_frac  # neurons kept per kept FFN at least
     min_qk_frac: float = PruneOptions.min_qk_frac  # q/k dims kept per kept head at least (where gated)
+    # True: when the search ends, each removed FFN neuron's and value dim's mean output (measured on the start over
+    # calibration images before training; hiap train takes 1,024 of its training images) is folded into the bias
+    # of the fc2 or proj that read it (hiap.compensate), so the kept network keeps the start's mean activations.
+    compensate: bool = PruneOptions.compensate
     kd: bool = True  # distil from the frozen dense starting network
     kd_alpha: float = 0.7
     kd_temperature: float = 4.0

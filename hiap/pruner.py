@@ -4,7 +4,7 @@ controller, and the structure the search lands on (the public API's core; `hiap 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,7 @@ from torch import nn
 from hiap.base.errors import HiapError, UnsupportedModelError
 from hiap.base.lut import LatencyTable
 from hiap.budget import BudgetController, check_schedule, check_target
+from hiap.compensate import fold_structure, unit_stats
 from hiap.config import PruneOptions, parse_target
 from hiap.cost import ExpectedCost, Geometry, Structure, structure_macs
 from hiap.gated import (
@@ -227,9 +228,16 @@ class Pruner:
         model_name: str | None = None,
         steps_per_epoch: int | None = None,
         trace_every: int | None = None,
+        calibration: Iterable[torch.Tensor] | None = None,
     ) -> None:
         opts = options if options is not None else PruneOptions()
         opts.validate()
+        if opts.compensate != (calibration is not None):
+            raise HiapError(
+                "compensate=True needs calibration= (a few batches of training images, as the model takes them)."
+                if opts.compensate
+                else "calibration= is read only with compensate=True: pass PruneOptions(compensate=True) or drop it."
+            )
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise HiapError(
                 f"total_steps must be a positive int (optimizer steps of the whole run), got {total_steps!r}."
@@ -266,6 +274,8 @@ class Pruner:
         # A resumed run must restart from the same weights: the state records which (load_state_dict checks).
         self._start_digest = _digest(self._start) if self._start is not None else None
         self.model = model
+        # The start's mean output of every unit, folded into the next bias when the search removes the unit.
+        self._unit_stats = unit_stats(model, vit, calibration) if calibration is not None else None
         device = next(vit.parameters()).device
         self.gated = GatedViT(vit, floors=floors, gate_init=opts.gate_init, qk_gates=qk_gates).to(device)
         if not opts.ffn_block_gates:
@@ -584,13 +594,17 @@ class Pruner:
                 g["lr"] = self.gate_lr * micro
 
     def _end_search(self, optimizer: torch.optim.Optimizer | None) -> None:
-        """Land on the target, fix the structure, and (adapt_from 'start') rewind the weights."""
+        """Land on the target, fix the structure, (adapt_from 'start') rewind the weights and (compensate) fold the
+        removed units' mean output into the biases that read them."""
         if self.search_steps < self.total_steps:
             self.land()
         self._final = self.gated.hard_masks()
         self._fixed_logits = {k: v.detach().clone() for k, v in self.gated.gates.as_dict().items()}
         if self._start is not None:
             self.rewind(optimizer)
+        if self._unit_stats is not None:
+            m = self._final
+            fold_structure(self.vit, self._unit_stats, m.neuron, m.head.unsqueeze(-1) * m.value, m.ffn)
 
     @torch.no_grad()
     def rewind(self, optimizer: torch.optim.Optimizer | None) -> None:

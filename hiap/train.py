@@ -7,7 +7,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,8 @@ from hiap.pruner import GATES, Budget, Pruner, gate_histogram
 
 LOCK_NAME = ".hiap.lock"
 # Config keys that may differ when a run is resumed (they do not change what is computed).
+# Images the start's unit statistics are measured on for compensation (TrainConfig.compensate).
+CALIBRATION_IMAGES = 1024
 RESUMABLE_CHANGES = {"device", "workers", "amp", "on_nonfinite"}
 
 
@@ -298,7 +300,17 @@ class Trainer:
             model_name=cfg.model,
             steps_per_epoch=self.schedule.steps_per_epoch,
             trace_every=self.schedule.trace_every,
+            calibration=self._calibration() if cfg.compensate else None,
         )
+
+    def _calibration(self) -> Iterator[torch.Tensor]:
+        """The first CALIBRATION_IMAGES of epoch 0's training order (augmented as trained), for compensation. A
+        function of the seed alone: a resumed run measures the same statistics on the same start."""
+        batch = min(self.cfg.batch_size, CALIBRATION_IMAGES)
+        for i, (x, _) in enumerate(self.data.train_batches(0, batch, self.cfg.seed)):
+            if i * batch >= CALIBRATION_IMAGES:
+                return
+            yield x.to(self.device)
 
     def _lut(self) -> Path | None:
         """The latency table of a latency target: the run's own copy when resuming (the file --lut named may have
