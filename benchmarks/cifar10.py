@@ -86,6 +86,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hiap": {},
     # the default, and each removed unit's mean output folded into the next bias when the search ends
     "hiap-comp": {"compensate": True},
+    # the default with the micro gates started in order of each unit's output variance instead of l1 magnitude
+    "hiap-var": {"importance": "variance"},
+    "hiap-var-comp": {"importance": "variance", "compensate": True},
     # the previous default: the gates learn for the whole run and the final structure keeps the gated weights
     "hiap-whole-run": WHOLE_RUN,
     # gates learn in the first half, then the fixed structure trains on from the gated weights (measured with the

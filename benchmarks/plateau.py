@@ -52,8 +52,9 @@ PLATEAU_GAIN_PP = 0.3  # the last fifth of the epochs may gain less than this on
 RESUME_FILES = ("checkpoint.safetensors", "metrics.jsonl", "config.yaml")
 BUDGETS = [0.67, 0.5, 0.33, 0.2, 0.1, 0.05]
 METHODS = ["hiap", "uniform", "l1-ffn", "torch-pruning", "dense"]
-# Compensated variants (the removed units' mean output folded into the next bias), run by name with --methods.
-VARIANTS = ["hiap-comp", "uniform-comp"]
+# Variants run by name with --methods (cifar10.VARIANTS): compensated (the removed units' mean output folded into the
+# next bias) and HiAP's micro gates started in output-variance order.
+VARIANTS = ["hiap-comp", "uniform-comp", "hiap-var", "hiap-var-comp"]
 PEERS = ("uniform", "uniform-comp", "l1-ffn", "torch-pruning")
 
 

@@ -48,7 +48,7 @@ def parse_target(text: str) -> Target:
 PRUNE_KEYS = (
     "search_fraction", "adapt_from", "value_align", "gate_lr", "lambda_macro", "lambda_micro", "target_tolerance",
     "controller_gain", "even_allocation", "polarization", "tau_start", "tau_end", "gate_mode", "gate_init",
-    "gate_init_importance", "ffn_block_gates", "qk_gates", "k_min", "min_value_frac", "min_neuron_frac",
+    "gate_init_importance", "importance", "ffn_block_gates", "qk_gates", "k_min", "min_value_frac", "min_neuron_frac",
     "min_qk_frac", "compensate", "seed",
 )  # fmt: skip
 
@@ -84,6 +84,7 @@ class PruneOptions(metaclass=_NamedOptions):
     gate_mode: str = "hard"
     gate_init: float = 3.0
     gate_init_importance: float = 1.0
+    importance: str = "l1"
     ffn_block_gates: bool = True
     qk_gates: bool = True
     k_min: int = 1
@@ -92,6 +93,10 @@ class PruneOptions(metaclass=_NamedOptions):
     min_qk_frac: float = 0.125
     compensate: bool = False
     seed: int = 0  # keys the gate noise: sample of step t is a function of (seed, t) only, the same on every rank
+
+    def needs_calibration(self) -> bool:
+        """The options that read the start's unit statistics (hiap.compensate) on calibration images."""
+        return self.compensate or self.importance == "variance"
 
     def validate(self) -> None:
         """Every value of its type and in range, or a HiapError naming the key."""
@@ -120,6 +125,8 @@ class PruneOptions(metaclass=_NamedOptions):
         for key in ("min_value_frac", "min_neuron_frac", "min_qk_frac"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise HiapError(f"Config '{key}' must lie in [0, 1], got {getattr(self, key)}.")
+        if self.importance not in ("l1", "variance"):
+            raise HiapError(f"Config 'importance' must be 'l1' or 'variance', got '{self.importance}'.")
         if self.gate_mode not in ("hard", "soft"):
             raise HiapError(f"Config 'gate_mode' must be 'hard' or 'soft', got '{self.gate_mode}'.")
         if self.k_min < 1:
@@ -206,6 +213,9 @@ class TrainConfig:
     # its block, clipped to +-2); 0: every gate starts alike (GatedViT.init_from_importance). 1 with qk_gates: chosen
     # on the built-in data's search-3k split (benchmarks/results/builtin_ablation.md).
     gate_init_importance: float = PruneOptions.gate_init_importance
+    # What that order is: 'l1' (weight magnitude) or 'variance' (each unit's output variance on the calibration
+    # images times its output column's squared norm; hiap train measures it on 1,024 of its training images).
+    importance: str = PruneOptions.importance
     # False: FFN blocks are only narrowed, never removed (their gates are fixed open, logit 10).
     ffn_block_gates: bool = PruneOptions.ffn_block_gates
     # True: each head's q/k dims carry micro gates too (removed from q and k at export; the softmax scale stays

@@ -18,6 +18,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from hiap.base.errors import UnsupportedModelError
+from hiap.compensate import UnitStats
 from hiap.cost import BlockStructure, ExpectedCost, Geometry, Structure, emitted_width, expected_cost
 from hiap.gates import export_rule, gumbel_sigmoid, keep_probability, logistic_noise
 
@@ -263,21 +264,28 @@ class GatedViT(nn.Module):
         return [self.gates.value, self.gates.neuron] + ([self.gates.qk] if self.qk_gated else [])
 
     @torch.no_grad()
-    def init_from_importance(self, spread: float) -> None:
-        """Offset each micro gate's logit by `spread` times its unit's standardised log-magnitude within its block.
+    def init_from_importance(self, spread: float, stats: UnitStats | None = None) -> None:
+        """Offset each micro gate's logit by `spread` times its unit's standardised log-importance within its block.
 
-        The magnitude of a value dim is |its V-projection row|_1 * |its proj column|_1, of a neuron |fc1 row|_1 *
-        |fc2 column|_1, of a q/k dim |q row|_1 * |k row|_1 (the weights the unit reads and writes, as l1-magnitude
-        pruning ranks them); standardised per block and clipped to +-2, so with the default gate_init 3 and spread 1
-        the logits start between 1 and 5 and the weakest units reach the export threshold first. Macro gates (heads,
-        FFN blocks) keep their init: those decisions are left to the gradients."""
+        Importance by l1 magnitude (no `stats`): of a value dim |its V-projection row|_1 * |its proj column|_1, of a
+        neuron |fc1 row|_1 * |fc2 column|_1, of a q/k dim |q row|_1 * |k row|_1 (the weights the unit reads and
+        writes, as l1-magnitude pruning ranks them). By output variance (`stats`, calibration images): of a neuron
+        or value dim its activation's variance times |its fc2 / proj column|_2^2, the variance it adds to the
+        residual stream (the part a folded mean cannot replace); q/k dims stay by l1. Standardised per block and
+        clipped to +-2, so with the default gate_init 3 and spread 1 the logits start between 1 and 5 and the
+        weakest units reach the export threshold first. Macro gates (heads, FFN blocks) keep their init: those
+        decisions are left to the gradients."""
         g = self.geometry
         for i, blk in enumerate(self.vit.blocks):
             attn, mlp = blk.attn, blk.mlp
             width = g.num_heads * g.head_dim
-            v_rows = attn.qkv.weight[2 * width : 3 * width].abs().sum(1)  # timm's qkv rows: q, k, v, head-major
-            value = v_rows * attn.proj.weight.abs().sum(0)
-            neuron = mlp.fc1.weight.abs().sum(1) * mlp.fc2.weight.abs().sum(0)
+            if stats is None:
+                v_rows = attn.qkv.weight[2 * width : 3 * width].abs().sum(1)  # timm's qkv rows: q, k, v, head-major
+                value = v_rows * attn.proj.weight.abs().sum(0)
+                neuron = mlp.fc1.weight.abs().sum(1) * mlp.fc2.weight.abs().sum(0)
+            else:
+                value = stats.value_var[i].to(attn.proj.weight) * attn.proj.weight.pow(2).sum(0)
+                neuron = stats.neuron_var[i].to(mlp.fc2.weight) * mlp.fc2.weight.pow(2).sum(0)
             self.gates.value[i] += spread * _standardised(value).view(g.num_heads, g.head_dim)
             self.gates.neuron[i] += spread * _standardised(neuron)
             if self.qk_gated:

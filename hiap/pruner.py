@@ -232,11 +232,12 @@ class Pruner:
     ) -> None:
         opts = options if options is not None else PruneOptions()
         opts.validate()
-        if opts.compensate != (calibration is not None):
+        if opts.needs_calibration() != (calibration is not None):
             raise HiapError(
-                "compensate=True needs calibration= (a few batches of training images, as the model takes them)."
-                if opts.compensate
-                else "calibration= is read only with compensate=True: pass PruneOptions(compensate=True) or drop it."
+                "compensate=True and importance='variance' need calibration= (a few batches of training images, as "
+                "the model takes them)."
+                if opts.needs_calibration()
+                else "calibration= is read only with compensate=True or importance='variance': set one or drop it."
             )
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise HiapError(
@@ -274,7 +275,8 @@ class Pruner:
         # A resumed run must restart from the same weights: the state records which (load_state_dict checks).
         self._start_digest = _digest(self._start) if self._start is not None else None
         self.model = model
-        # The start's mean output of every unit, folded into the next bias when the search removes the unit.
+        # The start's output statistics of every unit: the means fold into the next bias when the search removes
+        # the unit (compensate), the variances order the micro gates (importance 'variance').
         self._unit_stats = unit_stats(model, vit, calibration) if calibration is not None else None
         device = next(vit.parameters()).device
         self.gated = GatedViT(vit, floors=floors, gate_init=opts.gate_init, qk_gates=qk_gates).to(device)
@@ -286,7 +288,8 @@ class Pruner:
         # alike: there the controller steers a table's steps, and started in l1 order it landed 1.6 % off a 1 %
         # tolerance on the tiny model (tests/hiap/test_latency.py).
         if opts.gate_init_importance and self.budget.kind == "macs":
-            self.gated.init_from_importance(opts.gate_init_importance)
+            variance = self._unit_stats if opts.importance == "variance" else None
+            self.gated.init_from_importance(opts.gate_init_importance, variance)
         vit.add_module(GATES, self.gated.gates)
         for i in range(len(vit.blocks)):
             vit.blocks[i] = GatedBlock(vit.blocks[i], i, self)
@@ -602,9 +605,10 @@ class Pruner:
         self._fixed_logits = {k: v.detach().clone() for k, v in self.gated.gates.as_dict().items()}
         if self._start is not None:
             self.rewind(optimizer)
-        if self._unit_stats is not None:
-            m = self._final
-            fold_structure(self.vit, self._unit_stats, m.neuron, m.head.unsqueeze(-1) * m.value, m.ffn)
+        if self.options.compensate:
+            m, stats = self._final, self._unit_stats
+            assert stats is not None  # the constructor refuses compensate without calibration
+            fold_structure(self.vit, stats, m.neuron, m.head.unsqueeze(-1) * m.value, m.ffn)
 
     @torch.no_grad()
     def rewind(self, optimizer: torch.optim.Optimizer | None) -> None:

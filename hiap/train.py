@@ -300,7 +300,7 @@ class Trainer:
             model_name=cfg.model,
             steps_per_epoch=self.schedule.steps_per_epoch,
             trace_every=self.schedule.trace_every,
-            calibration=self._calibration() if cfg.compensate else None,
+            calibration=self._calibration() if cfg.prune_options().needs_calibration() else None,
         )
 
     def _calibration(self) -> Iterator[torch.Tensor]:

@@ -112,9 +112,9 @@ def test_the_pruner_folds_the_starts_means_when_the_search_ends() -> None:
 
 
 def test_compensate_and_calibration_come_together() -> None:
-    with pytest.raises(HiapError, match="needs calibration="):
+    with pytest.raises(HiapError, match="need calibration="):
         hp.Pruner(tiny_vit(), 40, target_macs=0.5, options=hp.PruneOptions(compensate=True))
-    with pytest.raises(HiapError, match="only with compensate=True"):
+    with pytest.raises(HiapError, match="only with compensate=True or importance="):
         hp.Pruner(tiny_vit(), 40, target_macs=0.5, calibration=images(1))
     with pytest.raises(HiapError, match="calibration batches were empty"):
         hp.Pruner(
@@ -134,3 +134,24 @@ def test_hiap_train_calibrates_on_its_own_training_images(tmp_path: Path) -> Non
     again = unit_stats(start, start, first)  # epoch 0's first 1,024 training images
     torch.testing.assert_close(stats.neuron_mean, again.neuron_mean)
     torch.testing.assert_close(stats.value_var, again.value_var)
+
+
+def test_variance_importance_orders_the_micro_gates_by_the_variance_each_unit_adds() -> None:
+    model, batches = tiny_vit(), images()
+    stats = unit_stats(model, model, batches)
+    pruner = hp.Pruner(model, 40, target_macs=0.5, calibration=batches,
+                       options=hp.PruneOptions(gate_lr=1.0, importance="variance"))  # fmt: skip
+    for i, blk in enumerate(pruner.vit.blocks):
+        neuron = stats.neuron_var[i] * blk.mlp.fc2.weight.detach().pow(2).sum(0)
+        value = stats.value_var[i] * blk.attn.proj.weight.detach().pow(2).sum(0)
+        for logits, want in ((pruner.gates.neuron[i], neuron), (pruner.gates.value[i].reshape(-1), value)):
+            # the logits rank the units as their output variance does (ties only where clipped at +-2)
+            order = want.argsort()
+            assert (logits.detach()[order].diff() >= -1e-6).all()
+            assert logits.detach()[want.argmax()] == logits.max() and logits.detach()[want.argmin()] == logits.min()
+    l1 = hp.Pruner(tiny_vit(), 40, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0))
+    assert not torch.equal(l1.gates.neuron.argsort(-1), pruner.gates.neuron.argsort(-1))  # another order than l1's
+    with pytest.raises(HiapError, match="importance='variance' need calibration="):
+        hp.Pruner(tiny_vit(), 40, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0, importance="variance"))
+    with pytest.raises(HiapError, match="'importance' must be 'l1' or 'variance'"):
+        hp.PruneOptions(importance="taylor").validate()
