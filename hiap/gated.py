@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from hiap.base.errors import UnsupportedModelError
+from hiap.base.errors import HiapError, UnsupportedModelError
 from hiap.compensate import UnitStats
 from hiap.cost import BlockStructure, ExpectedCost, Geometry, Structure, emitted_width, expected_cost
 from hiap.gates import export_rule, gumbel_sigmoid, keep_probability, logistic_noise
@@ -360,23 +361,77 @@ class GatedViT(nn.Module):
 
     # --- forward -----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, masks: Masks | None = None) -> torch.Tensor:
-        """Forward with the given masks; without masks, the exported network (hard rule), as in validation."""
+        """Forward with the given masks through the blocks training runs (GatedBlock); without masks, the exported
+        network (hard rule), as in validation."""
         if masks is None:
             masks = self.hard_masks()
         vit = self.vit
+        source = FixedMasks(masks, self.qk_gated)
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        for i, blk in enumerate(vit.blocks):
+            block = GatedBlock(blk, i, source)
+            block.training = self.training  # its own flag only: the block's children keep theirs
+            x = block(x)
+        return vit.forward_head(vit.norm(x))
+
+
+@dataclass(frozen=True)
+class BlockMasks:
+    """What one gated block multiplies by in one forward."""
+
+    value: torch.Tensor  # [H, Dh] head gate x value gate
+    qk: torch.Tensor | None  # [H, Dh] q/k-dim gate; None where q/k widths are not gated
+    neuron: torch.Tensor  # [K]
+    ffn: torch.Tensor  # scalar
+    attends: bool  # False only in eval, for a block whose every head is closed
+
+
+def block_masks(masks: Masks, index: int, qk_gated: bool, attends: bool) -> BlockMasks:
+    """Block `index`'s share of a sample of every gate."""
+    qk = masks.qk[index] if qk_gated else None
+    return BlockMasks(masks.head[index].unsqueeze(-1) * masks.value[index], qk, masks.neuron[index],
+                      masks.ffn[index], attends)  # fmt: skip
+
+
+class MaskSource(Protocol):
+    """Where a GatedBlock gets its masks for one forward: the Pruner while training, FixedMasks elsewhere."""
+
+    def block_masks(self, index: int, training: bool) -> BlockMasks: ...
+
+
+class FixedMasks:
+    """The same masks for every forward (the export's reference network, a checkpoint's structure)."""
+
+    def __init__(self, masks: Masks, qk_gated: bool) -> None:
+        self.masks, self.qk_gated = masks, qk_gated
         # In eval a block with every head closed contributes nothing (proj's bias included), as the exported
         # network does; the floors make this happen only in hand-edited plans, never in training. One read-back
         # for all blocks, not one per block.
-        attends = [True] * len(vit.blocks) if self.training else masks.head.any(-1).tolist()
-        for i, blk in enumerate(vit.blocks):
-            value_mask = masks.head[i].unsqueeze(-1) * masks.value[i]
-            qk_mask = masks.qk[i] if self.qk_gated else None
-            if attends[i]:
-                x = x + blk.drop_path1(blk.ls1(gated_attention(blk.attn, blk.norm1(x), value_mask, qk_mask)))
-            ffn_out = gated_mlp(blk.mlp, blk.norm2(x), masks.neuron[i], masks.ffn[i])
-            x = x + blk.drop_path2(blk.ls2(ffn_out))
-        return vit.forward_head(vit.norm(x))
+        self.attends = masks.head.any(-1).tolist()
+
+    def block_masks(self, index: int, training: bool) -> BlockMasks:
+        return block_masks(self.masks, index, self.qk_gated, training or self.attends[index])
+
+
+class GatedBlock(nn.Module):
+    """A timm Block whose attention and FFN are multiplied by its source's masks: the one gated block, run by
+    training and by every reference forward. Its children are the Block's own under the same names, so the model's
+    state_dict keys (and any weights loaded into it) stay timm's."""
+
+    def __init__(self, block: nn.Module, index: int, source: MaskSource) -> None:
+        super().__init__()
+        for name, child in block.named_children():
+            self.add_module(name, child)
+        self.index = index
+        self.source = source  # not a Module: held, not registered
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise HiapError("hiap gates do not support attention masks or causal attention in a ViT block.")
+        m = self.source.block_masks(self.index, self.training)
+        if m.attends:
+            x = x + self.drop_path1(self.ls1(gated_attention(self.attn, self.norm1(x), m.value, m.qk)))
+        return x + self.drop_path2(self.ls2(gated_mlp(self.mlp, self.norm2(x), m.neuron, m.ffn)))
 
 
 def _with_floor(logits: torch.Tensor, minimum: int) -> torch.Tensor:

@@ -22,12 +22,13 @@ from hiap.config import PruneOptions, parse_target
 from hiap.cost import ExpectedCost, Geometry, Structure, structure_macs
 from hiap.gated import (
     SUPPORTED,
+    BlockMasks,
     Floors,
+    GatedBlock,
     GatedViT,
     Masks,
+    block_masks,
     describe_vit,
-    gated_attention,
-    gated_mlp,
     qk_gateable,
     with_qk_logits,
 )
@@ -156,37 +157,6 @@ def find_backbone(model: nn.Module) -> tuple[str, VisionTransformer]:
         names = ", ".join(n for n, _ in found)
         raise UnsupportedModelError(f"{type(model).__name__} holds {len(found)} ViTs ({names}): pass the one to prune.")
     return found[0]
-
-
-@dataclass(frozen=True)
-class BlockMasks:
-    """What one gated block multiplies by in one forward."""
-
-    value: torch.Tensor  # [H, Dh] head gate x value gate
-    qk: torch.Tensor | None  # [H, Dh] q/k-dim gate; None where q/k widths are not gated
-    neuron: torch.Tensor  # [K]
-    ffn: torch.Tensor  # scalar
-    attends: bool  # False only in eval, for a block whose every head is closed
-
-
-class GatedBlock(nn.Module):
-    """A timm Block whose attention and FFN are multiplied by the pruner's masks. Its children are the Block's own
-    under the same names, so the model's state_dict keys (and any weights loaded into it) stay timm's."""
-
-    def __init__(self, block: nn.Module, index: int, pruner: Pruner) -> None:
-        super().__init__()
-        for name, child in block.named_children():
-            self.add_module(name, child)
-        self.index = index
-        self.pruner = pruner  # not a Module: held, not registered
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        if attn_mask is not None or is_causal:
-            raise HiapError("hiap gates do not support attention masks or causal attention in a ViT block.")
-        m = self.pruner.block_masks(self.index, self.training)
-        if m.attends:
-            x = x + self.drop_path1(self.ls1(gated_attention(self.attn, self.norm1(x), m.value, m.qk)))
-        return x + self.drop_path2(self.ls2(gated_mlp(self.mlp, self.norm2(x), m.neuron, m.ffn)))
 
 
 @dataclass(frozen=True)
@@ -434,9 +404,7 @@ class Pruner:
         if index == 0 or self._forward_masks is None:
             self._forward_masks = self._masks(training)
         masks, attends, _ = self._forward_masks
-        qk = masks.qk[index] if self.gated.qk_gated else None
-        return BlockMasks(masks.head[index].unsqueeze(-1) * masks.value[index], qk, masks.neuron[index],
-                          masks.ffn[index], attends[index])  # fmt: skip
+        return block_masks(masks, index, self.gated.qk_gated, attends[index])
 
     def _masks(self, training: bool) -> tuple[Masks, list[bool], bool]:
         depth = self.geometry.depth

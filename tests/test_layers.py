@@ -135,3 +135,34 @@ def test_runtime_and_devices_import_with_only_the_base() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == []
     assert "runtime.harness" in wanted and "devices.profile" in wanted
+
+
+GATED_OPS = ("gated_attention", "gated_mlp")
+
+
+def gated_op_calls(modules: dict[str, Path]) -> list[str]:
+    """Every call of the gated attention or FFN as 'module.function', over the given modules."""
+    out = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), str(path))
+        scopes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+        for scope in scopes:
+            if isinstance(scope, ast.ClassDef):
+                continue
+            for node in ast.walk(scope):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in GATED_OPS:
+                    owner = next((c.name for c in scopes if isinstance(c, ast.ClassDef) and scope in c.body), "")
+                    out.append(f"{name}.{owner + '.' if owner else ''}{scope.name}")
+    return sorted(set(out))
+
+
+def test_one_gated_forward_runs_every_gated_block() -> None:
+    """Training, validation and the export's parity reference run the same block code: GatedBlock.forward."""
+    assert gated_op_calls(product_modules()) == ["hiap.gated.GatedBlock.forward"]
+
+
+def test_the_gated_forward_check_catches_a_second_block_loop(tmp_path: Path) -> None:
+    copy = tmp_path / "copy.py"
+    copy.write_text("def forward(x, blk, m):\n    return gated_mlp(blk.mlp, x, m.neuron, m.ffn)\n")
+    calls = gated_op_calls(product_modules() | {"export.copy": copy})
+    assert calls == ["export.copy.forward", "hiap.gated.GatedBlock.forward"]
