@@ -324,6 +324,11 @@ class Pruner:
         return self.step_count < self.search_steps
 
     @property
+    def rewinds(self) -> bool:
+        """The search ends before the run and the weights then go back to the start (adapt_from 'start')."""
+        return self._start is not None
+
+    @property
     def tau(self) -> float:
         """The temperature of the current step's gate samples."""
         return self.temperature(self.step_count)

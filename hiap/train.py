@@ -28,7 +28,6 @@ from hiap.config import TrainConfig, write_yaml
 from hiap.cost import Structure, structure_params
 from hiap.data import Augment, Dataset, create_data
 from hiap.gated import GatedViT, describe_vit
-from hiap.gates import TemperatureSchedule
 from hiap.loss import task_loss
 from hiap.models import create_model, data_config, load_pretrained
 from hiap.pruner import GATES, Budget, Pruner, gate_histogram
@@ -152,7 +151,6 @@ class Schedule:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
-    search_steps: int  # the gates learn over these first steps; the rest trains the fixed structure's weights
     trace_every: int
 
     @classmethod
@@ -166,7 +164,6 @@ class Schedule:
             steps_per_epoch=per_epoch,
             total_steps=total,
             warmup_steps=int(cfg.warmup_epochs * per_epoch),
-            search_steps=max(1, round(cfg.search_fraction * total)),
             trace_every=max(1, per_epoch // 20),
         )
 
@@ -266,11 +263,6 @@ class Trainer:
         # The teacher is the plain starting network: copied before the pruner gates the model in place.
         self.teacher = copy.deepcopy(self.vit).eval().requires_grad_(False) if cfg.kd and not cfg.dense else None
         self.pruner = None if target is None else self._pruner()
-        self.tau = (
-            self.pruner.temperature
-            if self.pruner
-            else TemperatureSchedule(cfg.tau_start, cfg.tau_end, self.schedule.search_steps)
-        )
         groups = param_groups(self.vit, cfg) + (self.pruner.param_groups() if self.pruner else [])
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
         self.amp = cfg.amp and self.device.type == "cuda"
@@ -410,16 +402,15 @@ class Trainer:
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
 
-    @property
-    def rewinds(self) -> bool:
-        """The search ends before the run and the fixed structure restarts from the starting weights."""
-        cfg = self.cfg
-        return not cfg.dense and cfg.adapt_from == "start" and self.schedule.search_steps < self.schedule.total_steps
+    def tau(self, step: int) -> float:
+        """The gate temperature at `step` (the pruner's; a dense run, which has no gates, records tau_end)."""
+        return self.pruner.temperature(step) if self.pruner is not None else self.cfg.tau_end
 
     def _set_lr(self) -> None:
         sched, first = self.schedule, 0
-        if self.rewinds and self.step >= sched.search_steps:  # a fresh cosine over the remaining steps
-            first = sched.search_steps
+        # When the pruner rewinds the weights at the search's end, they get a fresh cosine over the remaining steps.
+        if self.pruner is not None and self.pruner.rewinds and self.step >= self.pruner.search_steps:
+            first = self.pruner.search_steps
         f = lr_factor(self.step - first, sched.total_steps - first, sched.warmup_steps if first == 0 else 0,
                       self.cfg.min_lr_ratio)  # fmt: skip
         for g in self.optimizer.param_groups:

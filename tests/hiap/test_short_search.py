@@ -41,7 +41,7 @@ def test_a_short_search_moves_its_gates_faster_by_the_same_factor(tmp_path: Path
     trainer = Trainer(_tiny(tmp_path, search_fraction=0.25, gate_lr=0.5))
     trainer.setup()
     gate_lrs = [g["lr"] for g in trainer.optimizer.param_groups if g.get("hiap")]
-    assert trainer.schedule.search_steps == 8 and gate_lrs == [pytest.approx(2.0)] * 2
+    assert trainer.pruner.search_steps == 8 and gate_lrs == [pytest.approx(2.0)] * 2
 
 
 def test_landing_shifts_the_micro_logits_onto_the_target_and_keeps_their_order(tmp_path: Path) -> None:
@@ -103,7 +103,7 @@ def test_adapt_from_start_rewinds_the_weights_when_the_search_ends(tmp_path: Pat
 
         def at_search_end(trainer: Trainer = trainer, original=original, adapt: str = adapt, start=start) -> None:
             original()
-            if trainer.step == trainer.schedule.search_steps:
+            if trainer.step == trainer.pruner.search_steps:
                 state = trainer.vit.state_dict()
                 seen[adapt] = {
                     "rewound": all(torch.equal(state[k], v) for k, v in start.items()),

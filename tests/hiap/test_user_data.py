@@ -240,7 +240,7 @@ def test_after_the_search_share_the_structure_is_fixed_and_only_weights_train(tm
 
     trainer.setup = setup  # type: ignore[method-assign]
     summary = trainer.run()
-    assert trainer.schedule.search_steps == 16 and trainer.step == 32 and len(sampled) == 16
+    assert trainer.pruner.search_steps == 16 and trainer.step == 32 and len(sampled) == 16
     first, last = snapshots
     for kind in ("head", "value", "ffn", "neuron"):
         assert torch.equal(first[kind], last[kind]), kind
