@@ -145,21 +145,18 @@ def train(
     auto_augment: str = typer.Option(None, help="timm policy such as rand-m9-mstd0.5-inc1 (default: none)."),
 ) -> None:
     """Train HiAP gates (or a dense model) and write checkpoint, metrics.jsonl, config.yaml and summary.json."""
+    flags = dict(locals())
     from rich.console import Console
 
-    from hiap.config import resolve_config
+    from hiap.config import TrainConfig, resolve_config
     from hiap.progress import summary_table
     from hiap.train import Trainer
 
-    values = dict(
-        model=model, data=data, pretrained=pretrained, dense=dense, target_macs=target_macs, epochs=epochs,
-        target_tolerance=target_tolerance, target_latency_ms=target_latency_ms, lut=lut, latency_batch=latency_batch,
-        batch_size=batch_size, lr=lr, gate_lr=gate_lr, lambda_macro=lambda_macro, lambda_micro=lambda_micro,
-        tau_start=tau_start, tau_end=tau_end, kd=kd, out=out, seed=seed, device=device, crop_pad=crop_pad,
-        scale=scale if scale and scale[0] is not None else None,
-        ratio=ratio if ratio and ratio[0] is not None else None, hflip=hflip,
-        color_jitter=color_jitter, auto_augment=auto_augment,
-    )  # fmt: skip
+    # The flags named as config keys, by the config's own key list (model_kwargs comes as KEY=VALUE words).
+    values = {k: v for k, v in flags.items() if k in TrainConfig.key_names() and k != "model_kwargs"}
+    for pair in ("scale", "ratio"):  # typer gives an unset pair as (None, None)
+        if values[pair] is not None and values[pair][0] is None:
+            values[pair] = None
     if model_kwargs:
         from hiap.models import parse_model_kwargs
 

@@ -44,15 +44,6 @@ def parse_target(text: str) -> Target:
     raise HiapError(f"--target-macs '{text}' is ambiguous: give a fraction in (0, 1] or a count with a unit (3.1G).")
 
 
-# The TrainConfig keys that shape the gate search: what hiap.pruner.Pruner takes as its options.
-PRUNE_KEYS = (
-    "search_fraction", "adapt_from", "value_align", "gate_lr", "lambda_macro", "lambda_micro", "target_tolerance",
-    "controller_gain", "even_allocation", "polarization", "tau_start", "tau_end", "gate_mode", "gate_init",
-    "gate_init_importance", "importance", "ffn_block_gates", "qk_gates", "k_min", "min_value_frac", "min_neuron_frac",
-    "min_qk_frac", "compensate", "seed",
-)  # fmt: skip
-
-
 class _NamedOptions(type):
     """Options built by keyword: an unknown name is a HiapError with a did-you-mean, not Python's TypeError."""
 
@@ -67,30 +58,64 @@ class _NamedOptions(type):
 
 @dataclass(frozen=True)
 class PruneOptions(metaclass=_NamedOptions):
-    """How the gates search: the defaults of the TrainConfig keys of the same names (described there)."""
+    """How the gates search: the Pruner's options, and hiap train's config keys of the same names (TrainConfig.prune;
+    each key's meaning is its comment here)."""
 
-    search_fraction: float = 0.15
-    adapt_from: str = "start"
-    value_align: int = 8
-    gate_lr: float = 0.05
+    gate_lr: float = 0.05  # gate logits move much faster than weights (paper leaves it open; see docs)
+    # weights of the decoupled MAC penalties; the budget controller scales both
     lambda_macro: float = 2.0
-    lambda_micro: float = 1.0
+    lambda_micro: float = 1.0  # together, so their ratio (paper's best: 2:1) is kept
+    # the run must end this close to the target (relative) or `hiap train` exits 3
     target_tolerance: float = 0.01
+    # Share of the run in which the gates learn (budget ramp, temperature anneal, freezes, all compressed into it);
+    # after it the exported structure is fixed and only its weights train (1.0: search for the whole run). The gate
+    # lr is gate_lr / search_fraction, so a shorter search moves the gates as far per unit of its progress as a
+    # whole-run search does (at gate_lr itself a 0.3 search lagged its budget ramp and collapsed the network).
+    # 0.15 (the fixed structure then trains 85 % of the run) was ahead of 0.3 at 0.5, 0.33 and 0.2 of the MACs on the
+    # built-in data's search split (benchmarks/results/builtin_ablation.md).
+    search_fraction: float = 0.15
+    # Where the fixed structure's weights start when the search ends before the run does: 'gated' (the weights the
+    # search trained) or 'start' (the weights the run started from, the kept units copied; the weight lr and its
+    # AdamW state restart for the remaining steps, as a one-shot prune-then-fine-tune would).
+    adapt_from: str = "start"
+    # When a short search lands, every kept head of a block is filled to the value width the export emits (its
+    # widest kept head rounded up to this alignment, the export's --align) with its next-best value dims, instead
+    # of the zero padding the exporter would add; the landing counts them. 0: no fill.
+    value_align: int = 8
+    # Integral gain of the budget controller, per step per unit of cost error (fraction of dense); 0: auto, 0.5 for a
+    # MAC target and 2.0 for a latency target. A table prices heads and whole FFN branches high and neurons low, so
+    # after the macro freeze the fine knobs need a stronger pull: on the built-in model at 0.4 ms, gain 0.5 ended
+    # 2.7 % over the target, 2.0 0.25 %.
     controller_gain: float = 0.0
+    # Weight of the penalty on uneven per-block kept fractions (loss.allocation_loss) while searching; 0: off.
     even_allocation: float = 0.0
+    # weight of the gate-entropy term after the budget ramp (see loss.polarization_loss)
     polarization: float = 0.0
     tau_start: float = 2.0
     tau_end: float = 0.5
-    gate_mode: str = "hard"
-    gate_init: float = 3.0
+    gate_mode: str = "hard"  # 'hard' (0/1 forward, straight-through gradient) or 'soft'
+    gate_init: float = 3.0  # initial logit: every gate starts open (sigmoid(3) = 0.95)
+    # Micro-gate logits start at gate_init + gate_init_importance * (their unit's standardised log l1-magnitude in
+    # its block, clipped to +-2); 0: every gate starts alike (GatedViT.init_from_importance). 1 with qk_gates: chosen
+    # on the built-in data's search-3k split (benchmarks/results/builtin_ablation.md).
     gate_init_importance: float = 1.0
+    # What that order is: 'l1' (weight magnitude) or 'variance' (each unit's output variance on the calibration
+    # images times its output column's squared norm; hiap train measures it on 1,024 of its training images).
     importance: str = "l1"
+    # False: FFN blocks are only narrowed, never removed (their gates are fixed open, logit 10).
     ffn_block_gates: bool = True
+    # True: each head's q/k dims carry micro gates too (removed from q and k at export; the softmax scale stays
+    # 1/sqrt(head_dim)). Beyond the paper, which keeps Q and K whole; false is the paper's search space. MAC budgets
+    # and latency tables with a q/k axis (older tables price attention at full q/k width), not with qk-norm; there
+    # the gates stay open.
     qk_gates: bool = True
-    k_min: int = 1
-    min_value_frac: float = 0.25
-    min_neuron_frac: float = 0.1
-    min_qk_frac: float = 0.125
+    k_min: int = 1  # heads kept per block at least
+    min_value_frac: float = 0.25  # value dims kept per kept head at least
+    min_neuron_frac: float = 0.1  # neurons kept per kept FFN at least
+    min_qk_frac: float = 0.125  # q/k dims kept per kept head at least (where gated)
+    # True: when the search ends, each removed FFN neuron's and value dim's mean output (measured on the start over
+    # calibration images before training; hiap train takes 1,024 of its training images) is folded into the bias
+    # of the fc2 or proj that read it (hiap.compensate), so the kept network keeps the start's mean activations.
     compensate: bool = False
     seed: int = 0  # keys the gate noise: sample of step t is a function of (seed, t) only, the same on every rank
 
@@ -137,8 +162,23 @@ class PruneOptions(metaclass=_NamedOptions):
             raise HiapError("Config 'gate_init' and 'gate_init_importance' must be finite numbers.")
 
 
+# The search's keys as YAML, the CLI and TrainConfig(...) spell them, flat; `seed` is the run's own key (it also
+# keys the data order), copied into the nested options.
+SEARCH_KEYS = tuple(f.name for f in fields(PruneOptions) if f.name != "seed")
+
+
+class _FlatSearchKeys(type):
+    """TrainConfig(...) takes the search keys flat and nests them in `prune` (over a `prune` given beside them)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        flat = {k: kwargs.pop(k) for k in [k for k in kwargs if k in SEARCH_KEYS]}
+        if flat:
+            kwargs["prune"] = dataclasses.replace(kwargs.get("prune") or PruneOptions(), **flat)
+        return super().__call__(*args, **kwargs)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(metaclass=_FlatSearchKeys):
     """Everything `hiap train` needs; written resolved as config.yaml beside every run."""
 
     model: str = "hiap_vit_fmnist"  # built-in model or any timm ViT name
@@ -158,7 +198,6 @@ class TrainConfig:
     train_images: int = 0  # use only the first N training images of each epoch's order (0: all); smoke runs
     batch_size: int = 128
     lr: float = 5e-4  # weights; AdamW
-    gate_lr: float = PruneOptions.gate_lr  # gate logits move much faster than weights (paper leaves it open; see docs)
     weight_decay: float = 0.05  # weights only; gate logits never decay
     warmup_epochs: float = 0.0  # linear warm-up of the weight lr, then cosine to min_lr_ratio * lr
     min_lr_ratio: float = 0.01
@@ -176,61 +215,9 @@ class TrainConfig:
     color_jitter: float = 0.0  # brightness/contrast/saturation strength (timm's ImageNet default is 0.4)
     auto_augment: str = ""  # a timm policy such as 'rand-m9-mstd0.5-inc1' or 'augmix-m5-w4-d2'; '' none
     data_cache: str = "auto"  # decode ImageFolder images into memory once: 'auto' (small images), 'on', 'off'
-    # weights of the decoupled MAC penalties; the budget controller scales both
-    lambda_macro: float = PruneOptions.lambda_macro
-    lambda_micro: float = PruneOptions.lambda_micro  # together, so their ratio (paper's best: 2:1) is kept
-    # the run must end this close to the target (relative) or `hiap train` exits 3
-    target_tolerance: float = PruneOptions.target_tolerance
-    # Share of the run in which the gates learn (budget ramp, temperature anneal, freezes, all compressed into it);
-    # after it the exported structure is fixed and only its weights train (1.0: search for the whole run). The gate
-    # lr is gate_lr / search_fraction, so a shorter search moves the gates as far per unit of its progress as a
-    # whole-run search does (at gate_lr itself a 0.3 search lagged its budget ramp and collapsed the network).
-    # 0.15 (the fixed structure then trains 85 % of the run) was ahead of 0.3 at 0.5, 0.33 and 0.2 of the MACs on the
-    # built-in data's search split (benchmarks/results/builtin_ablation.md).
-    search_fraction: float = PruneOptions.search_fraction
-    # Where the fixed structure's weights start when the search ends before the run does: 'gated' (the weights the
-    # search trained) or 'start' (the weights the run started from, the kept units copied; the weight lr and its
-    # AdamW state restart for the remaining steps, as a one-shot prune-then-fine-tune would).
-    adapt_from: str = PruneOptions.adapt_from
-    # When a short search lands, every kept head of a block is filled to the value width the export emits (its
-    # widest kept head rounded up to this alignment, the export's --align) with its next-best value dims, instead
-    # of the zero padding the exporter would add; the landing counts them. 0: no fill.
-    value_align: int = PruneOptions.value_align
-    # Integral gain of the budget controller, per step per unit of cost error (fraction of dense); 0: auto, 0.5 for a
-    # MAC target and 2.0 for a latency target. A table prices heads and whole FFN branches high and neurons low, so
-    # after the macro freeze the fine knobs need a stronger pull: on the built-in model at 0.4 ms, gain 0.5 ended
-    # 2.7 % over the target, 2.0 0.25 %.
-    controller_gain: float = PruneOptions.controller_gain
-    # Weight of the penalty on uneven per-block kept fractions (loss.allocation_loss) while searching; 0: off.
-    even_allocation: float = PruneOptions.even_allocation
-    # weight of the gate-entropy term after the budget ramp (see loss.polarization_loss)
-    polarization: float = PruneOptions.polarization
-    tau_start: float = PruneOptions.tau_start
-    tau_end: float = PruneOptions.tau_end
-    gate_mode: str = PruneOptions.gate_mode  # 'hard' (0/1 forward, straight-through gradient) or 'soft'
-    gate_init: float = PruneOptions.gate_init  # initial logit: every gate starts open (sigmoid(3) = 0.95)
-    # Micro-gate logits start at gate_init + gate_init_importance * (their unit's standardised log l1-magnitude in
-    # its block, clipped to +-2); 0: every gate starts alike (GatedViT.init_from_importance). 1 with qk_gates: chosen
-    # on the built-in data's search-3k split (benchmarks/results/builtin_ablation.md).
-    gate_init_importance: float = PruneOptions.gate_init_importance
-    # What that order is: 'l1' (weight magnitude) or 'variance' (each unit's output variance on the calibration
-    # images times its output column's squared norm; hiap train measures it on 1,024 of its training images).
-    importance: str = PruneOptions.importance
-    # False: FFN blocks are only narrowed, never removed (their gates are fixed open, logit 10).
-    ffn_block_gates: bool = PruneOptions.ffn_block_gates
-    # True: each head's q/k dims carry micro gates too (removed from q and k at export; the softmax scale stays
-    # 1/sqrt(head_dim)). Beyond the paper, which keeps Q and K whole; false is the paper's search space. MAC budgets
-    # and latency tables with a q/k axis (older tables price attention at full q/k width), not with qk-norm; there
-    # the gates stay open.
-    qk_gates: bool = PruneOptions.qk_gates
-    k_min: int = PruneOptions.k_min  # heads kept per block at least
-    min_value_frac: float = PruneOptions.min_value_frac  # value dims kept per kept head at least
-    min_neuron_frac: float = PruneOptions.min_neuron_frac  # neurons kept per kept FFN at least
-    min_qk_frac: float = PruneOptions.min_qk_frac  # q/k dims kept per kept head at least (where gated)
-    # True: when the search ends, each removed FFN neuron's and value dim's mean output (measured on the start over
-    # calibration images before training; hiap train takes 1,024 of its training images) is folded into the bias
-    # of the fc2 or proj that read it (hiap.compensate), so the kept network keeps the start's mean activations.
-    compensate: bool = PruneOptions.compensate
+    # How the gates search: hiap.config.PruneOptions, whose keys YAML, the CLI and this constructor take flat
+    # (TrainConfig(gate_lr=0.1) is TrainConfig(prune=PruneOptions(gate_lr=0.1))); read through as cfg.gate_lr.
+    prune: PruneOptions = field(default_factory=PruneOptions)
     kd: bool = True  # distil from the frozen dense starting network
     kd_alpha: float = 0.7
     kd_temperature: float = 4.0
@@ -284,17 +271,40 @@ class TrainConfig:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise HiapError(f"Config 'device' must be auto, cpu, cuda or cuda:N, got '{self.device}'.")
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.prune, PruneOptions):
+            raise HiapError(f"Config 'prune' must be a PruneOptions, got {type(self.prune).__name__}.")
+        if self.prune.seed != self.seed:
+            self.prune = dataclasses.replace(self.prune, seed=self.seed)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for names that are not attributes: the search keys read through to their one owner, `prune`.
+        prune = self.__dict__.get("prune")
+        if prune is not None and name in SEARCH_KEYS:
+            return getattr(prune, name)
+        raise AttributeError(f"'TrainConfig' has no attribute '{name}'")
+
+    @classmethod
+    def key_names(cls) -> list[str]:
+        """Every config key, flat, in the order config.yaml lists them."""
+        own = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        at = own.index("prune")
+        return own[:at] + list(SEARCH_KEYS) + own[at + 1 :]
+
     def prune_options(self) -> PruneOptions:
         """The keys that shape the gate search, as the Pruner takes them."""
-        return PruneOptions(**{k: getattr(self, k) for k in PRUNE_KEYS})
+        return self.prune
 
     def target(self) -> Target:
         """The MAC target of a budgeted run, parsed from target_macs."""
         return parse_target(self.target_macs)
 
     def to_dict(self) -> dict[str, Any]:
-        # Lists, not tuples: the same value after a round trip through YAML or the checkpoint's JSON.
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Every key flat (config.yaml, the checkpoint's record). Lists, not tuples: the same value after a round
+        trip through YAML or the checkpoint's JSON."""
+        own = dataclasses.asdict(self)
+        flat = {k: own[k] if k in own else own["prune"][k] for k in self.key_names()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()}
 
 
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
@@ -321,7 +331,7 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
 
 def apply_overrides(cfg: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig:
     """Return a copy of `cfg` with `values` applied; unknown keys and wrong types are errors."""
-    names = {f.name: f for f in fields(cfg)}
+    names = cfg.key_names()
     updates = {}
     for key, value in values.items():
         if not isinstance(key, str):

@@ -51,3 +51,25 @@ def test_a_malformed_target_is_refused_with_the_config_before_any_data_is_read(t
     cfg = TrainConfig(target_macs="half", data=str(tmp_path / "missing"), out=str(tmp_path / "run"))
     with pytest.raises(HiapError, match="--target-macs 'half'"):
         Trainer(cfg).run()
+
+
+def test_the_search_keys_have_one_owner_and_docs_api_lists_them_all() -> None:
+    """PruneOptions owns the search keys: TrainConfig takes them flat, nests them, reads them through, writes them
+    flat; docs/api.md lists exactly its fields."""
+    import dataclasses
+    import re
+
+    from hiap.config import SEARCH_KEYS, PruneOptions, TrainConfig, apply_overrides
+
+    names = [f.name for f in dataclasses.fields(PruneOptions)]
+    assert not set(SEARCH_KEYS) & {f.name for f in dataclasses.fields(TrainConfig)}  # no mirror fields
+    cfg = TrainConfig(gate_lr=0.2, compensate=True, seed=4)
+    assert cfg.prune == PruneOptions(gate_lr=0.2, compensate=True, seed=4) and cfg.gate_lr == 0.2
+    flat = cfg.to_dict()
+    assert set(flat) == set(TrainConfig.key_names()) and "prune" not in flat and flat["gate_lr"] == 0.2
+    assert apply_overrides(TrainConfig(), flat, "config.yaml") == cfg  # a written config reads back the same
+    assert dataclasses.replace(cfg, seed=5).prune.seed == 5  # the run's seed keys the gate noise too
+    api = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    row = next(line for line in api.splitlines() if line.startswith("| `options` |"))
+    listed = re.findall(r"`(\w+)`", row.split("same names and defaults", 1)[1].split(")", 1)[0])
+    assert listed == names
