@@ -89,6 +89,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the default with the micro gates started in order of each unit's output variance instead of l1 magnitude
     "hiap-var": {"importance": "variance"},
     "hiap-var-comp": {"importance": "variance", "compensate": True},
+    # the default with FFN blocks never removed whole (their gates fixed open), and with an eighth of the macro
+    # penalty: at 0.1 and 0.05 of the MACs the default removes 5-6 of 6 FFN blocks on the plateau start
+    "hiap-keepffn": {"ffn_block_gates": False},
+    "hiap-lowmacro": {"lambda_macro": 0.25},
     # the previous default: the gates learn for the whole run and the final structure keeps the gated weights
     "hiap-whole-run": WHOLE_RUN,
     # gates learn in the first half, then the fixed structure trains on from the gated weights (measured with the
