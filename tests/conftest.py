@@ -13,6 +13,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup would hang ~50 s before failing
 
 import pytest
+from tiny_config import tiny_config
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -35,12 +36,10 @@ def _deterministic_torch() -> None:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished one-epoch `hiap train` run of the tiny built-in model (read only: tests copy what they change)."""
     pytest.importorskip("torch")
-    from hiap.config import TrainConfig
     from hiap.train import Trainer
 
     run = tmp_path_factory.mktemp("run") / "run"
-    Trainer(TrainConfig(model="hiap_vit_fmnist_tiny", pretrained="none", epochs=1, train_images=128, batch_size=16,
-                        gate_lr=1.0, target_tolerance=1.0, out=str(run))).run()  # fmt: skip
+    Trainer(tiny_config(run, epochs=1, train_images=128, batch_size=16)).run()
     return run
 
 

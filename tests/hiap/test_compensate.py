@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from tiny_config import tiny_config
 from torch import nn
 
 import hiap.api as hp
 from hiap.base.errors import HiapError
 from hiap.compensate import fold_structure, unit_stats
-from hiap.config import TrainConfig
 from hiap.train import CALIBRATION_IMAGES, Trainer
 
 
@@ -123,8 +123,7 @@ def test_compensate_and_calibration_come_together() -> None:
 
 
 def test_hiap_train_calibrates_on_its_own_training_images(tmp_path: Path) -> None:
-    cfg = TrainConfig(model="hiap_vit_fmnist_tiny", pretrained="none", train_images=2048, batch_size=64, epochs=2,
-                      gate_lr=1.0, compensate=True, out=str(tmp_path / "run"))  # fmt: skip
+    cfg = tiny_config(tmp_path / "run", train_images=2048, batch_size=64, target_tolerance=0.01, compensate=True)
     trainer = Trainer(cfg)
     trainer.setup()
     stats = trainer.pruner._unit_stats

@@ -6,6 +6,7 @@ import fcntl
 from pathlib import Path
 
 import pytest
+from tiny_config import tiny_config
 
 from hiap.base.errors import HiapError
 from hiap.config import TrainConfig
@@ -13,9 +14,7 @@ from hiap.train import LOCK_NAME, Trainer
 
 
 def _tiny(out: Path, **overrides: object) -> TrainConfig:
-    values = dict(model="hiap_vit_fmnist_tiny", pretrained="none", epochs=1, train_images=256, batch_size=32,
-                  gate_lr=1.0, target_tolerance=1.0, kd=False, out=str(out)) | overrides  # fmt: skip
-    return TrainConfig(**values)  # type: ignore[arg-type]
+    return tiny_config(out, **({"epochs": 1, "train_images": 256, "kd": False} | overrides))
 
 
 def test_a_second_writer_of_a_run_folder_is_refused_before_it_writes(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_config import tiny_config
 
 from hiap.base.builtin_data import load_builtin_arrays
 from hiap.base.errors import HiapError
@@ -19,9 +20,7 @@ FMNIST = ((1, 28, 28), (0.2860,), (0.3530,))
 
 
 def _tiny(tmp_path: Path, **overrides: object) -> TrainConfig:
-    values = dict(model="hiap_vit_fmnist_tiny", pretrained="none", epochs=2, train_images=512, batch_size=32,
-                  gate_lr=1.0, target_tolerance=1.0, out=str(tmp_path / "r")) | overrides  # fmt: skip
-    return TrainConfig(**values)  # type: ignore[arg-type]
+    return tiny_config(tmp_path / "r", **overrides)
 
 
 def test_search_split_validates_on_images_carved_from_the_training_set() -> None:

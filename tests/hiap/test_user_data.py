@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_config import tiny_config
 from typer.testing import CliRunner
 
 from hiap.base.errors import HiapError
@@ -214,13 +215,10 @@ def test_after_the_search_share_the_structure_is_fixed_and_only_weights_train(tm
     """search_fraction 0.5 of 2 epochs: every gate logit stays as it was when the search ended, the network trained
     afterwards is the exported one, and its weights keep learning (no landing fill or shift here: value_align 0 and
     a tolerance every structure meets; tests/hiap/test_short_search.py tests the landing)."""
-    from hiap.config import TrainConfig
     from hiap.train import Trainer
 
     snapshots: list[dict[str, torch.Tensor]] = []
-    cfg = TrainConfig(model="hiap_vit_fmnist_tiny", pretrained="none", epochs=2, train_images=512, batch_size=32,
-                      gate_lr=1.0, target_tolerance=1.0, search_fraction=0.5, value_align=0,
-                      out=str(tmp_path / "r"))  # fmt: skip
+    cfg = tiny_config(tmp_path / "r", search_fraction=0.5, value_align=0)
     trainer = Trainer(cfg)
     original = trainer._write_epoch
 
