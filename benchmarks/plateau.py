@@ -5,6 +5,7 @@ budgets where pruning costs accuracy.
     python benchmarks/plateau.py --part status                                          # the curve so far
     python benchmarks/plateau.py --part compare [--split test|search] [--budgets ...] [--seeds 0 1 2] [--methods ...]
     python benchmarks/plateau.py --part report                                          # tables from the runs
+    python benchmarks/plateau.py --part oneshot [--split search] [--budgets ...]         # compensation, no fine-tuning
 
 `--part dense` trains the start of cifar10.py's 'plateau' setting (a 150-epoch cosine at batch 256 on the 45,000
 training images, validated every epoch on the 5,000 carved from them) in `--cache`, one checkpoint per epoch, and
@@ -168,6 +169,39 @@ def compare(args: argparse.Namespace, roots: dict[str, Path]) -> None:
                 print(json.dumps({k: v for k, v in run.items() if k != "correct"}), flush=True)
 
 
+def oneshot(args: argparse.Namespace, roots: dict[str, Path]) -> list[str]:
+    """What compensation does before any fine-tuning: each peer's cut of the plateau start at each budget, evaluated
+    on the split's validation images as cut and with the removed units' means folded in (peers.compensate_cut)."""
+    from peers import evaluate, example_input, macs_of, peer_network
+
+    weights = committed_dir() / f"dense-{SETTING}.safetensors"
+    spec = cifar10.SETTINGS[SETTING]
+    dense = create_model(spec["model"], num_classes=10, model_kwargs=spec["model_kwargs"]).eval()
+    load_pretrained(dense, spec["model"], str(weights))
+    data = ImageFolderData(roots[args.split], data_config(dense), workers=0, augment=Augment())
+    dense_macs = macs_of(dense, example_input(dense))
+    rows = [{"method": "dense", "budget": 1.0, "top1": 100 * evaluate(dense, data), "mac_fraction": 1.0}]
+    for method in ("uniform", "l1-ffn"):
+        for budget in args.budgets:
+            for comp in ("", "-comp"):
+                model, _ = peer_network(dense, method + comp, budget * dense_macs, data, seed=0)
+                rows.append({"method": method + comp, "budget": budget, "top1": 100 * evaluate(model, data),
+                             "mac_fraction": macs_of(model, example_input(dense)) / dense_macs})  # fmt: skip
+    env = environment(f"CIFAR-10 plateau start, cut without fine-tuning, split {args.split}")
+    name = f"{run_name(args.split)}-oneshot"
+    (results_dir() / f"{name}.json").write_text(json.dumps({"environment": env, "runs": rows}, indent=1) + "\n")
+    lines = [f"# The plateau start cut without fine-tuning, with and without compensation ({args.split} split)", "",
+             f"{env['machine']}, {env['cpu']['model']}, torch {env['torch']}, hiap {env['hiap']}, {env['date']}; "
+             f"dense start {rows[0]['top1']:.2f} %.", "",
+             "| method | budget | MACs (of dense) | top-1 % as cut | with the means folded in | gain (pp) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for plain, comp in zip(rows[1::2], rows[2::2], strict=True):
+        lines.append(f"| {plain['method']} | {plain['budget']} | {plain['mac_fraction']:.3f} | {plain['top1']:.2f} | "
+                     f"{comp['top1']:.2f} | {comp['top1'] - plain['top1']:+.2f} |")  # fmt: skip
+    (results_dir() / f"{name}.md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
 def run_name(split: str) -> str:
     return "plateau" + ("" if split == "test" else "-search")
 
@@ -254,7 +288,7 @@ def status(cache: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["dense", "status", "compare", "report"], required=True)
+    parser.add_argument("--part", choices=["dense", "status", "compare", "report", "oneshot"], required=True)
     parser.add_argument("--split", choices=["test", "search"], default="test")
     parser.add_argument("--budgets", type=float, nargs="+", default=BUDGETS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -271,6 +305,9 @@ def main() -> None:
     if not args.data.exists():
         sys.exit(f"--data '{args.data}' does not exist: give the CIFAR-10 archive or an unpacked root.")
     roots = cifar10.prepare(args.data, args.cache)
+    if args.part == "oneshot":
+        print("\n".join(oneshot(args, roots)))
+        return
     if args.part == "compare":
         compare(args, roots)
         print("\n".join(report(args.split)))
