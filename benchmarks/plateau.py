@@ -134,6 +134,7 @@ def finish(run: Path, cfg: TrainConfig) -> dict[str, Any]:
     info = {"config": cfg.to_dict(), "curve": points, "val_acc_carved": points[-1]["val_top1"] / 100,
             "plateau_gain_pp": plateau_gain(points, cfg.epochs), "plateau_rule_pp": PLATEAU_GAIN_PP,
             "train_seconds": sum(p["epoch_seconds"] for p in points), "threads": torch.get_num_threads(),
+            "environment": environment(f"CIFAR-10 plateau dense start ({cifar10.SETTINGS[SETTING]['model_kwargs']})"),
             "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}  # fmt: skip
     (out / f"dense-{SETTING}.json").write_text(json.dumps(info, indent=1) + "\n")
     shutil.rmtree(out / "resume", ignore_errors=True)
