@@ -126,11 +126,9 @@ def kept_columns(dense: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
 def compensate_cut(dense: torch.nn.Module, cut: torch.nn.Module, data: Any, seed: int) -> None:
     """Fold the dense start's mean output of every removed FFN neuron and value dim into the cut network's fc2 and
     proj biases (hiap.compensate), measured on the images hiap train calibrates on for the same seed."""
-    from hiap.compensate import fold_removed, unit_stats
-    from hiap.train import CALIBRATION_IMAGES
+    from hiap.compensate import calibration_batches, fold_removed, unit_stats
 
-    batches = [x for _, (x, _) in zip(range(CALIBRATION_IMAGES // 128), data.train_batches(0, 128, seed), strict=False)]
-    stats = unit_stats(dense, dense, batches)
+    stats = unit_stats(dense, dense, calibration_batches(data, 128, seed))
     for i, (d, c) in enumerate(zip(dense.blocks, cut.blocks, strict=True)):
         pairs = ((d.mlp.fc2, c.mlp.fc2, stats.neuron_mean[i]), (d.attn.proj, c.attn.proj, stats.value_mean[i]))
         for d_lin, c_lin, mean in pairs:

@@ -3,7 +3,7 @@ into the bias of the layer that reads it when the unit is removed, so the kept n
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +11,22 @@ import torch
 from torch import nn
 
 from hiap.base.errors import HiapError
+
+# The training images the start's unit statistics are measured on (hiap train, and the benchmarks' peers).
+CALIBRATION_IMAGES = 1024
+
+
+def calibration_batches(
+    data: Any, batch_size: int, seed: int, device: torch.device | str = "cpu"
+) -> Iterator[torch.Tensor]:
+    """The first CALIBRATION_IMAGES of epoch 0's training order of `data` (a hiap Dataset, augmented as trained),
+    in batches of at most `batch_size`: a function of the seed alone, so a resumed run measures the same statistics
+    on the same start."""
+    batch = min(batch_size, CALIBRATION_IMAGES)
+    for i, (x, _) in enumerate(data.train_batches(0, batch, seed)):
+        if i * batch >= CALIBRATION_IMAGES:
+            return
+        yield x.to(device)
 
 
 @dataclass(frozen=True)

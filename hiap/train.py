@@ -7,7 +7,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from hiap.base.cpu import cpu_flags, cpu_model, read_cpuinfo
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
 from hiap.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from hiap.compensate import calibration_batches
 from hiap.config import TrainConfig, write_yaml
 from hiap.cost import Structure, structure_params
 from hiap.data import Augment, Dataset, create_data
@@ -34,8 +35,6 @@ from hiap.pruner import GATES, Budget, Pruner, gate_histogram
 
 LOCK_NAME = ".hiap.lock"
 # Config keys that may differ when a run is resumed (they do not change what is computed).
-# Images the start's unit statistics are measured on for compensation (TrainConfig.compensate).
-CALIBRATION_IMAGES = 1024
 RESUMABLE_CHANGES = {"device", "workers", "amp", "on_nonfinite"}
 
 
@@ -292,17 +291,10 @@ class Trainer:
             model_name=cfg.model,
             steps_per_epoch=self.schedule.steps_per_epoch,
             trace_every=self.schedule.trace_every,
-            calibration=self._calibration() if cfg.prune_options().needs_calibration() else None,
+            calibration=calibration_batches(self.data, cfg.batch_size, cfg.seed, self.device)
+            if cfg.prune_options().needs_calibration()
+            else None,
         )
-
-    def _calibration(self) -> Iterator[torch.Tensor]:
-        """The first CALIBRATION_IMAGES of epoch 0's training order (augmented as trained), for compensation. A
-        function of the seed alone: a resumed run measures the same statistics on the same start."""
-        batch = min(self.cfg.batch_size, CALIBRATION_IMAGES)
-        for i, (x, _) in enumerate(self.data.train_batches(0, batch, self.cfg.seed)):
-            if i * batch >= CALIBRATION_IMAGES:
-                return
-            yield x.to(self.device)
 
     def _lut(self) -> Path | None:
         """The latency table of a latency target: the run's own copy when resuming (the file --lut named may have

@@ -14,8 +14,8 @@ from torch import nn
 
 import hiap.api as hp
 from hiap.base.errors import HiapError
-from hiap.compensate import fold_structure, unit_stats
-from hiap.train import CALIBRATION_IMAGES, Trainer
+from hiap.compensate import CALIBRATION_IMAGES, fold_structure, unit_stats
+from hiap.train import Trainer
 
 
 def tiny_vit(seed: int = 0) -> nn.Module:
