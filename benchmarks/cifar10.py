@@ -93,6 +93,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # penalty: at 0.1 and 0.05 of the MACs the default removes 5-6 of 6 FFN blocks on the plateau start
     "hiap-keepffn": {"ffn_block_gates": False},
     "hiap-lowmacro": {"lambda_macro": 0.25},
+    # FFN blocks never removed whole, and each kept FFN may narrow to 2 % of its neurons (the default floor of 10 %
+    # bounds such a network at 0.107 of the plateau start's MACs, above 0.1 and 0.05)
+    "hiap-keepffn-f02": {"ffn_block_gates": False, "min_neuron_frac": 0.02},
+    # the default with a search twice as long (30 % of the run): the allocation decided later, on more images
+    "hiap-s30": {"search_fraction": 0.3},
     # the previous default: the gates learn for the whole run and the final structure keeps the gated weights
     "hiap-whole-run": WHOLE_RUN,
     # gates learn in the first half, then the fixed structure trains on from the gated weights (measured with the

@@ -55,7 +55,8 @@ BUDGETS = [0.67, 0.5, 0.33, 0.2, 0.1, 0.05]
 METHODS = ["hiap", "uniform", "l1-ffn", "torch-pruning", "dense"]
 # Variants run by name with --methods (cifar10.VARIANTS): compensated (the removed units' mean output folded into the
 # next bias) and HiAP's micro gates started in output-variance order.
-VARIANTS = ["hiap-comp", "uniform-comp", "hiap-var", "hiap-var-comp", "hiap-keepffn", "hiap-lowmacro"]
+VARIANTS = ["hiap-comp", "uniform-comp", "hiap-var", "hiap-var-comp", "hiap-keepffn", "hiap-lowmacro", "hiap-s30",
+            "hiap-keepffn-f02"]
 PEERS = ("uniform", "uniform-comp", "l1-ffn", "torch-pruning")
 
 
