@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = build()
     # The pruner finds the one ViT inside the model; the head is left alone.
-    pruner = hp.Pruner(model, args.steps, target_macs=0.5, options=hp.PruneOptions(gate_lr=args.gate_lr),
+    pruner = hp.Pruner(model, args.steps, budget=0.5, options=hp.PruneOptions(gate_lr=args.gate_lr),
                        model_name="vit_tiny_patch16_224")  # fmt: skip
     optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters()), "lr": 1e-3}, *pruner.param_groups()])
     gen = torch.Generator().manual_seed(0)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         pruner.step(optimizer)
 
     # toy_batch's images are already normalised (zero mean, unit variance): mean 0, std 1 per channel.
-    report = hp.export(model, args.out, pruner=pruner, preprocessing={"mean": (0.0,) * 3, "std": (1.0,) * 3},
+    report = hp.export(pruner, args.out, preprocessing={"mean": (0.0,) * 3, "std": (1.0,) * 3},
                        sample_inputs=toy_batch(gen, 4)[0])  # fmt: skip
     plan = hp.materialize(pruner)
     hp.save_pruned(model, args.out / "pruned.safetensors", plan)

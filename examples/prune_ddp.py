@@ -33,7 +33,7 @@ def main() -> None:
     torch.manual_seed(0)  # the same start on every rank (DDP also broadcasts rank 0's weights)
     model = timm.create_model("vit_tiny_patch16_224", num_classes=4, img_size=32, patch_size=8, depth=2,
                               embed_dim=64, num_heads=2)  # fmt: skip
-    pruner = hp.Pruner(model, args.steps, target_macs=0.5, options=hp.PruneOptions(gate_lr=args.gate_lr),
+    pruner = hp.Pruner(model, args.steps, budget=0.5, options=hp.PruneOptions(gate_lr=args.gate_lr),
                        model_name="vit_tiny_patch16_224")  # fmt: skip
     ddp = DistributedDataParallel(model)
     optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters()), "lr": 1e-3}, *pruner.param_groups()])
@@ -53,7 +53,7 @@ def main() -> None:
     dist.all_reduce(spread, op=dist.ReduceOp.MAX)
     dist.all_reduce(gates, op=dist.ReduceOp.MIN)
     if rank == 0:
-        report = hp.export(model, args.out, pruner=pruner, preprocessing={"mean": (0.0,) * 3, "std": (1.0,) * 3})
+        report = hp.export(pruner, args.out, preprocessing={"mean": (0.0,) * 3, "std": (1.0,) * 3})
         summary = {"world": world, "gate_spread": float((spread - gates).abs().max()), "gmacs": report["gmacs"],
                    "dense_gmacs": report["dense_gmacs"], "parity": report["parity"]["passed"]}  # fmt: skip
         (args.out / "ddp_summary.json").write_text(json.dumps(summary))

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Wrap before building the optimizer: the gate logits are their own groups (own lr, no weight decay).
     options = hp.PruneOptions(gate_lr=args.gate_lr)
-    pruner = hp.Pruner(model, len(loader) * args.epochs, target_macs=args.target_macs, options=options,
+    pruner = hp.Pruner(model, len(loader) * args.epochs, budget=args.target_macs, options=options,
                        model_name=args.model)  # fmt: skip
     optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters()), "lr": 1e-3}, *pruner.param_groups()])
     # Any schedule on the whole optimizer: the pruner sets its gate groups' lrs before every step itself.
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
             schedule.step()
 
     sample = torch.stack([train[i][0] for i in range(4)])
-    report = hp.export(model, args.out, pruner=pruner, preprocessing={"mean": MEAN, "std": STD},
+    report = hp.export(pruner, args.out, preprocessing={"mean": MEAN, "std": STD},
                        sample_inputs=sample, class_names=train.classes)  # fmt: skip
     report["target_met"] = pruner.target_met
     plan = hp.materialize(pruner)  # the same model object, now physically smaller

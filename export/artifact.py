@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import numpy as np
 import torch
 
-from export.compact import padded_structure
+from export.compact import check_landing_grid, padded_structure
 from export.onnx_io import onnx_cost, simplify_onnx, torch2onnx, zero_params
 from export.plan import make_plan
 from export.quantize import (
@@ -224,6 +224,7 @@ def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynam
     holds the quantized file's own logits. With a latency table (`lut`, or the one a latency-targeted run carries),
     the report and the file's metadata say what latency the table predicts for the exported network."""
     _check_options(align, opset)
+    check_landing_grid(src.landing_align, align)
     check_export_folder(out, force)  # before minutes of work
     with staged_folder(out) as work:
         return _export_into(work, out, src, opset, align, dynamic_batch, simplify, target, int8, lut)
@@ -310,8 +311,8 @@ def _export_into(work: Path, out: Path, src: Source, opset: int, align: int, dyn
     prediction = predicted_latency(src, align, precision, lut, target, notes)  # a table that does not fit fails here
     emitted = padded_structure(src.structure, geom.head_dim, align)
     sizes = Sizes.of(geom, src.structure, emitted)
-    plan = make_plan(src.model, geom, src.structure, src.data_config, src.num_classes,
-                     class_names=src.classes, source=src.origin, model_kwargs=src.model_kwargs)  # fmt: skip
+    plan = make_plan(src.model, geom, src.structure, src.data_config, src.num_classes, class_names=src.classes,
+                     source=src.origin, model_kwargs=src.model_kwargs, align=align)  # fmt: skip
     body = plan.to_dict()
     meta = _metadata(src, body["hash"], geom, sizes, opset, align, dynamic_batch)
     if src.wrapper is not None:  # the file is the user's whole model; the plan is its backbone's

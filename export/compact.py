@@ -31,6 +31,16 @@ from hiap.cost import BlockStructure, Structure, emitted_width
 GATES_ATTR = "hiap_gates"
 
 
+def check_landing_grid(landing: int, align: int) -> None:
+    """Refuse an export grid the search's landing did not count on: a landing that filled value widths to multiples
+    of `landing` (value_align; 0: none) needs an `align` that divides it, or the network holds more MACs than the
+    budget it landed on."""
+    if landing and landing % align:
+        raise HiapError(f"The search landed on value widths padded to multiples of {landing} (value_align) and counted "
+                        f"the budget on them: export with an align that divides {landing}, not {align}, or search "
+                        f"again with value_align {align}.")  # fmt: skip
+
+
 def block_width(block: BlockStructure, head_dim: int, align: int) -> int:
     """The value width every kept head of `block` gets in the export (hiap.cost.emitted_width of its widest)."""
     return emitted_width(max((len(v) for v in block.value_dims), default=0), head_dim, align)

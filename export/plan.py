@@ -36,6 +36,9 @@ class Plan:
     params: int = 0
     source: str = ""
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments (img_size, depth, ...)
+    # The grid value widths are padded to where the plan was emitted (the export's or materialize's align): a
+    # rebuild of saved weights (apply_plan, load_pruned) must use the same. Not part of the hash (the structure is).
+    align: int = 8
 
     def to_dict(self) -> dict[str, Any]:
         qk_pruned = any(b.qk_dims is not None for b in self.structure.blocks)
@@ -53,6 +56,7 @@ class Plan:
             "gmacs": self.gmacs,
             "dense_params": self.dense_params,
             "params": self.params,
+            "align": self.align,
             "blocks": [_block_dict(b) for b in self.structure.blocks],
         }
         body["hash"] = plan_hash(body)
@@ -184,6 +188,8 @@ def check_plan(body: dict[str, Any], where: str) -> dict[str, Any]:
         v = body[key]
         if not isinstance(v, list) or len(v) != size[0] or not all(isinstance(x, (int, float)) for x in v):
             raise bad(key, f"a list of {size[0]} numbers (one per input channel)")
+    if "align" in body and (not is_int(body["align"]) or body["align"] < 1):
+        raise bad("align", "an integer >= 1 (the value-width grid the plan was emitted on)")
     names = body.get("class_names", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise bad("class_names", "a list of strings")

@@ -41,6 +41,9 @@ class Source:
     wrapper: torch.nn.Module | None = None
     backbone_path: str = ""
     golden_inputs: torch.Tensor | None = None  # the user's sample inputs for golden.npz (hiap.api.export)
+    # The value-width grid the search's landing filled kept heads to and counted the budget on (Pruner.landing_align;
+    # 0: none): the export's align must divide it.
+    landing_align: int = 0
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The network the export must reproduce: the gated model with the structure's masks."""
@@ -97,7 +100,16 @@ def source_from_run(run: Path, dense: bool = False) -> Source:
         model_kwargs=model_kwargs,
         data=str(config["data"]) if config.get("data") else None,
         lut=_run_lut(run) if not dense else None,
+        landing_align=0 if dense or not ckpt.gates else _landing_align(config),
     )
+
+
+def _landing_align(config: dict[str, Any]) -> int:
+    """The run's landing grid: its value_align when the search ended before the run (a whole-run search or a run
+    that predates the key: none)."""
+    value_align = config.get("value_align", 0)
+    short = float(config.get("search_fraction", 1.0)) < 1.0
+    return value_align if short and isinstance(value_align, int) and not isinstance(value_align, bool) else 0
 
 
 def _run_lut(run: Path) -> Path | None:

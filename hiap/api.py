@@ -2,13 +2,13 @@
 freeze the structure as a plan, make the model physically smaller in place, save and rebuild it without pickle,
 and export the artifact folder `hiap bench` runs. `hiap train` is built on the same calls.
 
-    pruner = hiap.api.Pruner(model, total_steps, target_macs=0.5)      # before DDP and the optimizer
+    pruner = hiap.api.Pruner(model, total_steps, budget=0.5)      # before DDP and the optimizer
     opt = torch.optim.AdamW([{"params": list(pruner.weight_parameters())}, *pruner.param_groups()])
     for x, y in loader:
         loss = pruner.penalty(criterion(model(x), y))
         loss.backward(); opt.step(); opt.zero_grad()
         pruner.step(opt)
-    hiap.api.export(model, "out/", pruner=pruner, preprocessing={"mean": MEAN, "std": STD},
+    hiap.api.export(pruner, "out/", preprocessing={"mean": MEAN, "std": STD},
                     sample_inputs=x[:8])                                # model.onnx, plan.json, golden.npz
     plan = hiap.api.materialize(pruner)                                   # the backbone's blocks, compact
     hiap.api.save_pruned(model, "pruned.safetensors", plan)
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from export.artifact import ExportReport
-from export.compact import compact_in_place
+from export.compact import check_landing_grid, compact_in_place
 from export.plan import Plan, make_plan, read_plan_json, structure_from_dict
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
@@ -34,10 +34,11 @@ from hiap.config import PruneOptions
 from hiap.gated import describe_vit
 from hiap.models import constructor_kwargs
 from hiap.models import data_config as backbone_data_config
-from hiap.pruner import GATES, Pruner, StepReport, find_backbone
+from hiap.pruner import GATES, Latency, Pruner, StepReport, find_backbone
 
 __all__ = [
     "HiapError",
+    "Latency",
     "PruneOptions",
     "Pruner",
     "StepReport",
@@ -60,14 +61,37 @@ def data_config(model: nn.Module) -> dict[str, Any]:
     return backbone_data_config(find_backbone(model)[1])
 
 
-def plan_of(pruner: Pruner, class_names: list[str] | None = None, source: str = "hiap.api") -> Plan:
-    """The structure the search fixed, as the plan `hiap export --plan` reads (plan.to_dict() is plan.json)."""
+def plan_of(pruner: Pruner, class_names: list[str] | None = None, source: str = "hiap.api", align: int = 8) -> Plan:
+    """The structure the search fixed, as the plan `hiap export --plan` reads (plan.to_dict() is plan.json), to be
+    emitted with value widths padded to `align` (which must divide the landing's grid, Pruner.landing_align)."""
     _check_searched(pruner, "plan_of")
+    _check_align(align)
+    check_landing_grid(pruner.landing_align, align)
     vit = pruner.vit
     name = pruner.model_name or type(vit).__name__
     return make_plan(name, pruner.geometry, pruner.structure(), backbone_data_config(vit),
                      int(getattr(vit, "num_classes", 0)), class_names=list(class_names or []), source=source,
-                     model_kwargs=constructor_kwargs(vit, name))  # fmt: skip
+                     model_kwargs=constructor_kwargs(vit, name), align=align)  # fmt: skip
+
+
+def _check_align(align: Any) -> None:
+    if isinstance(align, bool) or not isinstance(align, int) or align < 1:
+        raise HiapError(f"align must be an int >= 1 (1: no rounding), got {align!r}.")
+
+
+def _plan_align(body: dict[str, Any], align: int | None) -> int:
+    """The grid a plan's weights were emitted on (plans from before it was recorded: 8, the default then); an
+    explicit `align` must be that one, or the rebuilt blocks would not have the saved weights' shapes."""
+    recorded = body.get("align", 8)
+    if isinstance(recorded, bool) or not isinstance(recorded, int) or recorded < 1:
+        raise HiapError(f"The plan's 'align' must be an int >= 1, got {recorded!r:.40}.")
+    if align is None:
+        return int(recorded)
+    _check_align(align)
+    if align != recorded:
+        raise HiapError(f"The plan was emitted with value widths padded to align {recorded}, not {align}: leave "
+                        "align out to rebuild it as it was saved.")  # fmt: skip
+    return align
 
 
 def _check_searched(pruner: Pruner, what: str) -> None:
@@ -84,10 +108,10 @@ def _check_searched(pruner: Pruner, what: str) -> None:
 def materialize(pruner: Pruner, align: int = 8, class_names: list[str] | None = None) -> Plan:
     """Make the pruned ViT physically smaller, in place in the model the pruner wraps: each block becomes a compact
     block of the kept heads, value dims and neurons (value widths padded to `align`, as the export emits them), the
-    gate logits are removed, and every other part of the model (your head) is untouched. Returns the plan; the
-    pruner is spent. Rebuild such a model later with load_pruned()."""
+    gate logits are removed, and every other part of the model (your head) is untouched. Returns the plan (which
+    records `align`); the pruner is spent. Rebuild such a model later with load_pruned()."""
     _check_searched(pruner, "materialize")
-    plan = plan_of(pruner, class_names)
+    plan = plan_of(pruner, class_names, align=align)
     training = pruner.vit.training
     compact_in_place(pruner.model, pruner.backbone_path, plan.structure, align)
     pruner.spent = True
@@ -103,10 +127,12 @@ def _read_plan(plan: Plan | dict[str, Any] | str | Path) -> dict[str, Any]:
     return read_plan_json(Path(plan))
 
 
-def apply_plan(model: nn.Module, plan: Plan | dict[str, Any] | str | Path, align: int = 8) -> nn.Module:
+def apply_plan(model: nn.Module, plan: Plan | dict[str, Any] | str | Path, align: int | None = None) -> nn.Module:
     """Give an unpruned model (your model definition, the same timm backbone) the plan's compact blocks in place,
-    with the weights of its own blocks sliced into them; load the pruned weights over them next."""
+    with the weights of its own blocks sliced into them (value widths padded to the plan's recorded align); load the
+    pruned weights over them next."""
     body = _read_plan(plan)
+    align = _plan_align(body, align)
     path, vit = find_backbone(model)
     if hasattr(vit, GATES):
         raise HiapError("This model carries hiap gates: apply a plan to the unpruned model definition.")
@@ -139,7 +165,7 @@ def save_pruned(model: nn.Module, path: str | Path, plan: Plan) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_pruned(model: nn.Module, path: str | Path, align: int = 8) -> nn.Module:
+def load_pruned(model: nn.Module, path: str | Path, align: int | None = None) -> nn.Module:
     """Rebuild a model saved by save_pruned: `model` is the unpruned definition (built as for training); its
     backbone gets the plan from the file's header, then every weight is loaded (strictly: a name or shape that
     differs is an error)."""
@@ -175,9 +201,8 @@ def load_pruned(model: nn.Module, path: str | Path, align: int = 8) -> nn.Module
 
 
 def export(
-    model: nn.Module,
-    out: str | Path,
     pruner: Pruner,
+    out: str | Path,
     *,
     preprocessing: Mapping[str, Any] | None = None,
     sample_inputs: torch.Tensor | None = None,
@@ -190,9 +215,9 @@ def export(
     int8_data: str | Path | None = None,
 ) -> ExportReport:
     """Write the artifact folder `hiap export` writes (plan.json, model.onnx, golden.npz, export_report.json) for
-    `model`, a ViT on its own or your whole model around a pruned ViT backbone (its other parts must be
-    ONNX-exportable), while `pruner` still wraps it and after its search has ended: the file is checked against the
-    gated model. `model` itself is not changed.
+    the model `pruner` wraps, a ViT on its own or your whole model around a pruned ViT backbone (its other parts
+    must be ONNX-exportable), after the search has ended and before materialize(): the file is checked against the
+    gated model. The model itself is not changed. `align` must divide the landing's grid (Pruner.landing_align).
 
     `preprocessing`: how your loop turned images into the model's input, recorded in the file so that `hiap bench
     --data` evaluates the same way: {"mean": (...), "std": (...)} per channel of [0, 1] pixels, optionally
@@ -203,15 +228,16 @@ def export(
     `int8_data`: an ImageFolder root (train/ for calibration, val/ for the accuracy check) to make model.onnx the
     INT8 file (model-fp32.onnx beside it). A folder holding another export is replaced only with `force`. Returns
     export_report.json's content."""
-    if not isinstance(pruner, Pruner) or pruner.model is not model:
-        raise HiapError("export needs the Pruner that wraps this model (export before materialize()).")
+    if not isinstance(pruner, Pruner):
+        raise HiapError(f"export(pruner, out, ...) takes the Pruner that wraps your model first, got "
+                        f"{type(pruner).__name__}.")  # fmt: skip
     _check_searched(pruner, "export")
-    vit = pruner.vit
+    model, vit = pruner.model, pruner.vit
     structure = pruner.structure()  # the fixed one, whatever moved the logits since
     return _export(model, vit, Path(out), pruner.backbone_path, pruner.gated, structure,
                    pruner.model_name or type(vit).__name__, preprocessing, sample_inputs, class_names, opset, align,
                    dynamic_batch, force, lut if lut is not None else _pruner_lut(pruner), int8_data,
-                   "hiap.api.export")  # fmt: skip
+                   "hiap.api.export", pruner.landing_align)  # fmt: skip
 
 
 def export_dense(
@@ -239,7 +265,7 @@ def export_dense(
     name = model_name or str(getattr(vit, "pretrained_cfg", {}).get("architecture") or type(vit).__name__)
     return _export(model, vit, Path(out), path, gated, gated.geometry.dense_structure(), name, preprocessing,
                    sample_inputs, class_names, opset, 8, dynamic_batch, force, None, int8_data,
-                   "hiap.api.export_dense")  # fmt: skip
+                   "hiap.api.export_dense", 0)  # fmt: skip
 
 
 def _pruner_lut(pruner: Pruner) -> Path | None:
@@ -251,7 +277,7 @@ def _pruner_lut(pruner: Pruner) -> Path | None:
 def _export(model: nn.Module, vit: nn.Module, out: Path, backbone_path: str, gated: Any, structure: Any, name: str,
             preprocessing: Mapping[str, Any] | None, sample_inputs: torch.Tensor | None, class_names: list[str] | None,
             opset: int, align: int, dynamic_batch: bool, force: bool, lut: Path | str | None,
-            int8_data: str | Path | None, origin: str) -> ExportReport:  # fmt: skip
+            int8_data: str | Path | None, origin: str, landing_align: int) -> ExportReport:  # fmt: skip
     from export.artifact import Int8Options, export_source
     from export.quantize import Recipe
     from export.source import Source
@@ -282,6 +308,7 @@ def _export(model: nn.Module, vit: nn.Module, out: Path, backbone_path: str, gat
         wrapper=None if model is vit else model,
         backbone_path=backbone_path,
         golden_inputs=sample_inputs,
+        landing_align=landing_align,
     )
     int8 = Int8Options(Recipe.for_runtime("int8", "ort", None)) if int8_data is not None else None
     was_training = model.training

@@ -56,6 +56,16 @@ def gate_histogram(gates: nn.Module, bins: int = 10) -> dict[str, list[int]]:
     return out
 
 
+@dataclass(frozen=True)
+class Latency:
+    """A latency budget: `ms` per batch of `batch` images on the device whose `hiap profile` table `lut` is (its
+    lut.json path or a LatencyTable); the search prices every structure with that table."""
+
+    ms: float
+    lut: str | Path | LatencyTable
+    batch: int = 1
+
+
 @dataclass
 class Budget:
     """What the penalty and the controller count: analytical MACs, or the latency a device's measured table
@@ -99,9 +109,12 @@ def mac_budget(geometry: Geometry, floors: Floors, target: float | int | str, ff
     """A MAC budget: a fraction of dense (0.5), an absolute count (3.1e9) or its text ('3.1G'), checked against
     what the floors can reach."""
     if isinstance(target, bool) or not isinstance(target, (int, float, str)):
-        raise HiapError(f"target_macs must be a fraction (0.5), a count (3.1e9) or text ('3.1G'), got {target!r}.")
+        raise HiapError(
+            f"budget must be a MAC fraction (0.5), a count (3.1e9), its text ('3.1G') or a Latency(ms, lut), got "
+            f"{target!r}."
+        )
     if isinstance(target, float) and not math.isfinite(target):
-        raise HiapError(f"target_macs must be a finite number, got {target}.")
+        raise HiapError(f"budget must be a finite number, got {target}.")
     macs = parse_target(str(target)).resolve(geometry.dense_macs)
     check_target(geometry, floors, macs, ffn_blocks_removable=ffn_removable, qk_removable=qk_removable)
     return Budget(float(geometry.dense_macs), float(macs))
@@ -190,10 +203,8 @@ class Pruner:
         self,
         model: nn.Module,
         total_steps: int,
-        target_macs: float | int | str | None = None,
-        target_latency_ms: float | None = None,
-        lut: str | Path | LatencyTable | None = None,
-        latency_batch: int = 1,
+        budget: float | int | str | Latency = 0.5,
+        *,
         options: PruneOptions | None = None,
         model_name: str | None = None,
         steps_per_epoch: int | None = None,
@@ -222,8 +233,7 @@ class Pruner:
         # q/k widths are gated on a model without qk-norm (GatedViT) for a MAC budget, or a latency budget whose
         # table has a q/k axis (older tables price attention at full q/k width only).
         qk_gates = opts.qk_gates and qk_gateable(geometry)
-        self.budget = self._budget(geometry, floors, opts, target_macs, target_latency_ms, lut, latency_batch,
-                                   qk_gates)  # fmt: skip
+        self.budget = self._budget(geometry, floors, opts, budget, qk_gates)
         qk_gates = qk_gates and (self.budget.latency is None or self.budget.latency.prices_qk)
         gain = opts.controller_gain or (2.0 if self.budget.kind == "latency" else 0.5)
         self.controller = BudgetController(self.budget.target / self.budget.dense, gain=gain)
@@ -282,23 +292,18 @@ class Pruner:
         self._eval_masks: tuple[tuple[Any, ...], tuple[Masks, list[bool], bool]] | None = None
         self.hard_fraction = self._fraction(float(self.budget.hard(self.gated)))
 
-    def _budget(self, geometry: Geometry, floors: Floors, opts: PruneOptions, target_macs: Any,
-                target_latency_ms: Any, lut: Any, batch: int, qk_gates: bool) -> Budget:  # fmt: skip
-        if target_latency_ms is None:
-            if lut is not None:
-                raise HiapError("A latency table (lut) is the price list of a latency target: give target_latency_ms.")
-            target = 0.5 if target_macs is None else target_macs
-            return mac_budget(geometry, floors, target, opts.ffn_block_gates, qk_gates)
-        if target_macs is not None:
-            raise HiapError("Give target_macs or target_latency_ms, not both.")
-        if lut is None:
-            raise HiapError("A latency target needs the device's table: pass lut= (hiap profile's lut.json).")
+    def _budget(self, geometry: Geometry, floors: Floors, opts: PruneOptions, budget: Any, qk_gates: bool) -> Budget:
+        """The one budget value: a MAC fraction, count or text, or a Latency on a device's table."""
+        if not isinstance(budget, Latency):
+            return mac_budget(geometry, floors, budget, opts.ffn_block_gates, qk_gates)
         from hiap.base.lut import read_lut
 
-        table = lut if isinstance(lut, LatencyTable) else read_lut(Path(lut))
+        if not isinstance(budget.lut, (str, Path, LatencyTable)):
+            raise HiapError("A latency budget needs the device's table: Latency(ms, lut='lut.json') (hiap profile's).")
+        table = budget.lut if isinstance(budget.lut, LatencyTable) else read_lut(Path(budget.lut))
         if not self.model_name:
             raise HiapError("A latency target needs the model's timm name (model_name=) to check the table is its.")
-        return latency_budget(geometry, floors, table, self.model_name, batch, target_latency_ms, opts.ffn_block_gates,
+        return latency_budget(geometry, floors, table, self.model_name, budget.batch, budget.ms, opts.ffn_block_gates,
                               qk_gates)  # fmt: skip
 
     # --- what the caller reads -----------------------------------------------------------------------------
@@ -327,6 +332,13 @@ class Pruner:
     def rewinds(self) -> bool:
         """The search ends before the run and the weights then go back to the start (adapt_from 'start')."""
         return self._start is not None
+
+    @property
+    def landing_align(self) -> int:
+        """The value-width grid the search's landing filled the kept heads to and counted the budget on (0: none,
+        as a whole-run search or value_align 0): an export or materialize must pad to an align that divides it, or
+        the network holds more MACs than the landing counted."""
+        return self.options.value_align if self.search_steps < self.total_steps else 0
 
     @property
     def tau(self) -> float:
@@ -475,8 +487,7 @@ class Pruner:
         self.penalty_parts = parts
         return terms
 
-    def step(self, optimizer: torch.optim.Optimizer | None = None,
-             log: Mapping[str, torch.Tensor] | None = None) -> StepReport:  # fmt: skip
+    def step(self, optimizer: torch.optim.Optimizer, log: Mapping[str, torch.Tensor] | None = None) -> StepReport:
         """After `optimizer.step()`: feed the measured cost to the controller, keep the trace, set the gate lrs of
         `optimizer` for the next step, and end the search on its last step. The `log` tensors are read back in
         the same single host synchronisation as the pruner's own figures (StepReport.logged)."""
@@ -510,21 +521,20 @@ class Pruner:
                           penalty_scale=scale, searching=self.searching, search_ended=ended, logged=values,
                           target_met=self.target_met)  # fmt: skip
 
-    def skip_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+    def skip_step(self, optimizer: torch.optim.Optimizer) -> None:
         """A step whose update was dropped (a non-finite loss): the schedules move on, the controller does not."""
         self._check_live()
+        self._attach(optimizer)
         self._advance(optimizer)
         self._pin()
 
-    def _attach(self, optimizer: torch.optim.Optimizer | None) -> None:
+    def _attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Check, once per optimizer, that it holds the gate groups of param_groups(); from then on the pruner sets
         their lrs just before each of its steps, so an LR scheduler on the same optimizer cannot move them."""
-        if optimizer is None:
-            if self.searching and any(p.grad is not None for p in self.gated.gates.parameters()):
-                raise HiapError("The gate logits have gradients but step() was given no optimizer: pass the one that "
-                                "holds pruner.param_groups(), as pruner.step(optimizer), so the pruner sets their "
-                                "lrs.")  # fmt: skip
-            return
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise HiapError(f"step() takes the torch optimizer that holds pruner.param_groups(), as "
+                            f"pruner.step(optimizer), got {type(optimizer).__name__}: the pruner sets the gate lrs "
+                            "in it.")  # fmt: skip
         if id(optimizer) in self._optimizers:
             return
         if self.searching:

@@ -31,7 +31,7 @@ from hiap.data import Augment, Dataset, create_data
 from hiap.gated import GatedViT, describe_vit
 from hiap.loss import task_loss
 from hiap.models import create_model, data_config, load_pretrained
-from hiap.pruner import GATES, Budget, Pruner, gate_histogram
+from hiap.pruner import GATES, Budget, Latency, Pruner, gate_histogram
 
 LOCK_NAME = ".hiap.lock"
 # Config keys that may differ when a run is resumed (they do not change what is computed).
@@ -279,14 +279,12 @@ class Trainer:
     def _pruner(self) -> Pruner:
         """The run's pruner, on the model as built (before a resumed run's weights are loaded)."""
         cfg = self.cfg
-        latency = bool(cfg.target_latency_ms)
+        lut = self._lut()
+        budget = cfg.target_macs if lut is None else Latency(cfg.target_latency_ms, lut, cfg.latency_batch)
         return Pruner(
             self.vit,
             self.schedule.total_steps,
-            target_macs=None if latency else cfg.target_macs,
-            target_latency_ms=cfg.target_latency_ms if latency else None,
-            lut=self._lut(),
-            latency_batch=cfg.latency_batch,
+            budget,
             options=cfg.prune_options(),
             model_name=cfg.model,
             steps_per_epoch=self.schedule.steps_per_epoch,

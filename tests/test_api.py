@@ -92,10 +92,11 @@ def test_example_a_backbone_inside_the_users_model_prunes_only_the_backbone(tmp_
 
     model = seg.build()
     head = {k: v.clone() for k, v in model.head.state_dict().items()}
-    pruner = hp.Pruner(model, 20, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0))
+    pruner = hp.Pruner(model, 20, budget=0.5, options=hp.PruneOptions(gate_lr=1.0))
     assert pruner.backbone_path == "backbone" and not hasattr(model.head, "hiap_gates")
+    optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters())}, *pruner.param_groups()])
     for _ in range(20):
-        pruner.step()
+        pruner.step(optimizer)
     hp.materialize(pruner)
     assert type(model.head) is nn.Linear and all(torch.equal(v, head[k]) for k, v in model.head.state_dict().items())
     assert not any("hiap_gates" in k for k in model.state_dict())
@@ -123,14 +124,14 @@ class TwoViTs(nn.Module):
     ("make", "kwargs", "message"),
     [
         (tiny_vit, {"total_steps": 0}, "total_steps must be a positive int"),
-        (tiny_vit, {"target_macs": "half"}, "is not a fraction"),
-        (tiny_vit, {"target_macs": 0.001}, "below"),
-        (tiny_vit, {"target_macs": float("nan")}, "finite"),
+        (tiny_vit, {"budget": "half"}, "is not a fraction"),
+        (tiny_vit, {"budget": 0.001}, "below"),
+        (tiny_vit, {"budget": float("nan")}, "finite"),
+        (tiny_vit, {"budget": [0.5]}, "budget must be a MAC fraction"),
         (tiny_vit, {"options": hp.PruneOptions(gate_lr=-1.0)}, "'gate_lr' must be > 0"),
         (tiny_vit, {"options": hp.PruneOptions(adapt_from="dense")}, "'adapt_from' must be"),
         (tiny_vit, {"total_steps": 5}, "too few to reach the target"),
-        (tiny_vit, {"target_latency_ms": 1.0}, "needs the device's table"),
-        (tiny_vit, {"target_macs": 0.5, "target_latency_ms": 1.0, "lut": "x.json"}, "not both"),
+        (tiny_vit, {"budget": hp.Latency(1.0, None)}, "needs the device's table"),  # type: ignore[arg-type]
         (lambda: nn.Linear(3, 3), {}, "holds no timm VisionTransformer"),
         (TwoViTs, {}, "holds 2 ViTs"),
     ],
@@ -151,17 +152,17 @@ def test_bad_input_to_the_pruner_is_one_line_and_leaves_the_model_as_it_was(make
 def test_wrapping_keeps_the_weight_names_and_refuses_a_second_wrap() -> None:
     model = tiny_vit()
     names = list(model.state_dict())
-    pruner = hp.Pruner(model, 40, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0))
+    pruner = hp.Pruner(model, 40, budget=0.5, options=hp.PruneOptions(gate_lr=1.0))
     assert [k for k in model.state_dict() if not k.startswith("hiap_gates.")] == names
     assert {id(p) for p in pruner.weight_parameters()} == {
         id(p) for n, p in model.named_parameters() if "gates" not in n
     }
     with pytest.raises(HiapError, match="already carries hiap gates"):
-        hp.Pruner(model, 40, target_macs=0.5)
+        hp.Pruner(model, 40, budget=0.5)
     with pytest.raises(HiapError, match="still running"):
         hp.materialize(pruner)
-    with pytest.raises(HiapError, match="needs the Pruner that wraps this model"):
-        hp.export(tiny_vit(), "unused", pruner=pruner, preprocessing=hp.data_config(model))
+    with pytest.raises(HiapError, match=r"export\(pruner, out, ...\) takes the Pruner .* first, got VisionTransformer"):
+        hp.export(model, "unused", preprocessing=hp.data_config(model))  # type: ignore[arg-type]
 
 
 def _loop(model: nn.Module, pruner: hp.Pruner, optimizer: torch.optim.Optimizer, steps: range) -> None:
@@ -179,9 +180,12 @@ def _loop(model: nn.Module, pruner: hp.Pruner, optimizer: torch.optim.Optimizer,
         pruner.step(optimizer)
 
 
-def _setup(seed: int = 0, target: float = 0.5) -> tuple[nn.Module, hp.Pruner, torch.optim.Optimizer]:
+def _setup(
+    seed: int = 0, target: float = 0.5, value_align: int = 8
+) -> tuple[nn.Module, hp.Pruner, torch.optim.Optimizer]:
     model = tiny_vit(seed)
-    pruner = hp.Pruner(model, 24, target_macs=target, options=hp.PruneOptions(gate_lr=1.0, search_fraction=0.5))
+    options = hp.PruneOptions(gate_lr=1.0, search_fraction=0.5, value_align=value_align)
+    pruner = hp.Pruner(model, 24, budget=target, options=options)
     optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters())}, *pruner.param_groups()], lr=1e-3)
     return model, pruner, optimizer
 
@@ -215,10 +219,40 @@ def test_a_loop_saved_and_restored_mid_run_ends_exactly_as_the_uninterrupted_one
         other.load_state_dict({"gates": {}})
     small = hp.Pruner(
         timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, depth=1, embed_dim=64,
-                          num_heads=2), 24, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0))  # fmt: skip
+                          num_heads=2), 24, budget=0.5, options=hp.PruneOptions(gate_lr=1.0))  # fmt: skip
     with pytest.raises(HiapError, match="another model geometry"):
         small.load_state_dict(pruner.state_dict())
     assert other.step_count == 0 and small.step_count == 0  # refused before anything changed
+
+
+def test_an_align_off_the_landings_grid_is_refused_and_the_plan_rebuilds_on_its_own_align(tmp_path: Path) -> None:
+    model, pruner, optimizer = _setup()
+    _loop(model, pruner, optimizer, range(24))
+    assert pruner.landing_align == 8  # the search ended at step 12 of 24 and filled widths to multiples of 8
+    for call in (lambda: hp.plan_of(pruner, align=3), lambda: hp.materialize(pruner, align=16),
+                 lambda: hp.export(pruner, tmp_path / "e", preprocessing=hp.data_config(model), align=16)):  # fmt: skip
+        with pytest.raises(HiapError, match=r"padded to multiples of 8 .* not (3|16)"):
+            call()
+    assert not (tmp_path / "e").exists() and not pruner.spent
+    assert hp.materialize(pruner, align=4).to_dict()["align"] == 4  # 4 divides the grid: the same widths
+
+    # Without the fill any align goes, and the plan records it: a rebuild pads as the saved weights were padded.
+    model, pruner, optimizer = _setup(value_align=0)
+    _loop(model, pruner, optimizer, range(24))
+    assert pruner.landing_align == 0
+    assert any(len(v) <= 24 for b in pruner.structure().blocks for v in b.value_dims)  # 32 pads these wider than 8
+    x = torch.randn(2, 3, 32, 32)
+    plan = hp.materialize(pruner, align=32)
+    model.eval()
+    hp.save_pruned(model, tmp_path / "w.safetensors", plan)
+    assert plan.to_dict()["align"] == 32
+    rebuilt = hp.load_pruned(tiny_vit(seed=5), tmp_path / "w.safetensors").eval()
+    assert torch.equal(rebuilt(x), model(x))
+    with pytest.raises(HiapError, match="padded to align 32, not 8: leave align out"):
+        hp.load_pruned(tiny_vit(), tmp_path / "w.safetensors", align=8)
+    for bad in (0, "8", True):
+        with pytest.raises(HiapError, match="'align' must be an int >= 1"):
+            hp.apply_plan(tiny_vit(), plan.to_dict() | {"align": bad})
 
 
 def test_save_load_and_export_refuse_bad_input_in_one_line_leaving_the_model_as_it_was(tmp_path: Path) -> None:
@@ -228,7 +262,7 @@ def test_save_load_and_export_refuse_bad_input_in_one_line_leaving_the_model_as_
         hp.save_pruned(model, tmp_path / "w.safetensors", hp.plan_of(pruner))
     (tmp_path / "file").write_text("x")
     with pytest.raises(HiapError, match="is a file: give a folder"):
-        hp.export(model, tmp_path / "file", pruner=pruner, preprocessing=hp.data_config(model))
+        hp.export(pruner, tmp_path / "file", preprocessing=hp.data_config(model))
     plan = hp.materialize(pruner)
     hp.save_pruned(model, tmp_path / "w.safetensors", plan)
     with pytest.raises(HiapError, match="Cannot write"):
@@ -288,7 +322,7 @@ def brightness_folder(root: Path) -> Path:
 
 def _trained_classifier(data: Path, steps: int = 40) -> tuple[Classifier, hp.Pruner]:
     model = Classifier()
-    pruner = hp.Pruner(model, steps, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0),
+    pruner = hp.Pruner(model, steps, budget=0.5, options=hp.PruneOptions(gate_lr=1.0),
                        model_name="vit_tiny_patch16_224")  # fmt: skip
     optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters()), "lr": 3e-3}, *pruner.param_groups()])
     x, y = _normalised(data / "train")
@@ -309,8 +343,8 @@ def test_the_export_records_the_users_preprocessing_and_the_bench_evaluates_with
     model, pruner = _trained_classifier(data)
     assert hp.data_config(model)["input_size"] == (3, 32, 32)  # the backbone's built size, not timm's 224
     with pytest.raises(HiapError, match="needs the preprocessing your loop used"):
-        hp.export(model, tmp_path / "none", pruner=pruner)
-    report = hp.export(model, tmp_path / "out", pruner=pruner, preprocessing={"mean": CIFAR_MEAN, "std": CIFAR_STD})
+        hp.export(pruner, tmp_path / "none")
+    report = hp.export(pruner, tmp_path / "out", preprocessing={"mean": CIFAR_MEAN, "std": CIFAR_STD})
     assert json.loads(report["metadata"]["mean"]) == list(CIFAR_MEAN)
     x, y = _normalised(data / "val")
     session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"))
@@ -333,9 +367,9 @@ def test_export_and_plans_only_after_the_search_and_a_dense_export_of_its_own(tm
     with pytest.raises(HiapError, match="carries hiap gates"):
         hp.export_dense(model, tmp_path / "d2", preprocessing=pre)
     early = Classifier()
-    early_pruner = hp.Pruner(early, 40, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0),
+    early_pruner = hp.Pruner(early, 40, budget=0.5, options=hp.PruneOptions(gate_lr=1.0),
                              model_name="vit_tiny_patch16_224")  # fmt: skip
-    for call in (lambda: hp.plan_of(early_pruner), lambda: hp.export(early, tmp_path / "e", pruner=early_pruner,
+    for call in (lambda: hp.plan_of(early_pruner), lambda: hp.export(early_pruner, tmp_path / "e",
                                                                         preprocessing=pre)):  # fmt: skip
         with pytest.raises(HiapError, match="still running"):
             call()
@@ -361,7 +395,7 @@ class TupleOut(nn.Module):
 
 def test_export_refuses_outputs_it_cannot_check_and_bad_samples_in_one_line(tmp_path: Path) -> None:
     model = TupleOut()
-    pruner = hp.Pruner(model, 24, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0, search_fraction=0.5))
+    pruner = hp.Pruner(model, 24, budget=0.5, options=hp.PruneOptions(gate_lr=1.0, search_fraction=0.5))
     optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters())}, *pruner.param_groups()], lr=1e-3)
     for _ in range(24):
         x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4,))
@@ -372,7 +406,7 @@ def test_export_refuses_outputs_it_cannot_check_and_bad_samples_in_one_line(tmp_
         pruner.step(optimizer)
     pre = hp.data_config(model)
     with pytest.raises(HiapError, match="returns a tuple, not one tensor"):
-        hp.export(model, tmp_path / "t", pruner=pruner, preprocessing=pre)
+        hp.export(pruner, tmp_path / "t", preprocessing=pre)
     vit, vit_pruner, opt = _setup()
     _loop(vit, vit_pruner, opt, range(24))
     pre = hp.data_config(vit)
@@ -383,7 +417,7 @@ def test_export_refuses_outputs_it_cannot_check_and_bad_samples_in_one_line(tmp_
              ({"preprocessing": {"mean": (0.5,) * 3, "std": (0.0,) * 3}}, "std must be > 0")]  # fmt: skip
     for kwargs, message in cases:
         with pytest.raises(HiapError, match=message):
-            hp.export(vit, tmp_path / "v", pruner=vit_pruner, **({"preprocessing": pre} | kwargs))
+            hp.export(vit_pruner, tmp_path / "v", **({"preprocessing": pre} | kwargs))
     assert not (tmp_path / "v").exists() and not (tmp_path / "t").exists()
 
 
@@ -403,7 +437,7 @@ def test_a_latency_targeted_export_records_the_tables_prediction(tmp_path: Path)
     from hiap.latency import LatencyCost
 
     dense_ms = LatencyCost(read_lut(lut), describe_vit(vit), "hiap_vit_fmnist_tiny", 1).dense
-    pruner = hp.Pruner(vit, 200, target_latency_ms=0.6 * dense_ms, lut=lut,
+    pruner = hp.Pruner(vit, 200, hp.Latency(0.6 * dense_ms, lut),
                        options=hp.PruneOptions(gate_lr=0.3), model_name="hiap_vit_fmnist_tiny")  # fmt: skip
     optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters())}, *pruner.param_groups()], lr=1e-3)
     gen = torch.Generator().manual_seed(0)
@@ -414,7 +448,7 @@ def test_a_latency_targeted_export_records_the_tables_prediction(tmp_path: Path)
         loss.backward()
         optimizer.step()
         pruner.step(optimizer)
-    report = hp.export(vit, tmp_path / "out", pruner=pruner, preprocessing=hp.data_config(vit))
+    report = hp.export(pruner, tmp_path / "out", preprocessing=hp.data_config(vit))
     predicted = report["predicted_latency"]
     assert predicted is not None and predicted["device"] == "x86-cpu"
     assert predicted["ms"]["1"] == pytest.approx(pruner.budget.of(pruner.geometry, pruner.structure()), rel=1e-5)
@@ -422,12 +456,12 @@ def test_a_latency_targeted_export_records_the_tables_prediction(tmp_path: Path)
 
 def test_the_api_writes_an_int8_file_calibrated_on_the_users_images(tmp_path: Path) -> None:
     data = brightness_folder(tmp_path / "data")
-    model, pruner = _trained_classifier(data)
-    report = hp.export(model, tmp_path / "int8", pruner=pruner, preprocessing={"mean": CIFAR_MEAN, "std": CIFAR_STD},
+    _, pruner = _trained_classifier(data)
+    report = hp.export(pruner, tmp_path / "int8", preprocessing={"mean": CIFAR_MEAN, "std": CIFAR_STD},
                        int8_data=data)  # fmt: skip
     assert report["metadata"]["precision"] == "int8"
     assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == [
         "export_report.json", "golden.npz", "model-fp32.onnx", "model.onnx", "plan.json"]  # fmt: skip
     with pytest.raises(HiapError, match=r"int8_data '.*' is not a folder"):
-        hp.export(model, tmp_path / "x", pruner=pruner, preprocessing={"mean": CIFAR_MEAN, "std": CIFAR_STD},
+        hp.export(pruner, tmp_path / "x", preprocessing={"mean": CIFAR_MEAN, "std": CIFAR_STD},
                   int8_data=tmp_path / "missing")  # fmt: skip

@@ -29,7 +29,7 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("api")
     torch.manual_seed(0)
     model = create_model(TINY)
-    pruner = hp.Pruner(model, 16, target_macs=0.5, model_name=TINY,
+    pruner = hp.Pruner(model, 16, budget=0.5, model_name=TINY,
                        options=hp.PruneOptions(gate_lr=1.0, search_fraction=0.5))  # fmt: skip
     optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters())}, *pruner.param_groups()], lr=1e-3)
     gen = torch.Generator().manual_seed(0)
@@ -40,7 +40,7 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         loss.backward()
         optimizer.step()
         pruner.step(optimizer)
-    hp.export(model, root / "export", pruner=pruner, preprocessing=hp.data_config(model), sample_inputs=x)
+    hp.export(pruner, root / "export", preprocessing=hp.data_config(model), sample_inputs=x)
     plan = hp.materialize(pruner)
     hp.save_pruned(model, root / "pruned.safetensors", plan)
     return {"folder": root / "export", "weights": root / "pruned.safetensors"}

@@ -87,7 +87,7 @@ def test_the_pruner_folds_the_starts_means_when_the_search_ends() -> None:
     start = {k: v.clone() for k, v in model.state_dict().items()}
     stats = unit_stats(model, model, batches)
     steps = 40
-    pruner = hp.Pruner(model, steps, target_macs=0.4, options=hp.PruneOptions(gate_lr=1.0, compensate=True),
+    pruner = hp.Pruner(model, steps, budget=0.4, options=hp.PruneOptions(gate_lr=1.0, compensate=True),
                        calibration=batches)  # fmt: skip
     opt = torch.optim.AdamW([{"params": list(pruner.weight_parameters())}, *pruner.param_groups()], lr=1e-3)
     for step in range(pruner.search_steps):
@@ -113,13 +113,11 @@ def test_the_pruner_folds_the_starts_means_when_the_search_ends() -> None:
 
 def test_compensate_and_calibration_come_together() -> None:
     with pytest.raises(HiapError, match="need calibration="):
-        hp.Pruner(tiny_vit(), 40, target_macs=0.5, options=hp.PruneOptions(compensate=True))
+        hp.Pruner(tiny_vit(), 40, budget=0.5, options=hp.PruneOptions(compensate=True))
     with pytest.raises(HiapError, match="only with compensate=True or importance="):
-        hp.Pruner(tiny_vit(), 40, target_macs=0.5, calibration=images(1))
+        hp.Pruner(tiny_vit(), 40, budget=0.5, calibration=images(1))
     with pytest.raises(HiapError, match="calibration batches were empty"):
-        hp.Pruner(
-            tiny_vit(), 40, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0, compensate=True), calibration=[]
-        )
+        hp.Pruner(tiny_vit(), 40, budget=0.5, options=hp.PruneOptions(gate_lr=1.0, compensate=True), calibration=[])
 
 
 def test_hiap_train_calibrates_on_its_own_training_images(tmp_path: Path) -> None:
@@ -138,7 +136,7 @@ def test_hiap_train_calibrates_on_its_own_training_images(tmp_path: Path) -> Non
 def test_variance_importance_orders_the_micro_gates_by_the_variance_each_unit_adds() -> None:
     model, batches = tiny_vit(), images()
     stats = unit_stats(model, model, batches)
-    pruner = hp.Pruner(model, 40, target_macs=0.5, calibration=batches,
+    pruner = hp.Pruner(model, 40, budget=0.5, calibration=batches,
                        options=hp.PruneOptions(gate_lr=1.0, importance="variance"))  # fmt: skip
     for i, blk in enumerate(pruner.vit.blocks):
         neuron = stats.neuron_var[i] * blk.mlp.fc2.weight.detach().pow(2).sum(0)
@@ -148,9 +146,9 @@ def test_variance_importance_orders_the_micro_gates_by_the_variance_each_unit_ad
             order = want.argsort()
             assert (logits.detach()[order].diff() >= -1e-6).all()
             assert logits.detach()[want.argmax()] == logits.max() and logits.detach()[want.argmin()] == logits.min()
-    l1 = hp.Pruner(tiny_vit(), 40, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0))
+    l1 = hp.Pruner(tiny_vit(), 40, budget=0.5, options=hp.PruneOptions(gate_lr=1.0))
     assert not torch.equal(l1.gates.neuron.argsort(-1), pruner.gates.neuron.argsort(-1))  # another order than l1's
     with pytest.raises(HiapError, match="importance='variance' need calibration="):
-        hp.Pruner(tiny_vit(), 40, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0, importance="variance"))
+        hp.Pruner(tiny_vit(), 40, budget=0.5, options=hp.PruneOptions(gate_lr=1.0, importance="variance"))
     with pytest.raises(HiapError, match="'importance' must be 'l1' or 'variance'"):
         hp.PruneOptions(importance="taylor").validate()

@@ -297,11 +297,11 @@ def test_q_k_widths_are_gated_under_a_latency_target_only_where_the_table_prices
     (qk_gates or not); on a table with the axis they are gated as for a MAC budget, and the floors' fastest network
     narrows them."""
     from hiap.config import PruneOptions
-    from hiap.pruner import Pruner
+    from hiap.pruner import Latency, Pruner
 
     def pruner(table: LatencyCost, qk_gates: bool = True) -> Pruner:
         vit = create_model("hiap_vit_fmnist_tiny", num_classes=10)
-        return Pruner(vit, total_steps=1000, target_latency_ms=0.6 * table.dense, lut=table.table,
+        return Pruner(vit, 1000, Latency(0.6 * table.dense, table.table),
                       model_name="hiap_vit_fmnist_tiny", options=PruneOptions(qk_gates=qk_gates))  # fmt: skip
 
     old = pruner(cost)

@@ -47,7 +47,7 @@ def run(model: nn.Module, pruner: hp.Pruner, optimizer: torch.optim.Optimizer, s
 
 def setup(target: float = 0.5, steps: int = STEPS, **options: object) -> tuple[nn.Module, hp.Pruner, torch.optim.AdamW]:
     model = tiny_vit()
-    pruner = hp.Pruner(model, steps, target_macs=target, options=hp.PruneOptions(gate_lr=1.0, **options))
+    pruner = hp.Pruner(model, steps, budget=target, options=hp.PruneOptions(gate_lr=1.0, **options))
     optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters())}, *pruner.param_groups()], lr=1e-3)
     return model, pruner, optimizer
 
@@ -93,15 +93,20 @@ def test_an_lr_scheduler_on_the_whole_optimizer_does_not_move_the_structure_afte
     assert pruner.target_met is True
 
 
-def test_step_without_the_optimizer_is_refused_while_the_gates_learn_and_the_structure_holds_after() -> None:
+def test_step_without_the_optimizer_is_refused_during_and_after_the_search() -> None:
     model, pruner, optimizer = setup()
-    with pytest.raises(HiapError, match="no optimizer"):
+    with pytest.raises(HiapError, match=r"takes the torch optimizer .* got NoneType"):
         run(model, pruner, optimizer, range(1), pass_optimizer=False)
-    model, pruner, optimizer = setup()
+    assert pruner.step_count == 0  # refused before anything moved
+    with pytest.raises(HiapError, match="got list"):
+        pruner.step(optimizer.param_groups)  # type: ignore[arg-type]
+    with pytest.raises(HiapError, match="got NoneType"):
+        pruner.skip_step(None)  # type: ignore[arg-type]
     run(model, pruner, optimizer, range(pruner.search_steps))
     fixed = pruner.structure()
-    # After the search, a loop that forgets the optimizer (its gate lrs stay as built) keeps the structure.
-    run(model, pruner, optimizer, range(pruner.search_steps, STEPS), pass_optimizer=False)
+    with pytest.raises(HiapError, match="got NoneType"):
+        run(model, pruner, optimizer, range(pruner.search_steps, pruner.search_steps + 1), pass_optimizer=False)
+    run(model, pruner, optimizer, range(pruner.search_steps, STEPS))
     assert pruner.structure() == fixed and pruner.target_met
 
 
@@ -124,7 +129,7 @@ def _everything(model: nn.Module, pruner: hp.Pruner) -> torch.optim.Optimizer:
 def test_an_optimizer_without_the_gate_groups_is_refused_at_the_first_step(form: str, message: str) -> None:
     model = tiny_vit()
     early = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    pruner = hp.Pruner(model, STEPS, target_macs=0.5, options=hp.PruneOptions(gate_lr=1.0))
+    pruner = hp.Pruner(model, STEPS, budget=0.5, options=hp.PruneOptions(gate_lr=1.0))
     optimizer = {"weights only": _weights_only(model, pruner), "model.parameters()": _everything(model, pruner),
                  "built before wrapping": early}[form]  # fmt: skip
     with pytest.raises(HiapError, match=message):
@@ -135,7 +140,7 @@ def test_an_extreme_budget_lands_by_closing_heads_and_blocks_too() -> None:
     # 0.15 of a 4-block ViT's MACs (its floors reach 0.069): with the widths at their floors the search's own macro
     # decisions stayed 13 % above it; the landing closes heads and FFN blocks too, in the order of their logits.
     model = tiny_vit(depth=4, heads=4)
-    pruner = hp.Pruner(model, 200, target_macs=0.15, options=hp.PruneOptions(gate_lr=1.0))
+    pruner = hp.Pruner(model, 200, budget=0.15, options=hp.PruneOptions(gate_lr=1.0))
     optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters()), "lr": 1e-3}, *pruner.param_groups()])
     gen = torch.Generator().manual_seed(0)
     reports = []
@@ -153,7 +158,7 @@ def test_an_extreme_budget_lands_by_closing_heads_and_blocks_too() -> None:
 
 def test_a_target_of_the_whole_model_is_refused() -> None:
     with pytest.raises(HiapError, match="nothing to prune"):
-        hp.Pruner(tiny_vit(), STEPS, target_macs=1)
+        hp.Pruner(tiny_vit(), STEPS, budget=1)
 
 
 def test_a_spent_pruner_and_bad_calls_are_one_line_errors() -> None:
@@ -167,7 +172,7 @@ def test_a_spent_pruner_and_bad_calls_are_one_line_errors() -> None:
     run(model, pruner, optimizer, range(STEPS))
     hp.materialize(pruner)
     for call in (lambda: hp.materialize(pruner), lambda: pruner.step(optimizer), lambda: pruner.penalty(),
-                 lambda: hp.export(model, "unused", pruner=pruner, preprocessing=hp.data_config(model))):  # fmt: skip
+                 lambda: hp.export(pruner, "unused", preprocessing=hp.data_config(model))):  # fmt: skip
         with pytest.raises(HiapError, match="spent"):
             call()
 

@@ -160,13 +160,13 @@ def test_qk_gates_stay_open_under_qk_norm_and_a_state_keeps_its_setting() -> Non
     from hiap.config import PruneOptions
     from hiap.pruner import Pruner
 
-    pruner = Pruner(make_vit("qk_norm"), total_steps=1000, target_macs=0.5, options=PruneOptions(qk_gates=True))
+    pruner = Pruner(make_vit("qk_norm"), total_steps=1000, budget=0.5, options=PruneOptions(qk_gates=True))
     assert not pruner.gated.qk_gated and not pruner.gates.qk.requires_grad
     assert all(len(g["params"]) == 2 for g in pruner.param_groups())  # no q/k logits among the learned ones
     vit = make_vit("plain")
-    plain = Pruner(copy.deepcopy(vit), total_steps=1000, target_macs=0.5, options=PruneOptions(qk_gates=True))
+    plain = Pruner(copy.deepcopy(vit), total_steps=1000, budget=0.5, options=PruneOptions(qk_gates=True))
     assert plain.gated.qk_gated and any(p is plain.gates.qk for g in plain.param_groups() for p in g["params"])
-    closed = Pruner(vit, total_steps=1000, target_macs=0.5, options=PruneOptions(qk_gates=False))
+    closed = Pruner(vit, total_steps=1000, budget=0.5, options=PruneOptions(qk_gates=False))
     with pytest.raises(HiapError, match="qk_gates True, this pruner's is False"):
         closed.load_state_dict(plain.state_dict())
 
@@ -176,11 +176,12 @@ def test_after_the_search_the_fixed_structure_is_costed_once() -> None:
 
     from hiap.pruner import Pruner
 
-    pruner = Pruner(make_vit("plain"), total_steps=200, target_macs=0.5)
+    pruner = Pruner(make_vit("plain"), total_steps=200, budget=0.5)
     calls = []
     expected = pruner.budget.expected
     pruner.budget.expected = lambda gated: calls.append(pruner.step_count) or expected(gated)  # type: ignore[method-assign]
-    reports = [pruner.step() for _ in range(200)]
+    optimizer = torch.optim.AdamW([{"params": list(pruner.weight_parameters())}, *pruner.param_groups()])
+    reports = [pruner.step(optimizer) for _ in range(200)]
     first_fixed = pruner.search_steps  # the first step that starts with the search over
     assert calls == list(range(first_fixed + 1))  # every search step, then once
     after = [(r.expected_fraction, r.hard_fraction) for r in reports[first_fixed:]]
