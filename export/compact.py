@@ -32,13 +32,13 @@ GATES_ATTR = "hiap_gates"
 
 
 def check_landing_grid(landing: int, align: int) -> None:
-    """Refuse an export grid the search's landing did not count on: a landing that filled value widths to multiples
-    of `landing` (value_align; 0: none) needs an `align` that divides it, or the network holds more MACs than the
-    budget it landed on."""
-    if landing and landing % align:
+    """Refuse an export grid incoherent with the search's landing: a landing that filled value widths to multiples of
+    `landing` (value_align; 0: none) takes an `align` that divides it (the same widths) or is a multiple of it (a
+    coarser grid on purpose, such as TensorRT's one head size; the report counts the padding MACs)."""
+    if landing and landing % align and align % landing:
         raise HiapError(f"The search landed on value widths padded to multiples of {landing} (value_align) and counted "
-                        f"the budget on them: export with an align that divides {landing}, not {align}, or search "
-                        f"again with value_align {align}.")  # fmt: skip
+                        f"the budget on them: export with an align that divides {landing} or is a multiple of it, not "
+                        f"{align}, or search again with value_align {align}.")  # fmt: skip
 
 
 def block_width(block: BlockStructure, head_dim: int, align: int) -> int:

@@ -42,7 +42,7 @@ class Source:
     backbone_path: str = ""
     golden_inputs: torch.Tensor | None = None  # the user's sample inputs for golden.npz (hiap.api.export)
     # The value-width grid the search's landing filled kept heads to and counted the budget on (Pruner.landing_align;
-    # 0: none): the export's align must divide it.
+    # 0: none): the export's align must divide it or be a multiple of it.
     landing_align: int = 0
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:

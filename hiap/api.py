@@ -63,7 +63,8 @@ def data_config(model: nn.Module) -> dict[str, Any]:
 
 def plan_of(pruner: Pruner, class_names: list[str] | None = None, source: str = "hiap.api", align: int = 8) -> Plan:
     """The structure the search fixed, as the plan `hiap export --plan` reads (plan.to_dict() is plan.json), to be
-    emitted with value widths padded to `align` (which must divide the landing's grid, Pruner.landing_align)."""
+    emitted with value widths padded to `align` (which must divide or be a multiple of the landing's grid,
+    Pruner.landing_align)."""
     _check_searched(pruner, "plan_of")
     _check_align(align)
     check_landing_grid(pruner.landing_align, align)
@@ -217,7 +218,8 @@ def export(
     """Write the artifact folder `hiap export` writes (plan.json, model.onnx, golden.npz, export_report.json) for
     the model `pruner` wraps, a ViT on its own or your whole model around a pruned ViT backbone (its other parts
     must be ONNX-exportable), after the search has ended and before materialize(): the file is checked against the
-    gated model. The model itself is not changed. `align` must divide the landing's grid (Pruner.landing_align).
+    gated model. The model itself is not changed. `align` must divide or be a multiple of the landing's grid
+    (Pruner.landing_align).
 
     `preprocessing`: how your loop turned images into the model's input, recorded in the file so that `hiap bench
     --data` evaluates the same way: {"mean": (...), "std": (...)} per channel of [0, 1] pixels, optionally

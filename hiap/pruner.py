@@ -336,8 +336,8 @@ class Pruner:
     @property
     def landing_align(self) -> int:
         """The value-width grid the search's landing filled the kept heads to and counted the budget on (0: none,
-        as a whole-run search or value_align 0): an export or materialize must pad to an align that divides it, or
-        the network holds more MACs than the landing counted."""
+        as a whole-run search or value_align 0): an export or materialize pads to an align that divides it or is a
+        multiple of it (export.compact.check_landing_grid)."""
         return self.options.value_align if self.search_steps < self.total_steps else 0
 
     @property

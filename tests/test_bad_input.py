@@ -202,7 +202,7 @@ def test_cli_bad_input_corpus_leaves_existing_files_alone(tmp_path: Path, tiny_r
         (["export", "--model", "hiap_vit_fmnist_tiny", "--plan", str(bad_plan), "--out", str(sentinel_dir)],
          "'num_classes' must be an integer >= 0"),
         (["export", str(tiny_run), "--out", str(sentinel_dir), "--align", "0"], "--align must be >= 1"),
-        (["export", str(tiny_run), "--out", str(sentinel_dir), "--align", "16"],
+        (["export", str(tiny_run), "--out", str(sentinel_dir), "--align", "12"],
          "landed on value widths padded to multiples of 8 (value_align)"),
         (["export", str(tiny_run), "--out", str(sentinel_dir), "--target", "jetson-nano-2"], "Unknown device"),
         (["train", "--config", str(bad_yaml), "--out", str(sentinel_dir)], "'epochs' must be int"),
