@@ -104,6 +104,11 @@ class PruneOptions(metaclass=_NamedOptions):
     importance: str = "l1"
     # False: FFN blocks are only narrowed, never removed (their gates are fixed open, logit 10).
     ffn_block_gates: bool = True
+    # Under a MAC budget below this fraction of dense, FFN blocks are only narrowed (never removed whole) and each may
+    # narrow to 2 % of its neurons, wherever the floors reach the budget that way with 15 % to spare; 0: never. On the
+    # plateau setting's carved split (benchmarks/results/plateau-search.md) removing whole blocks won at 0.33 and
+    # lost at 0.2; below 0.06 only removing blocks reaches the budget.
+    narrow_ffn_below: float = 0.25
     # True: each head's q/k dims carry micro gates too (removed from q and k at export; the softmax scale stays
     # 1/sqrt(head_dim)). Beyond the paper, which keeps Q and K whole; false is the paper's search space. MAC budgets
     # and latency tables with a q/k axis (older tables price attention at full q/k width), not with qk-norm; there
@@ -147,7 +152,7 @@ class PruneOptions(metaclass=_NamedOptions):
         for key in ("even_allocation", "controller_gain", "target_tolerance", "polarization"):
             if not getattr(self, key) >= 0:
                 raise HiapError(f"Config '{key}' must be >= 0, got {getattr(self, key)}.")
-        for key in ("min_value_frac", "min_neuron_frac", "min_qk_frac"):
+        for key in ("min_value_frac", "min_neuron_frac", "min_qk_frac", "narrow_ffn_below"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise HiapError(f"Config '{key}' must lie in [0, 1], got {getattr(self, key)}.")
         if self.importance not in ("l1", "variance"):

@@ -156,6 +156,31 @@ def test_an_extreme_budget_lands_by_closing_heads_and_blocks_too() -> None:
     assert pruner.hard_macs() / pruner.budget.dense == pytest.approx(reports[-1].hard_fraction, abs=1e-12)
 
 
+def test_a_tight_mac_budget_keeps_every_ffn_block_and_narrows_it_where_the_floors_reach() -> None:
+    from hiap.budget import min_reachable_macs
+    from hiap.pruner import NARROW_HEADROOM, NARROW_NEURON_FRAC
+
+    def rule(budget: float, **options: object) -> tuple[bool, float]:
+        pruner = hp.Pruner(tiny_vit(), STEPS, budget=budget, options=hp.PruneOptions(gate_lr=1.0, **options))
+        return pruner.ffn_blocks_removable, pruner.floors.min_neuron_frac
+
+    assert rule(0.5) == (True, 0.1)  # at or above narrow_ffn_below (0.25): blocks may go, the default floor
+    assert rule(0.2) == (False, NARROW_NEURON_FRAC)
+    assert rule(0.2, narrow_ffn_below=0.0) == (True, 0.1)
+    assert rule(0.2, ffn_block_gates=False) == (False, 0.1)  # the user's choice and floor stand
+    model, pruner, optimizer = setup(0.2)
+    floor = min_reachable_macs(pruner.geometry, pruner.floors, False, True) / pruner.budget.dense
+    assert NARROW_HEADROOM * floor <= 0.2 < NARROW_HEADROOM * floor * 1.2
+    reports = run(model, pruner, optimizer, range(pruner.search_steps))
+    assert reports[-1].search_ended and reports[-1].target_met is True
+    kept = pruner.gated.hard_structure().blocks
+    hidden = pruner.geometry.hidden
+    assert all(b.ffn for b in kept)  # every block kept, some narrowed below what the default 10 % floor allows
+    assert min(len(b.neurons) for b in kept) < 0.1 * hidden
+    # just above the kept network's floor with its headroom, only removing blocks reaches the budget
+    assert rule(round(NARROW_HEADROOM * floor, 3) - 0.002) == (True, 0.1)
+
+
 def test_a_target_of_the_whole_model_is_refused() -> None:
     with pytest.raises(HiapError, match="nothing to prune"):
         hp.Pruner(tiny_vit(), STEPS, budget=1)
