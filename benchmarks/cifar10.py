@@ -81,23 +81,28 @@ SETTINGS: dict[str, dict[str, Any]] = {
 # HiAP variants measured on the search split (benchmarks/results/cifar10_ablation.md): TrainConfig overrides of
 # the default recipe. 'hiap' is the default; the others are named after what they change. The variants measured
 # before the short search became the default are pinned to the recipe they ran with (WHOLE_RUN).
-WHOLE_RUN: dict[str, Any] = {"search_fraction": 1.0, "adapt_from": "gated", "value_align": 0}
+WHOLE_RUN: dict[str, Any] = {"search_fraction": 1.0, "adapt_from": "gated", "value_align": 0, "narrow_ffn_below": 0.0}
+BLOCKS: dict[str, Any] = {"narrow_ffn_below": 0.0}
 VARIANTS: dict[str, dict[str, Any]] = {
     "hiap": {},
-    # the default, and each removed unit's mean output folded into the next bias when the search ends
-    "hiap-comp": {"compensate": True},
-    # the default with the micro gates started in order of each unit's output variance instead of l1 magnitude
-    "hiap-var": {"importance": "variance"},
-    "hiap-var-comp": {"importance": "variance", "compensate": True},
-    # the default with FFN blocks never removed whole (their gates fixed open), and with an eighth of the macro
-    # penalty: at 0.1 and 0.05 of the MACs the default removes 5-6 of 6 FFN blocks on the plateau start
+    # Variants measured before FFN blocks were kept at tight budgets (narrow_ffn_below) are pinned to the recipe they
+    # ran with (BLOCKS: whole FFN blocks removable at every budget).
+    # the previous default: FFN blocks removable at every budget
+    "hiap-blocks": BLOCKS,
+    # ... and each removed unit's mean output folded into the next bias when the search ends
+    "hiap-comp": BLOCKS | {"compensate": True},
+    # ... with the micro gates started in order of each unit's output variance instead of l1 magnitude
+    "hiap-var": BLOCKS | {"importance": "variance"},
+    "hiap-var-comp": BLOCKS | {"importance": "variance", "compensate": True},
+    # FFN blocks never removed whole (their gates fixed open); and an eighth of the macro penalty: at 0.1 and 0.05 of
+    # the MACs the previous default removes 5-6 of 6 FFN blocks on the plateau start
     "hiap-keepffn": {"ffn_block_gates": False},
-    "hiap-lowmacro": {"lambda_macro": 0.25},
+    "hiap-lowmacro": BLOCKS | {"lambda_macro": 0.25},
     # FFN blocks never removed whole, and each kept FFN may narrow to 2 % of its neurons (the default floor of 10 %
-    # bounds such a network at 0.107 of the plateau start's MACs, above 0.1 and 0.05)
+    # bounds such a network at 0.107 of the plateau start's MACs, above 0.1 and 0.05): the default below 0.25
     "hiap-keepffn-f02": {"ffn_block_gates": False, "min_neuron_frac": 0.02},
-    # the default with a search twice as long (30 % of the run): the allocation decided later, on more images
-    "hiap-s30": {"search_fraction": 0.3},
+    # the previous default with a search twice as long (30 % of the run): the allocation decided later
+    "hiap-s30": BLOCKS | {"search_fraction": 0.3},
     # the previous default: the gates learn for the whole run and the final structure keeps the gated weights
     "hiap-whole-run": WHOLE_RUN,
     # gates learn in the first half, then the fixed structure trains on from the gated weights (measured with the
