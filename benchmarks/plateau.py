@@ -68,11 +68,21 @@ VARIANTS = [
     "hiap-keepffn-f02",
 ]
 PEERS = ("uniform", "uniform-comp", "l1-ffn", "torch-pruning")
+# A peer whose network stays more than this factor above a budget is at its floor there: out of reach, not a rival.
+FLOOR_SLACK = 1.1
 # The two recipes the default is made of, each reported with the same paired statistics against the best peer: the
 # previous default (whole FFN blocks removable at every budget) and FFN blocks only narrowed (neuron floor 2 %). The
 # carved split chose the first at 0.33 and the second at 0.2 and 0.1 (hiap.config narrow_ffn_below); the carved
 # split's runs predate that rule and are under these two names.
 COMPONENTS = ("hiap-blocks", "hiap-keepffn-f02")
+
+
+def load_start(weights: Path) -> torch.nn.Module:
+    """The plateau start, in eval mode."""
+    spec = cifar10.SETTINGS[SETTING]
+    dense = create_model(spec["model"], num_classes=10, model_kwargs=spec["model_kwargs"]).eval()
+    load_pretrained(dense, spec["model"], str(weights))
+    return dense
 
 
 def committed_dir() -> Path:
@@ -162,9 +172,7 @@ def compare(args: argparse.Namespace, roots: dict[str, Path]) -> None:
     weights = committed_dir() / f"dense-{SETTING}.safetensors"
     if not weights.is_file():
         sys.exit(f"No plateau start at '{weights}': run --part dense to the end of its cosine first.")
-    spec = cifar10.SETTINGS[SETTING]
-    dense = create_model(spec["model"], num_classes=10, model_kwargs=spec["model_kwargs"]).eval()
-    load_pretrained(dense, spec["model"], str(weights))
+    dense = load_start(weights)
     data = ImageFolderData(roots[args.split], data_config(dense), workers=0, augment=Augment())
     runs_path = results_dir() / f"{run_name(args.split)}.jsonl"
     runs = load_runs(runs_path)
@@ -193,7 +201,7 @@ def at_floor(runs: list[dict[str, Any]], method: str, budget: float, seed: int) 
     Torch-Pruning's ratio search ends at 0.95) would train its floor network again at this one: skipped, and reported
     as out of its reach."""
     return method in PEERS and any(r["method"] == method and r["seed"] == seed and budget < r["budget"]
-                                   and r["macs_fraction"] > 1.1 * r["budget"] for r in runs)  # fmt: skip
+                                   and r["macs_fraction"] > FLOOR_SLACK * r["budget"] for r in runs)  # fmt: skip
 
 
 def oneshot(args: argparse.Namespace, roots: dict[str, Path]) -> list[str]:
@@ -202,9 +210,7 @@ def oneshot(args: argparse.Namespace, roots: dict[str, Path]) -> list[str]:
     from peers import evaluate, example_input, macs_of, peer_network
 
     weights = committed_dir() / f"dense-{SETTING}.safetensors"
-    spec = cifar10.SETTINGS[SETTING]
-    dense = create_model(spec["model"], num_classes=10, model_kwargs=spec["model_kwargs"]).eval()
-    load_pretrained(dense, spec["model"], str(weights))
+    dense = load_start(weights)
     data = ImageFolderData(roots[args.split], data_config(dense), workers=0, augment=Augment())
     dense_macs = macs_of(dense, example_input(dense))
     rows = [{"method": "dense", "budget": 1.0, "top1": 100 * evaluate(dense, data), "mac_fraction": 1.0}]
@@ -236,9 +242,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
 
     from export.onnx_io import torch2onnx
 
-    spec = cifar10.SETTINGS[SETTING]
-    dense = create_model(spec["model"], num_classes=10, model_kwargs=spec["model_kwargs"]).eval()
-    load_pretrained(dense, spec["model"], str(committed_dir() / f"dense-{SETTING}.safetensors"))
+    dense = load_start(committed_dir() / f"dense-{SETTING}.safetensors")
     onnx_dir = args.cache / f"onnx-{run_name(args.split)}"
     start = onnx_dir / "dense-start.onnx"
     chw = tuple(example_input(dense).shape[1:])
@@ -271,8 +275,7 @@ def _versus(runs: list[dict[str, Any]], method: str, budgets: list[float], dense
         mean = {m: statistics.mean(r["val_top1"] for r in rs) for m, rs in by.items() if rs}
         macs = {m: statistics.mean(r["macs_fraction"] for r in rs) for m, rs in by.items() if rs}
         gap = f"{dense_mean - mean['uniform']:+.2f}" if dense_mean is not None and "uniform" in mean else "-"
-        # a peer that stopped more than 10 % above the budget (its floor) is out of reach there, not a rival
-        peers = {m: v for m, v in mean.items() if m in PEERS and macs[m] <= 1.1 * budget}
+        peers = {m: v for m, v in mean.items() if m in PEERS and macs[m] <= FLOOR_SLACK * budget}
         best = max(peers, key=peers.get) if peers else None
         cells = [f"{budget}", f"{dense_mean:.2f}" if dense_mean is not None else "-",
                  f"{mean['uniform']:.2f}" if "uniform" in mean else "-", gap,
