@@ -14,10 +14,26 @@ from typing import Any, Literal
 import numpy as np
 
 from devices.host import Host, power_state, profile_mismatch
-from devices.profile import INFERENCE_PRECISIONS, MODEL_PRECISIONS, DeviceProfile, version_in_range
+from devices.profile import DeviceProfile, version_in_range
 from hiap import __version__
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
+from hiap.base.precision import (
+    COMPUTE_PRECISIONS,
+    CPU_RUNTIME_LIBRARIES,
+    CPU_RUNTIMES,
+    FILE_PRECISIONS,
+    FP16,
+    FP32,
+    INT8,
+    OPENVINO,
+    OPENVINO_HINTS,
+    OPENVINO_RUNTIME,
+    ORT,
+    TRT,
+    precision_named,
+    runtime_by_library,
+)
 from runtime.base import Runner, batch_of
 from runtime.data import (
     SUBSET_SELECTION,
@@ -77,25 +93,23 @@ class BenchOptions:
     precision: str | None = None
 
 
-RUNTIME_NAMES = {"onnxruntime": "ort", "openvino": "openvino"}
-
-
 def resolve_runtime(profile: DeviceProfile, requested: str | None) -> tuple[str, str]:
     """The runtime to bench on ('ort', 'openvino' or 'trt') and a note: --runtime when given, else the profile's. A
     profile whose default is OpenVINO falls back to ONNX Runtime where OpenVINO is not installed, and says so."""
     from runtime.ov_runner import import_openvino
 
     if requested is not None:
-        if requested not in RUNTIME_NAMES:
-            raise HiapError(f"--runtime {requested}: choose {' or '.join(RUNTIME_NAMES)}.")
-        if profile.runtime == "trt":
+        chosen = runtime_by_library(requested)  # --runtime names the library
+        if chosen is None or not chosen.cpu:
+            raise HiapError(f"--runtime {requested}: choose {' or '.join(CPU_RUNTIME_LIBRARIES)}.")
+        if profile.runtime == TRT:
             raise HiapError(f"--runtime {requested}: device '{profile.name}' runs TensorRT, not a CPU runtime.")
-        if requested == "openvino" and import_openvino() is None:
+        if chosen.short == OPENVINO and import_openvino() is None:
             raise HiapError("--runtime openvino: OpenVINO is not installed here (pip install 'hiap[openvino]').")
-        return RUNTIME_NAMES[requested], ""
-    if profile.runtime == "openvino" and import_openvino() is None:
-        return "ort", (f"measured on ONNX Runtime: OpenVINO, the default of '{profile.name}', is not installed "
-                       "(pip install 'hiap[openvino]')")  # fmt: skip
+        return chosen.short, ""
+    if profile.runtime == OPENVINO and import_openvino() is None:
+        return ORT, (f"measured on ONNX Runtime: OpenVINO, the default of '{profile.name}', is not installed "
+                     "(pip install 'hiap[openvino]')")  # fmt: skip
     return profile.runtime, ""
 
 
@@ -105,7 +119,7 @@ def engine_build_settings(profile: DeviceProfile, meta: dict[str, str] | None = 
     only when its sidecar records the same)."""
     if profile.trt is None:
         raise HiapError(f"Device '{profile.name}' runs {profile.runtime}, not TensorRT: it has no engine settings.")
-    int8 = (meta or {}).get("precision") == "int8"
+    int8 = (meta or {}).get("precision") == INT8
     if int8:
         # TensorRT's explicit quantization takes signed, symmetric activations (zero point 0) only.
         recipe = parse_json((meta or {}).get("quantization") or "{}", "The file's metadata 'quantization'")
@@ -113,12 +127,14 @@ def engine_build_settings(profile: DeviceProfile, meta: dict[str, str] | None = 
         if recipe.get("activations") != "s8":
             raise HiapError(f"This INT8 file was quantized for ONNX Runtime (activations {recipe.get('activations')}"
                             f"); TensorRT needs s8: export with --precision int8 --target {profile.name}.")  # fmt: skip
+    # The precisions the engine may use are keyed by their names (TensorRT's builder flags; build_engine's
+    # keyword arguments).
     return {
-        "fp16": profile.precision == "fp16",
+        FP16: profile.precision == FP16,
         "layernorm_fp32": profile.trt.layernorm_fp32,
         "workspace_mb": profile.trt.workspace_mb,
         "max_batch": max(32, profile.batch),  # a dynamic-batch engine takes batches up to this
-        "int8": int8,
+        INT8: int8,
     }
 
 
@@ -154,7 +170,7 @@ def _engine_for(onnx_path: Path, profile: DeviceProfile) -> Path:
         meta = dict(probe.metadata)
     key = engine_key(trt)
     build = engine_build_settings(profile, meta)
-    engine = onnx_path.with_name(f"{onnx_path.stem}.{key}.{'int8' if build['int8'] else profile.precision}.engine")
+    engine = onnx_path.with_name(f"{onnx_path.stem}.{key}.{INT8 if build[INT8] else profile.precision}.engine")
     if engine.is_file() and sidecar_path(engine).is_file():
         # A cached engine is reused only if it was built from this very ONNX with these settings.
         old = read_sidecar(engine)
@@ -164,15 +180,15 @@ def _engine_for(onnx_path: Path, profile: DeviceProfile) -> Path:
     return engine
 
 
-def open_runner(path: Path, profile: DeviceProfile, runtime: str | None = None, precision: str = "fp32") -> Runner:
+def open_runner(path: Path, profile: DeviceProfile, runtime: str | None = None, precision: str = FP32) -> Runner:
     """The runner of `runtime` ('ort', 'openvino', 'trt'; default the profile's) configured by the profile; OpenVINO
     computes an FP32 file at `precision` (fp32, bf16, fp16)."""
     runtime = runtime or profile.runtime
-    if runtime in ("ort", "openvino"):
+    if runtime in CPU_RUNTIMES:
         if path.suffix in (".engine", ".plan"):
             raise HiapError(f"'{path}' is a TensorRT engine but device '{profile.name}' runs a CPU runtime: bench the "
                             ".onnx instead.")  # fmt: skip
-        if runtime == "openvino":
+        if runtime == OPENVINO:
             from devices.profile import OvSettings
             from runtime.ov_runner import OvRunner
 
@@ -388,7 +404,7 @@ class DenseComparison:
     speedup_mean: float
     mac_ratio: float | None  # dense over pruned MACs, from both models' metadata
     realisation: float | None  # the share of the MAC saving that shows as p50 speedup
-    precision: str = "fp32"  # the dense file's (an INT8 pruned model is often compared with the FP32 dense one)
+    precision: str = FP32  # the dense file's (an INT8 pruned model is often compared with the FP32 dense one)
     runtime: str = ""  # the runtime it ran on ('' when the model's own)
 
     @classmethod
@@ -398,7 +414,7 @@ class DenseComparison:
         mac_ratio = (dgm / gm) if gm and dgm else None
         speedup = dense.p50 / model.p50
         return cls(artifact, artifact.stat().st_size / 1e6, dense, speedup, dense.mean / model.mean, mac_ratio,
-                   speedup / mac_ratio if mac_ratio else None, precision or "fp32", runtime)  # fmt: skip
+                   speedup / mac_ratio if mac_ratio else None, precision or FP32, runtime)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         runtime = {"dense_runtime": self.runtime} if self.runtime else {}
@@ -430,7 +446,7 @@ class BenchReport:
     protocol_warnings: tuple[str, ...] = ()
     note: str = ""
     compare: DenseComparison | None = None
-    precision: str = "fp32"  # the model file's, as its export recorded it
+    precision: str = FP32  # the model file's, as its export recorded it
     prediction: dict[str, Any] | None = None  # the latency table's prediction vs this measurement (or why not)
 
     @property
@@ -548,7 +564,7 @@ def _plan(artifact: Path, target: BenchTarget, opts: BenchOptions) -> _Plan:
     if opts.golden is not None and not opts.golden.is_file():
         raise HiapError(f"Golden file '{opts.golden}' does not exist.")
     precision = check_inference_precision(opts.precision, profile, target.host, opts.runtime)
-    runtime, runtime_note = resolve_runtime(profile, "openvino" if precision else opts.runtime)
+    runtime, runtime_note = resolve_runtime(profile, OPENVINO_RUNTIME.library if precision else opts.runtime)
     # The dense file of --compare runs at its own precision on the profile's runtime: the baseline a user has.
     default_runtime = resolve_runtime(profile, None)[0] if precision else runtime
     compare_runtime = resolve_runtime(profile, opts.compare_runtime)[0] if opts.compare_runtime else default_runtime
@@ -569,39 +585,31 @@ def _plan(artifact: Path, target: BenchTarget, opts: BenchOptions) -> _Plan:
     )
 
 
-# The CPU features a precision needs, per architecture: any one of them (x86), or all of them (ARM fp16).
-PRECISION_FLAGS = {
-    ("x86_64", "bf16"): ("any", ("avx512_bf16", "amx_bf16")),
-    ("x86_64", "fp16"): ("any", ("avx512_fp16", "amx_fp16")),
-    ("aarch64", "bf16"): ("all", ("bf16",)),
-    ("aarch64", "fp16"): ("all", ("fphp", "asimdhp")),
-}
-
-
 def check_inference_precision(
     precision: str | None, profile: DeviceProfile, host: Any, runtime: str | None
 ) -> str | None:
     """--precision: None or fp32 (the file's own), or bf16 / fp16, which OpenVINO computes an FP32 file in where
     the profile lists it and this CPU has the instructions; refused in one line otherwise, naming what is missing."""
-    if precision is None or precision == "fp32":
+    if precision is None or precision == FP32:
         return None
-    if precision not in INFERENCE_PRECISIONS:
+    if precision not in COMPUTE_PRECISIONS:
         raise HiapError(f"--precision {precision}: choose fp32, bf16 or fp16 (INT8 is a file of its own: hiap export "
                         "--precision int8).")  # fmt: skip
-    if profile.runtime == "trt":
+    if profile.runtime == TRT:
         raise HiapError(f"--precision {precision}: device '{profile.name}' builds TensorRT engines at its profile's "
                         f"precision ({profile.precision}); bench without --precision.")  # fmt: skip
-    if runtime is not None and runtime != "openvino":
+    if runtime is not None and runtime != OPENVINO_RUNTIME.library:  # --runtime's name
         raise HiapError(f"--precision {precision}: ONNX Runtime's CPU provider computes an FP32 file in fp32; bench "
                         f"with --runtime openvino.")  # fmt: skip
     if precision not in profile.precisions:
         raise HiapError(f"--precision {precision}: device '{profile.name}' lists {list(profile.precisions)}; add "
                         f"{precision} to its precisions with {precision}_fidelity_atol and "
                         f"{precision}_min_top1_agreement budgets.")  # fmt: skip
-    rule = PRECISION_FLAGS.get((host.arch, precision))
-    if rule is None:
+    entry = precision_named(precision)
+    need = entry.cpu_need(host.arch) if entry is not None else None
+    if need is None:
         raise HiapError(f"--precision {precision}: not supported on {host.arch} CPUs.")
-    mode, flags = rule
+    mode, flags = need.mode, need.flags
     have = set(host.cpu_flags)
     missing = [f for f in flags if f not in have]
     if (mode == "any" and len(missing) == len(flags)) or (mode == "all" and missing):
@@ -686,17 +694,17 @@ NO_GOLDEN = ("no golden.npz next to the model and no --golden (hiap export write
              "images are readable)")  # fmt: skip
 
 
-def fidelity_tolerance(profile: DeviceProfile, precision: str = "fp32") -> Tolerance:
+def fidelity_tolerance(profile: DeviceProfile, precision: str = FP32) -> Tolerance:
     return Tolerance(*profile.budgets.fidelity_limits(precision))
 
 
 def model_precision(meta: dict[str, str], profile: DeviceProfile, artifact: Path) -> str:
     """The precision the export recorded in the file (FP32 for files without one), refused when the device's
     profile does not run it."""
-    precision = meta.get("precision", "fp32")  # files and engine sidecars from before it was recorded: FP32
-    if precision not in MODEL_PRECISIONS:
+    precision = meta.get("precision", FP32)  # files and engine sidecars from before it was recorded: FP32
+    if precision not in FILE_PRECISIONS:
         raise HiapError(f"'{artifact}' says its precision is {precision!r:.30}, which hiap does not write "
-                        f"({', '.join(MODEL_PRECISIONS)}): export it again.")  # fmt: skip
+                        f"({', '.join(FILE_PRECISIONS)}): export it again.")  # fmt: skip
     if precision not in profile.precisions:
         raise HiapError(f"'{artifact}' is {precision} but device '{profile.name}' runs {list(profile.precisions)}: "
                         f"export with --precision {profile.precisions[0]}, or bench on a device that runs "
@@ -710,19 +718,17 @@ def computed_precision(model: Runner, asked: str | None, profile: DeviceProfile,
     precision = model_precision(model.metadata, profile, artifact)
     if asked is None:
         return precision
-    if precision != "fp32":
+    if precision != FP32:
         raise HiapError(f"--precision {asked} lowers an FP32 file; '{artifact}' is {precision} already.")
-    from runtime.ov_runner import OV_PRECISIONS
-
     computed = getattr(model, "inference_precision", "")
-    if computed != OV_PRECISIONS[asked]:
+    if computed != OPENVINO_HINTS[asked]:
         raise HiapError(f"--precision {asked}: OpenVINO computes in '{computed}' on this CPU, not "
-                        f"{OV_PRECISIONS[asked]}; no figure was measured at {asked}.")  # fmt: skip
+                        f"{OPENVINO_HINTS[asked]}; no figure was measured at {asked}.")  # fmt: skip
     return asked
 
 
 def judge_budgets(profile: DeviceProfile, opts: BenchOptions, latency: Latency, fid: Fidelity | None,
-                  acc: AccuracyCheck, precision: str = "fp32") -> tuple[Budget, ...]:  # fmt: skip
+                  acc: AccuracyCheck, precision: str = FP32) -> tuple[Budget, ...]:  # fmt: skip
     """Every budget of the profile (latency and accuracy limits as the options override them) against the figures."""
     b, fid_tol = profile.budgets, fidelity_tolerance(profile, precision)  # the limits the fidelity was judged by
     p50_limit = opts.budget_ms if opts.budget_ms is not None else b.latency_p50_ms
@@ -758,7 +764,7 @@ def run_bench(artifact: Path, target: BenchTarget, opts: BenchOptions) -> BenchR
     plan = _plan(artifact, target, opts)
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        model = stack.enter_context(open_runner(artifact, profile, plan.runtime, plan.precision or "fp32"))
+        model = stack.enter_context(open_runner(artifact, profile, plan.runtime, plan.precision or FP32))
         compare_path = plan.compare
         dense = stack.enter_context(open_runner(compare_path, profile, plan.compare_runtime)) if compare_path else None
         batch = batch_of(model.inputs[0], profile.batch)
@@ -783,7 +789,7 @@ def run_bench(artifact: Path, target: BenchTarget, opts: BenchOptions) -> BenchR
     if plan.compare is not None and dense_latency is not None:
         compare = DenseComparison.measured(plan.compare, latency, dense_latency, meta, dense_meta, dense_precision,
                                            dense_runtime)  # fmt: skip
-    built = plan.runtime == "trt" and artifact.suffix == ".onnx"
+    built = plan.runtime == TRT and artifact.suffix == ".onnx"
     return BenchReport(
         artifact=artifact,
         format="engine (built from onnx)" if built else artifact.suffix.lstrip("."),
@@ -801,7 +807,7 @@ def run_bench(artifact: Path, target: BenchTarget, opts: BenchOptions) -> BenchR
         environment=env,
         seconds=time.perf_counter() - t0,
         protocol_warnings=tuple(protocol_warnings(profile, host, env["power"])),
-        note=NOT_VALIDATED if plan.runtime == "trt" else plan.runtime_note,
+        note=NOT_VALIDATED if plan.runtime == TRT else plan.runtime_note,
         compare=compare,
         prediction=prediction,
     )

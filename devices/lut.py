@@ -12,7 +12,7 @@ import numpy as np
 
 from devices.bench import check_inference_precision, open_runner, random_feeds, resolve_runtime
 from devices.host import detect_host
-from devices.profile import INFERENCE_PRECISIONS, DeviceProfile
+from devices.profile import DeviceProfile
 from hiap import __version__
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import read_json_object
@@ -27,6 +27,7 @@ from hiap.base.lut import (
     parse_lut,
     qk_probe,
 )
+from hiap.base.precision import COMPUTE_PRECISIONS, FP32, OPENVINO_HINTS, OPENVINO_RUNTIME, TRT
 from runtime.harness import fastest_round_median, time_calls
 
 # Probes are timed in rounds, every probe a share of its calls per round (see time_in_rounds).
@@ -83,7 +84,7 @@ def _cell(rounds: Rounds) -> dict[str, float]:
 
 def time_in_rounds(files: list[Path], profile: DeviceProfile, runtime: str, batches: tuple[int, ...],
                    iterations: int, warmup: int, progress: Any = None, rounds: int = ROUNDS,
-                   precision: str = "fp32") -> tuple[dict[tuple[int, Path], Rounds], dict[str, Any]]:  # fmt: skip
+                   precision: str = FP32) -> tuple[dict[tuple[int, Path], Rounds], dict[str, Any]]:  # fmt: skip
     """Single-call latencies (ms) of every file at every batch, `iterations` each, taken in `rounds` rounds that
     time every file in turn for its share of the calls, so that a slow spell of a shared machine (seconds long, up
     to 1.7x on a 2-core VM) falls on every file alike. One session is open at a time: the idle thread pool of
@@ -116,9 +117,7 @@ def measure_lut(probes: Path, profile: DeviceProfile, runtime: str | None = None
 
 def _check_computed(describe: dict[str, Any], precision: str) -> None:
     """A table is only labelled with a precision its runner confirmed computing in."""
-    from runtime.ov_runner import OV_PRECISIONS
-
-    if precision in INFERENCE_PRECISIONS and describe.get("inference_precision") != OV_PRECISIONS[precision]:
+    if precision in COMPUTE_PRECISIONS and describe.get("inference_precision") != OPENVINO_HINTS[precision]:
         computed = describe.get("inference_precision")
         raise HiapError(f"--precision {precision}: OpenVINO computes the probes in '{computed}' here, not "
                         f"{precision}; no table written.")  # fmt: skip
@@ -134,10 +133,10 @@ def measure_lut_alongside(probes: Path, profile: DeviceProfile, others: list[Pat
     samples of `others` by (batch, path)."""
     manifest = read_manifest(probes)
     lowered = check_inference_precision(precision, profile, detect_host(), runtime)
-    if lowered is not None and manifest.get("precision", "fp32") != "fp32":
+    if lowered is not None and manifest.get("precision", FP32) != FP32:
         raise HiapError(f"--precision {lowered} computes FP32 probes at {lowered}; '{probes}' holds "
                         f"{manifest.get('precision')} probes.")  # fmt: skip
-    runtime, _ = resolve_runtime(profile, "openvino" if lowered else runtime)
+    runtime, _ = resolve_runtime(profile, OPENVINO_RUNTIME.library if lowered else runtime)
     iterations = iterations if iterations is not None else profile.protocol.iterations
     warmup = warmup if warmup is not None else profile.protocol.warmup
     for flag, value in (("--iterations", iterations), ("--rounds", rounds)):
@@ -150,7 +149,7 @@ def measure_lut_alongside(probes: Path, profile: DeviceProfile, others: list[Pat
                         f"{' --batch '.join(str(b) for b in batches)} to measure other batches.")  # fmt: skip
     files = [probes / p["file"] for p in manifest["probes"]]
     samples, describe = time_in_rounds(files + others, profile, runtime, batches, iterations, warmup, progress, rounds,
-                                       lowered or "fp32")  # fmt: skip
+                                       lowered or FP32)  # fmt: skip
     grid = manifest["grid"]
     tables = {}
     for b in batches:
@@ -175,7 +174,7 @@ def measure_lut_alongside(probes: Path, profile: DeviceProfile, others: list[Pat
         "host": {"describe": host.describe(), "cpu": host.cpu, "arch": host.arch, "python": platform.python_version()},
         "runtime": describe.get("runtime", runtime),
         "runner": describe,
-        "precision": profile.precision if runtime == "trt" else lowered or manifest.get("precision", "fp32"),
+        "precision": profile.precision if runtime == TRT else lowered or manifest.get("precision", FP32),
         "threads": _threads(describe),
         "model": manifest["model"],
         "model_kwargs": manifest.get("model_kwargs", {}),
@@ -190,12 +189,12 @@ def measure_lut_alongside(probes: Path, profile: DeviceProfile, others: list[Pat
             "rounds": rounds,
             "statistic": "ms: median of the fastest round; p50/p90: of all calls",
         },
-        "validated": runtime != "trt",
+        "validated": runtime != TRT,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "hiap_version": __version__,
         "tables": tables,
     }
-    if runtime == "trt":
+    if runtime == TRT:
         body["note"] = "TensorRT probes are not validated against measured networks yet: check its predictions there."
     parse_lut(body, "measured table")  # what was written is what every reader accepts
     return body, {k: v for k, v in samples.items() if k[1] in others}

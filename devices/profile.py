@@ -10,6 +10,18 @@ from typing import Any, NamedTuple
 
 from hiap.base.errors import HiapError, did_you_mean
 from hiap.base.jsonfile import parse_yaml, read_text
+from hiap.base.precision import (
+    BUDGET_FAMILIES,
+    CPU_RUNTIMES,
+    FP32,
+    INT8,
+    OPENVINO,
+    ORT,
+    PRECISION_NAMES,
+    PROFILE_PRECISIONS,
+    RUNTIME_SHORT_NAMES,
+    precision_named,
+)
 
 SCHEMA_VERSION = 1
 
@@ -24,8 +36,9 @@ class Field(NamedTuple):
 
 
 # The schema, per dotted key. Kept as data so the error for a bad file can name the key, and so the test that loads
-# every profile also checks that nothing unknown slipped in (a typo would otherwise be ignored). A new runtime,
-# precision or architecture is a new allowed value here (and the code that builds its runner).
+# every profile also checks that nothing unknown slipped in (a typo would otherwise be ignored). A new architecture
+# is a new allowed value here; a new runtime or precision is a row of hiap/base/precision.py's tables (and the code
+# that builds its runner).
 _NUM = (int, float)
 SCHEMA: dict[str, Field] = {
     "schema_version": Field(int, True),
@@ -42,8 +55,8 @@ SCHEMA: dict[str, Field] = {
     # A profile for any host of its kind (a generic GPU box): tried after every other profile when guessing the
     # host's, so a more specific one (the CPU profile on a GPU box, a Jetson's own) wins.
     "host.fallback": Field(bool, False),
-    "runtime": Field(str, True, ("ort", "openvino", "trt")),
-    "precision": Field(str, True, ("fp32", "fp16")),
+    "runtime": Field(str, True, RUNTIME_SHORT_NAMES),
+    "precision": Field(str, True, PROFILE_PRECISIONS),
     # The model-file precisions (the metadata `precision` hiap export writes) this device runs; default [fp32].
     "precisions": Field(list, False),
     "batch": Field(int, True),
@@ -94,11 +107,6 @@ SCHEMA: dict[str, Field] = {
 }
 
 
-MODEL_PRECISIONS = ("fp32", "int8", "int8-dynamic")
-# Precisions an FP32 file is computed in on a CPU runtime that can lower it (OpenVINO), named in `precisions` too.
-INFERENCE_PRECISIONS = ("bf16", "fp16")
-
-
 @dataclass(frozen=True)
 class Budgets:
     latency_p50_ms: float
@@ -115,8 +123,9 @@ class Budgets:
 
     def fidelity_limits(self, precision: str) -> tuple[float, float]:
         """(atol, min top-1 agreement) for a model file of `precision`."""
-        family = "int8" if precision.startswith("int8") else precision
-        atol = getattr(self, f"{family}_fidelity_atol", None)
+        entry = precision_named(precision)
+        family = entry.budgets if entry is not None else None
+        atol = getattr(self, f"{family}_fidelity_atol", None) if family is not None else None
         if atol is not None:
             return atol, float(getattr(self, f"{family}_min_top1_agreement", None) or 0.0)
         return self.fidelity_atol, self.min_top1_agreement
@@ -186,7 +195,7 @@ class DeviceProfile:
     runtime: str  # one of SCHEMA["runtime"].allowed
     precision: str  # one of SCHEMA["precision"].allowed
     batch: int
-    precisions: tuple[str, ...]  # the model-file precisions it runs (MODEL_PRECISIONS)
+    precisions: tuple[str, ...]  # the precisions it runs: files' and what it computes an FP32 file in
     budgets: Budgets
     recommended_align: int
     host: HostRule
@@ -293,16 +302,16 @@ def validate(body: Any, source: str) -> DeviceProfile:
     runtime, precision = good.get("runtime"), good.get("precision")
     if runtime is not None and runtime not in body:
         fail(runtime, f"section is required when runtime is '{runtime}'")
-    if runtime in ("ort", "openvino") and precision is not None and precision != "fp32":
+    if runtime in CPU_RUNTIMES and precision is not None and precision != FP32:
         fail("precision", f"must be 'fp32' with runtime '{runtime}' (the file's own precision is in 'precisions')")
-    if runtime == "openvino" and "ort" not in body:
+    if runtime == OPENVINO and ORT not in body:  # the section is named as the runtime
         fail("ort", "section is required with runtime 'openvino' too (the fallback where OpenVINO is not installed)")
     for key in ("batch", "ort.intra_op_threads", "protocol.iterations", "software.max_opset",
                 "alignment.recommended_align", "trt.workspace_mb"):  # fmt: skip
         value = good.get(key)
         if value is not None and value < (0 if key == "ort.intra_op_threads" else 1):
             fail(key, f"must be positive, got {value}")
-    precisions = good.get("precisions", ["fp32"])
+    precisions = good.get("precisions", [FP32])
     problems += _precision_problems(precisions, good)
     for key in (
         "latency_p50_ms",
@@ -369,13 +378,14 @@ def validate(body: Any, source: str) -> DeviceProfile:
 def _precision_problems(precisions: list[str], good: dict[str, Any]) -> list[str]:
     """What is wrong with the precisions a profile lists: unknown ones, or one without its fidelity limits."""
     problems = []
-    known = MODEL_PRECISIONS + INFERENCE_PRECISIONS
+    known = PRECISION_NAMES
     if not isinstance(precisions, list) or not precisions:
         return [f"'precisions' must be a non-empty list of {_alternatives(known)}"]
     odd = [v for v in precisions if v not in known]
     if odd:
         problems.append(f"'precisions' has {odd}; each must be {_alternatives(known)}")
-    for family, listed in (("int8", "an INT8 precision"), ("bf16", "bf16"), ("fp16", "fp16")):
+    for family in BUDGET_FAMILIES:
+        listed = "an INT8 precision" if family == INT8 else family  # int8 and int8-dynamic share the int8_ limits
         needs = [k for k in (f"{family}_fidelity_atol", f"{family}_min_top1_agreement") if f"budgets.{k}" not in good]
         if any(str(v).startswith(family) for v in precisions) and "budgets" in good and needs:
             problems.append(f"'budgets' needs {needs} when precisions lists {listed}")

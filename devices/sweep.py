@@ -17,17 +17,25 @@ from devices.bench import (
     check_options,
     run_bench,
 )
-from devices.profile import INFERENCE_PRECISIONS
 from hiap.base.errors import HiapError
-
-RUNTIME_FLAG = {"ort": "onnxruntime", "openvino": "openvino"}
+from hiap.base.precision import (
+    COMPUTE_PRECISIONS,
+    FP32,
+    INT8,
+    ONNX_RUNTIME,
+    OPENVINO_RUNTIME,
+    QUANTIZED_PRECISIONS,
+    TENSORRT,
+    TRT,
+    runtime_by_short,
+)
 
 
 @dataclass(frozen=True)
 class SweepRow:
     """One runtime x precision: its bench report, or why it was not run."""
 
-    runtime: str  # onnxruntime, openvino or tensorrt
+    runtime: str  # the library's name: onnxruntime, openvino or tensorrt
     precision: str  # what the figures are computed in: fp32, bf16, fp16, int8, int8-dynamic
     file: Path | None
     report: BenchReport | None = None
@@ -71,24 +79,25 @@ def plan_rows(target: BenchTarget, fp32: Path, int8: Path | None) -> list[SweepR
     from runtime.ov_runner import import_openvino
 
     profile = target.profile
-    if profile.runtime == "trt":
-        rows = [SweepRow("tensorrt", profile.precision, fp32)]
-        if "int8" in profile.precisions:
-            rows.append(_int8_row("tensorrt", int8))
+    if profile.runtime == TRT:
+        rows = [SweepRow(TENSORRT.library, profile.precision, fp32)]
+        if INT8 in profile.precisions:
+            rows.append(_int8_row(TENSORRT.library, int8))
         return rows
     no_ov = "" if import_openvino() is not None else "OpenVINO is not installed here (pip install 'hiap[openvino]')"
-    rows = [SweepRow("onnxruntime", "fp32", fp32), SweepRow("openvino", "fp32", fp32, skipped=no_ov)]
-    for precision in INFERENCE_PRECISIONS:
+    ort, ov = ONNX_RUNTIME.library, OPENVINO_RUNTIME.library
+    rows = [SweepRow(ort, FP32, fp32), SweepRow(ov, FP32, fp32, skipped=no_ov)]
+    for precision in COMPUTE_PRECISIONS:
         why = no_ov
         if not why:
             try:
-                check_inference_precision(precision, profile, target.host, "openvino")
+                check_inference_precision(precision, profile, target.host, ov)
             except HiapError as exc:
                 why = str(exc).removeprefix(f"--precision {precision}: ")
-        rows.append(SweepRow("openvino", precision, fp32, skipped=why))
-    if any(p.startswith("int8") for p in profile.precisions):
-        rows.append(_int8_row("onnxruntime", int8))
-        row = _int8_row("openvino", int8)
+        rows.append(SweepRow(ov, precision, fp32, skipped=why))
+    if any(p in QUANTIZED_PRECISIONS for p in profile.precisions):
+        rows.append(_int8_row(ort, int8))
+        row = _int8_row(ov, int8)
         rows.append(dataclasses.replace(row, skipped=row.skipped or no_ov))
     return rows
 
@@ -96,11 +105,11 @@ def plan_rows(target: BenchTarget, fp32: Path, int8: Path | None) -> list[SweepR
 def _int8_row(runtime: str, int8: Path | None) -> SweepRow:
     if int8 is None:
         why = "no INT8 file: pass --int8 RUN/export-int8/model.onnx (made by hiap export RUN --precision int8)"
-        return SweepRow(runtime, "int8", None, skipped=why)
+        return SweepRow(runtime, INT8, None, skipped=why)
     from runtime.ort_runner import OrtRunner
 
     with OrtRunner(int8) as runner:  # the file says which INT8 it is (static or dynamic)
-        precision = runner.metadata.get("precision", "int8")
+        precision = runner.metadata.get("precision", INT8)
     return SweepRow(runtime, precision, int8)
 
 
@@ -113,16 +122,19 @@ def run_sweep(fp32: Path, int8: Path | None, target: BenchTarget, opts: BenchOpt
         raise HiapError(f"--int8 '{int8}' does not exist: export it with hiap export RUN --precision int8.")
     # Options every row shares (--data, --golden, limits, the device) are refused once, not skipped row by row.
     check_options(fp32, target, opts)
-    default = RUNTIME_FLAG.get(target.profile.runtime)
+    # The runtime the dense --compare file runs on, as --runtime names it (None on a TensorRT profile: the row's).
+    profile_runtime = runtime_by_short(target.profile.runtime)
+    default = profile_runtime.library if profile_runtime is not None and profile_runtime.cpu else None
     rows = []
     for row in plan_rows(target, fp32, int8):
         if row.skipped or row.file is None:
             rows.append(row)
             continue
+        engine = row.runtime == TENSORRT.library  # a TensorRT profile's runtime and precision are its own
         row_opts = dataclasses.replace(
             opts,
-            runtime=None if row.runtime == "tensorrt" else row.runtime,
-            precision=row.precision if row.precision in INFERENCE_PRECISIONS and row.runtime != "tensorrt" else None,
+            runtime=None if engine else row.runtime,
+            precision=row.precision if row.precision in COMPUTE_PRECISIONS and not engine else None,
             compare_runtime=default if opts.compare is not None and default != row.runtime else None,
         )
         try:

@@ -33,6 +33,7 @@ from export.source import Source
 from hiap import __version__
 from hiap.base.atomic import write_bytes_atomic, write_json_atomic
 from hiap.base.errors import HiapError
+from hiap.base.precision import COMPUTE_PRECISIONS, FP32, INT8_DYNAMIC
 from hiap.cost import Geometry, Structure, structure_macs, structure_params
 from runtime.harness import Tolerance, compare_logits, run_batched
 from runtime.ort_runner import default_runner
@@ -306,7 +307,7 @@ def _export_into(work: Path, out: Path, src: Source, opset: int, align: int, dyn
     """The export written into `work`; refusals name `out`.failed, where the staged folder goes then."""
     t0 = time.perf_counter()
     geom = src.gated.geometry
-    precision = "fp32" if int8 is None else int8.recipe.precision
+    precision = FP32 if int8 is None else int8.recipe.precision
     notes: list[str] = []  # what the caller should tell the user (report["notes"]); the library prints nothing
     prediction = predicted_latency(src, align, precision, lut, target, notes)  # a table that does not fit fails here
     emitted = padded_structure(src.structure, geom.head_dim, align)
@@ -337,7 +338,7 @@ def _export_into(work: Path, out: Path, src: Source, opset: int, align: int, dyn
     checks, golden = _parity_checks(src, compact, onnx_path, golden_src, dynamic_batch)
     measured = _measured(onnx_path, sizes, geom, (raw_macs, raw_params, raw_zero_params), nodes, checks, golden,
                          golden_src, whole_model=src.wrapper is not None)  # fmt: skip
-    report = ExportReport(hiap_version=__version__, plan_hash=body["hash"], align=align, opset=opset, precision="fp32",
+    report = ExportReport(hiap_version=__version__, plan_hash=body["hash"], align=align, opset=opset, precision=FP32,
                           predicted_latency=prediction, **measured)  # fmt: skip
     if int8 is not None and report["parity"]["passed"]:
         report |= _quantize(src, onnx_path, work / "model.onnx", meta, int8, calibration, golden, dynamic_batch)
@@ -370,7 +371,7 @@ def predicted_latency(src: Source, align: int, precision: str, lut: Path | None,
     table.check_geometry(src.model, geometry_record(geom), "the exported model")
     try:
         # An FP32 file is what a bf16 or fp16 deployment runs (the runtime lowers it): such a table predicts it.
-        lowered = precision == "fp32" and table.precision in ("bf16", "fp16")
+        lowered = precision == FP32 and table.precision in COMPUTE_PRECISIONS
         table.check_use(device=target.name if target is not None else None, precision=None if lowered else precision,
                         align=align)  # fmt: skip
     except HiapError as exc:
@@ -390,7 +391,7 @@ def _calibration(src: Source, meta: dict[str, str], int8: Int8Options, notes: li
     no data, or too few images, is an error that leaves the output folder as it was."""
     from runtime.data import Preprocessing
 
-    if int8.recipe.precision == "int8-dynamic":
+    if int8.recipe.precision == INT8_DYNAMIC:
         return None
     if int8.eval_images < 1:
         raise HiapError(f"--eval-images must be >= 1, got {int8.eval_images}.")
@@ -502,7 +503,7 @@ def _metadata(src: Source, plan_hash: str, geom: Geometry, sizes: Sizes, opset: 
         "opset": json.dumps(opset),
         "align": json.dumps(align),
         "dynamic_batch": json.dumps(dynamic_batch),
-        "precision": "fp32",
+        "precision": FP32,
     }
 
 

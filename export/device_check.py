@@ -19,6 +19,7 @@ from typing import Any
 
 from devices.profile import DeviceProfile
 from export.onnx_io import load_shaped
+from hiap.base.precision import FP16, TRT
 
 # Operators a hiap ViT export can contain, all in TensorRT's ONNX support matrix since 8.x (LayerNormalization
 # since 8.6). An operator outside this list is not necessarily unsupported, only not verified by hiap: a warning.
@@ -148,7 +149,7 @@ def check_onnx(path: Path, profile: DeviceProfile) -> dict[str, Any]:
     if opset > profile.max_opset:
         findings.append(Finding("error", "opset", f"the model uses opset {opset}; {profile.name} takes at most "
                                 f"{profile.max_opset}.", f"export with --opset {profile.max_opset}."))  # fmt: skip
-    if profile.runtime == "trt":
+    if profile.runtime == TRT:
         trt_range = profile.software.tensorrt or ">=10"
         if opset < 9:
             findings.append(Finding("error", "opset", f"opset {opset} is below TensorRT's minimum 9.", "--opset 17"))
@@ -165,7 +166,7 @@ def check_onnx(path: Path, profile: DeviceProfile) -> dict[str, Any]:
                 findings.append(Finding("warning", op, "operator not verified by hiap for TensorRT; check "
                                         "onnx-tensorrt's operators.md for your version."))  # fmt: skip
         pinned = profile.trt is not None and profile.trt.layernorm_fp32
-        if "LayerNormalization" not in ops and profile.precision == "fp16" and pinned:
+        if "LayerNormalization" not in ops and profile.precision == FP16 and pinned:
             findings.append(Finding("warning", "LayerNorm", "LayerNorm is decomposed (opset < 17), so it cannot be "
                                     "pinned to FP32 as one layer; FP16 overflow risk (TensorRT #2564).",
                                     "use opset 17 where the device's TensorRT has LayerNormalization."))  # fmt: skip
@@ -183,7 +184,7 @@ def check_onnx(path: Path, profile: DeviceProfile) -> dict[str, Any]:
             if not 16 <= hq <= 256:
                 findings.append(Finding("warning", where, f"head size {hq} is outside 16..256, where TensorRT's "
                                         "fused attention kernels exist."))  # fmt: skip
-            if profile.precision == "fp16" and hq % 8:
+            if profile.precision == FP16 and hq % 8:
                 findings.append(Finding("warning", where, f"head size {hq} is not a multiple of 8, which FP16 "
                                         "fused attention needs."))  # fmt: skip
     return {

@@ -11,6 +11,7 @@ from devices.profile import DeviceProfile
 from export.device_check import layernorm_node_names
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
+from hiap.base.precision import FP16, INT8
 from runtime import trt_build, trt_env
 
 
@@ -27,9 +28,9 @@ def export_engine(
         # TensorRT names its layers after the ONNX nodes from 10.1 on: before that, trtexec cannot pin them by name.
         oldest = profile.software.oldest_tensorrt()
         by_name = oldest is None or oldest >= (10, 1)
-        cmd = trt_build.trtexec_command(onnx_path, engine_path, build["fp16"], build["layernorm_fp32"],
+        cmd = trt_build.trtexec_command(onnx_path, engine_path, build[FP16], build["layernorm_fp32"],
                               layernorm_node_names(onnx_path), chw, build["workspace_mb"], build["max_batch"],
-                              build["int8"], by_name)  # fmt: skip
+                              build[INT8], by_name)  # fmt: skip
         raise HiapError(
             f"TensorRT is not installed here and engines only run where they are built ({trt_env.NOT_VALIDATED}); "
             f"{out_dir} holds model.onnx, plan.json and golden.npz. On the device run "

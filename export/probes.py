@@ -35,6 +35,7 @@ from hiap.base.lut import (
     geometry_record,
     qk_probe,
 )
+from hiap.base.precision import COMPUTE_PRECISIONS, FILE_PRECISIONS, FP32, INT8, ORT
 from hiap.cost import BlockStructure, Geometry
 from hiap.gated import describe_vit, qk_gateable
 from hiap.models import create_model, data_config
@@ -94,13 +95,13 @@ def _branch(block: nn.Module, geom: Geometry, heads: int, width: int, neurons: i
 
 def make_probes(model: str, model_kwargs: dict[str, Any], out: Path, align: int = 8, ffn_step: int = 16,
                 batches: tuple[int, ...] = (1,), opset: int = 17, simplify: bool = True, chain: int = 4,
-                progress: Any = None, precision: str = "fp32", runtime: str = "ort") -> dict[str, Any]:  # fmt: skip
+                progress: Any = None, precision: str = FP32, runtime: str = ORT) -> dict[str, Any]:  # fmt: skip
     """Write the probe files and `probes.json` (what `hiap profile --probes` measures on the device) into `out`.
     `precision` int8 / int8-dynamic: each probe quantized as `hiap export --precision` quantizes for `runtime`
     (calibrated on random activations: the kernels, not the accuracy, are what a table measures)."""
     if chain < 1:
         raise HiapError(f"--chain must be >= 1, got {chain}.")
-    if precision not in ("fp32", "int8", "int8-dynamic"):
+    if precision not in FILE_PRECISIONS:
         raise HiapError(f"Probe files are fp32, int8 or int8-dynamic, not '{precision}' (bf16 and fp16 tables time "
                         "FP32 probes at that precision).")  # fmt: skip
     vit = create_model(model, model_kwargs=model_kwargs).eval()
@@ -130,13 +131,13 @@ def make_probes(model: str, model_kwargs: dict[str, Any], out: Path, align: int 
     dynamic = any(b != 1 for b in batches)
     for i, probe in enumerate(probes):
         module, shape = probe.pop("module"), probe.pop("input")
-        meta = {"hiap_probe": json.dumps({k: v for k, v in probe.items() if k != "file"}), "precision": "fp32"}
+        meta = {"hiap_probe": json.dumps({k: v for k, v in probe.items() if k != "file"}), "precision": FP32}
         path = out / probe["file"]
         with torch.no_grad():
             torch2onnx(module, shape, path, opset=opset, dynamic_batch=dynamic, metadata=meta)
         if simplify:
             simplify_onnx(path)
-        if precision != "fp32" and probe["kind"] != "overhead":  # the call overhead has nothing to quantize
+        if precision != FP32 and probe["kind"] != "overhead":  # the call overhead has nothing to quantize
             _quantize_probe(path, shape, precision, runtime, meta | {"precision": precision})
         if progress is not None:
             progress(i + 1, len(probes))
@@ -170,7 +171,7 @@ def make_probes(model: str, model_kwargs: dict[str, Any], out: Path, align: int 
 def profile_model(model: str, model_kwargs: dict[str, Any], profile: Any, align: int = 8, ffn_step: int = 16,
                   batches: tuple[int, ...] = (1,), chain: int = 4, runtime: str | None = None,
                   iterations: int | None = None, warmup: int | None = None, rounds: int | None = None,
-                  progress: Any = None, precision: str = "fp32") -> dict[str, Any]:  # fmt: skip
+                  progress: Any = None, precision: str = FP32) -> dict[str, Any]:  # fmt: skip
     """`hiap profile` on one machine: the model's probe set made in a temporary folder and timed there with the
     device profile's runner; returns the lut.json body. `progress(stage, i, n)` follows both stages."""
     import tempfile
@@ -181,9 +182,9 @@ def profile_model(model: str, model_kwargs: dict[str, Any], profile: Any, align:
         return None if progress is None else (lambda i, n: progress(name, i, n))
 
     with tempfile.TemporaryDirectory(prefix="hiap-probes-") as tmp:
-        lowered = precision if precision in ("bf16", "fp16") else None
+        lowered = precision if precision in COMPUTE_PRECISIONS else None
         make_probes(model, model_kwargs, Path(tmp), align=align, ffn_step=ffn_step, batches=batches, chain=chain,
-                    progress=stage("writing probes"), precision="fp32" if lowered else precision,
+                    progress=stage("writing probes"), precision=FP32 if lowered else precision,
                     runtime=profile.runtime)  # fmt: skip
         return measure_lut(Path(tmp), profile, runtime=runtime, iterations=iterations, warmup=warmup, batches=batches,
                            progress=stage("timing probes"), rounds=rounds or ROUNDS, precision=lowered)  # fmt: skip
@@ -197,6 +198,6 @@ def _quantize_probe(path: Path, shape: tuple[int, ...], precision: str, runtime:
 
     recipe = Recipe.for_runtime(precision, runtime)
     calibration = None
-    if precision == "int8":
+    if precision == INT8:
         calibration = np.random.default_rng(0).standard_normal((8, *shape)).astype(np.float32)
     quantize_file(path, path, recipe, calibration, meta)

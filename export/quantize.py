@@ -18,8 +18,8 @@ import numpy as np
 
 from hiap.base.atomic import write_bytes_atomic
 from hiap.base.errors import HiapError
+from hiap.base.precision import INT8, INT8_DYNAMIC, ORT, QUANTIZED_PRECISIONS, TRT
 
-PRECISIONS = ("fp32", "int8", "int8-dynamic")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 OP_SETS = ("matmul", "matmul+attention", "all")
 # ModelOpt recommends at least 500 calibration images for ViTs; below MIN_CALIBRATION_IMAGES the activation ranges
@@ -41,14 +41,14 @@ class Recipe:
     `reduce_range` keeps them to 7 bits, so x86 CPUs without VNNI (whose u8 x s8 instruction sums pairs into
     saturating 16 bits) compute exactly what VNNI, ARM and OpenVINO compute: the same file, the same classes."""
 
-    precision: str = "int8"
+    precision: str = INT8
     calibration: str = "percentile"
     ops: str = "matmul+attention"
     activations: str = "u8"
     reduce_range: bool = True
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("precision", self.precision, PRECISIONS[1:]),
+        for name, value, allowed in (("precision", self.precision, QUANTIZED_PRECISIONS),
                                      ("calibration method", self.calibration, CALIBRATION_METHODS),
                                      ("operator set", self.ops, OP_SETS),
                                      ("activation type", self.activations, ("u8", "s8"))):  # fmt: skip
@@ -56,18 +56,18 @@ class Recipe:
                 raise HiapError(f"INT8 {name} '{value}': choose one of {', '.join(allowed)}.")
 
     @classmethod
-    def for_runtime(cls, precision: str, runtime: str = "ort", calibration: str | None = None) -> Recipe:
+    def for_runtime(cls, precision: str, runtime: str = ORT, calibration: str | None = None) -> Recipe:
         """The default chosen on held-out training images (benchmarks/results/quantization.md): percentile
         calibration, every matmul quantized (weights and attention), nothing else; u8 activations for the CPU
         runtimes, s8 for TensorRT (the only INT8 its explicit quantization takes). Dynamic quantization takes the
         weight matmuls only: ONNX Runtime quantizes an activation on the fly only against constant weights."""
-        ops = "matmul" if precision == "int8-dynamic" else "matmul+attention"
-        trt = runtime == "trt"  # s8 x s8 on TensorRT has no 16-bit pair sums to saturate: full 8-bit weights
+        ops = "matmul" if precision == INT8_DYNAMIC else "matmul+attention"
+        trt = runtime == TRT  # s8 x s8 on TensorRT has no 16-bit pair sums to saturate: full 8-bit weights
         return cls(precision, calibration or "percentile", ops, "s8" if trt else "u8", reduce_range=not trt)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self) | {"weights": f"s8 symmetric per channel{', 7-bit range' if self.reduce_range else ''}"}
-        if self.precision == "int8-dynamic":  # ranges are taken per call: nothing is calibrated
+        if self.precision == INT8_DYNAMIC:  # ranges are taken per call: nothing is calibrated
             out |= {"calibration": None, "activations": "u8 per call"}
         return out
 
@@ -130,7 +130,7 @@ def _run_quantizer(pre: Path, out: Path, recipe: Recipe, calibration: np.ndarray
         # A matmul's output stays float unless its consumer is quantized: quantizing GELU's or LayerNorm's inputs
         # unfuses them (benchmarks/results/quantization.md).
         extra["OpTypesToExcludeOutputQuantization"] = ["MatMul", "Gemm"]
-    if recipe.precision == "int8-dynamic":
+    if recipe.precision == INT8_DYNAMIC:
         quantize_dynamic(str(pre), str(out), op_types_to_quantize=ops or [], per_channel=True,
                          reduce_range=recipe.reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                          extra_options=extra)  # fmt: skip

@@ -30,6 +30,7 @@ from export.compact import check_landing_grid, compact_in_place
 from export.plan import Plan, make_plan, read_plan_json, structure_from_dict
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
+from hiap.base.precision import INT8, ORT
 from hiap.config import PruneOptions
 from hiap.gated import describe_vit
 from hiap.models import constructor_kwargs
@@ -312,7 +313,7 @@ def _export(model: nn.Module, vit: nn.Module, out: Path, backbone_path: str, gat
         golden_inputs=sample_inputs,
         landing_align=landing_align,
     )
-    int8 = Int8Options(Recipe.for_runtime("int8", "ort", None)) if int8_data is not None else None
+    int8 = Int8Options(Recipe.for_runtime(INT8, ORT, None)) if int8_data is not None else None
     was_training = model.training
     try:
         return export_source(src, out, opset=opset, align=align, dynamic_batch=dynamic_batch, force=force,

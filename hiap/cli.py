@@ -15,6 +15,7 @@ import typer
 
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json, read_text
+from hiap.base.precision import COMPUTE_PRECISIONS, FILE_PRECISIONS, FP32, ORT, PRECISION_NAMES, TRT
 
 if TYPE_CHECKING:
     from devices.bench import BenchReport, BenchTarget
@@ -361,7 +362,7 @@ def profile(
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Measure another device's profile here."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out table."),
     precision: str = typer.Option(
-        "fp32",
+        FP32,
         help="fp32, int8 or int8-dynamic (quantized probes), bf16 or fp16 (FP32 probes on OpenVINO at that "
         "precision): the precision the network will be deployed at.",
     ),
@@ -387,13 +388,13 @@ def profile(
         raise HiapError(f"{target.mismatch}. Measure the table on the device itself, or pass --allow-mismatch to "
                         f"measure {target.profile.name}'s runner here.")  # fmt: skip
     batches = tuple(batch) if batch else tuple(sorted({1, target.profile.batch if target else 1}))
-    lowered = precision if precision in ("bf16", "fp16") else None
-    if precision not in ("fp32", "int8", "int8-dynamic", "bf16", "fp16"):
+    lowered = precision if precision in COMPUTE_PRECISIONS else None
+    if precision not in PRECISION_NAMES:
         raise HiapError(f"--precision {precision}: choose fp32, int8, int8-dynamic, bf16 or fp16.")
     if probes_only is not None:
-        device_runtime = target.profile.runtime if target else "ort"
+        device_runtime = target.profile.runtime if target else ORT
         manifest = _write_probes(model, model_kwargs, probes_only, align, ffn_step, batches, chain, console,
-                                 "fp32" if lowered else precision, device_runtime)  # fmt: skip
+                                 FP32 if lowered else precision, device_runtime)  # fmt: skip
         console.print(f"wrote {len(manifest['probes'])} probes to {probes_only}: copy the folder to the device and "
                       f"run hiap profile --probes {probes_only} --device NAME there")  # fmt: skip
         return
@@ -429,8 +430,8 @@ def profile(
 
 
 def _write_probes(model: str | None, model_kwargs: list[str] | None, folder: Path, align: int, ffn_step: int,
-                  batches: tuple[int, ...], chain: int, console: Any, precision: str = "fp32",
-                  runtime: str = "ort") -> dict[str, Any]:  # fmt: skip
+                  batches: tuple[int, ...], chain: int, console: Any, precision: str = FP32,
+                  runtime: str = ORT) -> dict[str, Any]:  # fmt: skip
     """The probe set of a model geometry written to `folder` (hiap profile's workstation side); its manifest."""
     from export.probes import make_probes
     from hiap.models import DEFAULT_MODEL, check_model_name, parse_model_kwargs
@@ -514,7 +515,7 @@ def export(
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxsim (re-validated after)."),
     target: str = typer.Option(None, help="Device profile to check the ONNX against (opset, operators, attention)."),
     precision: str = typer.Option(
-        "fp32", help="fp32, int8 (static Q/DQ, calibrated on the run's training images) or int8-dynamic."
+        FP32, help="fp32, int8 (static Q/DQ, calibrated on the run's training images) or int8-dynamic."
     ),
     calibration_images: int = typer.Option(512, help="INT8: calibration images drawn from the training data."),
     calibration_data: str = typer.Option(
@@ -530,25 +531,25 @@ def export(
 ) -> None:
     """Freeze the gates into plan.json and write the compact model.onnx, golden.npz and export_report.json."""
     from export.artifact import Int8Options, export_source
-    from export.quantize import PRECISIONS, Recipe
+    from export.quantize import Recipe
     from export.source import source_from_plan, source_from_run
 
     if format not in ("onnx", "engine"):
         raise HiapError(f"--format {format}: choose onnx or engine.")
-    if precision not in PRECISIONS:
-        raise HiapError(f"--precision {precision}: choose {', '.join(PRECISIONS)}.")
+    if precision not in FILE_PRECISIONS:
+        raise HiapError(f"--precision {precision}: choose {', '.join(FILE_PRECISIONS)}.")
     profile = None  # resolved once: checked here, by the export's device check and for the engine build
     if target is not None or format == "engine":
         from devices.profile import all_profiles, default_engine_target, load_profile
 
         profile = load_profile(target) if target is not None else default_engine_target(all_profiles())
-    if format == "engine" and profile is not None and profile.runtime != "trt":
+    if format == "engine" and profile is not None and profile.runtime != TRT:
         raise HiapError(
             f"--format engine: device '{profile.name}' runs ONNX Runtime, not TensorRT; export --format onnx."
         )
     int8 = None
-    if precision != "fp32":
-        recipe = Recipe.for_runtime(precision, profile.runtime if profile is not None else "ort", calibration_method)
+    if precision != FP32:
+        recipe = Recipe.for_runtime(precision, profile.runtime if profile is not None else ORT, calibration_method)
         if not (math.isfinite(max_int8_drop) and max_int8_drop >= 0):
             raise HiapError(f"--max-int8-drop must be a finite number of pp >= 0, got {max_int8_drop}.")
         int8 = Int8Options(recipe, calibration_images, calibration_data, eval_images, max_int8_drop)
@@ -557,7 +558,7 @@ def export(
     if (run is None) == (model is None or plan is None):
         raise HiapError("Give either RUN (a run directory or checkpoint) or both --model and --plan.")
     # An INT8 export goes to its own folder by default, so it never replaces the FP32 one.
-    folder = ("export-dense" if dense else "export") + ("" if precision == "fp32" else f"-{precision}")
+    folder = ("export-dense" if dense else "export") + ("" if precision == FP32 else f"-{precision}")
     if run is not None:
         src = source_from_run(run, dense=dense)
         out_dir = out or (run if run.is_dir() else run.parent) / folder

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from hiap.base.errors import HiapError
+from hiap.base.precision import FP32, ONNX_RUNTIME
 from runtime.base import TensorSpec, check_feeds
 
 _TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}
@@ -107,13 +108,13 @@ class OrtRunner:
         import onnxruntime as ort
 
         return {
-            "runtime": "onnxruntime",
+            "runtime": ONNX_RUNTIME.library,
             "version": ort.__version__,
             "providers": self.session.get_providers() if self.session else self.providers,
             "intra_op_threads": self.intra_op_threads,
             "inter_op_threads": self.inter_op_threads,
             "graph_optimization_level": self.graph_optimization_level,
-            "precision": self.metadata.get("precision", "fp32"),  # what hiap export recorded in the file
+            "precision": self.metadata.get("precision", FP32),  # what hiap export recorded in the file
         }
 
 

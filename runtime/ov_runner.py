@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from hiap.base.errors import HiapError
+from hiap.base.precision import FP32, OPENVINO_HINTS, OPENVINO_RUNTIME
 from runtime.base import TensorSpec, check_feeds
 from runtime.ort_runner import check_model_file
 
@@ -30,21 +31,17 @@ def _spec(port: Any) -> TensorSpec:
     return TensorSpec(port.get_any_name(), shape, _TYPES.get(kind, kind))
 
 
-# hiap's precision names -> OpenVINO's inference precision hints.
-OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-
-
 class OvRunner:
     """One compiled model on OpenVINO's CPU plugin with pinned threads and the latency hint; `metadata` is the ONNX
     file's metadata_props (OpenVINO keeps them in the model's rt_info)."""
 
-    def __init__(self, path: Path, threads: int = 1, hint: str = "LATENCY", precision: str = "fp32") -> None:
+    def __init__(self, path: Path, threads: int = 1, hint: str = "LATENCY", precision: str = FP32) -> None:
         """`precision`: what an FP32 file computes in, fp32 (default), bf16 or fp16 (OpenVINO's inference precision
         hint); the compiled model's own reading of it is `inference_precision`."""
         self.path = Path(path)
         check_model_file(self.path, (".onnx",))
-        if precision not in OV_PRECISIONS:
-            raise HiapError(f"OpenVINO runs an FP32 file at {', '.join(OV_PRECISIONS)}, not '{precision}'.")
+        if precision not in OPENVINO_HINTS:
+            raise HiapError(f"OpenVINO runs an FP32 file at {', '.join(OPENVINO_HINTS)}, not '{precision}'.")
         self.threads = threads
         self.hint = hint
         self.precision = precision
@@ -67,7 +64,7 @@ class OvRunner:
             # FP16 arithmetic), which would run an FP32 file at another precision than its label (max abs diff
             # 1.1e-2 on the built-in model); the Q/DQ parts of an INT8 file still run in int8.
             config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": self.hint,
-                      "INFERENCE_PRECISION_HINT": OV_PRECISIONS[self.precision]}  # fmt: skip
+                      "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[self.precision]}  # fmt: skip
             compiled = core.compile_model(model, "CPU", config)
         except RuntimeError as exc:  # OpenVINO reports unreadable files and unsupported operators alike
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -95,11 +92,11 @@ class OvRunner:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "runtime": "openvino",
+            "runtime": OPENVINO_RUNTIME.library,
             "version": self._version,
             "device": "CPU",
             "intra_op_threads": self.threads,
             "performance_hint": self.hint,
-            "precision": self.metadata.get("precision", "fp32"),
+            "precision": self.metadata.get("precision", FP32),
             "inference_precision": self.inference_precision,
         }

@@ -14,6 +14,7 @@ from hiap import __version__
 from hiap.base.atomic import write_bytes_atomic, write_json_atomic
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import read_json_object
+from hiap.base.precision import FP16, FP32, INT8
 from runtime.trt_env import NOT_VALIDATED, cudart, gpu_name, import_tensorrt
 
 # Where JetPack installs trtexec (it is not on PATH there).
@@ -97,8 +98,10 @@ def build_engine(
         raise HiapError(f"TensorRT could not build an engine from '{onnx_path}' (see the TensorRT log above).")
     write_bytes_atomic(engine_path, bytes(serialized))
     _save_timing_cache(config, timing_cache)
-    build = {"fp16": fp16, "layernorm_fp32": layernorm_fp32, "workspace_mb": workspace_mb, "max_batch": max_batch,
-             "int8": int8}  # fmt: skip
+    # Keyed as devices/bench.py::engine_build_settings keys them (the precisions by their names), so a cached
+    # engine's recorded build compares equal to the settings asked for.
+    build = {FP16: fp16, "layernorm_fp32": layernorm_fp32, "workspace_mb": workspace_mb, "max_batch": max_batch,
+             INT8: int8}  # fmt: skip
     sidecar = _sidecar(trt, onnx_path, engine_path, build, pinned_fp32, metadata, t0)
     write_sidecar(engine_path, sidecar)
     return sidecar
@@ -184,7 +187,7 @@ def _sidecar(
         "tensorrt_version": trt.__version__,
         "gpu": gpu_name(),
         # The engine's own precision; `precision` (from the ONNX metadata) stays the file's: fp32 or int8.
-        "engine_precision": "int8" if build.get("int8") else ("fp16" if build["fp16"] else "fp32"),
+        "engine_precision": INT8 if build.get(INT8) else (FP16 if build[FP16] else FP32),
         "layernorm_fp32_layers": pinned_fp32,
         "onnx_sha256": sha256_file(onnx_path),
         "build": build,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from hiap.base.errors import HiapError
+from hiap.base.precision import TENSORRT
 from runtime.base import TensorSpec
 from runtime.ort_runner import check_model_file
 from runtime.trt_build import read_sidecar
@@ -151,7 +152,7 @@ class TrtRunner:
     def describe(self) -> dict[str, Any]:
         trt = import_tensorrt()
         return {
-            "runtime": "tensorrt",
+            "runtime": TENSORRT.library,
             "version": getattr(trt, "__version__", "missing"),
             "gpu": self.metadata.get("gpu", ""),
             "precision": self.metadata.get("engine_precision", self.metadata.get("precision", "")),

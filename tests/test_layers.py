@@ -166,3 +166,48 @@ def test_the_gated_forward_check_catches_a_second_block_loop(tmp_path: Path) -> 
     copy.write_text("def forward(x, blk, m):\n    return gated_mlp(blk.mlp, x, m.neuron, m.ffn)\n")
     calls = gated_op_calls(product_modules() | {"export.copy": copy})
     assert calls == ["export.copy.forward", "hiap.gated.GatedBlock.forward"]
+
+
+# A precision is named once, in hiap/base/precision.py's table; everywhere else the code says its constants (FP32,
+# INT8, ...), so the names cannot drift apart between the parts.
+PRECISION_TABLE = "hiap.base.precision"
+# Strings spelled as a precision that name something else, each by the module and the name it is assigned to, and
+# why: the one exemption from the rule below.
+NOT_PRECISIONS = {("hiap.base.cpu", "CPU_FLAGS"): "ARM's bf16 CPU feature, as /proc/cpuinfo spells it"}
+
+
+def precision_literals(modules: dict[str, Path]) -> list[str]:
+    """Every string constant that is exactly a precision's name, as "module:line 'name'", outside the table and
+    NOT_PRECISIONS."""
+    from hiap.base.precision import PRECISION_NAMES
+
+    out = []
+    for name, path in modules.items():
+        if name == PRECISION_TABLE:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        exempt = {
+            inner
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and (name, t.id) in NOT_PRECISIONS for t in node.targets)
+            for inner in ast.walk(node.value)
+        }
+        out += [f"{name}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
+                if isinstance(node, ast.Constant) and node.value in PRECISION_NAMES and node not in exempt]  # fmt: skip
+    return sorted(out)
+
+
+def test_precision_names_are_written_only_in_their_table() -> None:
+    assert precision_literals(product_modules()) == []
+
+
+def test_the_precision_literal_check_catches_a_literal(tmp_path: Path) -> None:
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text('def f(meta):\n    return meta.get("precision", "fp32") == "int8-dynamic"\n'
+                       'CPU_FLAGS = ("bf16",)\n')  # fmt: skip
+    found = ["2 'fp32'", "2 'int8-dynamic'"]
+    assert precision_literals({"devices.copy": snippet}) == [f"devices.copy:{f}" for f in [*found, "3 'bf16'"]]
+    # The exemption is the CPU flag list of hiap/base/cpu.py only, not the whole module.
+    assert precision_literals({"hiap.base.cpu": snippet}) == [f"hiap.base.cpu:{f}" for f in found]
+    assert precision_literals({PRECISION_TABLE: snippet}) == []

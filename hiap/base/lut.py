@@ -12,6 +12,7 @@ from typing import Any
 
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import read_json_object
+from hiap.base.precision import PRECISION_NAMES
 
 LUT_SCHEMA = "hiap-lut"
 LUT_VERSION = 1
@@ -173,11 +174,6 @@ def _ints(raw: Any, where: str) -> tuple[int, ...]:
     return tuple(raw)
 
 
-# What a table's cells were computed in: a file's precision (fp32, int8 probes) or an FP32 file's inference
-# precision on OpenVINO (bf16, fp16).
-TABLE_PRECISIONS = ("fp32", "int8", "int8-dynamic", "bf16", "fp16")
-
-
 def parse_lut(body: Any, path: str = "") -> LatencyTable:
     """Validate a lut.json body; every error names the file and the field."""
     where = f"Latency table '{path}'"
@@ -189,8 +185,10 @@ def parse_lut(body: Any, path: str = "") -> LatencyTable:
     for key in ("device", "runtime", "precision", "model", "geometry", "align", "chain", "grid", "tables"):
         if key not in body:
             raise HiapError(f"{where}: missing field '{key}'.")
-    if body["precision"] not in TABLE_PRECISIONS:
-        raise HiapError(f"{where}: 'precision' must be one of {', '.join(TABLE_PRECISIONS)}, got "
+    # What the cells were computed in: a file's precision (fp32, int8 probes) or an FP32 file's inference precision
+    # on OpenVINO (bf16, fp16): any precision of the table.
+    if body["precision"] not in PRECISION_NAMES:
+        raise HiapError(f"{where}: 'precision' must be one of {', '.join(PRECISION_NAMES)}, got "
                         f"{body['precision']!r:.40}.")  # fmt: skip
     if not isinstance(body.get("validated", True), bool):
         raise HiapError(f"{where}: 'validated' must be true or false, got {body['validated']!r:.40}.")
