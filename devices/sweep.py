@@ -9,14 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devices.bench import (
-    BenchOptions,
-    BenchReport,
-    BenchTarget,
-    check_inference_precision,
-    check_options,
-    run_bench,
-)
+from devices.bench import run_bench
+from devices.options import BenchOptions, BenchTarget, check_inference_precision, check_options
+from devices.report import BenchReport
 from hiap.base.errors import HiapError
 from hiap.base.precision import (
     COMPUTE_PRECISIONS,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import shutil
 import time
@@ -33,7 +34,7 @@ from export.source import Source
 from hiap import __version__
 from hiap.base.atomic import write_bytes_atomic, write_json_atomic
 from hiap.base.errors import HiapError
-from hiap.base.precision import COMPUTE_PRECISIONS, FP32, INT8_DYNAMIC
+from hiap.base.precision import COMPUTE_PRECISIONS, FP32, INT8_DYNAMIC, ORT, TRT
 from hiap.cost import Geometry, Structure, structure_macs, structure_params
 from runtime.harness import Tolerance, compare_logits, run_batched
 from runtime.ort_runner import default_runner
@@ -213,6 +214,41 @@ class Int8Options:
     calibration_data: str | None = None
     eval_images: int = 10_000
     max_drop_pp: float = 1.0
+
+    @classmethod
+    def asked(cls, precision: str, target: DeviceProfile | None, calibration_images: int = 512,
+              calibration_data: str | None = None, calibration_method: str | None = None, eval_images: int = 10_000,
+              max_drop_pp: float = 1.0) -> Int8Options | None:  # fmt: skip
+        """The quantization `hiap export --precision` asks for (None for FP32): the default recipe of the target's
+        runtime (ONNX Runtime without a target), checked."""
+        if precision == FP32:
+            if calibration_data is not None or calibration_method is not None:
+                raise HiapError("--calibration-data and --calibration-method apply to --precision int8 only.")
+            return None
+        recipe = Recipe.for_runtime(precision, target.runtime if target is not None else ORT, calibration_method)
+        if not (math.isfinite(max_drop_pp) and max_drop_pp >= 0):
+            raise HiapError(f"--max-int8-drop must be a finite number of pp >= 0, got {max_drop_pp}.")
+        return cls(recipe, calibration_images, calibration_data, eval_images, max_drop_pp)
+
+
+def export_folder(beside: Path, dense: bool = False, precision: str = FP32) -> Path:
+    """Where an export goes unless told: export/ (export-dense/ for the dense baseline) beside the run or plan it
+    was made from, a quantized file's folder named by its precision, so that it never replaces the FP32 one."""
+    return beside / (("export-dense" if dense else "export") + ("" if precision == FP32 else f"-{precision}"))
+
+
+def export_target(target: str | None, engine: bool) -> DeviceProfile | None:
+    """The device profile an export is checked against: `target` (a name or .yaml), or for an engine the default
+    TensorRT device; None when neither is asked. An engine for a device that runs no TensorRT is refused."""
+    if target is None and not engine:
+        return None
+    from devices.profile import all_profiles, default_engine_target, load_profile
+
+    profile = load_profile(target) if target is not None else default_engine_target(all_profiles())
+    if engine and profile.runtime != TRT:
+        raise HiapError(f"--format engine: device '{profile.name}' runs ONNX Runtime, not TensorRT; export --format "
+                        "onnx.")  # fmt: skip
+    return profile
 
 
 def export_source(src: Source, out: Path, opset: int = 17, align: int = 8, dynamic_batch: bool = False,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from devices.bench import engine_build_settings, engine_key, timing_cache_for
 from devices.profile import DeviceProfile
+from devices.runners import engine_build_settings, engine_key, timing_cache_for
 from export.device_check import layernorm_node_names
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json

@@ -3,18 +3,24 @@ reference and the structure to cut."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from export.plan import read_plan_json, structure_from_dict
 from hiap.base.errors import HiapError
 from hiap.checkpoint import gated_from_checkpoint, load_checkpoint
 from hiap.cost import Structure
 from hiap.gated import GatedViT, Masks, masks_to_structure, structure_to_masks
-from hiap.models import BUILTIN_MODELS, create_model, data_config, load_pretrained, load_weights
+from hiap.models import BUILTIN_MODELS, constructor_kwargs, create_model, data_config, load_pretrained, load_weights
+
+if TYPE_CHECKING:
+    from hiap.pruner import Pruner
 
 
 @dataclass
@@ -141,3 +147,101 @@ def source_from_plan(model: str, plan_path: Path, pretrained: str = "auto") -> S
         origin=str(plan_path),
         model_kwargs=model_kwargs,
     )
+
+
+def source_from_pruner(pruner: Pruner, preprocessing: Mapping[str, Any] | None,
+                       sample_inputs: torch.Tensor | None = None, class_names: list[str] | None = None,
+                       data: str | None = None) -> Source:  # fmt: skip
+    """The network a Pruner wraps, at the structure its search ended on (hiap.api.export): a ViT on its own or the
+    user's model around it, gated by the pruner, with the preprocessing the user's loop used."""
+    name = pruner.model_name or type(pruner.vit).__name__
+    return source_from_model(pruner.model, pruner.vit, pruner.backbone_path, pruner.gated, pruner.structure(), name,
+                             preprocessing, sample_inputs, class_names, data, "hiap.api.export",
+                             pruner.landing_align)  # fmt: skip
+
+
+def source_from_model(model: nn.Module, vit: nn.Module, backbone_path: str, gated: GatedViT, structure: Structure,
+                      name: str, preprocessing: Mapping[str, Any] | None, sample_inputs: torch.Tensor | None,
+                      class_names: list[str] | None, data: str | None, origin: str,
+                      landing_align: int) -> Source:  # fmt: skip
+    """A model in the user's hands (the ViT `vit` at `backbone_path` of `model`, or `model` itself) to export at
+    `structure`, its inputs checked: the preprocessing, one output tensor, the class names and sample inputs."""
+    data_cfg = _preprocessing(preprocessing, data_config(vit))
+    outputs = _check_model_output(model, data_cfg["input_size"])
+    _check_sample_inputs(sample_inputs, data_cfg["input_size"])
+    if class_names is not None and len(class_names) != outputs:
+        raise HiapError(f"class_names has {len(class_names)} names but the model outputs {outputs} values per image: "
+                        "give one name per output.")  # fmt: skip
+    return Source(
+        vit=vit,
+        gated=gated,
+        masks=structure_to_masks(structure, gated.open_masks()),
+        structure=structure,
+        model=name,
+        num_classes=int(getattr(vit, "num_classes", 0)),
+        classes=list(class_names or []),
+        data_config=data_cfg,
+        val_acc=None,
+        builtin_data=False,
+        origin=origin,
+        model_kwargs=constructor_kwargs(vit, name),
+        data=data,
+        wrapper=None if model is vit else model,
+        backbone_path=backbone_path,
+        golden_inputs=sample_inputs,
+        landing_align=landing_align,
+    )
+
+
+def _preprocessing(given: Mapping[str, Any] | None, built: dict[str, Any]) -> dict[str, Any]:
+    """The user's preprocessing over the backbone's own facts (input size it was built for), checked."""
+    if not isinstance(given, Mapping) or "mean" not in given or "std" not in given:
+        raise HiapError(
+            "export needs the preprocessing your loop used: preprocessing={'mean': (...), 'std': (...)} per channel "
+            "of [0, 1] pixels (data_config(model) gives timm's, if you trained with it)."
+        )
+    unknown = set(given) - set(built)
+    if unknown:
+        raise HiapError(f"preprocessing has unknown keys {sorted(unknown)}: known are {sorted(built)}.")
+    cfg = dict(built) | dict(given)
+    channels = int(cfg["input_size"][0]) if len(cfg["input_size"]) == 3 else -1
+    if len(cfg["input_size"]) != 3 or tuple(int(v) for v in cfg["input_size"]) != tuple(built["input_size"]):
+        raise HiapError(f"preprocessing input_size {tuple(cfg['input_size'])} is not the model's "
+                        f"{tuple(built['input_size'])} (C, H, W) it was built for.")  # fmt: skip
+    for key in ("mean", "std"):
+        values = cfg[key]
+        numbers = isinstance(values, (list, tuple)) and all(isinstance(v, (int, float)) for v in values)
+        if not numbers or len(values) != channels or not all(math.isfinite(v) for v in values):
+            raise HiapError(f"preprocessing {key} must be {channels} finite numbers (one per channel), got {values!r}.")
+    if not all(v > 0 for v in cfg["std"]):
+        raise HiapError(f"preprocessing std must be > 0 per channel, got {cfg['std']!r}.")
+    cfg["mean"], cfg["std"] = tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+    cfg["input_size"] = tuple(int(v) for v in cfg["input_size"])
+    return cfg
+
+
+def _check_model_output(model: nn.Module, input_size: tuple[int, ...]) -> int:
+    """The model returns one tensor (what an ONNX file with one output reproduces); its last dimension's size."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, *input_size, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise HiapError(f"The model returns a {type(out).__name__}, not one tensor: export a module whose forward "
+                        "returns the output to deploy (wrap your model and pick that output).")  # fmt: skip
+    return int(out.shape[-1])
+
+
+def _check_sample_inputs(x: torch.Tensor | None, input_size: tuple[int, ...]) -> None:
+    if x is None:
+        return
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != tuple(input_size):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise HiapError(f"sample_inputs must be a preprocessed image tensor [N, {', '.join(map(str, input_size))}], "
+                        f"got {shape}.")  # fmt: skip
+    if not x.is_floating_point():
+        raise HiapError(f"sample_inputs are {x.dtype}: give them preprocessed (float, normalised as in training).")
+    if x.shape[0] < 1:
+        raise HiapError("sample_inputs hold no images: give at least one.")

@@ -17,7 +17,6 @@ and export the artifact folder `hiap bench` runs. `hiap train` is built on the s
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,10 @@ from torch import nn
 from export.artifact import ExportReport
 from export.compact import check_landing_grid, compact_in_place
 from export.plan import Plan, make_plan, read_plan_json, structure_from_dict
+from export.source import Source, source_from_model, source_from_pruner
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
-from hiap.base.precision import INT8, ORT
+from hiap.base.precision import INT8
 from hiap.config import PruneOptions
 from hiap.gated import describe_vit
 from hiap.models import constructor_kwargs
@@ -235,12 +235,10 @@ def export(
         raise HiapError(f"export(pruner, out, ...) takes the Pruner that wraps your model first, got "
                         f"{type(pruner).__name__}.")  # fmt: skip
     _check_searched(pruner, "export")
-    model, vit = pruner.model, pruner.vit
-    structure = pruner.structure()  # the fixed one, whatever moved the logits since
-    return _export(model, vit, Path(out), pruner.backbone_path, pruner.gated, structure,
-                   pruner.model_name or type(vit).__name__, preprocessing, sample_inputs, class_names, opset, align,
-                   dynamic_batch, force, lut if lut is not None else _pruner_lut(pruner), int8_data,
-                   "hiap.api.export", pruner.landing_align)  # fmt: skip
+    _check_int8_data(int8_data)
+    src = source_from_pruner(pruner, preprocessing, sample_inputs, class_names, _data(int8_data))
+    return _export(src, Path(out), opset, align, dynamic_batch, force, lut if lut is not None else _pruner_lut(pruner),
+                   int8_data is not None)  # fmt: skip
 
 
 def export_dense(
@@ -264,11 +262,24 @@ def export_dense(
     if hasattr(vit, GATES):
         raise HiapError("export_dense takes the unpruned model: this one carries hiap gates (export the dense model "
                         "before wrapping it in a Pruner).")  # fmt: skip
+    _check_int8_data(int8_data)
     gated = GatedViT(vit)
     name = model_name or str(getattr(vit, "pretrained_cfg", {}).get("architecture") or type(vit).__name__)
-    return _export(model, vit, Path(out), path, gated, gated.geometry.dense_structure(), name, preprocessing,
-                   sample_inputs, class_names, opset, 8, dynamic_batch, force, None, int8_data,
-                   "hiap.api.export_dense", 0)  # fmt: skip
+    src = source_from_model(
+        model,
+        vit,
+        path,
+        gated,
+        gated.geometry.dense_structure(),
+        name,
+        preprocessing,
+        sample_inputs,
+        class_names,
+        _data(int8_data),
+        "hiap.api.export_dense",
+        landing_align=0,
+    )
+    return _export(src, Path(out), opset, 8, dynamic_batch, force, None, int8_data is not None)
 
 
 def _pruner_lut(pruner: Pruner) -> Path | None:
@@ -277,102 +288,27 @@ def _pruner_lut(pruner: Pruner) -> Path | None:
     return Path(path) if path else None
 
 
-def _export(model: nn.Module, vit: nn.Module, out: Path, backbone_path: str, gated: Any, structure: Any, name: str,
-            preprocessing: Mapping[str, Any] | None, sample_inputs: torch.Tensor | None, class_names: list[str] | None,
-            opset: int, align: int, dynamic_batch: bool, force: bool, lut: Path | str | None,
-            int8_data: str | Path | None, origin: str, landing_align: int) -> ExportReport:  # fmt: skip
-    from export.artifact import Int8Options, export_source
-    from export.quantize import Recipe
-    from export.source import Source
-    from hiap.gated import structure_to_masks
-
-    data_cfg = _preprocessing(preprocessing, backbone_data_config(vit))
-    outputs = _check_model_output(model, data_cfg["input_size"])
-    _check_sample_inputs(sample_inputs, data_cfg["input_size"])
-    if class_names is not None and len(class_names) != outputs:
-        raise HiapError(f"class_names has {len(class_names)} names but the model outputs {outputs} values per image: "
-                        "give one name per output.")  # fmt: skip
+def _check_int8_data(int8_data: str | Path | None) -> None:
     if int8_data is not None and not Path(int8_data).is_dir():
         raise HiapError(f"int8_data '{int8_data}' is not a folder: give an ImageFolder root with train/ and val/.")
-    src = Source(
-        vit=vit,
-        gated=gated,
-        masks=structure_to_masks(structure, gated.open_masks()),
-        structure=structure,
-        model=name,
-        num_classes=int(getattr(vit, "num_classes", 0)),
-        classes=list(class_names or []),
-        data_config=data_cfg,
-        val_acc=None,
-        builtin_data=False,
-        origin=origin,
-        model_kwargs=constructor_kwargs(vit, name),
-        data=str(int8_data) if int8_data is not None else None,
-        wrapper=None if model is vit else model,
-        backbone_path=backbone_path,
-        golden_inputs=sample_inputs,
-        landing_align=landing_align,
-    )
-    int8 = Int8Options(Recipe.for_runtime(INT8, ORT, None)) if int8_data is not None else None
+
+
+def _data(int8_data: str | Path | None) -> str | None:
+    return str(int8_data) if int8_data is not None else None
+
+
+def _export(src: Source, out: Path, opset: int, align: int, dynamic_batch: bool, force: bool,
+            lut: Path | str | None, int8: bool) -> ExportReport:  # fmt: skip
+    """The artifact folder of `src` (the model it wraps left in the train/eval mode it was in)."""
+    from export.artifact import Int8Options, export_source
+
+    model = src.wrapper if src.wrapper is not None else src.vit
     was_training = model.training
     try:
         return export_source(src, out, opset=opset, align=align, dynamic_batch=dynamic_batch, force=force,
-                             lut=Path(lut) if lut is not None else None, int8=int8)  # fmt: skip
+                             lut=Path(lut) if lut is not None else None,
+                             int8=Int8Options.asked(INT8, None) if int8 else None)  # fmt: skip
     except OSError as exc:
         raise HiapError(f"Cannot write the export to '{out}': {exc.strerror or exc}.") from None
     finally:
         model.train(was_training)
-
-
-def _preprocessing(given: Mapping[str, Any] | None, built: dict[str, Any]) -> dict[str, Any]:
-    """The user's preprocessing over the backbone's own facts (input size it was built for), checked."""
-    if not isinstance(given, Mapping) or "mean" not in given or "std" not in given:
-        raise HiapError(
-            "export needs the preprocessing your loop used: preprocessing={'mean': (...), 'std': (...)} per channel "
-            "of [0, 1] pixels (data_config(model) gives timm's, if you trained with it)."
-        )
-    unknown = set(given) - set(built)
-    if unknown:
-        raise HiapError(f"preprocessing has unknown keys {sorted(unknown)}: known are {sorted(built)}.")
-    cfg = dict(built) | dict(given)
-    channels = int(cfg["input_size"][0]) if len(cfg["input_size"]) == 3 else -1
-    if len(cfg["input_size"]) != 3 or tuple(int(v) for v in cfg["input_size"]) != tuple(built["input_size"]):
-        raise HiapError(f"preprocessing input_size {tuple(cfg['input_size'])} is not the model's "
-                        f"{tuple(built['input_size'])} (C, H, W) it was built for.")  # fmt: skip
-    for key in ("mean", "std"):
-        values = cfg[key]
-        numbers = isinstance(values, (list, tuple)) and all(isinstance(v, (int, float)) for v in values)
-        if not numbers or len(values) != channels or not all(math.isfinite(v) for v in values):
-            raise HiapError(f"preprocessing {key} must be {channels} finite numbers (one per channel), got {values!r}.")
-    if not all(v > 0 for v in cfg["std"]):
-        raise HiapError(f"preprocessing std must be > 0 per channel, got {cfg['std']!r}.")
-    cfg["mean"], cfg["std"] = tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
-    cfg["input_size"] = tuple(int(v) for v in cfg["input_size"])
-    return cfg
-
-
-def _check_model_output(model: nn.Module, input_size: tuple[int, ...]) -> int:
-    """The model returns one tensor (what an ONNX file with one output reproduces); its last dimension's size."""
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            out = model.eval()(torch.zeros(1, *input_size, device=next(model.parameters()).device))
-    finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor):
-        raise HiapError(f"The model returns a {type(out).__name__}, not one tensor: export a module whose forward "
-                        "returns the output to deploy (wrap your model and pick that output).")  # fmt: skip
-    return int(out.shape[-1])
-
-
-def _check_sample_inputs(x: torch.Tensor | None, input_size: tuple[int, ...]) -> None:
-    if x is None:
-        return
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != tuple(input_size):
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise HiapError(f"sample_inputs must be a preprocessed image tensor [N, {', '.join(map(str, input_size))}], "
-                        f"got {shape}.")  # fmt: skip
-    if not x.is_floating_point():
-        raise HiapError(f"sample_inputs are {x.dtype}: give them preprocessed (float, normalised as in training).")
-    if x.shape[0] < 1:
-        raise HiapError("sample_inputs hold no images: give at least one.")

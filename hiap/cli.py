@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 import traceback
 from collections.abc import Callable
@@ -15,11 +14,11 @@ import typer
 
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json, read_text
-from hiap.base.precision import COMPUTE_PRECISIONS, FILE_PRECISIONS, FP32, ORT, PRECISION_NAMES, TRT
+from hiap.base.precision import COMPUTE_PRECISIONS, FILE_PRECISIONS, FP32, ORT, PRECISION_NAMES
 
 if TYPE_CHECKING:
-    from devices.bench import BenchReport, BenchTarget
     from devices.host import Host
+    from devices.options import BenchTarget
     from devices.profile import DeviceProfile
     from export.artifact import ExportReport
 
@@ -206,12 +205,14 @@ def pipeline(
     model on the built-in data, offline."""
     from rich.console import Console
 
-    from devices.bench import BenchOptions, run_bench
-    from export.artifact import export_source
+    from devices.bench import run_bench
+    from devices.options import BenchOptions
+    from export.artifact import export_folder, export_source
     from export.source import source_from_run
     from hiap.base.atomic import write_json_atomic
     from hiap.config import resolve_config
     from hiap.progress import summary_table
+    from hiap.render import print_bench, print_export
     from hiap.train import Trainer
 
     if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
@@ -234,9 +235,9 @@ def pipeline(
     reports = {}
     for dense in (False, True):
         src = source_from_run(run, dense=dense)
-        out_dir = run / ("export-dense" if dense else "export")
+        out_dir = export_folder(run, dense)
         reports[dense] = export_source(src, out_dir)
-        _print_export(reports[dense], src.model, out_dir, 8)
+        print_export(reports[dense], src.model, out_dir, 8)
     console.rule(f"3/3 bench on {bench_device}")
     # The run's own data (an ImageFolder root resolves to its val/), so accuracy is measured for every run.
     opts = BenchOptions(data=cfg.data, compare=run / "export-dense" / "model.onnx", budget_ms=budget_ms,
@@ -285,9 +286,17 @@ def inspect(
                             "folder, plan.json, lut.json, save_pruned weights or .onnx file.")  # fmt: skip
         if not path.is_file() and not path.is_dir():
             raise HiapError(f"'{target}' is not a regular file.")
-    lut = _lut_body(path) if target.endswith(".json") else None
-    if lut is not None:
-        _print_lut(Path(target), lut, as_json)  # torch-free: a board reads the table it measured
+    body = _lut_body(path) if target.endswith(".json") else None
+    if body is not None:  # torch-free: a board reads the table it measured
+        from hiap.base.lut import parse_lut
+
+        lut = parse_lut(body, target)
+        if as_json:
+            typer.echo(json.dumps(lut.body, indent=2))
+        else:
+            from hiap.render import print_lut
+
+            print_lut(path, lut)
         return
     from hiap.inspect import inspect_target
 
@@ -312,27 +321,9 @@ def inspect(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
+    from hiap.render import print_inspect
 
-    table = Table(title=f"{report['model']} ({report['target']})")
-    for col in ("block", "heads", "q/k widths", "value widths", "FFN", "neurons", "MMACs"):
-        table.add_column(col, justify="right")
-    for b in report["blocks"]:
-        table.add_row(
-            str(b["block"]),
-            f"{len(b['heads'])}/{report['num_heads']}",
-            ",".join(map(str, b.get("qk_widths", []))) or "-",
-            ",".join(map(str, b["value_widths"])) or "-",
-            "kept" if b["ffn"] else "removed",
-            f"{b['neurons']}/{report['hidden']}",
-            f"{b['gmacs'] * 1e3:.2f}",
-        )
-    table.caption = (
-        f"GMACs {report['gmacs']:.4f} (dense {report['dense_gmacs']:.4f}), "
-        f"params {report['params'] / 1e6:.3f} M (dense {report['dense_params'] / 1e6:.3f} M)"
-    )
-    Console().print(table)
+    print_inspect(report)
 
 
 @app.command()
@@ -452,52 +443,6 @@ def _lut_body(path: Path) -> dict[str, Any] | None:
     return body if isinstance(body, dict) and body.get("schema") == "hiap-lut" else None
 
 
-def _print_lut(path: Path, body: dict[str, Any], as_json: bool) -> None:
-    """The table as a user reads it: ms per branch (overhead removed, per copy) against width, per batch."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from hiap.base.lut import parse_lut
-
-    lut = parse_lut(body, str(path))
-    if as_json:
-        typer.echo(json.dumps(lut.body, indent=2))
-        return
-    console = Console()
-    console.print(
-        f"{path}: {lut.model} {lut.body.get('model_kwargs') or ''} on {lut.describe()}, align {lut.align}, "
-        f"measured {lut.body.get('date', '?')}" + ("" if lut.validated else " (TensorRT: not validated)")
-    )
-    if lut.measured_elsewhere:
-        console.print(f"[yellow]warning:[/] not measured on {lut.device}: {lut.measured_elsewhere}")
-
-    def heads_by_width(title: str, widths: tuple[int, ...], rows: Any, batch: int) -> Table:
-        table = Table(title=title)
-        table.add_column("heads", justify="right")
-        for w in widths:
-            table.add_column(str(w), justify="right")
-        for h, row in zip(lut.heads, rows, strict=True):
-            table.add_row(str(h), *(f"{lut.branch_ms(c, batch):.4f}" for c in row))
-        return table
-
-    for batch, cells in sorted(lut.tables.items()):
-        console.print(heads_by_width(f"attention branch, ms (batch {batch}): kept heads x value width",
-                                     lut.value_widths, cells.attention, batch))  # fmt: skip
-        if cells.attention_qk:
-            console.print(heads_by_width(f"attention branch, ms (batch {batch}): kept heads x q/k width, full value "
-                                         "width", lut.qk_widths, cells.attention_qk, batch))  # fmt: skip
-        ffn = Table(title=f"FFN branch, ms (batch {batch})")
-        ffn.add_column("neurons", justify="right")
-        ffn.add_column("ms", justify="right")
-        ffn.add_column("ms per 100 neurons", justify="right")
-        for k, c in zip(lut.ffn_widths, cells.ffn, strict=True):
-            ms = lut.branch_ms(c, batch)
-            ffn.add_row(str(k), f"{ms:.4f}", f"{100 * ms / k:.4f}")
-        console.print(ffn)
-        console.print(f"outside the blocks (patch embedding, head, one call): {cells.fixed.ms:.4f} ms; one call's "
-                      f"overhead {cells.overhead.ms:.4f} ms")  # fmt: skip
-
-
 @app.command()
 @user_errors
 @needs_train_extra
@@ -530,50 +475,31 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace a folder that holds another export (or files)."),
 ) -> None:
     """Freeze the gates into plan.json and write the compact model.onnx, golden.npz and export_report.json."""
-    from export.artifact import Int8Options, export_source
-    from export.quantize import Recipe
+    from export.artifact import Int8Options, export_folder, export_source, export_target
     from export.source import source_from_plan, source_from_run
 
     if format not in ("onnx", "engine"):
         raise HiapError(f"--format {format}: choose onnx or engine.")
     if precision not in FILE_PRECISIONS:
         raise HiapError(f"--precision {precision}: choose {', '.join(FILE_PRECISIONS)}.")
-    profile = None  # resolved once: checked here, by the export's device check and for the engine build
-    if target is not None or format == "engine":
-        from devices.profile import all_profiles, default_engine_target, load_profile
-
-        profile = load_profile(target) if target is not None else default_engine_target(all_profiles())
-    if format == "engine" and profile is not None and profile.runtime != TRT:
-        raise HiapError(
-            f"--format engine: device '{profile.name}' runs ONNX Runtime, not TensorRT; export --format onnx."
-        )
-    int8 = None
-    if precision != FP32:
-        recipe = Recipe.for_runtime(precision, profile.runtime if profile is not None else ORT, calibration_method)
-        if not (math.isfinite(max_int8_drop) and max_int8_drop >= 0):
-            raise HiapError(f"--max-int8-drop must be a finite number of pp >= 0, got {max_int8_drop}.")
-        int8 = Int8Options(recipe, calibration_images, calibration_data, eval_images, max_int8_drop)
-    elif calibration_data is not None or calibration_method is not None:
-        raise HiapError("--calibration-data and --calibration-method apply to --precision int8 only.")
+    # Resolved once: checked here, by the export's device check and for the engine build.
+    profile = export_target(target, engine=format == "engine")
+    int8 = Int8Options.asked(precision, profile, calibration_images, calibration_data, calibration_method,
+                             eval_images, max_int8_drop)  # fmt: skip
     if (run is None) == (model is None or plan is None):
         raise HiapError("Give either RUN (a run directory or checkpoint) or both --model and --plan.")
-    # An INT8 export goes to its own folder by default, so it never replaces the FP32 one.
-    folder = ("export-dense" if dense else "export") + ("" if precision == FP32 else f"-{precision}")
     if run is not None:
         src = source_from_run(run, dense=dense)
-        out_dir = out or (run if run.is_dir() else run.parent) / folder
+        out_dir = out or export_folder(run if run.is_dir() else run.parent, dense, precision)
     else:
         src = source_from_plan(model, plan, pretrained)
-        out_dir = out or plan.parent / folder
+        out_dir = out or export_folder(plan.parent, dense, precision)
     report = export_source(src, out_dir, opset=opset, align=align, dynamic_batch=dynamic_batch, simplify=simplify,
                            target=profile, int8=int8, lut=lut, force=force)  # fmt: skip
-    _print_export(report, src.model, out_dir, align)
+    from hiap.render import print_export
+
+    print_export(report, src.model, out_dir, align)
     check = report.get("device_check")
-    if check is not None:
-        for line in check["lines"] or [
-            f"no findings (opset {check['opset']}, {len(check['operators'])} operator types)"
-        ]:
-            typer.echo(f"device check {check['device']}: {line}")
     if format == "engine" and profile is not None and (check is None or check["passed"]):
         _export_engine(out_dir, report, profile, dynamic_batch)
     if check is not None and not check["passed"]:
@@ -590,40 +516,6 @@ def _export_engine(out_dir: Path, report: ExportReport, profile: DeviceProfile, 
     size_mb = engine_path.stat().st_size / 1e6
     typer.echo(f"wrote {engine_path} ({size_mb:.2f} MB, TensorRT {sidecar['tensorrt_version']} "
                f"on {sidecar['gpu']}, {sidecar['engine_precision']}); {NOT_VALIDATED}")  # fmt: skip
-
-
-def _print_export(report: ExportReport, model: str, out_dir: Path, align: int) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    for note in report.get("notes", []):  # the export's notes and warnings, on stderr as they were written
-        print(note if note.startswith("warning: ") else f"note: {note}", file=sys.stderr)
-    parity = report["parity"]
-    table = Table(title=f"hiap export: {model} -> {out_dir}")
-    for col in ("", "dense", "exported"):
-        table.add_column(col, justify="right")
-    table.add_row("GMACs (plan)", f"{report['dense_gmacs']:.5f}", f"{report['gmacs']:.5f}")
-    table.add_row("GMACs (ONNX graph)", "", f"{report['onnx_gmacs']:.5f}")
-    table.add_row("padding GMACs", "", f"{report['padding_gmacs']:.5f} (--align {align})")
-    table.add_row("params", f"{report['dense_params']:,}", f"{report['onnx_params']:,}")
-    table.add_row("file MB", "", f"{report['file_bytes'] / 1e6:.2f}")
-    table.add_row("parity max abs", "", f"{parity['max_abs_diff']:.2e} ({'passed' if parity['passed'] else 'FAILED'})")
-    table.add_row("top-1 agreement", "", f"{parity['top1_agreement']:.0%}")
-    check = report.get("int8_check")
-    if check is not None:
-        table.add_row("precision", "", f"{report['precision']} ({report['fp32_file']}: FP32)")
-        if "fp32_top1" in check:
-            label = f"top-1 FP32 / {report['precision']} ({check['images']} val)"
-            value = f"{check['fp32_top1']:.2f} / {check['int8_top1']:.2f} % ({-check['drop_pp']:+.2f} pp)"
-            table.add_row(label, "", value)
-        else:
-            table.add_row("INT8 top-1", "", f"not measured: {check['reason']}")
-    pred = report.get("predicted_latency")
-    if pred is not None:
-        ms = ", ".join(f"{v:.4g} ms at batch {b}" for b, v in pred["ms"].items())
-        table.add_row(f"predicted latency ({pred['device']}, table)", "", ms)
-    table.caption = "plan.json, model.onnx, golden.npz, export_report.json; TensorRT path not yet validated"
-    Console().print(table)
 
 
 @app.command()
@@ -667,7 +559,8 @@ def bench(
     Exit 0: every budget measured and met. 1: a budget failed. 4: none failed but some could not be measured
     (accuracy without --data or on other images than the run validated on, fidelity without golden.npz); the
     last line names them and why. 2: bad input."""
-    from devices.bench import BenchOptions, run_bench
+    from devices.bench import run_bench
+    from devices.options import BenchOptions
 
     target = _bench_target(device)
     if json_out is not None:  # checked before the bench runs, not after minutes of measuring
@@ -686,6 +579,8 @@ def bench(
         return
     if int8 is not None:
         raise HiapError("--int8 names the INT8 file of a --sweep; bench it alone as ARTIFACT.")
+    from hiap.render import budget_failures, print_bench
+
     report = run_bench(artifact, target, opts)
     print_bench(report)  # first: what was measured is shown even if the JSON cannot be written
     if json_out is not None:
@@ -693,44 +588,18 @@ def bench(
 
         write_json_atomic(json_out, report.to_dict())
     if report.verdict == "failed":
-        parts = [f"{b.name} {_fmt(b.value)} vs limit {_fmt(b.limit)} (over by {_fmt(abs(b.margin or 0.0))})"
-                 for b in report.budgets if b.passed is False]  # fmt: skip
-        typer.echo("budget failed: " + "; ".join(parts), err=True)
+        typer.echo(budget_failures(report), err=True)
     if report.exit_code:
         raise typer.Exit(report.exit_code)
 
 
 def _sweep(artifact: Path, int8: Path | None, target: BenchTarget, opts: Any, json_out: Path | None) -> None:
     """hiap bench --sweep: run every combination, print one table and the fastest that meets every budget."""
-    from rich.console import Console
-    from rich.table import Table
-
     from devices.sweep import run_sweep
+    from hiap.render import print_sweep
 
     report = run_sweep(artifact, int8, target, opts)
-    table = Table(title=f"hiap bench --sweep on {target.profile.name}: {artifact}")
-    for col in ("runtime", "precision", "size MB", "top-1 %", "p50 ms", "p99 ms", "speedup", "fidelity", "budgets"):
-        table.add_column(col, justify="left" if col in ("runtime", "precision", "budgets") else "right")
-    skipped = []
-    for row in report.rows:
-        r = row.report
-        if r is None:
-            skipped.append(f"{row.runtime} {row.precision}: {row.skipped}")
-            continue
-        top1 = r.accuracy.model.top1 if r.accuracy.model is not None else None
-        speedup = f"{r.compare.speedup_p50:.2f}x" if r.compare is not None else "-"
-        fid = f"{r.fidelity.comparison.max_abs_diff:.1e}" if r.fidelity is not None else "-"
-        table.add_row(row.runtime, row.precision, f"{r.size_mb:.2f}", _fmt(top1),
-                      f"{r.latency.p50:.3f}", f"{r.latency.p99:.3f}", speedup, fid, r.verdict)  # fmt: skip
-    console = Console()
-    console.print(table)
-    for line in skipped:
-        console.print(f"not run: {line}")
-    if report.fastest is not None:
-        f = report.fastest
-        console.print(f"fastest meeting every budget: {f.runtime} {f.precision} ({f.report.latency.p50:.3f} ms p50)")
-    else:
-        console.print(f"no fastest combination: {report.why_none}")
+    print_sweep(report, target.profile.name, artifact)
     if json_out is not None:  # after the table: what was measured is shown even if the JSON cannot be written
         from hiap.base.atomic import write_json_atomic
 
@@ -741,8 +610,8 @@ def _sweep(artifact: Path, int8: Path | None, target: BenchTarget, opts: Any, js
 
 def _bench_target(device: str | None) -> BenchTarget:
     """The profile named by --device (a name, alias or .yaml), or this host's; resolved once, with this host."""
-    from devices.bench import BenchTarget
     from devices.host import detect_host
+    from devices.options import BenchTarget
     from devices.profile import load_profile
 
     host = detect_host()
@@ -757,85 +626,6 @@ def _host_device(host: Host) -> DeviceProfile:
     if profile is None:
         raise HiapError(f"No device profile matches this host ({host.describe()}): pass --device NAME.")
     return profile
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e-2 and value != 0 else f"{value:.3f}".rstrip("0").rstrip(".")
-    return str(value)
-
-
-def _prediction_note(pred: dict[str, Any]) -> str:
-    """The latency table's prediction against the measured p50, with what qualifies it; or why it was not compared."""
-    if not pred["compared"]:
-        return f"latency prediction not compared: {pred['reason']}"
-    note = (f"latency table predicted {pred['predicted_ms']:.4g} ms, measured {pred['measured_ms']:.4g} ms "
-            f"({pred['error']:+.1%}), both the median of the fastest round (p50 of all calls "
-            f"{pred['measured_p50_ms']:.4g} ms)")  # fmt: skip
-    if not pred["validated"]:
-        note += " (TensorRT tables: not validated)"
-    if pred.get("measured_elsewhere"):
-        note += f" (the table was not measured on this device: {pred['measured_elsewhere']})"
-    return note
-
-
-def print_bench(report: BenchReport) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from devices.bench import verdict_line
-
-    env = report.environment["runner"]
-    title = f"hiap bench on {report.device}: {report.artifact}"
-    table = Table(title=title)
-    for col in ("model", "format", "precision", "size MB", "top-1 %", "p50 ms", "p99 ms", "FPS"):
-        table.add_column(col, justify="right")
-    dense = report.compare
-    # Two runtimes side by side are named by runtime; a pruned model and its dense one by what they are.
-    names = (
-        (f"model ({env['runtime']})", f"compare ({dense.runtime})") if dense and dense.runtime else ("pruned", "dense")
-    )
-    rows = [(names[0] if dense is not None else "model", report.precision, report.size_mb, report.latency,
-             report.accuracy.model)]  # fmt: skip
-    if dense is not None:
-        rows.append((names[1], dense.precision, dense.size_mb, dense.latency, report.accuracy.dense))
-    for label, precision, size, lat, acc in rows:
-        top1_text = "-" if acc is None else f"{acc.top1:.2f}"
-        table.add_row(label, report.format, precision, f"{size:.2f}", top1_text, f"{lat.p50:.3f}", f"{lat.p99:.3f}",
-                      f"{lat.throughput_fps:.1f}")  # fmt: skip
-    budgets = Table(title="budgets")
-    for col in ("budget", "limit", "measured", "result"):
-        budgets.add_column(col, justify="right")
-    for b in report.budgets:
-        # Why a budget was not measured is in the verdict line below (the reasons are too long for a cell).
-        verdict = "not measured" if b.margin is None else f"{'passed' if b else 'FAILED'} by {_fmt(abs(b.margin))}"
-        budgets.add_row(b.name, _fmt(b.limit), _fmt(b.value), verdict)
-    notes = [f"{env['runtime']} {env['version']}, batch {report.batch}, "
-             f"{env.get('intra_op_threads', '-')} threads"]  # fmt: skip
-    if dense is not None:
-        notes.append(f"speedup p50 {dense.speedup_p50:.2f}x for {_fmt(dense.mac_ratio)}x fewer MACs "
-                     f"(realisation {_fmt(dense.realisation)})")  # fmt: skip
-    if report.fidelity is not None:  # not truthiness: a fidelity that failed is falsy but measured
-        f = report.fidelity.comparison
-        notes.append(f"fidelity vs golden ({report.fidelity.images} images, {report.precision}): max abs "
-                     f"{f.max_abs_diff:.2e}, "
-                     f"top-1 agreement {f.top1_agreement:.0%}")  # fmt: skip
-    if report.prediction is not None:
-        notes.append(_prediction_note(report.prediction))
-    if report.label:
-        notes.append(report.label)
-    notes += [f"protocol: {w}" for w in report.protocol_warnings]
-    if report.note:
-        notes.append(report.note)
-    table.caption = "\n".join(notes)
-    console = Console()
-    console.print(table)
-    console.print(budgets)
-    # One unwrapped line without markup (reasons hold paths and lists), so CI logs can grep it.
-    style = {"met": None, "failed": "bold red", "not measured": "bold yellow"}[report.verdict]
-    console.print(verdict_line(report), style=style, soft_wrap=True, markup=False, highlight=False)
 
 
 def spread_multi_value_flags(argv: list[str], flags: tuple[str, ...] = ("--model-kwargs",)) -> list[str]:

@@ -18,8 +18,8 @@ BASE = frozenset(
     | {f"hiap.base.{p.stem}" for p in (ROOT / "hiap" / "base").glob("*.py") if p.stem != "__init__"}
 )
 # The modules that tie the parts together: the Python API (training and export in the user's code), the CLI built
-# on it, and `python -m hiap`, which only starts the CLI.
-CLI = frozenset({"hiap.cli", "hiap.__main__"})
+# on it with the module that renders its output, and `python -m hiap`, which only starts the CLI.
+CLI = frozenset({"hiap.cli", "hiap.render", "hiap.__main__"})
 API = frozenset({"hiap.api"})
 # Import names of the train extra: what the device install does not have.
 HEAVY = ("torch", "torchvision", "timm", "onnx", "onnxsim", "onnxscript", "safetensors", "matplotlib")

@@ -206,8 +206,8 @@ def test_bench_and_export_build_engines_with_the_same_settings(
 
     import runtime.trt_build
     import runtime.trt_env
-    from devices.bench import _engine_for
     from devices.profile import load_profile
+    from devices.runners import _engine_for
     from hiap.cli import _export_engine
 
     builds: list[dict] = []

@@ -9,19 +9,11 @@ from typing import Any
 
 import pytest
 
-from devices.bench import (
-    NO_GOLDEN,
-    AccuracyCheck,
-    BenchOptions,
-    BenchReport,
-    Budget,
-    DenseComparison,
-    EvalData,
-    check_accuracy,
-    judge_budgets,
-    verdict_line,
-)
+from devices.bench import NO_GOLDEN, check_accuracy, judge_budgets
+from devices.evaldata import EvalData
+from devices.options import BenchOptions
 from devices.profile import load_profile
+from devices.report import AccuracyCheck, BenchReport, Budget, DenseComparison, verdict_line
 from runtime.data import builtin_fingerprint
 from runtime.harness import Accuracy, Fidelity, LogitComparison, Tolerance, latency_stats
 
@@ -75,7 +67,7 @@ def test_an_unmeasured_budget_is_never_a_pass() -> None:
 def test_report_with_one_unmeasured_budget_is_falsy_exits_4_and_prints_not_measured(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hiap.cli import print_bench
+    from hiap.render import print_bench
 
     report = _report((*HELD[:2], Budget("accuracy_drop_pp", 1.0, None, reason=NO_DATA), *HELD[2:]))
     assert not report and report.verdict == "not measured" and report.exit_code == 4

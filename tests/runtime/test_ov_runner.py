@@ -11,8 +11,8 @@ import pytest
 from tiny_onnx import linear_export
 from typer.testing import CliRunner
 
-from devices.bench import resolve_runtime
 from devices.profile import load_profile
+from devices.runners import resolve_runtime
 from hiap.base.errors import HiapError
 from hiap.cli import app
 

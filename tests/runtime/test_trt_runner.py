@@ -305,8 +305,8 @@ def test_engine_builds_check_cuda_python_first_and_survive_a_corrupt_timing_cach
 
 
 def test_an_int8_engine_needs_the_tensorrt_recipe() -> None:
-    from devices.bench import engine_build_settings
     from devices.profile import load_profile
+    from devices.runners import engine_build_settings
 
     nano = load_profile("jetson-orin-nano")
     ort_file = {"precision": "int8", "quantization": json.dumps({"activations": "u8"})}
