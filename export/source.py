@@ -18,6 +18,7 @@ from hiap.checkpoint import gated_from_checkpoint, load_checkpoint
 from hiap.cost import Structure
 from hiap.gated import GatedViT, Masks, masks_to_structure, structure_to_masks
 from hiap.models import BUILTIN_MODELS, constructor_kwargs, create_model, data_config, load_pretrained, load_weights
+from hiap.pruner import landing_grid
 
 if TYPE_CHECKING:
     from hiap.pruner import Pruner
@@ -114,8 +115,9 @@ def _landing_align(config: dict[str, Any]) -> int:
     """The run's landing grid: its value_align when the search ended before the run (a whole-run search or a run
     that predates the key: none)."""
     value_align = config.get("value_align", 0)
-    short = float(config.get("search_fraction", 1.0)) < 1.0
-    return value_align if short and isinstance(value_align, int) and not isinstance(value_align, bool) else 0
+    if not isinstance(value_align, int) or isinstance(value_align, bool):
+        return 0
+    return landing_grid(value_align, float(config.get("search_fraction", 1.0)) < 1.0)
 
 
 def _run_lut(run: Path) -> Path | None:

@@ -211,6 +211,12 @@ class StepReport:
     target_met: bool | None = None
 
 
+def landing_grid(value_align: int, ends_early: bool) -> int:
+    """The value-width grid a search's landing fills kept heads to: `value_align` when the search ends before the
+    run (`ends_early`), none (0) for a whole-run search, whose gates close on their own."""
+    return value_align if ends_early else 0
+
+
 class Pruner:
     """HiAP gates on a timm ViT inside the caller's own training loop.
 
@@ -362,7 +368,7 @@ class Pruner:
         """The value-width grid the search's landing filled the kept heads to and counted the budget on (0: none,
         as a whole-run search or value_align 0): an export or materialize pads to an align that divides it or is a
         multiple of it (export.compact.check_landing_grid)."""
-        return self.options.value_align if self.search_steps < self.total_steps else 0
+        return landing_grid(self.options.value_align, self.search_steps < self.total_steps)
 
     @property
     def tau(self) -> float:
