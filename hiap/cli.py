@@ -232,17 +232,15 @@ def pipeline(
     _refuse_missed_target(summary, console)  # before exporting a network that is not at the budget
     run = Path(summary["run_dir"])
     console.rule("2/3 export")
-    reports = {}
     for dense in (False, True):
         src = source_from_run(run, dense=dense)
         out_dir = export_folder(run, dense)
-        reports[dense] = export_source(src, out_dir)
-        print_export(reports[dense], src.model, out_dir, 8)
+        print_export(export_source(src, out_dir), src.model, out_dir, 8)
     console.rule(f"3/3 bench on {bench_device}")
     # The run's own data (an ImageFolder root resolves to its val/), so accuracy is measured for every run.
-    opts = BenchOptions(data=cfg.data, compare=run / "export-dense" / "model.onnx", budget_ms=budget_ms,
+    opts = BenchOptions(data=cfg.data, compare=export_folder(run, dense=True) / "model.onnx", budget_ms=budget_ms,
                         max_acc_drop=max_acc_drop)  # fmt: skip
-    report = run_bench(run / "export" / "model.onnx", target, opts)
+    report = run_bench(export_folder(run) / "model.onnx", target, opts)
     write_json_atomic(run / "bench.json", report.to_dict())
     print_bench(report)
     console.print(f"run, exports and bench.json in {run}")
