@@ -193,7 +193,7 @@ def dense_start(setting: str, roots: dict[str, Path], cache: Path) -> tuple[Path
 
 def hiap_run(setting: str, variant: str, root: Path, weights: Path, budget: float, seed: int,
              tmp: Path) -> tuple[float, Any, dict[str, Any]]:  # fmt: skip
-    from export.compact import build_compact
+    from hiap.export.compact import build_compact
 
     spec = SETTINGS[setting]
     cfg = TrainConfig(model=spec["model"], model_kwargs=spec["model_kwargs"], data=str(root), pretrained=str(weights),
@@ -208,7 +208,7 @@ def hiap_run(setting: str, variant: str, root: Path, weights: Path, budget: floa
 
 def run_one(method: str, budget: float, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
     """Train one method at one budget and seed; export its network to ONNX in the cache for the latency phase."""
-    from export.onnx_io import torch2onnx
+    from hiap.export.onnx_io import torch2onnx
 
     setting, root, weights, dense, data = ctx["setting"], ctx["root"], ctx["weights"], ctx["dense"], ctx["data"]
     example = example_input(dense)
@@ -253,7 +253,7 @@ def correctness(model: torch.nn.Module, data: Any) -> Any:
 
 def measure_latency(runs: list[dict[str, Any]], onnx_dir: Path, dense: Any, rounds: int, iters: int) -> float:
     """ORT batch-1 latency of every run's model (and the dense start), alternating in one process."""
-    from export.onnx_io import torch2onnx
+    from hiap.export.onnx_io import torch2onnx
 
     start = onnx_dir / "dense-start.onnx"
     torch2onnx(dense.eval(), tuple(example_input(dense).shape[1:]), start)

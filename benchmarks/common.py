@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from devices.host import detect_host
+from hiap.devices.host import detect_host
 from hiap import __version__
 from hiap.config import TrainConfig
 from hiap.cost import BlockStructure, Geometry, Structure, structure_macs

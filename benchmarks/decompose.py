@@ -42,7 +42,7 @@ from peers import example_input, finetune, macs_of, prune_to
 from rich.console import Console
 from tasks import Task, builtin_task, cifar_task, describe
 
-from export.compact import build_compact
+from hiap.export.compact import build_compact
 from hiap.config import TrainConfig
 from hiap.cost import BlockStructure, Structure
 from hiap.train import Trainer, structure_summary

@@ -12,7 +12,7 @@ inference latency of dense vs pruned networks (eager and CUDA graphs, float32 an
 2. End to end: `hiap train` with every default (built-in model, data and budget) on this device: wall time,
    accuracy and MACs, to set against the CPU run in results/default_run.
 3. Inference: DeiT-Tiny/Small shapes, random weights, learned-like plans at 0.8/0.65/0.5 of dense MACs exported
-   with --align 1 and 8 (export.compact, the module hiap exports), batch 1/8/64; every model of a group alternates
+   with --align 1 and 8 (hiap.export.compact, the module hiap exports), batch 1/8/64; every model of a group alternates
    with the others, timed with CUDA events; realisation = speedup / MAC reduction.
 Writes <results>/gpu.json / .md (results dir: see common.results_dir).
 """
@@ -34,7 +34,7 @@ import torch
 from common import environment, learned_like_plan, results_dir, train_run, write_results
 from train_overhead import MODES, make_trainer
 
-from export.compact import build_compact, padded_structure
+from hiap.export.compact import build_compact, padded_structure
 from hiap.cost import structure_macs
 from hiap.gated import describe_vit
 from hiap.models import create_model

@@ -37,11 +37,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import environment, learned_like_plan, results_dir
-from devices.lut import all_calls, measure_lut, measure_lut_alongside, steady_ms
-from devices.profile import load_profile
-from export.compact import build_compact
-from export.onnx_io import simplify_onnx, torch2onnx
-from export.probes import make_probes
+from hiap.devices.lut import all_calls, measure_lut, measure_lut_alongside, steady_ms
+from hiap.devices.profile import load_profile
+from hiap.export.compact import build_compact
+from hiap.export.onnx_io import simplify_onnx, torch2onnx
+from hiap.export.probes import make_probes
 from hiap.base.lut import LatencyTable, parse_lut, read_lut, write_lut
 from hiap.cost import BlockStructure, Geometry, Structure, structure_macs
 from hiap.gated import describe_vit
@@ -162,8 +162,8 @@ def _train_and_export(run: Path, **cfg: Any) -> dict[str, Any]:
     """hiap train (default recipe, in-process) then hiap export of the run; the run's summary."""
     from rich.console import Console
 
-    from export.artifact import export_source
-    from export.source import source_from_run
+    from hiap.export.artifact import export_source
+    from hiap.export.source import source_from_run
     from hiap.config import TrainConfig
     from hiap.train import Trainer
 
@@ -197,7 +197,7 @@ def _builtin_dense_ms(results: dict[str, Any]) -> float:
 def _predict_run(run: Path, summary: dict[str, Any], lut: Path | None = None,
                  table: LatencyTable | None = None) -> float:  # fmt: skip
     """The table's latency (ms) of a run's exported network: `table`, else the one at `lut`, else the built-in's."""
-    from export.plan import read_plan_json, structure_from_dict
+    from hiap.export.plan import read_plan_json, structure_from_dict
 
     vit = create_model(summary["model"], model_kwargs=summary.get("model_kwargs") or {})
     geom = describe_vit(vit)

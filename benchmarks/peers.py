@@ -185,7 +185,7 @@ def evaluate(model: torch.nn.Module, data: Any) -> float:
 def finetune(model: torch.nn.Module, teacher: torch.nn.Module, data: Any, epochs: int, seed: int) -> float:
     """The default recipe's weight training: AdamW 5e-4, cosine to 1 %, LS 0.1, KD alpha 0.7 T 4, and weight decay
     0.05 on the weights hiap train decays (matrices; not norms, biases, tokens or position embeddings)."""
-    from export.compact import CompactViT
+    from hiap.export.compact import CompactViT
     from hiap.config import TrainConfig
     from hiap.train import param_groups
 
@@ -220,7 +220,7 @@ def hiap_run(budget: float, seed: int, epochs: int) -> tuple[float, torch.nn.Mod
 
     from rich.console import Console
 
-    from export.compact import build_compact
+    from hiap.export.compact import build_compact
     from hiap.config import TrainConfig
     from hiap.train import Trainer
 
@@ -310,7 +310,7 @@ def main() -> None:
     args = parser.parse_args()
     if importlib.util.find_spec("torch_pruning") is None and set(args.methods) - {"hiap", "dense"}:
         raise SystemExit("peers.py needs Torch-Pruning for its pruning peers: pip install -e '.[bench]'")
-    from export.onnx_io import torch2onnx
+    from hiap.export.onnx_io import torch2onnx
 
     dense = create_model(MODEL, num_classes=10).eval()
     load_pretrained(dense, MODEL, "auto")
@@ -337,7 +337,7 @@ def main() -> None:
 def run_one(method: str, budget: float, seed: int, args: argparse.Namespace, dense: torch.nn.Module, data: Any,
             log: Path) -> None:  # fmt: skip
     """Train one method at one budget and seed unless the log has it; append its result to the log."""
-    from export.onnx_io import onnx_cost, torch2onnx
+    from hiap.export.onnx_io import onnx_cost, torch2onnx
 
     runs = load_runs(log)
     if any((r["method"], r["budget"], r["seed"]) == (method, budget, seed) for r in runs):

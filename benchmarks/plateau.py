@@ -240,7 +240,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
     when nothing else runs); written beside the runs for the report's latency columns and plot."""
     from peers import example_input, time_models
 
-    from export.onnx_io import torch2onnx
+    from hiap.export.onnx_io import torch2onnx
 
     dense = load_start(committed_dir() / f"dense-{SETTING}.safetensors")
     onnx_dir = args.cache / f"onnx-{run_name(args.split)}"

@@ -30,13 +30,13 @@ import onnxruntime as ort
 import torch
 from common import environment, latency_ms, results_dir
 
-from export.compact import build_compact
-from export.onnx_io import simplify_onnx, torch2onnx
-from export.quantize import Recipe, quantize_file
+from hiap.export.compact import build_compact
+from hiap.export.onnx_io import simplify_onnx, torch2onnx
+from hiap.export.quantize import Recipe, quantize_file
 from hiap.cost import BlockStructure, Structure, structure_macs
 from hiap.gated import describe_vit
 from hiap.models import create_model
-from runtime.data import Preprocessing, builtin_images, image_folder_files, load_image
+from hiap.runtime.data import Preprocessing, builtin_images, image_folder_files, load_image
 
 CALIBRATION, SELECTION = 512, 2000
 # Every recipe measured: (name, Recipe). The default ONNX Runtime recipe and the TensorRT one are among them.
@@ -57,7 +57,7 @@ RECIPES = [
 
 def cpu_flags() -> list[str]:
     """The CPU's features that decide its int8 and bf16/fp16 kernels (hiap.base.cpu.CPU_FLAGS)."""
-    from devices.host import detect_host
+    from hiap.devices.host import detect_host
 
     return detect_host().cpu_flags
 
@@ -89,8 +89,8 @@ def logits(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
 
 def builtin_model(run: Path, tmp: Path) -> dict[str, Any]:
     """The built-in run exported to FP32 ONNX, its calibration, selection and validation images."""
-    from export.artifact import export_source
-    from export.source import source_from_run
+    from hiap.export.artifact import export_source
+    from hiap.export.source import source_from_run
 
     if not (run / "checkpoint.safetensors").is_file():
         raise SystemExit(f"{run} is not a hiap run: run `python -m hiap pipeline` first, or pass --run")

@@ -22,8 +22,8 @@ import onnxruntime as ort
 import torch
 from common import environment, latency_ms, learned_like_plan, write_results
 
-from export.compact import build_compact, padded_structure
-from export.onnx_io import simplify_onnx, torch2onnx
+from hiap.export.compact import build_compact, padded_structure
+from hiap.export.onnx_io import simplify_onnx, torch2onnx
 from hiap.cost import structure_macs
 from hiap.gated import describe_vit
 from hiap.models import create_model

@@ -23,7 +23,7 @@ import torch
 import yaml
 from rich.console import Console
 
-from devices.host import detect_host
+from hiap.devices.host import detect_host
 from hiap.checkpoint import export_weights
 from hiap.config import TrainConfig
 from hiap.data import BuiltinData, Dataset

@@ -11,19 +11,19 @@ from typing import Any
 
 import numpy as np
 
-from devices.evaldata import EvalData, same_split
-from devices.host import Host, power_state
-from devices.options import BenchOptions, BenchPlan, BenchTarget, computed_precision, model_precision, plan_bench
-from devices.profile import DeviceProfile
-from devices.report import AccuracyCheck, BenchReport, Budget, DenseComparison, meta_float
-from devices.runners import open_runner
+from hiap.devices.evaldata import EvalData, same_split
+from hiap.devices.host import Host, power_state
+from hiap.devices.options import BenchOptions, BenchPlan, BenchTarget, computed_precision, model_precision, plan_bench
+from hiap.devices.profile import DeviceProfile
+from hiap.devices.report import AccuracyCheck, BenchReport, Budget, DenseComparison, meta_float
+from hiap.devices.runners import open_runner
 from hiap import __version__
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
 from hiap.base.precision import FP32, TRT
-from runtime.base import Runner, batch_of
-from runtime.data import Preprocessing
-from runtime.harness import (
+from hiap.runtime.base import Runner, batch_of
+from hiap.runtime.data import Preprocessing
+from hiap.runtime.harness import (
     Accuracy,
     Fidelity,
     Latency,
@@ -34,7 +34,7 @@ from runtime.harness import (
     measure_latency,
     random_feeds,
 )
-from runtime.trt_env import NOT_VALIDATED
+from hiap.runtime.trt_env import NOT_VALIDATED
 
 
 def environment(host: Host, runner: Runner, profile: DeviceProfile) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
-from runtime.data import (
+from hiap.runtime.data import (
     SUBSET_SELECTION,
     Preprocessing,
     builtin_fingerprint,
@@ -62,7 +62,7 @@ def same_split(meta: dict[str, str], data: EvalData, limit: int | None) -> tuple
     evaluated = data.fingerprint(limit)
     split: dict[str, Any] = {"evaluated": evaluated, "recorded": recorded, "same": False}
     whole = evaluated
-    if limit is not None:  # a class-balanced subset (runtime.data.balanced_subset) of the whole split
+    if limit is not None:  # a class-balanced subset (hiap.runtime.data.balanced_subset) of the whole split
         whole = data.fingerprint()
         split["subset"] = {"images": evaluated["images"], "of": whole["images"], "selection": SUBSET_SELECTION}
     if not isinstance(recorded, dict):

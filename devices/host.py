@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devices.profile import DeviceProfile
+from hiap.devices.profile import DeviceProfile
 from hiap.base.cpu import cpu_flags, cpu_model, read_cpuinfo, read_system_file
 
 DT_MODEL = Path("/proc/device-tree/model")

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devices.evaldata import EvalData
-from devices.host import Host, profile_mismatch
-from devices.profile import DeviceProfile
-from devices.runners import resolve_runtime
+from hiap.devices.evaldata import EvalData
+from hiap.devices.host import Host, profile_mismatch
+from hiap.devices.profile import DeviceProfile
+from hiap.devices.runners import resolve_runtime
 from hiap.base.errors import HiapError
 from hiap.base.precision import (
     COMPUTE_PRECISIONS,
@@ -21,7 +21,7 @@ from hiap.base.precision import (
     TRT,
     precision_named,
 )
-from runtime.base import Runner
+from hiap.runtime.base import Runner
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def check_inference_precision(
         which = " or ".join(missing) if mode == "any" else " and ".join(missing)
         raise HiapError(f"--precision {precision}: this CPU lacks {which} (its {precision} arithmetic); OpenVINO "
                         "would not compute in it here. Bench fp32 or int8 on this machine.")  # fmt: skip
-    from runtime.ov_runner import import_openvino
+    from hiap.runtime.ov_runner import import_openvino
 
     if import_openvino() is None:
         raise HiapError(f"--precision {precision} runs on OpenVINO, which is not installed here "

@@ -215,7 +215,7 @@ class DeviceProfile:
 
 
 def profiles_dir() -> Path:
-    return Path(str(resources.files("devices") / "profiles"))
+    return Path(str(resources.files("hiap.devices") / "profiles"))
 
 
 def _get(body: dict[str, Any], dotted: str) -> tuple[bool, Any]:

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from devices.evaldata import EvalData
+from hiap.devices.evaldata import EvalData
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
 from hiap.base.precision import FP32
-from runtime.harness import Accuracy, Fidelity, Latency
+from hiap.runtime.harness import Accuracy, Fidelity, Latency
 
 
 def meta_float(meta: dict[str, str], key: str) -> float | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from devices.profile import DeviceProfile, version_in_range
+from hiap.devices.profile import DeviceProfile, version_in_range
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
 from hiap.base.precision import (
@@ -19,13 +19,13 @@ from hiap.base.precision import (
     TRT,
     runtime_by_library,
 )
-from runtime.base import Runner
+from hiap.runtime.base import Runner
 
 
 def resolve_runtime(profile: DeviceProfile, requested: str | None) -> tuple[str, str]:
     """The runtime to bench on ('ort', 'openvino' or 'trt') and a note: --runtime when given, else the profile's. A
     profile whose default is OpenVINO falls back to ONNX Runtime where OpenVINO is not installed, and says so."""
-    from runtime.ov_runner import import_openvino
+    from hiap.runtime.ov_runner import import_openvino
 
     if requested is not None:
         chosen = runtime_by_library(requested)  # --runtime names the library
@@ -69,7 +69,7 @@ def engine_build_settings(profile: DeviceProfile, meta: dict[str, str] | None = 
 
 def engine_key(trt: Any) -> str:
     """What an engine is specific to: the TensorRT version and the GPU ('trt10.3.0.nvidia-orin')."""
-    from runtime.trt_env import gpu_name
+    from hiap.runtime.trt_env import gpu_name
 
     slug = "".join(ch if ch.isalnum() else "-" for ch in gpu_name()).strip("-").lower()
     return f"trt{trt.__version__}.{slug}"
@@ -82,8 +82,8 @@ def timing_cache_for(onnx_path: Path, key: str) -> Path:
 
 def _engine_for(onnx_path: Path, profile: DeviceProfile) -> Path:
     """On a TensorRT device an .onnx is built into an engine first, cached beside it per TensorRT version and GPU."""
-    from runtime.trt_build import build_engine, read_sidecar, sha256_file, sidecar_path
-    from runtime.trt_env import import_tensorrt
+    from hiap.runtime.trt_build import build_engine, read_sidecar, sha256_file, sidecar_path
+    from hiap.runtime.trt_env import import_tensorrt
 
     trt = import_tensorrt()
     if trt is None:
@@ -93,7 +93,7 @@ def _engine_for(onnx_path: Path, profile: DeviceProfile) -> Path:
     if wanted and not version_in_range(trt.__version__, wanted):
         raise HiapError(f"Device '{profile.name}' expects TensorRT {wanted} but this host has {trt.__version__}: "
                         "use the profile of this JetPack/TensorRT, or pass your own profile file.")  # fmt: skip
-    from runtime.ort_runner import OrtRunner
+    from hiap.runtime.ort_runner import OrtRunner
 
     with OrtRunner(onnx_path) as probe:
         meta = dict(probe.metadata)
@@ -118,21 +118,21 @@ def open_runner(path: Path, profile: DeviceProfile, runtime: str | None = None, 
             raise HiapError(f"'{path}' is a TensorRT engine but device '{profile.name}' runs a CPU runtime: bench the "
                             ".onnx instead.")  # fmt: skip
         if runtime == OPENVINO:
-            from devices.profile import OvSettings
-            from runtime.ov_runner import OvRunner
+            from hiap.devices.profile import OvSettings
+            from hiap.runtime.ov_runner import OvRunner
 
             # A CPU profile without its own OpenVINO section runs it with its ONNX Runtime thread count.
             ov = profile.openvino or OvSettings(profile.ort.intra_op_threads if profile.ort else 1)
             return OvRunner(path, threads=ov.threads, hint=ov.hint, precision=precision)
-        from runtime.ort_runner import OrtRunner
+        from hiap.runtime.ort_runner import OrtRunner
 
         ort = profile.ort
         assert ort is not None  # validate() requires the section when runtime is 'ort'
         return OrtRunner(path, providers=list(ort.providers), intra_op_threads=ort.intra_op_threads,
                          inter_op_threads=ort.inter_op_threads,
                          graph_optimization_level=ort.graph_optimization_level)  # fmt: skip
-    from runtime.ort_runner import check_model_file
-    from runtime.trt_runner import TrtRunner
+    from hiap.runtime.ort_runner import check_model_file
+    from hiap.runtime.trt_runner import TrtRunner
 
     check_model_file(path, (".onnx", ".engine", ".plan"))
     engine = _engine_for(path, profile) if path.suffix == ".onnx" else path

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devices.bench import run_bench
-from devices.options import BenchOptions, BenchTarget, check_inference_precision, check_options
-from devices.report import BenchReport
+from hiap.devices.bench import run_bench
+from hiap.devices.options import BenchOptions, BenchTarget, check_inference_precision, check_options
+from hiap.devices.report import BenchReport
 from hiap.base.errors import HiapError
 from hiap.base.precision import (
     COMPUTE_PRECISIONS,
@@ -71,7 +71,7 @@ class SweepReport:
 
 def plan_rows(target: BenchTarget, fp32: Path, int8: Path | None) -> list[SweepRow]:
     """Every runtime x precision of the profile, each with the file it runs or why it cannot run here."""
-    from runtime.ov_runner import import_openvino
+    from hiap.runtime.ov_runner import import_openvino
 
     profile = target.profile
     if profile.runtime == TRT:
@@ -101,7 +101,7 @@ def _int8_row(runtime: str, int8: Path | None) -> SweepRow:
     if int8 is None:
         why = "no INT8 file: pass --int8 RUN/export-int8/model.onnx (made by hiap export RUN --precision int8)"
         return SweepRow(runtime, INT8, None, skipped=why)
-    from runtime.ort_runner import OrtRunner
+    from hiap.runtime.ort_runner import OrtRunner
 
     with OrtRunner(int8) as runner:  # the file says which INT8 it is (static or dynamic)
         precision = runner.metadata.get("precision", INT8)

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import numpy as np
 import torch
 
-from export.compact import check_landing_grid, padded_structure
-from export.onnx_io import onnx_cost, simplify_onnx, torch2onnx, zero_params
-from export.plan import make_plan
-from export.quantize import (
+from hiap.export.compact import check_landing_grid, padded_structure
+from hiap.export.onnx_io import onnx_cost, simplify_onnx, torch2onnx, zero_params
+from hiap.export.plan import make_plan
+from hiap.export.quantize import (
     Images,
     Recipe,
     calibration_images,
@@ -30,17 +30,17 @@ from export.quantize import (
     quantize_file,
     validation_images,
 )
-from export.source import Source
+from hiap.export.source import Source
 from hiap import __version__
 from hiap.base.atomic import write_bytes_atomic, write_json_atomic
 from hiap.base.errors import HiapError
 from hiap.base.precision import COMPUTE_PRECISIONS, FP32, INT8_DYNAMIC, ORT, TRT
 from hiap.cost import Geometry, Structure, structure_macs, structure_params
-from runtime.harness import Tolerance, compare_logits, run_batched
-from runtime.ort_runner import default_runner
+from hiap.runtime.harness import Tolerance, compare_logits, run_batched
+from hiap.runtime.ort_runner import default_runner
 
 if TYPE_CHECKING:
-    from devices.profile import DeviceProfile
+    from hiap.devices.profile import DeviceProfile
 
 PARITY_TOL = 1e-4
 GOLDEN_IMAGES = 8  # real validation images in golden.npz: the bench's fidelity check runs all of them
@@ -108,10 +108,10 @@ class Golden:
 
 def _validation_images(src: Source, meta: dict[str, str], n: int) -> Golden:
     """The first `n` images of the split the model validated on, prepared by the device's own preprocessing
-    (runtime.data with the Preprocessing the bench reads from this export's metadata, so its fidelity check
+    (hiap.runtime.data with the Preprocessing the bench reads from this export's metadata, so its fidelity check
     compares like with like), and the split's fingerprint, which lets the bench tell whether its --data is
     that split."""
-    from runtime.data import (
+    from hiap.runtime.data import (
         Preprocessing,
         builtin_fingerprint,
         builtin_val_batches,
@@ -242,7 +242,7 @@ def export_target(target: str | None, engine: bool) -> DeviceProfile | None:
     TensorRT device; None when neither is asked. An engine for a device that runs no TensorRT is refused."""
     if target is None and not engine:
         return None
-    from devices.profile import all_profiles, default_engine_target, load_profile
+    from hiap.devices.profile import all_profiles, default_engine_target, load_profile
 
     profile = load_profile(target) if target is not None else default_engine_target(all_profiles())
     if engine and profile.runtime != TRT:
@@ -382,7 +382,7 @@ def _export_into(work: Path, out: Path, src: Source, opset: int, align: int, dyn
     report |= {"seconds": time.perf_counter() - t0, "metadata": meta, "notes": notes}
     model_path = work / "model.onnx"
     if target is not None and model_path.is_file():
-        from export.device_check import check_onnx
+        from hiap.export.device_check import check_onnx
 
         report["device_check"] = check_onnx(model_path, target)
     write_json_atomic(work / "export_report.json", report)
@@ -425,7 +425,7 @@ def predicted_latency(src: Source, align: int, precision: str, lut: Path | None,
 def _calibration(src: Source, meta: dict[str, str], int8: Int8Options, notes: list[str]) -> Images | None:
     """The calibration images of a static INT8 export (None for a dynamic one), read before anything is written:
     no data, or too few images, is an error that leaves the output folder as it was."""
-    from runtime.data import Preprocessing
+    from hiap.runtime.data import Preprocessing
 
     if int8.recipe.precision == INT8_DYNAMIC:
         return None
@@ -443,15 +443,15 @@ def _quantize(src: Source, fp32: Path, out: Path, meta: dict[str, str], int8: In
               golden: dict[str, np.ndarray], dynamic_batch: bool) -> dict[str, Any]:  # fmt: skip
     """Quantize the checked FP32 file into `out`, measure it against the FP32 file on the run's validation images,
     and put the quantized file's own logits into golden (what the device must reproduce)."""
-    from runtime.data import Preprocessing
+    from hiap.runtime.data import Preprocessing
 
     described = calibration.describe() | {"seed": 0} if calibration is not None else None
     meta |= int8_metadata(int8.recipe, described)  # the report's metadata is the INT8 file's
     done = quantize_file(fp32, out, int8.recipe, calibration.x if calibration is not None else None, meta)
     batch = 8 if dynamic_batch else 1
     if golden:
-        from runtime.harness import run_batched
-        from runtime.ort_runner import default_runner
+        from hiap.runtime.harness import run_batched
+        from hiap.runtime.ort_runner import default_runner
 
         with default_runner(out) as runner:
             golden["logits"] = run_batched(runner, golden["inputs"], batch)

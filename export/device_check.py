@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from devices.profile import DeviceProfile
-from export.onnx_io import load_shaped
+from hiap.devices.profile import DeviceProfile
+from hiap.export.onnx_io import load_shaped
 from hiap.base.precision import FP16, TRT
 
 # Operators a hiap ViT export can contain, all in TensorRT's ONNX support matrix since 8.x (LayerNormalization

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from export.onnx_io import onnx_cost
-from export.plan import check_plan, read_plan_json, structure_from_dict
+from hiap.export.onnx_io import onnx_cost
+from hiap.export.plan import check_plan, read_plan_json, structure_from_dict
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
 from hiap.checkpoint import CHECKPOINT_NAME
@@ -59,7 +59,7 @@ def inspect_planned(path: Path, plan_key: str) -> dict[str, Any] | None:
 def inspect_onnx(path: Path) -> dict[str, Any]:
     import onnx
 
-    from runtime.ort_runner import default_runner
+    from hiap.runtime.ort_runner import default_runner
 
     with default_runner(path):  # counted figures of a graph no runtime can load would mislead: it must load
         pass

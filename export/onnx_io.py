@@ -12,7 +12,7 @@ import torch
 
 from hiap.base.atomic import write_bytes_atomic
 from hiap.base.errors import HiapError
-from runtime.ort_runner import default_runner
+from hiap.runtime.ort_runner import default_runner
 
 
 def torch2onnx(

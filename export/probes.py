@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from export.compact import build_compact, compact_block
-from export.onnx_io import simplify_onnx, torch2onnx
+from hiap.export.compact import build_compact, compact_block
+from hiap.export.onnx_io import simplify_onnx, torch2onnx
 from hiap import __version__
 from hiap.base.atomic import write_json_atomic
 from hiap.base.errors import HiapError
@@ -176,7 +176,7 @@ def profile_model(model: str, model_kwargs: dict[str, Any], profile: Any, align:
     device profile's runner; returns the lut.json body. `progress(stage, i, n)` follows both stages."""
     import tempfile
 
-    from devices.lut import ROUNDS, measure_lut
+    from hiap.devices.lut import ROUNDS, measure_lut
 
     def stage(name: str) -> Any:
         return None if progress is None else (lambda i, n: progress(name, i, n))
@@ -194,7 +194,7 @@ def _quantize_probe(path: Path, shape: tuple[int, ...], precision: str, runtime:
     """The probe at `path` replaced by its INT8 version (the export's recipe for `runtime`)."""
     import numpy as np
 
-    from export.quantize import Recipe, quantize_file
+    from hiap.export.quantize import Recipe, quantize_file
 
     recipe = Recipe.for_runtime(precision, runtime)
     calibration = None

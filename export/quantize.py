@@ -208,7 +208,7 @@ def calibration_images(data: str | None, builtin_model: bool, pre: Any, n: int) 
     """`n` images of the training data (`data`: 'builtin', a training root with train/, or a class-folder tree; None:
     the built-in data for a built-in model), drawn without replacement with seed 0, and warnings to print. Raises
     when there are none or too few to calibrate on."""
-    from runtime.data import builtin_images, sample_image_folder
+    from hiap.runtime.data import builtin_images, sample_image_folder
 
     if n < MIN_CALIBRATION_IMAGES:
         raise HiapError(f"--calibration-images {n}: at least {MIN_CALIBRATION_IMAGES} are needed to estimate the "
@@ -245,7 +245,7 @@ def calibration_images(data: str | None, builtin_model: bool, pre: Any, n: int) 
 def validation_images(data: str | None, builtin_model: bool, pre: Any, limit: int) -> tuple[Images | None, str]:
     """The run's validation images with labels (the whole built-in split; `limit` of an ImageFolder's val/, taken
     round-robin over its classes), or None and why not."""
-    from runtime.data import builtin_images, image_folder_batches
+    from hiap.runtime.data import builtin_images, image_folder_batches
 
     if data in (None, "builtin") and (data == "builtin" or builtin_model):
         x, y = builtin_images(pre, "val")
@@ -259,7 +259,7 @@ def validation_images(data: str | None, builtin_model: bool, pre: Any, limit: in
         batches = list(image_folder_batches(val, pre, batch_size=256, limit=limit))
     except HiapError as exc:
         return None, f"the run's validation images cannot be read here: {exc}"
-    from runtime.data import image_folder_files
+    from hiap.runtime.data import image_folder_files
 
     x, y = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
     return Images(x, y, str(val), len(image_folder_files(val)[1])), ""
@@ -267,8 +267,8 @@ def validation_images(data: str | None, builtin_model: bool, pre: Any, limit: in
 
 def compare_files(fp32: Path, int8: Path, images: Images, batch: int) -> dict[str, Any]:
     """Top-1 of both files on the same labelled images and the INT8 logits against the FP32 ones."""
-    from runtime.harness import Tolerance, compare_logits, run_batched
-    from runtime.ort_runner import default_runner
+    from hiap.runtime.harness import Tolerance, compare_logits, run_batched
+    from hiap.runtime.ort_runner import default_runner
 
     with default_runner(fp32) as a, default_runner(int8) as b:
         ref, out = run_batched(a, images.x, batch), run_batched(b, images.x, batch)

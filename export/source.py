@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from export.plan import read_plan_json, structure_from_dict
+from hiap.export.plan import read_plan_json, structure_from_dict
 from hiap.base.errors import HiapError
 from hiap.checkpoint import gated_from_checkpoint, load_checkpoint
 from hiap.cost import Structure
@@ -61,7 +61,7 @@ class Source:
 
     def exported(self, align: int) -> torch.nn.Module:
         """The module to write as ONNX: the compact ViT, or a copy of the user's model with a compact backbone."""
-        from export.compact import build_compact, compact_in_place
+        from hiap.export.compact import build_compact, compact_in_place
 
         if self.wrapper is None:
             return build_compact(self.vit, self.structure, align=align)

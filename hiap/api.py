@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from export.artifact import ExportReport
-from export.compact import check_landing_grid, compact_in_place
-from export.plan import Plan, make_plan, read_plan_json, structure_from_dict
-from export.source import Source, source_from_model, source_from_pruner
+from hiap.export.artifact import ExportReport
+from hiap.export.compact import check_landing_grid, compact_in_place
+from hiap.export.plan import Plan, make_plan, read_plan_json, structure_from_dict
+from hiap.export.source import Source, source_from_model, source_from_pruner
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
 from hiap.base.precision import INT8
@@ -300,7 +300,7 @@ def _data(int8_data: str | Path | None) -> str | None:
 def _export(src: Source, out: Path, opset: int, align: int, dynamic_batch: bool, force: bool,
             lut: Path | str | None, int8: bool) -> ExportReport:  # fmt: skip
     """The artifact folder of `src` (the model it wraps left in the train/eval mode it was in)."""
-    from export.artifact import Int8Options, export_source
+    from hiap.export.artifact import Int8Options, export_source
 
     model = src.wrapper if src.wrapper is not None else src.vit
     was_training = model.training

@@ -17,10 +17,10 @@ from hiap.base.jsonfile import parse_json, read_text
 from hiap.base.precision import COMPUTE_PRECISIONS, FILE_PRECISIONS, FP32, ORT, PRECISION_NAMES
 
 if TYPE_CHECKING:
-    from devices.host import Host
-    from devices.options import BenchTarget
-    from devices.profile import DeviceProfile
-    from export.artifact import ExportReport
+    from hiap.devices.host import Host
+    from hiap.devices.options import BenchTarget
+    from hiap.devices.profile import DeviceProfile
+    from hiap.export.artifact import ExportReport
 
 app = typer.Typer(
     add_completion=False,
@@ -205,10 +205,10 @@ def pipeline(
     model on the built-in data, offline."""
     from rich.console import Console
 
-    from devices.bench import run_bench
-    from devices.options import BenchOptions
-    from export.artifact import export_folder, export_source
-    from export.source import source_from_run
+    from hiap.devices.bench import run_bench
+    from hiap.devices.options import BenchOptions
+    from hiap.export.artifact import export_folder, export_source
+    from hiap.export.source import source_from_run
     from hiap.base.atomic import write_json_atomic
     from hiap.config import resolve_config
     from hiap.progress import summary_table
@@ -299,7 +299,7 @@ def inspect(
     from hiap.inspect import inspect_target
 
     if target.endswith(".onnx"):
-        from export.inspect import inspect_onnx
+        from hiap.export.inspect import inspect_onnx
 
         report = inspect_onnx(path)
         typer.echo(json.dumps(report, indent=2) if as_json else
@@ -307,11 +307,11 @@ def inspect(
                    f"the graph, {report['file_bytes'] / 1e6:.2f} MB, plan {report['plan_hash']}")  # fmt: skip
         return
     if target.endswith(".json"):
-        from export.inspect import inspect_plan
+        from hiap.export.inspect import inspect_plan
 
         report = inspect_plan(Path(target))
     else:
-        from export.inspect import inspect_planned
+        from hiap.export.inspect import inspect_planned
         from hiap.api import PLAN_KEY
 
         # An export folder or save_pruned's weights hold a plan and no checkpoint; the rest is the core's.
@@ -387,7 +387,7 @@ def profile(
         console.print(f"wrote {len(manifest['probes'])} probes to {probes_only}: copy the folder to the device and "
                       f"run hiap profile --probes {probes_only} --device NAME there")  # fmt: skip
         return
-    from devices.lut import measure_lut
+    from hiap.devices.lut import measure_lut
     from hiap.base.lut import parse_lut, write_lut
 
     assert target is not None
@@ -397,7 +397,7 @@ def profile(
                                batches=batches if batch else None, rounds=rounds, precision=lowered,
                                progress=lambda i, n: status.update(f"timing probes: round {i}/{n}"))  # fmt: skip
         else:
-            from export.probes import profile_model
+            from hiap.export.probes import profile_model
             from hiap.models import DEFAULT_MODEL, check_model_name, parse_model_kwargs
 
             name = model or DEFAULT_MODEL
@@ -422,7 +422,7 @@ def _write_probes(model: str | None, model_kwargs: list[str] | None, folder: Pat
                   batches: tuple[int, ...], chain: int, console: Any, precision: str = FP32,
                   runtime: str = ORT) -> dict[str, Any]:  # fmt: skip
     """The probe set of a model geometry written to `folder` (hiap profile's workstation side); its manifest."""
-    from export.probes import make_probes
+    from hiap.export.probes import make_probes
     from hiap.models import DEFAULT_MODEL, check_model_name, parse_model_kwargs
 
     name = model or DEFAULT_MODEL
@@ -473,8 +473,8 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace a folder that holds another export (or files)."),
 ) -> None:
     """Freeze the gates into plan.json and write the compact model.onnx, golden.npz and export_report.json."""
-    from export.artifact import Int8Options, export_folder, export_source, export_target
-    from export.source import source_from_plan, source_from_run
+    from hiap.export.artifact import Int8Options, export_folder, export_source, export_target
+    from hiap.export.source import source_from_plan, source_from_run
 
     if format not in ("onnx", "engine"):
         raise HiapError(f"--format {format}: choose onnx or engine.")
@@ -506,8 +506,8 @@ def export(
 
 
 def _export_engine(out_dir: Path, report: ExportReport, profile: DeviceProfile, dynamic_batch: bool) -> None:
-    from export.engine import export_engine
-    from runtime.trt_env import NOT_VALIDATED
+    from hiap.export.engine import export_engine
+    from hiap.runtime.trt_env import NOT_VALIDATED
 
     sidecar = export_engine(out_dir, report["metadata"], profile, dynamic_batch)
     engine_path = out_dir / "model.engine"
@@ -557,8 +557,8 @@ def bench(
     Exit 0: every budget measured and met. 1: a budget failed. 4: none failed but some could not be measured
     (accuracy without --data or on other images than the run validated on, fidelity without golden.npz); the
     last line names them and why. 2: bad input."""
-    from devices.bench import run_bench
-    from devices.options import BenchOptions
+    from hiap.devices.bench import run_bench
+    from hiap.devices.options import BenchOptions
 
     target = _bench_target(device)
     if json_out is not None:  # checked before the bench runs, not after minutes of measuring
@@ -593,7 +593,7 @@ def bench(
 
 def _sweep(artifact: Path, int8: Path | None, target: BenchTarget, opts: Any, json_out: Path | None) -> None:
     """hiap bench --sweep: run every combination, print one table and the fastest that meets every budget."""
-    from devices.sweep import run_sweep
+    from hiap.devices.sweep import run_sweep
     from hiap.render import print_sweep
 
     report = run_sweep(artifact, int8, target, opts)
@@ -608,17 +608,17 @@ def _sweep(artifact: Path, int8: Path | None, target: BenchTarget, opts: Any, js
 
 def _bench_target(device: str | None) -> BenchTarget:
     """The profile named by --device (a name, alias or .yaml), or this host's; resolved once, with this host."""
-    from devices.host import detect_host
-    from devices.options import BenchTarget
-    from devices.profile import load_profile
+    from hiap.devices.host import detect_host
+    from hiap.devices.options import BenchTarget
+    from hiap.devices.profile import load_profile
 
     host = detect_host()
     return BenchTarget.on(load_profile(device) if device is not None else _host_device(host), host)
 
 
 def _host_device(host: Host) -> DeviceProfile:
-    from devices.host import guess_profile
-    from devices.profile import all_profiles
+    from hiap.devices.host import guess_profile
+    from hiap.devices.profile import all_profiles
 
     profile = guess_profile(host, all_profiles().values())  # fallback profiles last: the CPU one on a GPU box
     if profile is None:

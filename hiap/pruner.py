@@ -367,7 +367,7 @@ class Pruner:
     def landing_align(self) -> int:
         """The value-width grid the search's landing filled the kept heads to and counted the budget on (0: none,
         as a whole-run search or value_align 0): an export or materialize pads to an align that divides it or is a
-        multiple of it (export.compact.check_landing_grid)."""
+        multiple of it (hiap.export.compact.check_landing_grid)."""
         return landing_grid(self.options.value_align, self.search_steps < self.total_steps)
 
     @property

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from devices.report import verdict_line
+from hiap.devices.report import verdict_line
 
 if TYPE_CHECKING:
-    from devices.report import BenchReport
-    from devices.sweep import SweepReport
-    from export.artifact import ExportReport
+    from hiap.devices.report import BenchReport
+    from hiap.devices.sweep import SweepReport
+    from hiap.export.artifact import ExportReport
     from hiap.base.lut import LatencyTable
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from hiap.base.errors import HiapError
-from runtime.base import Runner
+from hiap.runtime.base import Runner
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 
 from hiap.base.errors import HiapError
 from hiap.base.precision import FP32, ONNX_RUNTIME
-from runtime.base import TensorSpec, check_feeds
+from hiap.runtime.base import TensorSpec, check_feeds
 
 _TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 

@@ -10,8 +10,8 @@ import numpy as np
 
 from hiap.base.errors import HiapError
 from hiap.base.precision import FP32, OPENVINO_HINTS, OPENVINO_RUNTIME
-from runtime.base import TensorSpec, check_feeds
-from runtime.ort_runner import check_model_file
+from hiap.runtime.base import TensorSpec, check_feeds
+from hiap.runtime.ort_runner import check_model_file
 
 _TYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32"}
 

@@ -15,7 +15,7 @@ from hiap.base.atomic import write_bytes_atomic, write_json_atomic
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import read_json_object
 from hiap.base.precision import FP16, FP32, INT8
-from runtime.trt_env import NOT_VALIDATED, cudart, gpu_name, import_tensorrt
+from hiap.runtime.trt_env import NOT_VALIDATED, cudart, gpu_name, import_tensorrt
 
 # Where JetPack installs trtexec (it is not on PATH there).
 JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"

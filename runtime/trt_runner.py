@@ -11,10 +11,10 @@ import numpy as np
 
 from hiap.base.errors import HiapError
 from hiap.base.precision import TENSORRT
-from runtime.base import TensorSpec
-from runtime.ort_runner import check_model_file
-from runtime.trt_build import read_sidecar
-from runtime.trt_env import cuda_check, cudart, gpu_name, import_tensorrt
+from hiap.runtime.base import TensorSpec
+from hiap.runtime.ort_runner import check_model_file
+from hiap.runtime.trt_build import read_sidecar
+from hiap.runtime.trt_env import cuda_check, cudart, gpu_name, import_tensorrt
 
 
 class TrtRunner:

@@ -16,15 +16,15 @@ from mutations import mutate, one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
-from export.plan import read_plan_json, structure_from_dict
+from hiap.export.plan import read_plan_json, structure_from_dict
 from hiap.base.errors import HiapError
 from hiap.checkpoint import load_checkpoint
 from hiap.cli import app
 from hiap.config import resolve_config
 from hiap.gated import describe_vit
 from hiap.models import create_model
-from runtime.data import Preprocessing, image_folder_batches
-from runtime.ort_runner import OrtRunner
+from hiap.runtime.data import Preprocessing, image_folder_batches
+from hiap.runtime.ort_runner import OrtRunner
 
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-5, 300), st.floats(allow_nan=False), st.text(max_size=8))
@@ -60,7 +60,7 @@ def test_unreadable_yaml_corpus(tmp_path: Path, raw: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def good_plan(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from export.plan import make_plan
+    from hiap.export.plan import make_plan
     from hiap.models import data_config
 
     vit = create_model("hiap_vit_fmnist_tiny", num_classes=10)
@@ -100,7 +100,7 @@ def test_truncated_or_damaged_checkpoints_never_load(tmp_path: Path, tiny_run: P
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path: Path, tiny_run: Path) -> None:
-    from export.plan import make_plan
+    from hiap.export.plan import make_plan
     from hiap.models import data_config
 
     vit = create_model("hiap_vit_fmnist", num_classes=10)
@@ -129,7 +129,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path, tiny_run: Path) 
 @FUZZ
 @given(cut=st.floats(0.0, 0.95))
 def test_truncated_onnx_is_refused(tmp_path: Path, exported_pair: dict, cut: float) -> None:
-    from export.inspect import inspect_onnx
+    from hiap.export.inspect import inspect_onnx
 
     raw = exported_pair["pruned"].read_bytes()
     file = tmp_path / "m.onnx"

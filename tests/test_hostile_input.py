@@ -19,15 +19,15 @@ from mutations import mutate, one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
-from devices.profile import read_profile
+from hiap.devices.profile import read_profile
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import MAX_DEPTH, parse_json, parse_yaml, read_json_object
 from hiap.base.lut import read_lut
 from hiap.cli import app
 from hiap.config import resolve_config
-from runtime.base import TensorSpec
-from runtime.data import Preprocessing, image_folder_files, load_image
-from runtime.harness import random_feeds
+from hiap.runtime.base import TensorSpec
+from hiap.runtime.data import Preprocessing, image_folder_files, load_image
+from hiap.runtime.harness import random_feeds
 
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 JSON_LEAF = st.one_of(
@@ -253,7 +253,7 @@ def test_a_decompression_bomb_is_refused_in_one_line(tmp_path: Path) -> None:
     [{"num_classes": 10**9}, {"model_kwargs": {"embed_dim": 2**20}}],
 )
 def test_a_plan_of_an_absurd_model_size_is_refused_before_allocating(tmp_path: Path, edit: dict) -> None:
-    from export.plan import make_plan
+    from hiap.export.plan import make_plan
     from hiap.gated import describe_vit
     from hiap.models import create_model, data_config
 
@@ -273,7 +273,7 @@ def test_how_a_command_ends_on_a_full_disk_a_bug_and_ctrl_c(tmp_path: Path, monk
     never 1 (which hiap bench uses for a failed budget); Ctrl-C says what the interrupted command leaves."""
     import errno
 
-    import export.artifact
+    import hiap.export.artifact
     import hiap.inspect
 
     def full_disk(*_: object, **__: object) -> None:
@@ -294,7 +294,7 @@ def test_how_a_command_ends_on_a_full_disk_a_bug_and_ctrl_c(tmp_path: Path, monk
     def ctrl_c(*_: object, **__: object) -> None:
         raise KeyboardInterrupt
 
-    from export.plan import make_plan
+    from hiap.export.plan import make_plan
     from hiap.gated import describe_vit
     from hiap.models import create_model, data_config
 
@@ -303,7 +303,7 @@ def test_how_a_command_ends_on_a_full_disk_a_bug_and_ctrl_c(tmp_path: Path, monk
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(make_plan("hiap_vit_fmnist_tiny", geom, geom.dense_structure(), data_config(vit),
                                          10).to_dict()))  # fmt: skip
-    monkeypatch.setattr(export.artifact, "export_source", ctrl_c)
+    monkeypatch.setattr(hiap.export.artifact, "export_source", ctrl_c)
     result = CliRunner().invoke(app, ["export", "--model", "hiap_vit_fmnist_tiny", "--plan", str(plan),
                                       "--pretrained", "none", "--out", str(tmp_path / "o")])  # fmt: skip
     assert result.exit_code == 130 and "nothing was written over" in result.output
@@ -429,7 +429,7 @@ def test_inspect_refuses_an_onnx_file_onnx_runtime_cannot_load(tmp_path: Path) -
 
 
 def test_an_external_data_path_outside_the_folder_is_named_as_such(tmp_path: Path) -> None:
-    from runtime.ort_runner import OrtRunner
+    from hiap.runtime.ort_runner import OrtRunner
 
     path = _graph(tmp_path, "Add", external="../../etc/passwd")
 
@@ -452,7 +452,7 @@ def test_an_onnx_runtime_error_while_running_is_one_line(tmp_path: Path) -> None
     import onnx
     from onnx import TensorProto, helper
 
-    from runtime.ort_runner import OrtRunner
+    from hiap.runtime.ort_runner import OrtRunner
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)

@@ -90,16 +90,16 @@ def test_every_import_follows_the_layer_map() -> None:
 def test_the_static_check_catches_what_it_is_for(tmp_path: Path) -> None:
     """Each rule must fire on the import it forbids (a check that matches nothing proves nothing)."""
     bad = {
-        "hiap.data": {"runtime.data"},
+        "hiap.data": {"hiap.runtime.data"},
         "hiap.base.errors": {"hiap.models"},
-        "runtime.bench": {"devices.profile", "hiap.train", "export.plan", "torch"},
-        "devices.bench": {"hiap.cli"},
+        "runtime.bench": {"hiap.devices.profile", "hiap.train", "hiap.export.plan", "torch"},
+        "hiap.devices.bench": {"hiap.cli"},
         "hiap.train": {"hiap.api"},
     }
     assert len(layer_violations(bad)) == 8
-    good = {"hiap.cli": {"export.artifact", "devices.bench", "hiap.api"}, "hiap.api": {"export.compact", "hiap.pruner"},
-            "devices.bench": {"runtime.harness", "hiap.base.errors"},
-            "export.artifact": {"runtime.harness", "devices.profile", "hiap.models"}}  # fmt: skip
+    good = {"hiap.cli": {"hiap.export.artifact", "hiap.devices.bench", "hiap.api"}, "hiap.api": {"hiap.export.compact", "hiap.pruner"},
+            "hiap.devices.bench": {"hiap.runtime.harness", "hiap.base.errors"},
+            "hiap.export.artifact": {"hiap.runtime.harness", "hiap.devices.profile", "hiap.models"}}  # fmt: skip
     assert layer_violations(good) == []
     src = tmp_path / "pkg" / "mod.py"
     src.parent.mkdir()
@@ -134,7 +134,7 @@ def test_runtime_and_devices_import_with_only_the_base() -> None:
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == []
-    assert "runtime.harness" in wanted and "devices.profile" in wanted
+    assert "hiap.runtime.harness" in wanted and "hiap.devices.profile" in wanted
 
 
 GATED_OPS = ("gated_attention", "gated_mlp")

@@ -104,7 +104,7 @@ def test_bench_limit_evaluates_every_class(tmp_path: Path) -> None:
     below one class's size still evaluates every class, and the report says what subset it was."""
     from PIL import Image
 
-    from runtime.data import SUBSET_SELECTION
+    from hiap.runtime.data import SUBSET_SELECTION
 
     for cls in ("airplane", "bird", "cat"):
         (tmp_path / "val" / cls).mkdir(parents=True)
@@ -145,7 +145,7 @@ def test_runtime_devices_and_bench_run_without_torch(exported_pair: dict, tmp_pa
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["device"] == "x86-cpu" and report["fidelity"]["max_abs_diff"] <= 1e-4
-    probe = "import devices.bench, runtime.trt_runner, devices.host, devices.profile, sys; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch','timm','onnx')))"  # noqa: E501
+    probe = "import hiap.devices.bench, hiap.runtime.trt_runner, hiap.devices.host, hiap.devices.profile, sys; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch','timm','onnx')))"  # noqa: E501
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
     assert done.stdout.strip() == "[]", done.stderr[-1000:]
 
@@ -178,21 +178,21 @@ def test_pipeline_trains_exports_and_benches(tmp_path: Path) -> None:
 
 def test_bench_on_this_host_parses_each_profile_once(linear_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No --device: the host's profile is guessed and benched with every YAML read once, not once per candidate."""
-    import devices.profile
+    import hiap.devices.profile
 
     reads: dict[str, int] = {}
-    real = devices.profile.read_profile
+    real = hiap.devices.profile.read_profile
 
     def counting(path: Path) -> object:
         reads[path.name] = reads.get(path.name, 0) + 1
         return real(path)
 
-    monkeypatch.setattr(devices.profile, "read_profile", counting)
-    monkeypatch.setattr("devices.host.shutil.which", lambda name: None)  # this host: a plain x86-64 CPU
+    monkeypatch.setattr(hiap.devices.profile, "read_profile", counting)
+    monkeypatch.setattr("hiap.devices.host.shutil.which", lambda name: None)  # this host: a plain x86-64 CPU
     result = CliRunner().invoke(app, ["bench", str(linear_model), *FAST])
     assert result.exit_code == 4, result.output
     assert "x86-cpu" in result.output
-    assert set(reads) == {p.name for p in devices.profile.profiles_dir().glob("*.yaml")}
+    assert set(reads) == {p.name for p in hiap.devices.profile.profiles_dir().glob("*.yaml")}
     assert set(reads.values()) == {1}, reads
 
 
@@ -204,10 +204,10 @@ def test_bench_and_export_build_engines_with_the_same_settings(
     pytest.importorskip("onnx")  # the export side reads the graph's LayerNormalization nodes (train extra)
     import types
 
-    import runtime.trt_build
-    import runtime.trt_env
-    from devices.profile import load_profile
-    from devices.runners import _engine_for
+    import hiap.runtime.trt_build
+    import hiap.runtime.trt_env
+    from hiap.devices.profile import load_profile
+    from hiap.devices.runners import _engine_for
     from hiap.cli import _export_engine
 
     builds: list[dict] = []
@@ -217,9 +217,9 @@ def test_bench_and_export_build_engines_with_the_same_settings(
         builds.append(kwargs | {"timing_cache": Path(kwargs["timing_cache"]).name})
         return {"tensorrt_version": "10.3.0", "gpu": "Test GPU", "engine_precision": "fp16"}
 
-    monkeypatch.setattr(runtime.trt_env, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
-    monkeypatch.setattr(runtime.trt_env, "gpu_name", lambda: "Test GPU")
-    monkeypatch.setattr(runtime.trt_build, "build_engine", fake_build)
+    monkeypatch.setattr(hiap.runtime.trt_env, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(hiap.runtime.trt_env, "gpu_name", lambda: "Test GPU")
+    monkeypatch.setattr(hiap.runtime.trt_build, "build_engine", fake_build)
     profile = load_profile("cuda-gpu")
     bench_dir, export_dir = tmp_path / "bench", tmp_path / "export"
     for folder in (bench_dir, export_dir):
@@ -254,8 +254,8 @@ def test_implausible_reference_accuracy_and_non_finite_logits_are_never_a_pass(
     """A recorded accuracy of 0.0 is no reference (the drop is not measured, not -86 pp); NaN logits agree with
     nothing."""
     pytest.importorskip("onnx")
-    from devices.bench import _recorded_reference
-    from runtime.harness import Tolerance, compare_logits
+    from hiap.devices.bench import _recorded_reference
+    from hiap.runtime.harness import Tolerance, compare_logits
 
     assert _recorded_reference({"reference_val_acc": "0.0"}) == (None, "")
     assert _recorded_reference({"reference_val_acc": "NaN"}) == (None, "")

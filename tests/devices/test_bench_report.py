@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from devices.bench import NO_GOLDEN, check_accuracy, judge_budgets
-from devices.evaldata import EvalData
-from devices.options import BenchOptions
-from devices.profile import load_profile
-from devices.report import AccuracyCheck, BenchReport, Budget, DenseComparison, verdict_line
-from runtime.data import builtin_fingerprint
-from runtime.harness import Accuracy, Fidelity, LogitComparison, Tolerance, latency_stats
+from hiap.devices.bench import NO_GOLDEN, check_accuracy, judge_budgets
+from hiap.devices.evaldata import EvalData
+from hiap.devices.options import BenchOptions
+from hiap.devices.profile import load_profile
+from hiap.devices.report import AccuracyCheck, BenchReport, Budget, DenseComparison, verdict_line
+from hiap.runtime.data import builtin_fingerprint
+from hiap.runtime.harness import Accuracy, Fidelity, LogitComparison, Tolerance, latency_stats
 
 LATENCY = latency_stats([1.0, 2.0, 3.0, 4.0], batch=1, warmup=0)  # p50 2.5, p99 3.97
 HELD = (

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devices.lut import ROUNDS, all_calls, steady_ms
+from hiap.devices.lut import ROUNDS, all_calls, steady_ms
 from hiap.base.errors import HiapError
 
 SMALL = ["--model", "hiap_vit_fmnist_tiny", "--ffn-step", "64", "--iterations", "40", "--warmup", "2", "--rounds", "5"]
@@ -152,7 +152,7 @@ def test_latency_target_end_to_end(lut: Path, tmp_path: Path, cli) -> None:
     pred = report["predicted_latency"]
     assert pred["device"] == "x86-cpu" and pred["table"] == table.digest
     assert pred["ms"]["1"] == pytest.approx(summary["predicted_latency_ms"], abs=1e-6)  # recorded to 6 decimals
-    from export.plan import read_plan_json, structure_from_dict
+    from hiap.export.plan import read_plan_json, structure_from_dict
     from hiap.gated import describe_vit
     from hiap.models import create_model
 
@@ -209,8 +209,8 @@ def test_bad_latency_inputs_are_one_line_errors(lut: Path, tmp_path: Path, cli) 
 
 def test_a_tensorrt_table_is_labelled_not_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """TensorRT probes have not run against measured networks: the table says so, with the engine's precision."""
-    import devices.lut as lut_mod
-    from devices.profile import load_profile
+    import hiap.devices.lut as lut_mod
+    from hiap.devices.profile import load_profile
 
     grid = {"heads": [1, 2], "value_widths": [8], "ffn_widths": [16]}
     probes = [{"kind": "overhead", "file": "overhead.onnx"}, {"kind": "fixed", "file": "fixed.onnx"},
@@ -268,7 +268,7 @@ def test_an_int8_table_times_quantized_probes(tmp_path: Path, cli) -> None:
 
 def _skip_without_bf16() -> None:
     """bf16 tables are timed on OpenVINO (the tests' marker) on a CPU with bf16 instructions: skip where it has none."""
-    from devices.host import detect_host
+    from hiap.devices.host import detect_host
 
     if not {"avx512_bf16", "amx_bf16"} & set(detect_host().cpu_flags):
         pytest.skip("this CPU has neither avx512_bf16 nor amx_bf16: no bf16 table can be measured here")

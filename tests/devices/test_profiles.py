@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devices.host import detect_host, profile_mismatch
-from devices.profile import all_profiles, load_profile, profiles_dir, read_profile, version_in_range
+from hiap.devices.host import detect_host, profile_mismatch
+from hiap.devices.profile import all_profiles, load_profile, profiles_dir, read_profile, version_in_range
 from hiap.base.errors import HiapError
 
 REQUIRED = {"jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "rpi5", "rpi4", "x86-cpu", "cuda-gpu"}
@@ -98,8 +98,8 @@ def test_host_detection_jetson_pi_and_mismatch(tmp_path: Path, monkeypatch: pyte
                                   "# R36 (release), REVISION: 3.0, GCID: 36191598"))  # fmt: skip
     assert jp60.l4t == "36.3.0" and profile_mismatch(load_profile("jetson-orin-nano-jp60"), jp60) == ""
     assert "is for L4T R36.4 but this Jetson runs R36.3.0" in profile_mismatch(load_profile("jetson-orin-nano"), jp60)
-    from devices.host import guess_profile
-    from devices.profile import all_profiles
+    from hiap.devices.host import guess_profile
+    from hiap.devices.profile import all_profiles
 
     assert guess_profile(jp60, all_profiles().values()).name == "jetson-orin-nano-jp60"
     assert guess_profile(jetson, all_profiles().values()).name == "jetson-orin-nano"
@@ -135,7 +135,7 @@ def test_every_problem_of_a_profile_is_reported_in_one_error(tmp_path: Path) -> 
 
 
 def test_fallback_profiles_are_guessed_last() -> None:
-    from devices.host import Host, guess_profile
+    from hiap.devices.host import Host, guess_profile
 
     profiles = all_profiles()
     gpu_box = Host(arch="x86_64", board="nvidia-gpu", nvidia_gpu=True)
@@ -148,7 +148,7 @@ def test_fallback_profiles_are_guessed_last() -> None:
 def test_int8_precisions_need_their_fidelity_limits() -> None:
     import copy
 
-    from devices.profile import profiles_dir, validate
+    from hiap.devices.profile import profiles_dir, validate
 
     body = yaml.safe_load((profiles_dir() / "x86-cpu.yaml").read_text())
     assert validate(copy.deepcopy(body), "x86").budgets.fidelity_limits("int8") == (0.5, 1.0)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.artifact import export_source
-from export.plan import make_plan
-from export.source import source_from_plan
+from hiap.export.artifact import export_source
+from hiap.export.plan import make_plan
+from hiap.export.source import source_from_plan
 from hiap.base.errors import HiapError
 from hiap.gated import GatedViT
 from hiap.models import create_model, data_config
@@ -52,7 +52,7 @@ def test_an_existing_export_is_replaced_only_with_force_and_never_mixed(tmp_path
 def test_a_refused_or_killed_export_leaves_the_folder_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import export.artifact as artifact
+    import hiap.export.artifact as artifact
 
     out = tmp_path / "export"
     export_source(_source(tmp_path, 0), out, simplify=False)
@@ -93,8 +93,8 @@ def _whole(out: Path) -> None:
     import numpy as np
     import onnx
 
-    from runtime.harness import load_golden, run_batched
-    from runtime.ort_runner import default_runner
+    from hiap.runtime.harness import load_golden, run_batched
+    from hiap.runtime.ort_runner import default_runner
 
     assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "golden.npz", "model.onnx", "plan.json"]
     report = json.loads((out / "export_report.json").read_text())

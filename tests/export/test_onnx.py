@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from vit_zoo import VARIANTS, make_vit
 
-from export.compact import build_compact, padded_structure
-from export.onnx_io import onnx_cost, ort_run, torch2onnx
+from hiap.export.compact import build_compact, padded_structure
+from hiap.export.onnx_io import onnx_cost, ort_run, torch2onnx
 from hiap.cost import BlockStructure, Structure, structure_macs, structure_params
 from hiap.gated import GatedViT, masks_to_structure
 
@@ -195,9 +195,9 @@ def test_random_init_export_with_onnxsim_counts_zero_constants_it_drops(tmp_path
     own file must still hold exactly the plan's parameters, and the simplified one may only lose zeros."""
     import json
 
-    from export.artifact import export_source
-    from export.plan import make_plan
-    from export.source import source_from_plan
+    from hiap.export.artifact import export_source
+    from hiap.export.plan import make_plan
+    from hiap.export.source import source_from_plan
     from hiap.models import create_model, data_config
 
     vit = create_model("deit_tiny_patch16_224", num_classes=10)
@@ -218,9 +218,9 @@ def test_plan_only_exports_without_data_keep_working_and_say_why_there_is_no_gol
     import dataclasses
     import json
 
-    from export.artifact import export_source
-    from export.plan import make_plan
-    from export.source import source_from_plan
+    from hiap.export.artifact import export_source
+    from hiap.export.plan import make_plan
+    from hiap.export.source import source_from_plan
     from hiap.models import create_model, data_config
 
     vit = create_model("hiap_vit_fmnist_tiny", num_classes=10)

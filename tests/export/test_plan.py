@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from vit_zoo import make_vit
 
-from export.plan import make_plan, read_plan_json, structure_from_dict
+from hiap.export.plan import make_plan, read_plan_json, structure_from_dict
 from hiap.base.errors import HiapError
 from hiap.cost import BlockStructure, Structure
 from hiap.gated import describe_vit
@@ -28,7 +28,7 @@ def test_plan_round_trip_and_hash(tmp_path: Path) -> None:
     changed = copy.deepcopy(body)
     changed["blocks"][0]["neurons"] = [0, 7]
     changed.pop("hash")
-    from export.plan import plan_hash
+    from hiap.export.plan import plan_hash
 
     assert plan_hash(changed) != body["hash"]
 

@@ -18,7 +18,7 @@ from hiap.cli import app  # noqa: E402
 
 
 def _dense_plan(tmp: Path, model: str = "hiap_vit_fmnist") -> Path:
-    from export.plan import make_plan
+    from hiap.export.plan import make_plan
     from hiap.gated import GatedViT
     from hiap.models import create_model, data_config
 
@@ -71,13 +71,13 @@ def test_int8_file_describes_itself_and_uses_standard_operators(int8_export: Pat
     assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
     # Counted from the graph, the INT8 file has the FP32 file's MACs and parameters (its int8 weights, not its
     # scales and zero points), so `hiap inspect` reports the same network.
-    from export.onnx_io import onnx_cost
+    from hiap.export.onnx_io import onnx_cost
 
     assert onnx_cost(int8_export / "model.onnx") == onnx_cost(int8_export / "model-fp32.onnx")
 
 
 def test_int8_golden_holds_the_int8_files_own_logits(int8_export: Path) -> None:
-    from export.onnx_io import ort_run
+    from hiap.export.onnx_io import ort_run
 
     golden = np.load(int8_export / "golden.npz")
     x = golden["inputs"]
@@ -106,7 +106,7 @@ def test_bench_reports_precision_and_compares_across_precisions(int8_export: Pat
 def test_bench_refuses_a_precision_the_device_does_not_run(int8_export: Path, tmp_path: Path) -> None:
     import yaml
 
-    from devices.profile import profiles_dir
+    from hiap.devices.profile import profiles_dir
 
     body = yaml.safe_load((profiles_dir() / "x86-cpu.yaml").read_text())
     body["precisions"] = ["fp32"]
@@ -128,7 +128,7 @@ def test_int8_dynamic_export(tmp_path: Path) -> None:
     assert report["precision"] == "int8-dynamic" and report["quantization"]["calibration"] is None
     ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops and "QuantizeLinear" not in ops
-    from export.onnx_io import onnx_cost
+    from hiap.export.onnx_io import onnx_cost
 
     (macs, params), (fp32_macs, fp32_params) = onnx_cost(out / "model.onnx"), onnx_cost(out / "model-fp32.onnx")
     # + the per-channel weight scales: one per output channel, 1/64 of the weights at this width
@@ -198,9 +198,9 @@ def test_int8_calibration_from_a_small_folder_warns(tmp_path: Path) -> None:
 def test_a_plan_only_export_without_training_data_needs_calibration_data(tmp_path: Path) -> None:
     import dataclasses
 
-    from export.artifact import Int8Options, export_source
-    from export.quantize import Recipe
-    from export.source import source_from_plan
+    from hiap.export.artifact import Int8Options, export_source
+    from hiap.export.quantize import Recipe
+    from hiap.export.source import source_from_plan
     from hiap.base.errors import HiapError
 
     src = source_from_plan("hiap_vit_fmnist_tiny", _dense_plan(tmp_path, "hiap_vit_fmnist_tiny"), "none")
@@ -210,8 +210,8 @@ def test_a_plan_only_export_without_training_data_needs_calibration_data(tmp_pat
 
 
 def test_an_int8_file_that_loses_too_much_is_an_error_with_the_report_kept(tmp_path: Path) -> None:
-    from export.artifact import Int8Options, _refuse_int8_drop
-    from export.quantize import Recipe
+    from hiap.export.artifact import Int8Options, _refuse_int8_drop
+    from hiap.export.quantize import Recipe
     from hiap.base.errors import HiapError
 
     report = {"int8_check": {"drop_pp": 2.0}}
@@ -222,8 +222,8 @@ def test_an_int8_file_that_loses_too_much_is_an_error_with_the_report_kept(tmp_p
 
 
 def test_int8_for_tensorrt_is_symmetric_and_quantizes_attention(int8_export: Path, tmp_path: Path) -> None:
-    from devices.profile import load_profile
-    from export.device_check import check_onnx
+    from hiap.devices.profile import load_profile
+    from hiap.export.device_check import check_onnx
 
     nano = load_profile("jetson-orin-nano")
     # The ONNX Runtime recipe (u8 activations, attention in float) is refused for TensorRT, and says why.
@@ -247,7 +247,7 @@ def test_int8_for_tensorrt_is_symmetric_and_quantizes_attention(int8_export: Pat
                    if n.op_type == "QuantizeLinear"]  # fmt: skip
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
     # Attention left in float: TensorRT runs it, but not as its fused INT8 MHA, and the check says so.
-    from export.quantize import Recipe, quantize_file
+    from hiap.export.quantize import Recipe, quantize_file
 
     quantize_file(out / "model-fp32.onnx", tmp_path / "float-attention.onnx", Recipe("int8", "minmax", "matmul", "s8"),
                   np.load(out / "golden.npz")["inputs"].repeat(4, axis=0), {})  # fmt: skip
@@ -260,7 +260,7 @@ def test_a_graph_the_tools_cannot_quantize_is_one_line_and_writes_nothing(
 ) -> None:
     import onnxruntime.quantization
 
-    from export.quantize import Recipe, quantize_file
+    from hiap.export.quantize import Recipe, quantize_file
     from hiap.base.errors import HiapError
 
     def broken(*_: object, **__: object) -> None:

@@ -11,9 +11,9 @@ import pytest
 import torch
 from vit_zoo import make_distilled, make_timm, make_vit
 
-from export.artifact import PARITY_TOL, export_source
-from export.onnx_io import load_shaped, ort_run
-from export.source import Source
+from hiap.export.artifact import PARITY_TOL, export_source
+from hiap.export.onnx_io import load_shaped, ort_run
+from hiap.export.source import Source
 from hiap.cost import BlockStructure, Geometry, Structure
 from hiap.gated import GatedViT, structure_to_masks
 

@@ -43,7 +43,7 @@ def test_resuming_a_finished_run_leaves_its_summary_as_it_is(tmp_path: Path) -> 
 def test_a_run_summary_names_the_cpu_it_ran_on(tiny_run: Path) -> None:
     import json
 
-    from devices.host import detect_host
+    from hiap.devices.host import detect_host
 
     summary = json.loads((tiny_run / "summary.json").read_text())
     host = detect_host()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.data import (
+from hiap.runtime.data import (
     Preprocessing,
     balanced_subset,
     builtin_val_batches,

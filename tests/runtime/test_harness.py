@@ -10,8 +10,8 @@ import pytest
 from tiny_onnx import INPUT_SIZE, linear_export
 
 from hiap.base.errors import HiapError
-from runtime.base import TensorSpec, batch_of
-from runtime.harness import (
+from hiap.runtime.base import TensorSpec, batch_of
+from hiap.runtime.harness import (
     Accuracy,
     Tolerance,
     accuracy,
@@ -21,7 +21,7 @@ from runtime.harness import (
     measure_latency,
     random_feeds,
 )
-from runtime.ort_runner import OrtRunner, default_runner
+from hiap.runtime.ort_runner import OrtRunner, default_runner
 
 
 def test_latency_stats_values() -> None:

@@ -11,8 +11,8 @@ import pytest
 from tiny_onnx import linear_export
 from typer.testing import CliRunner
 
-from devices.profile import load_profile
-from devices.runners import resolve_runtime
+from hiap.devices.profile import load_profile
+from hiap.devices.runners import resolve_runtime
 from hiap.base.errors import HiapError
 from hiap.cli import app
 
@@ -21,9 +21,9 @@ FAST = ["--iterations", "5", "--warmup", "1", "--min-seconds", "0"]
 
 @pytest.mark.openvino
 def test_openvino_runner_matches_onnx_runtime_and_reads_the_metadata(tmp_path: Path) -> None:
-    from runtime.harness import run_batched
-    from runtime.ort_runner import OrtRunner
-    from runtime.ov_runner import OvRunner
+    from hiap.runtime.harness import run_batched
+    from hiap.runtime.ort_runner import OrtRunner
+    from hiap.runtime.ov_runner import OvRunner
 
     model = linear_export(tmp_path / "m")
     x = np.load(tmp_path / "m" / "golden.npz")["inputs"]
@@ -56,7 +56,7 @@ def test_bench_runtime_openvino(tmp_path: Path) -> None:
 def test_runtime_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
-    import runtime.ov_runner
+    import hiap.runtime.ov_runner
 
     x86 = load_profile("x86-cpu")
     assert resolve_runtime(x86, "onnxruntime") == ("ort", "")
@@ -64,7 +64,7 @@ def test_runtime_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_runtime(x86, "tflite")
     with pytest.raises(HiapError, match="runs TensorRT, not a CPU runtime"):
         resolve_runtime(load_profile("jetson-orin-nano"), "openvino")
-    monkeypatch.setattr(runtime.ov_runner, "import_openvino", lambda: None)
+    monkeypatch.setattr(hiap.runtime.ov_runner, "import_openvino", lambda: None)
     with pytest.raises(HiapError, match="OpenVINO is not installed here"):
         resolve_runtime(x86, "openvino")
     prefers_ov = dataclasses.replace(x86, runtime="openvino")
@@ -90,7 +90,7 @@ def test_one_file_on_two_runtimes_side_by_side(tmp_path: Path, monkeypatch: pyte
 
 
 def _cpu_has(*flags: str) -> bool:
-    from devices.host import detect_host
+    from hiap.devices.host import detect_host
 
     return bool(set(flags) & set(detect_host().cpu_flags))
 
@@ -107,9 +107,9 @@ def test_an_fp32_file_stays_fp32_where_openvino_would_choose_bf16(tmp_path: Path
     """On a BF16 CPU the plugin's own default is bf16 (1e-3 off on this model); the runner pins f32 and reports it."""
     import openvino as ov
 
-    from runtime.harness import run_batched
-    from runtime.ort_runner import OrtRunner
-    from runtime.ov_runner import OvRunner
+    from hiap.runtime.harness import run_batched
+    from hiap.runtime.ort_runner import OrtRunner
+    from hiap.runtime.ov_runner import OvRunner
 
     model = linear_export(tmp_path / "m")
     default = ov.Core().compile_model(str(model), "CPU").get_property("INFERENCE_PRECISION_HINT")
@@ -158,17 +158,17 @@ def test_bench_precision_bf16_and_fp16_compute_and_report_that_precision(tmp_pat
 def test_bench_precision_refusals_are_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], flags: list[str] | None, message: str
 ) -> None:
-    import devices.host
+    import hiap.devices.host
 
     if flags is not None:
-        real = devices.host.detect_host
+        real = hiap.devices.host.detect_host
 
-        def host_with_flags() -> devices.host.Host:
+        def host_with_flags() -> hiap.devices.host.Host:
             host = real()
             host.cpu_flags = flags
             return host
 
-        monkeypatch.setattr(devices.host, "detect_host", host_with_flags)
+        monkeypatch.setattr(hiap.devices.host, "detect_host", host_with_flags)
     model = linear_export(tmp_path / "m")
     device = [] if "--device" in args else ["--device", "x86-cpu"]
     result = CliRunner().invoke(app, ["bench", str(model), *device, *args, *FAST])

@@ -14,9 +14,9 @@ pytest.importorskip("cuda", exc_type=ImportError)
 def test_engine_build_sidecar_and_fidelity(exported_pair: dict, tmp_path: Path) -> None:
     import onnx
 
-    from runtime.harness import Tolerance, fidelity
-    from runtime.trt_build import build_engine, read_sidecar
-    from runtime.trt_runner import TrtRunner
+    from hiap.runtime.harness import Tolerance, fidelity
+    from hiap.runtime.trt_build import build_engine, read_sidecar
+    from hiap.runtime.trt_runner import TrtRunner
 
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(exported_pair["pruned"].read_bytes())

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from hiap.base.errors import HiapError
-from runtime.base import TensorSpec
-from runtime.trt_build import sha256_file, write_sidecar
-from runtime.trt_runner import TrtRunner
+from hiap.runtime.base import TensorSpec
+from hiap.runtime.trt_build import sha256_file, write_sidecar
+from hiap.runtime.trt_runner import TrtRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 TRT_VERSION, GPU = "10.3.0", "Fake GPU"
@@ -226,13 +226,13 @@ class _NotInstalled(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f'No module named {name!r}', name=name)
         return None
 sys.meta_path.insert(0, _NotInstalled())
-import runtime.trt_env, runtime.trt_build, runtime.trt_runner
+import hiap.runtime.trt_env, hiap.runtime.trt_build, hiap.runtime.trt_runner
 loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'cuda'))
 try:
-    runtime.trt_env.cudart()
+    hiap.runtime.trt_env.cudart()
 except Exception as exc:
     cuda = f'{type(exc).__name__}: {exc}'
-print(json.dumps({'loaded': loaded, 'tensorrt': runtime.trt_env.import_tensorrt(), 'cuda': cuda}))
+print(json.dumps({'loaded': loaded, 'tensorrt': hiap.runtime.trt_env.import_tensorrt(), 'cuda': cuda}))
 """
 
 
@@ -250,7 +250,7 @@ def test_the_tensorrt_modules_import_without_tensorrt_or_cuda() -> None:
 
 
 def test_trtexec_line_takes_the_batch_range_bench_builds_with() -> None:
-    from runtime.trt_build import trtexec_command
+    from hiap.runtime.trt_build import trtexec_command
 
     cmd = trtexec_command(Path("m.onnx"), Path("m.engine"), dynamic_chw=(3, 32, 32), max_batch=64)
     assert "--minShapes=input:1x3x32x32 --optShapes=input:1x3x32x32 --maxShapes=input:64x3x32x32" in cmd
@@ -258,7 +258,7 @@ def test_trtexec_line_takes_the_batch_range_bench_builds_with() -> None:
 
 
 def test_trtexec_line_for_jetpack_int8_and_old_tensorrt() -> None:
-    from runtime.trt_build import JETPACK_TRTEXEC, trtexec_command
+    from hiap.runtime.trt_build import JETPACK_TRTEXEC, trtexec_command
 
     cmd = trtexec_command(Path("m.onnx"), Path("m.engine"), layer_names=["/norm/LN"], int8=True)
     assert cmd.startswith(f"{JETPACK_TRTEXEC} --onnx=m.onnx") and "--int8" in cmd and "--fp16" in cmd
@@ -271,7 +271,7 @@ def test_trtexec_line_for_jetpack_int8_and_old_tensorrt() -> None:
 def test_engine_builds_check_cuda_python_first_and_survive_a_corrupt_timing_cache(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import runtime.trt_build as trt_build
+    import hiap.runtime.trt_build as trt_build
 
     def builder(*_: object) -> None:
         raise AssertionError("the build started before cuda-python was checked")
@@ -305,8 +305,8 @@ def test_engine_builds_check_cuda_python_first_and_survive_a_corrupt_timing_cach
 
 
 def test_an_int8_engine_needs_the_tensorrt_recipe() -> None:
-    from devices.profile import load_profile
-    from devices.runners import engine_build_settings
+    from hiap.devices.profile import load_profile
+    from hiap.devices.runners import engine_build_settings
 
     nano = load_profile("jetson-orin-nano")
     ort_file = {"precision": "int8", "quantization": json.dumps({"activations": "u8"})}

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hiap.cli import app
-from runtime.data import Preprocessing, image_folder_batches
+from hiap.runtime.data import Preprocessing, image_folder_batches
 
 FAST = ["--device", "x86-cpu", "--iterations", "5", "--warmup", "1", "--min-seconds", "0"]
 VAL_PER_CLASS = 5  # 10 val images: golden.npz takes the first 8
@@ -37,8 +37,8 @@ def user_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 1-epoch tiny run on an ImageFolder tree and its export (trained and exported once for the module)."""
     torch = pytest.importorskip("torch")
 
-    from export.artifact import export_source
-    from export.source import source_from_run
+    from hiap.export.artifact import export_source
+    from hiap.export.source import source_from_run
     from hiap.config import TrainConfig
     from hiap.train import Trainer
 
@@ -74,7 +74,7 @@ def test_export_writes_golden_from_the_runs_val_split_as_the_device_prepares_it(
     assert report["golden"] == {"images": 8, "source": str(user_run["root"] / "val")}
     golden = np.load(export / "golden.npz")
     assert golden["inputs"].shape == (8, 1, 28, 28) and golden["logits"].shape == (8, 2)
-    from runtime.data import split_fingerprint
+    from hiap.runtime.data import split_fingerprint
 
     meta = _meta(user_run["onnx"])
     pre = Preprocessing.from_metadata(meta, "test")
@@ -130,8 +130,8 @@ def test_a_failed_budget_beats_unmeasured_ones_and_names_both(user_run: dict, tm
 
 
 def test_export_without_the_runs_data_folder_still_exports_and_says_so(user_run: dict, tmp_path: Path) -> None:
-    from export.artifact import export_source
-    from export.source import source_from_run
+    from hiap.export.artifact import export_source
+    from hiap.export.source import source_from_run
 
     root = user_run["root"]
     src = source_from_run(user_run["run"])
@@ -156,8 +156,8 @@ def test_a_data_folder_changed_since_training_gives_golden_but_no_split_to_match
 ) -> None:
     import dataclasses
 
-    from export.artifact import export_source
-    from export.source import source_from_run
+    from hiap.export.artifact import export_source
+    from hiap.export.source import source_from_run
 
     changed = tmp_path / "changed"
     shutil.copytree(user_run["root"], changed)
@@ -216,7 +216,7 @@ def test_bench_reads_the_images_training_reads_and_tells_roots_by_structure(tmp_
     expected = [np.asarray(theirs.loader(path).convert("L"), np.float32)[None] / 255 for path, _ in theirs.samples]
     assert np.allclose(x, np.stack(expected))
 
-    from runtime.data import image_folder_files, is_training_root
+    from hiap.runtime.data import image_folder_files, is_training_root
 
     classes, files = image_folder_files(tree)
     assert classes == theirs.classes
@@ -235,9 +235,9 @@ def test_bench_reads_the_images_training_reads_and_tells_roots_by_structure(tmp_
 def test_int8_export_of_an_image_folder_run_calibrates_on_its_train_split(user_run: dict, tmp_path: Path) -> None:
     """The run's own training images are the calibration data: its train/ (16 images here) is too few, and the
     error names it; more images from that tree then calibrate and validate on the run's val/."""
-    from export.artifact import Int8Options, export_source
-    from export.quantize import Recipe
-    from export.source import source_from_run
+    from hiap.export.artifact import Int8Options, export_source
+    from hiap.export.quantize import Recipe
+    from hiap.export.source import source_from_run
     from hiap.base.errors import HiapError
 
     src = source_from_run(user_run["run"])
