@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from hiap.devices.host import detect_host
 from hiap import __version__
 from hiap.config import TrainConfig
 from hiap.cost import BlockStructure, Geometry, Structure, structure_macs
+from hiap.devices.host import detect_host
 from hiap.train import Trainer
 
 

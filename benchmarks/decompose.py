@@ -42,9 +42,9 @@ from peers import example_input, finetune, macs_of, prune_to
 from rich.console import Console
 from tasks import Task, builtin_task, cifar_task, describe
 
-from hiap.export.compact import build_compact
 from hiap.config import TrainConfig
 from hiap.cost import BlockStructure, Structure
+from hiap.export.compact import build_compact
 from hiap.train import Trainer, structure_summary
 
 # HiAP variants: TrainConfig overrides of the default recipe, named after what they change.

@@ -21,9 +21,9 @@ import onnxruntime as ort
 import torch
 from common import environment, latency_ms, write_results
 
+from hiap.cost import BlockStructure, Structure, structure_macs, structure_params
 from hiap.export.compact import build_compact, padded_structure
 from hiap.export.onnx_io import onnx_cost, ort_run, simplify_onnx, torch2onnx
-from hiap.cost import BlockStructure, Structure, structure_macs, structure_params
 from hiap.gated import describe_vit
 from hiap.models import create_model
 

@@ -34,8 +34,8 @@ import torch
 from common import environment, learned_like_plan, results_dir, train_run, write_results
 from train_overhead import MODES, make_trainer
 
-from hiap.export.compact import build_compact, padded_structure
 from hiap.cost import structure_macs
+from hiap.export.compact import build_compact, padded_structure
 from hiap.gated import describe_vit
 from hiap.models import create_model
 

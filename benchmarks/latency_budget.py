@@ -37,13 +37,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import environment, learned_like_plan, results_dir
+from hiap.base.lut import LatencyTable, parse_lut, read_lut, write_lut
+from hiap.cost import BlockStructure, Geometry, Structure, structure_macs
 from hiap.devices.lut import all_calls, measure_lut, measure_lut_alongside, steady_ms
 from hiap.devices.profile import load_profile
 from hiap.export.compact import build_compact
 from hiap.export.onnx_io import simplify_onnx, torch2onnx
 from hiap.export.probes import make_probes
-from hiap.base.lut import LatencyTable, parse_lut, read_lut, write_lut
-from hiap.cost import BlockStructure, Geometry, Structure, structure_macs
 from hiap.gated import describe_vit
 from hiap.latency import LatencyCost
 from hiap.models import create_model, data_config
@@ -162,9 +162,9 @@ def _train_and_export(run: Path, **cfg: Any) -> dict[str, Any]:
     """hiap train (default recipe, in-process) then hiap export of the run; the run's summary."""
     from rich.console import Console
 
+    from hiap.config import TrainConfig
     from hiap.export.artifact import export_source
     from hiap.export.source import source_from_run
-    from hiap.config import TrainConfig
     from hiap.train import Trainer
 
     if not (run / "summary.json").is_file():

@@ -46,10 +46,10 @@ from common import environment, load_runs, results_dir
 from peers import finetune, plot, prune
 from tasks import Task, builtin_task, cifar_task
 
+from hiap.base.lut import read_lut, write_lut
 from hiap.devices.profile import load_profile
 from hiap.export.onnx_io import onnx_cost, torch2onnx
 from hiap.export.probes import profile_model
-from hiap.base.lut import read_lut, write_lut
 from hiap.gated import describe_vit
 from hiap.latency import LatencyCost
 from hiap.models import data_config
@@ -160,9 +160,9 @@ def part_train(s: Setup, targets: list[float], seeds: list[int], log: Path) -> N
     """HiAP's default recipe to each latency target, exported (the compact network hiap export writes)."""
     from rich.console import Console
 
+    from hiap.config import TrainConfig
     from hiap.export.artifact import export_source
     from hiap.export.source import source_from_run
-    from hiap.config import TrainConfig
     from hiap.train import Trainer
 
     dense_macs = s.dense_onnx_macs()

@@ -25,9 +25,9 @@ import torch
 from common import environment, latency_ms, learned_like_plan, write_results
 from torch import nn
 
+from hiap.cost import BlockStructure, Structure, structure_macs
 from hiap.export.compact import build_compact, padded_structure
 from hiap.export.onnx_io import onnx_cost, ort_run, simplify_onnx, torch2onnx
-from hiap.cost import BlockStructure, Structure, structure_macs
 from hiap.gated import describe_vit
 from hiap.models import create_model
 

@@ -185,8 +185,8 @@ def evaluate(model: torch.nn.Module, data: Any) -> float:
 def finetune(model: torch.nn.Module, teacher: torch.nn.Module, data: Any, epochs: int, seed: int) -> float:
     """The default recipe's weight training: AdamW 5e-4, cosine to 1 %, LS 0.1, KD alpha 0.7 T 4, and weight decay
     0.05 on the weights hiap train decays (matrices; not norms, biases, tokens or position embeddings)."""
-    from hiap.export.compact import CompactViT
     from hiap.config import TrainConfig
+    from hiap.export.compact import CompactViT
     from hiap.train import param_groups
 
     torch.manual_seed(seed)
@@ -220,8 +220,8 @@ def hiap_run(budget: float, seed: int, epochs: int) -> tuple[float, torch.nn.Mod
 
     from rich.console import Console
 
-    from hiap.export.compact import build_compact
     from hiap.config import TrainConfig
+    from hiap.export.compact import build_compact
     from hiap.train import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,10 +30,10 @@ import onnxruntime as ort
 import torch
 from common import environment, latency_ms, results_dir
 
+from hiap.cost import BlockStructure, Structure, structure_macs
 from hiap.export.compact import build_compact
 from hiap.export.onnx_io import simplify_onnx, torch2onnx
 from hiap.export.quantize import Recipe, quantize_file
-from hiap.cost import BlockStructure, Structure, structure_macs
 from hiap.gated import describe_vit
 from hiap.models import create_model
 from hiap.runtime.data import Preprocessing, builtin_images, image_folder_files, load_image

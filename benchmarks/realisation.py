@@ -22,9 +22,9 @@ import onnxruntime as ort
 import torch
 from common import environment, latency_ms, learned_like_plan, write_results
 
+from hiap.cost import structure_macs
 from hiap.export.compact import build_compact, padded_structure
 from hiap.export.onnx_io import simplify_onnx, torch2onnx
-from hiap.cost import structure_macs
 from hiap.gated import describe_vit
 from hiap.models import create_model
 

@@ -23,10 +23,10 @@ import torch
 import yaml
 from rich.console import Console
 
-from hiap.devices.host import detect_host
 from hiap.checkpoint import export_weights
 from hiap.config import TrainConfig
 from hiap.data import BuiltinData, Dataset
+from hiap.devices.host import detect_host
 from hiap.train import Trainer
 
 REPO = Path(__file__).resolve().parent.parent

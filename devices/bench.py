@@ -11,16 +11,16 @@ from typing import Any
 
 import numpy as np
 
+from hiap import __version__
+from hiap.base.errors import HiapError
+from hiap.base.jsonfile import parse_json
+from hiap.base.precision import FP32, TRT
 from hiap.devices.evaldata import EvalData, same_split
 from hiap.devices.host import Host, power_state
 from hiap.devices.options import BenchOptions, BenchPlan, BenchTarget, computed_precision, model_precision, plan_bench
 from hiap.devices.profile import DeviceProfile
 from hiap.devices.report import AccuracyCheck, BenchReport, Budget, DenseComparison, meta_float
 from hiap.devices.runners import open_runner
-from hiap import __version__
-from hiap.base.errors import HiapError
-from hiap.base.jsonfile import parse_json
-from hiap.base.precision import FP32, TRT
 from hiap.runtime.base import Runner, batch_of
 from hiap.runtime.data import Preprocessing
 from hiap.runtime.harness import (

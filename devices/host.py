@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hiap.devices.profile import DeviceProfile
 from hiap.base.cpu import cpu_flags, cpu_model, read_cpuinfo, read_system_file
+from hiap.devices.profile import DeviceProfile
 
 DT_MODEL = Path("/proc/device-tree/model")
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")

@@ -10,10 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from hiap.devices.host import detect_host
-from hiap.devices.options import check_inference_precision
-from hiap.devices.profile import DeviceProfile
-from hiap.devices.runners import open_runner, resolve_runtime
 from hiap import __version__
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import read_json_object
@@ -29,6 +25,10 @@ from hiap.base.lut import (
     qk_probe,
 )
 from hiap.base.precision import COMPUTE_PRECISIONS, FP32, OPENVINO_HINTS, OPENVINO_RUNTIME, TRT
+from hiap.devices.host import detect_host
+from hiap.devices.options import check_inference_precision
+from hiap.devices.profile import DeviceProfile
+from hiap.devices.runners import open_runner, resolve_runtime
 from hiap.runtime.harness import fastest_round_median, random_feeds, time_calls
 
 # Probes are timed in rounds, every probe a share of its calls per round (see time_in_rounds).

@@ -7,10 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hiap.devices.evaldata import EvalData
-from hiap.devices.host import Host, profile_mismatch
-from hiap.devices.profile import DeviceProfile
-from hiap.devices.runners import resolve_runtime
 from hiap.base.errors import HiapError
 from hiap.base.precision import (
     COMPUTE_PRECISIONS,
@@ -21,6 +17,10 @@ from hiap.base.precision import (
     TRT,
     precision_named,
 )
+from hiap.devices.evaldata import EvalData
+from hiap.devices.host import Host, profile_mismatch
+from hiap.devices.profile import DeviceProfile
+from hiap.devices.runners import resolve_runtime
 from hiap.runtime.base import Runner
 
 

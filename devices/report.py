@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hiap.devices.evaldata import EvalData
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
 from hiap.base.precision import FP32
+from hiap.devices.evaldata import EvalData
 from hiap.runtime.harness import Accuracy, Fidelity, Latency
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hiap.devices.profile import DeviceProfile, version_in_range
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
 from hiap.base.precision import (
@@ -19,6 +18,7 @@ from hiap.base.precision import (
     TRT,
     runtime_by_library,
 )
+from hiap.devices.profile import DeviceProfile, version_in_range
 from hiap.runtime.base import Runner
 
 

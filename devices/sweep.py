@@ -9,9 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hiap.devices.bench import run_bench
-from hiap.devices.options import BenchOptions, BenchTarget, check_inference_precision, check_options
-from hiap.devices.report import BenchReport
 from hiap.base.errors import HiapError
 from hiap.base.precision import (
     COMPUTE_PRECISIONS,
@@ -24,6 +21,9 @@ from hiap.base.precision import (
     TRT,
     runtime_by_short,
 )
+from hiap.devices.bench import run_bench
+from hiap.devices.options import BenchOptions, BenchTarget, check_inference_precision, check_options
+from hiap.devices.report import BenchReport
 
 
 @dataclass(frozen=True)

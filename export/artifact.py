@@ -18,6 +18,11 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import numpy as np
 import torch
 
+from hiap import __version__
+from hiap.base.atomic import write_bytes_atomic, write_json_atomic
+from hiap.base.errors import HiapError
+from hiap.base.precision import COMPUTE_PRECISIONS, FP32, INT8_DYNAMIC, ORT, TRT
+from hiap.cost import Geometry, Structure, structure_macs, structure_params
 from hiap.export.compact import check_landing_grid, padded_structure
 from hiap.export.onnx_io import onnx_cost, simplify_onnx, torch2onnx, zero_params
 from hiap.export.plan import make_plan
@@ -31,11 +36,6 @@ from hiap.export.quantize import (
     validation_images,
 )
 from hiap.export.source import Source
-from hiap import __version__
-from hiap.base.atomic import write_bytes_atomic, write_json_atomic
-from hiap.base.errors import HiapError
-from hiap.base.precision import COMPUTE_PRECISIONS, FP32, INT8_DYNAMIC, ORT, TRT
-from hiap.cost import Geometry, Structure, structure_macs, structure_params
 from hiap.runtime.harness import Tolerance, compare_logits, run_batched
 from hiap.runtime.ort_runner import default_runner
 

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hiap.base.precision import FP16, TRT
 from hiap.devices.profile import DeviceProfile
 from hiap.export.onnx_io import load_shaped
-from hiap.base.precision import FP16, TRT
 
 # Operators a hiap ViT export can contain, all in TensorRT's ONNX support matrix since 8.x (LayerNormalization
 # since 8.6). An operator outside this list is not necessarily unsupported, only not verified by hiap: a warning.

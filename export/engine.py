@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hiap.devices.profile import DeviceProfile
-from hiap.devices.runners import engine_build_settings, engine_key, timing_cache_for
-from hiap.export.device_check import layernorm_node_names
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
 from hiap.base.precision import FP16, INT8
+from hiap.devices.profile import DeviceProfile
+from hiap.devices.runners import engine_build_settings, engine_key, timing_cache_for
+from hiap.export.device_check import layernorm_node_names
 from hiap.runtime import trt_build, trt_env
 
 

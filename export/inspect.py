@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hiap.export.onnx_io import onnx_cost
-from hiap.export.plan import check_plan, read_plan_json, structure_from_dict
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
 from hiap.checkpoint import CHECKPOINT_NAME
+from hiap.export.onnx_io import onnx_cost
+from hiap.export.plan import check_plan, read_plan_json, structure_from_dict
 from hiap.gated import describe_vit
 from hiap.inspect import structure_report
 from hiap.models import create_model

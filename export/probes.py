@@ -21,8 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from hiap.export.compact import build_compact, compact_block
-from hiap.export.onnx_io import simplify_onnx, torch2onnx
 from hiap import __version__
 from hiap.base.atomic import write_json_atomic
 from hiap.base.errors import HiapError
@@ -37,6 +35,8 @@ from hiap.base.lut import (
 )
 from hiap.base.precision import COMPUTE_PRECISIONS, FILE_PRECISIONS, FP32, INT8, ORT
 from hiap.cost import BlockStructure, Geometry
+from hiap.export.compact import build_compact, compact_block
+from hiap.export.onnx_io import simplify_onnx, torch2onnx
 from hiap.gated import describe_vit, qk_gateable
 from hiap.models import create_model, data_config
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from hiap.export.plan import read_plan_json, structure_from_dict
 from hiap.base.errors import HiapError
 from hiap.checkpoint import gated_from_checkpoint, load_checkpoint
 from hiap.cost import Structure
+from hiap.export.plan import read_plan_json, structure_from_dict
 from hiap.gated import GatedViT, Masks, masks_to_structure, structure_to_masks
 from hiap.models import BUILTIN_MODELS, constructor_kwargs, create_model, data_config, load_pretrained, load_weights
 from hiap.pruner import landing_grid

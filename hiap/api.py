@@ -24,14 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from hiap.export.artifact import ExportReport
-from hiap.export.compact import check_landing_grid, compact_in_place
-from hiap.export.plan import Plan, make_plan, read_plan_json, structure_from_dict
-from hiap.export.source import Source, source_from_model, source_from_pruner
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import parse_json
 from hiap.base.precision import INT8
 from hiap.config import PruneOptions
+from hiap.export.artifact import ExportReport
+from hiap.export.compact import check_landing_grid, compact_in_place
+from hiap.export.plan import Plan, make_plan, read_plan_json, structure_from_dict
+from hiap.export.source import Source, source_from_model, source_from_pruner
 from hiap.gated import describe_vit
 from hiap.models import constructor_kwargs
 from hiap.models import data_config as backbone_data_config

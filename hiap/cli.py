@@ -205,12 +205,12 @@ def pipeline(
     model on the built-in data, offline."""
     from rich.console import Console
 
+    from hiap.base.atomic import write_json_atomic
+    from hiap.config import resolve_config
     from hiap.devices.bench import run_bench
     from hiap.devices.options import BenchOptions
     from hiap.export.artifact import export_folder, export_source
     from hiap.export.source import source_from_run
-    from hiap.base.atomic import write_json_atomic
-    from hiap.config import resolve_config
     from hiap.progress import summary_table
     from hiap.render import print_bench, print_export
     from hiap.train import Trainer
@@ -311,8 +311,8 @@ def inspect(
 
         report = inspect_plan(Path(target))
     else:
-        from hiap.export.inspect import inspect_planned
         from hiap.api import PLAN_KEY
+        from hiap.export.inspect import inspect_planned
 
         # An export folder or save_pruned's weights hold a plan and no checkpoint; the rest is the core's.
         report = (inspect_planned(path, PLAN_KEY) if path.exists() else None) or inspect_target(target)
@@ -387,8 +387,8 @@ def profile(
         console.print(f"wrote {len(manifest['probes'])} probes to {probes_only}: copy the folder to the device and "
                       f"run hiap profile --probes {probes_only} --device NAME there")  # fmt: skip
         return
-    from hiap.devices.lut import measure_lut
     from hiap.base.lut import parse_lut, write_lut
+    from hiap.devices.lut import measure_lut
 
     assert target is not None
     with console.status("timing probes") as status:

@@ -12,10 +12,10 @@ from rich.table import Table
 from hiap.devices.report import verdict_line
 
 if TYPE_CHECKING:
+    from hiap.base.lut import LatencyTable
     from hiap.devices.report import BenchReport
     from hiap.devices.sweep import SweepReport
     from hiap.export.artifact import ExportReport
-    from hiap.base.lut import LatencyTable
 
 
 def print_inspect(report: dict[str, Any]) -> None:

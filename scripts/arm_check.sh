@@ -260,11 +260,16 @@ tar -C "$REPO" -cf - \
   --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache --exclude=.hypothesis \
   --exclude=.mypy_cache --exclude=./.whl . | tar -C "$ROOT/opt/hiap-src" -xf -
 in_root "pip install --no-deps --no-build-isolation --force-reinstall /opt/hiap-src && pip check"
-# The device install must not contain torch (or anything else from the train extra).
-in_root "python - <<'EOF'
+# The device install must not contain torch (or anything else from the train extra), and its parts must live under
+# hiap only: a top-level export/runtime/devices would collide with a user's own packages of those names.
+in_root "cd / && python - <<'EOF'
 import importlib.util, sys
 bad = [m for m in ('torch', 'torchvision', 'timm', 'onnx') if importlib.util.find_spec(m)]
-sys.exit(f'train-only packages in the device venv: {bad}' if bad else 0)
+stray = [m for m in ('export', 'runtime', 'devices') if importlib.util.find_spec(m)]
+missing = [m for m in ('hiap.runtime.harness', 'hiap.devices.bench') if not importlib.util.find_spec(m)]
+sys.exit(f'train-only packages in the device venv: {bad}' if bad else
+         f'top-level packages outside hiap in the device venv: {stray}' if stray else
+         f'missing from the device install: {missing}' if missing else 0)
 EOF"
 
 # ---- 5. run -------------------------------------------------------------------------------

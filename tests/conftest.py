@@ -50,10 +50,10 @@ def exported_pair(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     torch = pytest.importorskip("torch")  # before the imports below, which need it: skipped on the base install
 
+    from hiap.cost import BlockStructure, Structure
     from hiap.export.artifact import export_source
     from hiap.export.plan import make_plan
     from hiap.export.source import source_from_plan
-    from hiap.cost import BlockStructure, Structure
     from hiap.gated import GatedViT
     from hiap.models import create_model, data_config
 

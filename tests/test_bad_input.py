@@ -16,11 +16,11 @@ from mutations import mutate, one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
-from hiap.export.plan import read_plan_json, structure_from_dict
 from hiap.base.errors import HiapError
 from hiap.checkpoint import load_checkpoint
 from hiap.cli import app
 from hiap.config import resolve_config
+from hiap.export.plan import read_plan_json, structure_from_dict
 from hiap.gated import describe_vit
 from hiap.models import create_model
 from hiap.runtime.data import Preprocessing, image_folder_batches

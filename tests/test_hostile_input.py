@@ -19,12 +19,12 @@ from mutations import mutate, one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
-from hiap.devices.profile import read_profile
 from hiap.base.errors import HiapError
 from hiap.base.jsonfile import MAX_DEPTH, parse_json, parse_yaml, read_json_object
 from hiap.base.lut import read_lut
 from hiap.cli import app
 from hiap.config import resolve_config
+from hiap.devices.profile import read_profile
 from hiap.runtime.base import TensorSpec
 from hiap.runtime.data import Preprocessing, image_folder_files, load_image
 from hiap.runtime.harness import random_feeds

@@ -1,5 +1,6 @@
-"""The layer map of docs/architecture.md, enforced: a static import check over every module, and runtime/ and
-devices/ importing in a process where torch, the onnx tools and every non-base hiap and export module are gone."""
+"""The layer map of docs/architecture.md, enforced: a static import check over every module, and hiap.runtime and
+hiap.devices importing in a process where torch, the onnx tools and every non-base module of the core and the export
+are gone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("hiap", "export", "runtime", "devices")
+# Each part's folder in the repository and its installed name (pyproject's package-dir maps one to the other).
+PARTS = {"hiap": "hiap", "export": "hiap.export", "runtime": "hiap.runtime", "devices": "hiap.devices"}
 # The torch-free base every part may import: the package root and the hiap.base subpackage, by its place in the
 # layout (docs/architecture.md describes the same modules).
 BASE = frozenset(
@@ -26,13 +28,22 @@ HEAVY = ("torch", "torchvision", "timm", "onnx", "onnxsim", "onnxscript", "safet
 
 
 def product_modules() -> dict[str, Path]:
-    """Dotted name -> file for every module of the four parts (a package's __init__ is the package)."""
+    """Installed dotted name -> file for every module of the four parts (a package's __init__ is the package)."""
     out = {}
-    for part in PARTS:
-        for path in sorted((ROOT / part).rglob("*.py")):
-            dotted = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-            out[dotted.removesuffix(".__init__")] = path
+    for folder, installed in PARTS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            inner = path.relative_to(ROOT / folder).with_suffix("").parts
+            out[".".join((installed, *inner)).removesuffix(".__init__")] = path
     return out
+
+
+def part_of(module: str) -> str | None:
+    """The part (a repository folder: hiap, export, runtime, devices) an installed module belongs to; None for a
+    module of another distribution."""
+    for folder in ("export", "runtime", "devices"):
+        if module == PARTS[folder] or module.startswith(PARTS[folder] + "."):
+            return folder
+    return "hiap" if module.split(".")[0] == "hiap" else None
 
 
 def imported_names(path: Path, module: str, known: set[str]) -> set[str]:
@@ -56,24 +67,27 @@ def layer_violations(imports: dict[str, set[str]]) -> list[str]:
     """Each import that breaks the layer map, as 'importer -> imported: rule'."""
     out = []
     for importer, names in sorted(imports.items()):
-        part = importer.split(".")[0]
+        part = part_of(importer)
         for name in sorted(names):
-            top = name.split(".")[0]
-            if name in CLI and importer not in CLI:
+            top, imported = name.split(".")[0], part_of(name)
+            if top in ("export", "runtime", "devices"):
+                # Installed, only hiap.<part> exists; a top-level name works in a source checkout and nowhere else.
+                out.append(f"{importer} -> {name}: the parts are installed under hiap: import hiap.{name}")
+            elif name in CLI and importer not in CLI:
                 out.append(f"{importer} -> {name}: nothing imports the CLI")
             elif name in API and importer not in CLI:
                 out.append(f"{importer} -> {name}: only the CLI builds on the API; the parts do not import it")
             elif importer in CLI | API:
                 continue
-            elif part == "hiap" and top in ("export", "runtime", "devices"):
+            elif part == "hiap" and imported in ("export", "runtime", "devices"):
                 out.append(f"{importer} -> {name}: the core imports nothing from export, runtime or devices")
-            elif importer in BASE and (top in HEAVY or (top == "hiap" and name not in BASE)):
+            elif importer in BASE and (top in HEAVY or (imported == "hiap" and name not in BASE)):
                 out.append(f"{importer} -> {name}: the base imports only the base (and nothing heavy)")
-            elif part in ("runtime", "devices") and top == "hiap" and name not in BASE:
+            elif part in ("runtime", "devices") and imported == "hiap" and name not in BASE:
                 out.append(f"{importer} -> {name}: {part}/ imports only the base from hiap")
-            elif part in ("runtime", "devices") and top == "export":
+            elif part in ("runtime", "devices") and imported == "export":
                 out.append(f"{importer} -> {name}: {part}/ imports nothing from export")
-            elif part == "runtime" and top == "devices":
+            elif part == "runtime" and imported == "devices":
                 out.append(f"{importer} -> {name}: devices builds on runtime, not the other way")
             elif part in ("runtime", "devices") and top in HEAVY:
                 out.append(f"{importer} -> {name}: {part}/ ships to the device without the train extra")
@@ -92,15 +106,23 @@ def test_the_static_check_catches_what_it_is_for(tmp_path: Path) -> None:
     bad = {
         "hiap.data": {"hiap.runtime.data"},
         "hiap.base.errors": {"hiap.models"},
-        "runtime.bench": {"hiap.devices.profile", "hiap.train", "hiap.export.plan", "torch"},
-        "hiap.devices.bench": {"hiap.cli"},
+        "hiap.runtime.bench": {"hiap.devices.profile", "hiap.train", "hiap.export.plan", "torch"},
+        "hiap.devices.bench": {"hiap.cli", "runtime.harness"},
         "hiap.train": {"hiap.api"},
+        "hiap.cli": {"export.artifact"},
     }
-    assert len(layer_violations(bad)) == 8
-    good = {"hiap.cli": {"hiap.export.artifact", "hiap.devices.bench", "hiap.api"}, "hiap.api": {"hiap.export.compact", "hiap.pruner"},
-            "hiap.devices.bench": {"hiap.runtime.harness", "hiap.base.errors"},
-            "hiap.export.artifact": {"hiap.runtime.harness", "hiap.devices.profile", "hiap.models"}}  # fmt: skip
+    found = layer_violations(bad)
+    assert len(found) == 10
+    assert "hiap.cli -> export.artifact: the parts are installed under hiap: import hiap.export.artifact" in found
+    good = {
+        "hiap.cli": {"hiap.export.artifact", "hiap.devices.bench", "hiap.api"},
+        "hiap.api": {"hiap.export.compact", "hiap.pruner"},
+        "hiap.devices.bench": {"hiap.runtime.harness", "hiap.base.errors", "hiap"},
+        "hiap.export.artifact": {"hiap.runtime.harness", "hiap.devices.profile", "hiap.models"},
+    }
     assert layer_violations(good) == []
+    assert [part_of(m) for m in ("hiap.export", "hiap.exporter", "hiap.devices.bench", "hiap", "exporter")] == [
+        "export", "hiap", "devices", "hiap", None]  # fmt: skip
     src = tmp_path / "pkg" / "mod.py"
     src.parent.mkdir()
     src.write_text("from hiap import faults, __version__\nfrom . import sibling\ndef f():\n    import torch\n")
@@ -124,17 +146,18 @@ print(json.dumps(sorted(m for m in sys.modules if m in blocked or m.split('.')[0
 
 
 def test_runtime_and_devices_import_with_only_the_base() -> None:
-    """Every module of runtime/ and devices/ imports where torch, the onnx tools and every non-base module of hiap/
-    and export/ cannot: what a board with `pip install hiap` has."""
+    """Every module of hiap.runtime and hiap.devices imports where torch, the onnx tools and every non-base module of
+    the core and the export cannot: what a board with `pip install hiap` has. The repository's top-level folder
+    names are blocked too: they resolve from a source checkout only."""
     modules = product_modules()
-    wanted = sorted(m for m in modules if m.split(".")[0] in ("runtime", "devices"))
-    blocked = sorted(m for m in modules if m.split(".")[0] == "hiap" and m not in BASE)
-    tops = [*HEAVY, "export"]
+    wanted = sorted(m for m in modules if part_of(m) in ("runtime", "devices"))
+    blocked = sorted(m for m in modules if part_of(m) in ("hiap", "export") and m not in BASE)
+    tops = [*HEAVY, "export", "runtime", "devices"]
     cmd = [sys.executable, "-c", UNAVAILABLE, json.dumps(tops), json.dumps(blocked), json.dumps(wanted)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == []
-    assert "hiap.runtime.harness" in wanted and "hiap.devices.profile" in wanted
+    assert "hiap.runtime.harness" in wanted and "hiap.devices.profile" in wanted and "hiap.export.plan" in blocked
 
 
 GATED_OPS = ("gated_attention", "gated_mlp")
@@ -164,8 +187,8 @@ def test_one_gated_forward_runs_every_gated_block() -> None:
 def test_the_gated_forward_check_catches_a_second_block_loop(tmp_path: Path) -> None:
     copy = tmp_path / "copy.py"
     copy.write_text("def forward(x, blk, m):\n    return gated_mlp(blk.mlp, x, m.neuron, m.ffn)\n")
-    calls = gated_op_calls(product_modules() | {"export.copy": copy})
-    assert calls == ["export.copy.forward", "hiap.gated.GatedBlock.forward"]
+    calls = gated_op_calls(product_modules() | {"hiap.export.copy": copy})
+    assert calls == ["hiap.export.copy.forward", "hiap.gated.GatedBlock.forward"]
 
 
 # A precision is named once, in hiap/base/precision.py's table; everywhere else the code says its constants (FP32,
@@ -207,7 +230,9 @@ def test_the_precision_literal_check_catches_a_literal(tmp_path: Path) -> None:
     snippet.write_text('def f(meta):\n    return meta.get("precision", "fp32") == "int8-dynamic"\n'
                        'CPU_FLAGS = ("bf16",)\n')  # fmt: skip
     found = ["2 'fp32'", "2 'int8-dynamic'"]
-    assert precision_literals({"devices.copy": snippet}) == [f"devices.copy:{f}" for f in [*found, "3 'bf16'"]]
+    assert precision_literals({"hiap.devices.copy": snippet}) == [
+        f"hiap.devices.copy:{f}" for f in [*found, "3 'bf16'"]
+    ]
     # The exemption is the CPU flag list of hiap/base/cpu.py only, not the whole module.
     assert precision_literals({"hiap.base.cpu": snippet}) == [f"hiap.base.cpu:{f}" for f in found]
     assert precision_literals({PRECISION_TABLE: snippet}) == []

@@ -206,9 +206,9 @@ def test_bench_and_export_build_engines_with_the_same_settings(
 
     import hiap.runtime.trt_build
     import hiap.runtime.trt_env
+    from hiap.cli import _export_engine
     from hiap.devices.profile import load_profile
     from hiap.devices.runners import _engine_for
-    from hiap.cli import _export_engine
 
     builds: list[dict] = []
 

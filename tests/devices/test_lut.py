@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hiap.devices.lut import ROUNDS, all_calls, steady_ms
 from hiap.base.errors import HiapError
+from hiap.devices.lut import ROUNDS, all_calls, steady_ms
 
 SMALL = ["--model", "hiap_vit_fmnist_tiny", "--ffn-step", "64", "--iterations", "40", "--warmup", "2", "--rounds", "5"]
 

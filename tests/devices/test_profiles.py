@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hiap.base.errors import HiapError
 from hiap.devices.host import detect_host, profile_mismatch
 from hiap.devices.profile import all_profiles, load_profile, profiles_dir, read_profile, version_in_range
-from hiap.base.errors import HiapError
 
 REQUIRED = {"jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "rpi5", "rpi4", "x86-cpu", "cuda-gpu"}
 

@@ -4,8 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from vit_zoo import VARIANTS, make_distilled, make_vit
 
-from hiap.export.compact import build_compact, padded_structure
 from hiap.cost import BlockStructure, Structure, structure_macs, structure_params
+from hiap.export.compact import build_compact, padded_structure
 from hiap.gated import GatedViT, masks_to_structure, structure_to_masks
 
 

@@ -5,12 +5,12 @@ import onnx
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
+from hiap.cli import app
+from hiap.cost import BlockStructure, Structure
 from hiap.devices.profile import load_profile
 from hiap.export.compact import build_compact
 from hiap.export.device_check import check_onnx
 from hiap.export.onnx_io import torch2onnx
-from hiap.cli import app
-from hiap.cost import BlockStructure, Structure
 from hiap.gated import GatedViT
 from hiap.models import create_model
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from hiap.base.errors import HiapError
 from hiap.export.artifact import export_source
 from hiap.export.plan import make_plan
 from hiap.export.source import source_from_plan
-from hiap.base.errors import HiapError
 from hiap.gated import GatedViT
 from hiap.models import create_model, data_config
 

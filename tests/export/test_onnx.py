@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from vit_zoo import VARIANTS, make_vit
 
+from hiap.cost import BlockStructure, Structure, structure_macs, structure_params
 from hiap.export.compact import build_compact, padded_structure
 from hiap.export.onnx_io import onnx_cost, ort_run, torch2onnx
-from hiap.cost import BlockStructure, Structure, structure_macs, structure_params
 from hiap.gated import GatedViT, masks_to_structure
 
 

@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 from vit_zoo import make_vit
 
-from hiap.export.plan import make_plan, read_plan_json, structure_from_dict
 from hiap.base.errors import HiapError
 from hiap.cost import BlockStructure, Structure
+from hiap.export.plan import make_plan, read_plan_json, structure_from_dict
 from hiap.gated import describe_vit
 
 GEOM = describe_vit(make_vit("plain"))  # 2 blocks, 3 heads of 16, hidden 192

@@ -198,10 +198,10 @@ def test_int8_calibration_from_a_small_folder_warns(tmp_path: Path) -> None:
 def test_a_plan_only_export_without_training_data_needs_calibration_data(tmp_path: Path) -> None:
     import dataclasses
 
+    from hiap.base.errors import HiapError
     from hiap.export.artifact import Int8Options, export_source
     from hiap.export.quantize import Recipe
     from hiap.export.source import source_from_plan
-    from hiap.base.errors import HiapError
 
     src = source_from_plan("hiap_vit_fmnist_tiny", _dense_plan(tmp_path, "hiap_vit_fmnist_tiny"), "none")
     with pytest.raises(HiapError, match="pass --calibration-data ROOT"):
@@ -210,9 +210,9 @@ def test_a_plan_only_export_without_training_data_needs_calibration_data(tmp_pat
 
 
 def test_an_int8_file_that_loses_too_much_is_an_error_with_the_report_kept(tmp_path: Path) -> None:
+    from hiap.base.errors import HiapError
     from hiap.export.artifact import Int8Options, _refuse_int8_drop
     from hiap.export.quantize import Recipe
-    from hiap.base.errors import HiapError
 
     report = {"int8_check": {"drop_pp": 2.0}}
     with pytest.raises(HiapError, match=r"loses 2.00 pp top-1 against the FP32 file \(limit 1.0 pp"):
@@ -260,8 +260,8 @@ def test_a_graph_the_tools_cannot_quantize_is_one_line_and_writes_nothing(
 ) -> None:
     import onnxruntime.quantization
 
-    from hiap.export.quantize import Recipe, quantize_file
     from hiap.base.errors import HiapError
+    from hiap.export.quantize import Recipe, quantize_file
 
     def broken(*_: object, **__: object) -> None:
         raise ValueError("unsupported pattern\nsecond line of detail")

@@ -11,10 +11,10 @@ import pytest
 import torch
 from vit_zoo import make_distilled, make_timm, make_vit
 
+from hiap.cost import BlockStructure, Geometry, Structure
 from hiap.export.artifact import PARITY_TOL, export_source
 from hiap.export.onnx_io import load_shaped, ort_run
 from hiap.export.source import Source
-from hiap.cost import BlockStructure, Geometry, Structure
 from hiap.gated import GatedViT, structure_to_masks
 
 # One model per feature of hiap.gated.SUPPORTED (and per token layout describe_vit accepts); unfused attention

@@ -68,8 +68,8 @@ def test_landing_fills_every_kept_head_to_the_width_the_export_emits(tmp_path: P
     """With value_align 8 (head dim 16 here) each block's kept heads end with one width, 8 or 16, made of each
     head's best value dims by logit; the exported layout then adds no zero padding, and it is that network (the
     exported MACs) that lands on the target."""
-    from hiap.export.compact import padded_structure
     from hiap.cost import structure_macs
+    from hiap.export.compact import padded_structure
 
     trainer = Trainer(_tiny(tmp_path, target_macs="0.5", target_tolerance=0.01, value_align=8))
     trainer.setup()
@@ -130,8 +130,8 @@ def test_adapt_from_and_value_align_are_checked() -> None:
 def test_qk_gates_prune_q_k_widths_fill_them_and_land_on_the_target(tmp_path: Path) -> None:
     """With qk_gates each kept head's q/k dims are gated too: a tight target removes some, the landing fills each
     block's kept heads to one exported q/k width (align 8 of 16), and that network lands on the target."""
-    from hiap.export.compact import padded_structure
     from hiap.cost import structure_macs
+    from hiap.export.compact import padded_structure
 
     cfg = _tiny(tmp_path, target_macs="0.25", target_tolerance=0.01, qk_gates=True, search_fraction=0.5)
     trainer = Trainer(cfg)

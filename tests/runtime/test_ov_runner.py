@@ -11,10 +11,10 @@ import pytest
 from tiny_onnx import linear_export
 from typer.testing import CliRunner
 
-from hiap.devices.profile import load_profile
-from hiap.devices.runners import resolve_runtime
 from hiap.base.errors import HiapError
 from hiap.cli import app
+from hiap.devices.profile import load_profile
+from hiap.devices.runners import resolve_runtime
 
 FAST = ["--iterations", "5", "--warmup", "1", "--min-seconds", "0"]
 

@@ -37,9 +37,9 @@ def user_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 1-epoch tiny run on an ImageFolder tree and its export (trained and exported once for the module)."""
     torch = pytest.importorskip("torch")
 
+    from hiap.config import TrainConfig
     from hiap.export.artifact import export_source
     from hiap.export.source import source_from_run
-    from hiap.config import TrainConfig
     from hiap.train import Trainer
 
     torch.manual_seed(0)
@@ -235,10 +235,10 @@ def test_bench_reads_the_images_training_reads_and_tells_roots_by_structure(tmp_
 def test_int8_export_of_an_image_folder_run_calibrates_on_its_train_split(user_run: dict, tmp_path: Path) -> None:
     """The run's own training images are the calibration data: its train/ (16 images here) is too few, and the
     error names it; more images from that tree then calibrate and validate on the run's val/."""
+    from hiap.base.errors import HiapError
     from hiap.export.artifact import Int8Options, export_source
     from hiap.export.quantize import Recipe
     from hiap.export.source import source_from_run
-    from hiap.base.errors import HiapError
 
     src = source_from_run(user_run["run"])
     with pytest.raises(HiapError, match=rf"'{user_run['root'] / 'train'}' holds 16 images; at least 32"):
