@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Each part's folder in the repository and its installed name (pyproject's package-dir maps one to the other).
+# Each part's folder in the repository and its installed name, as pyproject's package-dir maps them.
 PARTS = {"hiap": "hiap", "export": "hiap.export", "runtime": "hiap.runtime", "devices": "hiap.devices"}
+OUTER = tuple(folder for folder in PARTS if folder != "hiap")  # the parts outside hiap/: export, runtime, devices
 # The torch-free base every part may import: the package root and the hiap.base subpackage, by its place in the
 # layout (docs/architecture.md describes the same modules).
 BASE = frozenset(
@@ -40,7 +41,7 @@ def product_modules() -> dict[str, Path]:
 def part_of(module: str) -> str | None:
     """The part (a repository folder: hiap, export, runtime, devices) an installed module belongs to; None for a
     module of another distribution."""
-    for folder in ("export", "runtime", "devices"):
+    for folder in OUTER:
         if module == PARTS[folder] or module.startswith(PARTS[folder] + "."):
             return folder
     return "hiap" if module.split(".")[0] == "hiap" else None
@@ -70,7 +71,7 @@ def layer_violations(imports: dict[str, set[str]]) -> list[str]:
         part = part_of(importer)
         for name in sorted(names):
             top, imported = name.split(".")[0], part_of(name)
-            if top in ("export", "runtime", "devices"):
+            if top in OUTER:
                 # Installed, only hiap.<part> exists; a top-level name works in a source checkout and nowhere else.
                 out.append(f"{importer} -> {name}: the parts are installed under hiap: import hiap.{name}")
             elif name in CLI and importer not in CLI:
@@ -79,7 +80,7 @@ def layer_violations(imports: dict[str, set[str]]) -> list[str]:
                 out.append(f"{importer} -> {name}: only the CLI builds on the API; the parts do not import it")
             elif importer in CLI | API:
                 continue
-            elif part == "hiap" and imported in ("export", "runtime", "devices"):
+            elif part == "hiap" and imported in OUTER:
                 out.append(f"{importer} -> {name}: the core imports nothing from export, runtime or devices")
             elif importer in BASE and (top in HEAVY or (imported == "hiap" and name not in BASE)):
                 out.append(f"{importer} -> {name}: the base imports only the base (and nothing heavy)")
@@ -152,7 +153,7 @@ def test_runtime_and_devices_import_with_only_the_base() -> None:
     modules = product_modules()
     wanted = sorted(m for m in modules if part_of(m) in ("runtime", "devices"))
     blocked = sorted(m for m in modules if part_of(m) in ("hiap", "export") and m not in BASE)
-    tops = [*HEAVY, "export", "runtime", "devices"]
+    tops = [*HEAVY, *OUTER]
     cmd = [sys.executable, "-c", UNAVAILABLE, json.dumps(tops), json.dumps(blocked), json.dumps(wanted)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
