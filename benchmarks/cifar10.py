@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import environment, load_runs, results_dir
-from peers import example_input, finetune, macs_of, peer_network, plot, time_models
+from common import environment, load_runs, onnx_latency, results_dir
+from peers import example_input, finetune, macs_of, peer_network, plot
 from rich.console import Console
 
 from hiap.config import TrainConfig
@@ -193,7 +193,7 @@ def dense_start(setting: str, roots: dict[str, Path], cache: Path) -> tuple[Path
 
 def hiap_run(setting: str, variant: str, root: Path, weights: Path, budget: float, seed: int,
              tmp: Path) -> tuple[float, Any, dict[str, Any]]:  # fmt: skip
-    from hiap.export.compact import build_compact
+    import hiap.api as hp
 
     spec = SETTINGS[setting]
     cfg = TrainConfig(model=spec["model"], model_kwargs=spec["model_kwargs"], data=str(root), pretrained=str(weights),
@@ -201,7 +201,8 @@ def hiap_run(setting: str, variant: str, root: Path, weights: Path, budget: floa
                       **spec["prune"] | VARIANTS[variant])  # fmt: skip
     trainer = Trainer(cfg, Console(quiet=True))
     summary = trainer.run()
-    compact = build_compact(trainer.vit.eval(), trainer.gated.hard_structure(), align=8)
+    hp.materialize(trainer.pruner, align=8)  # the exported network: value widths padded to 8, as the export does
+    compact = trainer.pruner.model.eval()
     keys = ("kept_heads", "kept_ffn", "kept_neurons", "target_error")
     return summary["val_acc"], compact, {k: summary[k] for k in keys}
 
@@ -258,7 +259,7 @@ def measure_latency(runs: list[dict[str, Any]], onnx_dir: Path, dense: Any, roun
     start = onnx_dir / "dense-start.onnx"
     torch2onnx(dense.eval(), tuple(example_input(dense).shape[1:]), start)
     paths = {"dense start": start} | {r["onnx"]: onnx_dir / r["onnx"] for r in runs if (onnx_dir / r["onnx"]).is_file()}
-    latency = time_models(paths, rounds, iters, tuple(example_input(dense).shape[1:]))
+    latency = {k: v.p50 for k, v in onnx_latency(paths, rounds, iters).items()}
     for r in runs:
         r["ort_ms"] = latency.get(r["onnx"])
     return latency["dense start"]

@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmark scripts: the environment record and one in-process training run."""
+"""Shared pieces of the benchmark scripts: the environment record, ONNX latency by the product's harness, and one
+in-process training run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import platform
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ from hiap import __version__
 from hiap.config import TrainConfig
 from hiap.cost import BlockStructure, Geometry, Structure, structure_macs
 from hiap.devices.host import detect_host
+from hiap.runtime.harness import Latency, interleaved_latency, random_feeds
+from hiap.runtime.ort_runner import OrtRunner
 from hiap.train import Trainer
 
 
@@ -36,13 +40,22 @@ def environment(recipe: str) -> dict[str, Any]:
     }
 
 
-def latency_ms(session: Any, x: np.ndarray, iters: int) -> float:
-    """Mean milliseconds of `iters` ONNX Runtime calls on input x (callers alternate models between calls)."""
-    name = session.get_inputs()[0].name
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        session.run(None, {name: x})
-    return (time.perf_counter() - t0) / iters * 1e3
+# What every ONNX latency in benchmarks/ is timed with, unless a script says otherwise: hiap bench's runner and harness.
+# Spinning is off because many sessions take turns: the spin-waiting threads of the session that just ran steal the
+# cores from the next (measured: medians 0.85-1.25 ms for six copies of one model with spinning, 0.78-0.88 without).
+WARMUP_CALLS = 5
+
+
+def onnx_latency(paths: dict[str, Path], rounds: int, calls: int, batch: int = 1, threads: int = 2,
+                 warmup: int = WARMUP_CALLS) -> dict[str, Latency]:  # fmt: skip
+    """The latency of each ONNX file on ONNX Runtime's CPU provider, timed as `hiap bench` times (its OrtRunner and
+    harness): `rounds` rounds, each calling every file `calls` times in turn, on random inputs of `batch` rows; every
+    call kept, so Latency.p50 is over rounds x calls samples and Latency.steady is the median of the fastest round."""
+    with ExitStack() as stack:
+        runners = {k: stack.enter_context(OrtRunner(p, intra_op_threads=threads, allow_spinning=False))
+                   for k, p in paths.items()}  # fmt: skip
+        feeds = {k: random_feeds(r, batch) for k, r in runners.items()}
+        return interleaved_latency(runners, feeds, warmup, rounds * calls, calls_per_turn=calls)
 
 
 def learned_like_plan(geom: Geometry, seed: int, target_gmacs: float) -> Structure:

@@ -42,6 +42,7 @@ from peers import example_input, finetune, macs_of, prune_to
 from rich.console import Console
 from tasks import Task, builtin_task, cifar_task, describe
 
+import hiap.api as hp
 from hiap.config import TrainConfig
 from hiap.cost import BlockStructure, Structure
 from hiap.export.compact import build_compact
@@ -125,8 +126,8 @@ def run_path(variant: str, budget: float, seed: int,
         cfg = TrainConfig(target_macs=str(budget), seed=seed, out=f"{tmp}/run", **task.train | VARIANTS[variant])
         trainer = Trainer(cfg, Console(quiet=True), make_data=task.make_data)
         summary = trainer.run()
-        structure = trainer.gated.hard_structure()
-        compact = build_compact(trainer.vit.eval(), structure, align=8)
+        structure = hp.materialize(trainer.pruner, align=8).structure  # the exported network's (align 8)
+        compact = trainer.pruner.model.eval()
     keys = ("target_error", "target_met", "kept_heads", "kept_ffn", "kept_neurons", "kept_qk_dims")
     return summary["val_acc"], compact, structure, {k: summary[k] for k in keys}
 

@@ -1,5 +1,5 @@
 """Export a DeiT-Small (random weights) pruned to about 3.1 GMACs; time it, check parity and counts, and measure
-ONNX Runtime CPU latency at batch 1, dense vs pruned, alternating in one process.
+ONNX Runtime CPU latency at batch 1, dense vs pruned, alternating in one process (hiap bench's harness).
 
     python benchmarks/export_deit_small.py [--align 8] [--rounds 10] [--iters 20]
 
@@ -11,7 +11,6 @@ benchmarks/results/export_deit_small.json / .md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from common import environment, latency_ms, write_results
+from common import environment, onnx_latency, write_results
 
 from hiap.cost import BlockStructure, Structure, structure_macs, structure_params
 from hiap.export.compact import build_compact, padded_structure
@@ -65,18 +64,8 @@ def main() -> None:
             ref = compact(torch.from_numpy(x)).numpy()
         max_abs = float(np.abs(ort_run(pruned_path, x) - ref).max())
         onnx_macs, onnx_params = onnx_cost(pruned_path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
-        sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-                    for k, p in (("dense", dense_path), ("pruned", pruned_path))}  # fmt: skip
-        for s in sessions.values():
-            latency_ms(s, x, 5)  # warm-up
-        runs = []
-        for r in range(args.rounds):  # alternate so drift on a shared machine hits both alike
-            for name, s in sessions.items():
-                runs.append({"round": r, "model": name, "latency_ms": latency_ms(s, x, args.iters)})
-    dense_ms = statistics.median(r["latency_ms"] for r in runs if r["model"] == "dense")
-    pruned_ms = statistics.median(r["latency_ms"] for r in runs if r["model"] == "pruned")
+        latency = onnx_latency({"dense": dense_path, "pruned": pruned_path}, args.rounds, args.iters)
+    dense_ms, pruned_ms = latency["dense"].p50, latency["pruned"].p50
     mac_ratio = geom.dense_macs / structure_macs(geom, emitted)
     result = {
         "plan_gmacs": structure_macs(geom, emitted) / 1e9,
@@ -89,18 +78,20 @@ def main() -> None:
         "nodes_before_simplify": nodes[0],
         "nodes_after_simplify": nodes[1],
         "max_abs_diff": max_abs,
-        "dense_ms_median": dense_ms,
-        "pruned_ms_median": pruned_ms,
+        "dense_ms_p50": dense_ms,
+        "pruned_ms_p50": pruned_ms,
         "speedup": dense_ms / pruned_ms,
         "mac_reduction": mac_ratio,
         "realisation": (dense_ms / pruned_ms) / mac_ratio,
     }
     env = environment(
         f"DeiT-Small random weights, plan near 3.1 GMACs, align {args.align}, ORT CPU batch 1, intra-op 2 threads, "
-        f"onnxruntime {ort.__version__}, {args.rounds} rounds x {args.iters} iters"
+        f"onnxruntime {ort.__version__}, {args.rounds} rounds x {args.iters} calls alternating, p50 of every call "
+        "(hiap bench's runner and harness)"
     )
     lines = ["| quantity | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in result.items()]
-    write_results("export_deit_small", "DeiT-Small export: counts, parity and ORT latency", env, [*runs, result], lines)
+    rows = [{"model": k} | v.to_dict() for k, v in latency.items()] + [result]
+    write_results("export_deit_small", "DeiT-Small export: counts, parity and ORT latency", env, rows, lines)
 
 
 if __name__ == "__main__":

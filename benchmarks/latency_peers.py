@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import environment, load_runs, results_dir
+from common import environment, load_runs, onnx_latency, results_dir
 from peers import finetune, plot, prune
 from tasks import Task, builtin_task, cifar_task
 
@@ -53,6 +53,7 @@ from hiap.export.probes import profile_model
 from hiap.gated import describe_vit
 from hiap.latency import LatencyCost
 from hiap.models import data_config
+from hiap.runtime.harness import Latency
 
 CACHE = Path(tempfile.gettempdir()) / "hiap-latency-peers"
 TITLES = {"builtin": "built-in data", "cifar10": "CIFAR-10 CPU setting"}
@@ -186,40 +187,10 @@ def part_train(s: Setup, targets: list[float], seeds: list[int], log: Path) -> N
                                         "predicted_ms": summary["predicted_latency_ms"]})  # fmt: skip
 
 
-def _time(paths: dict[str, Path], rounds: int = ROUNDS, calls: int = CALLS) -> dict[str, list[list[float]]]:
-    """Per network, the ms of every call, grouped by round; every round calls every network in turn (x86-cpu's
-    runner settings: 2 intra-op threads, batch 1, no spinning between networks)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
-    feeds = {}
-    for k, s in sessions.items():
-        inp = s.get_inputs()[0]
-        x = np.random.default_rng(0).standard_normal([1, *inp.shape[1:]]).astype(np.float32)
-        feeds[k] = {inp.name: x}
-        for _ in range(10):
-            s.run(None, feeds[k])
-    samples: dict[str, list[list[float]]] = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            calls_ms = []
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                s.run(None, feeds[k])
-                calls_ms.append((time.perf_counter() - t0) * 1e3)
-            samples[k].append(calls_ms)
-    return samples
-
-
-def _p50(rounds: list[list[float]]) -> float:
-    return float(np.median([ms for r in rounds for ms in r]))
-
-
-def _steady(rounds: list[list[float]]) -> float:
-    return min(float(np.median(r)) for r in rounds)
+def _time(paths: dict[str, Path]) -> dict[str, Latency]:
+    """Per network, the latency of ROUNDS rounds that call every network CALLS times in turn (x86-cpu's runner
+    settings: 2 intra-op threads, batch 1; spinning off between networks), by hiap bench's runner and harness."""
+    return onnx_latency(paths, ROUNDS, CALLS, warmup=10)
 
 
 def _crossing(ratios: list[float], ms: list[float], target: float) -> float | None:
@@ -259,14 +230,14 @@ def part_match(s: Setup, targets: list[float], seeds: list[int], log: Path, resu
         if not hiap:
             print(f"match: no HiAP network at {target} yet (--part train)", flush=True)
             continue
-        steady = {k: _steady(v) for k, v in _time(hiap | {k: p for c in coarse.values() for k, p in c.items()}).items()}
+        steady = {k: v.steady for k, v in _time(hiap | {k: p for c in coarse.values() for k, p in c.items()}).items()}
         fine: dict[str, dict[str, Path]] = {}
         for method in PEERS:
             ratios = [float(k.split()[1]) for k in coarse[method]]
             crossings = [_crossing(ratios, [steady[k] for k in coarse[method]], steady[h]) for h in hiap]
             near = {round(c + d / 100, 2) for c in crossings if c is not None for d in range(-4, 5)}
             fine[method] = _candidates(s, method, sorted(r for r in near if 0 < r < 1))
-        timed = {k: _steady(v) for k, v in _time(hiap | {k: p for c in fine.values() for k, p in c.items()}).items()}
+        timed = {k: v.steady for k, v in _time(hiap | {k: p for c in fine.values() for k, p in c.items()}).items()}
         entry: dict[str, Any] = {"timed": time.strftime("%Y-%m-%d %H:%M"), "rounds": ROUNDS, "calls": CALLS,
                                  "coarse_ms": steady, "fine_ms": timed, "ratios": {}}  # fmt: skip
         for method in PEERS:
@@ -312,7 +283,7 @@ def part_measure(s: Setup, log: Path, results: dict[str, Any]) -> None:
     samples = _time(paths)
     results.setdefault("measure", []).append({
         "timed": time.strftime("%Y-%m-%d %H:%M"), "rounds": ROUNDS, "calls": CALLS,
-        "p50_ms": {k: _p50(v) for k, v in samples.items()}, "steady_ms": {k: _steady(v) for k, v in samples.items()},
+        "p50_ms": {k: v.p50 for k, v in samples.items()}, "steady_ms": {k: v.steady for k, v in samples.items()},
     })  # fmt: skip
     _save(s, results)
 

@@ -15,14 +15,13 @@ Writes benchmarks/results/layout.json / .md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from common import environment, latency_ms, learned_like_plan, write_results
+from common import environment, learned_like_plan, onnx_latency, write_results
 from torch import nn
 
 from hiap.cost import BlockStructure, Structure, structure_macs
@@ -103,9 +102,7 @@ def main() -> None:
         layouts[label] = (build_compact(vit, structure, align), structure_macs(geom, padded_structure(structure,
                                                                                 geom.head_dim, align)))  # fmt: skip
     layouts["grouped by width (exact)"] = (grouped_model(vit, structure), structure_macs(geom, structure))
-    rows, sessions = {}, {}
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
+    rows, paths = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, (model, macs)) in enumerate(layouts.items()):
             path = Path(tmp) / f"m{i}.onnx"
@@ -117,30 +114,25 @@ def main() -> None:
             diff = float(np.abs(ort_run(path, x) - ref).max())
             rows[name] = {"layout": name, "plan_gmacs": macs / 1e9, "onnx_gmacs": onnx_macs / 1e9, "params": params,
                           "nodes": nodes[1], "max_abs_diff_vs_torch": diff}  # fmt: skip
-            sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        for s in sessions.values():
-            latency_ms(s, x, 5)
-        runs = []
-        for r in range(args.rounds):  # alternate so drift on a shared machine hits every layout alike
-            for name, s in sessions.items():
-                runs.append({"round": r, "layout": name, "latency_ms": latency_ms(s, x, args.iters)})
-    dense_ms = statistics.median(r["latency_ms"] for r in runs if r["layout"] == "dense")
-    table = ["| layout | GMACs (ONNX) | ONNX nodes | median ms | spread ms (min-max) | speedup | MAC ratio | "
+            paths[name] = path
+        latency = onnx_latency(paths, args.rounds, args.iters)  # alternating, so drift hits every layout alike
+    dense_ms = latency["dense"].p50
+    table = ["| layout | GMACs (ONNX) | ONNX nodes | p50 ms | p90 ms | speedup | MAC ratio | "
              "realisation |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, row in rows.items():
-        ms = [r["latency_ms"] for r in runs if r["layout"] == name]
-        row |= {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms)}
-        row["speedup"] = dense_ms / row["median_ms"]
+        row |= {"p50_ms": latency[name].p50, "p90_ms": latency[name].p90, "latency": latency[name].to_dict()}
+        row["speedup"] = dense_ms / row["p50_ms"]
         row["mac_ratio"] = geom.dense_macs / 1e9 / row["onnx_gmacs"]
         row["realisation"] = row["speedup"] / row["mac_ratio"]
-        table.append(f"| {name} | {row['onnx_gmacs']:.3f} | {row['nodes']} | {row['median_ms']:.2f} | "
-                     f"{row['min_ms']:.2f}-{row['max_ms']:.2f} | {row['speedup']:.3f} | {row['mac_ratio']:.3f} | "
+        table.append(f"| {name} | {row['onnx_gmacs']:.3f} | {row['nodes']} | {row['p50_ms']:.2f} | "
+                     f"{row['p90_ms']:.2f} | {row['speedup']:.3f} | {row['mac_ratio']:.3f} | "
                      f"{row['realisation']:.3f} |")  # fmt: skip
     env = environment(
         f"DeiT-Small random weights, learned-like plan (seed {args.seed}, uneven value widths), ORT CPU batch 1, "
-        f"intra-op 2 threads, onnxruntime {ort.__version__}, {args.rounds} rounds x {args.iters} iters, alternating"
+        f"intra-op 2 threads, onnxruntime {ort.__version__}, {args.rounds} rounds x {args.iters} calls "
+        "alternating, every call timed (hiap bench's runner and harness)"
     )
-    write_results("layout", "Value-width layouts: padding vs grouping (ORT CPU)", env, [*runs, *rows.values()], table)
+    write_results("layout", "Value-width layouts: padding vs grouping (ORT CPU)", env, list(rows.values()), table)
 
 
 if __name__ == "__main__":

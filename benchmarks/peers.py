@@ -34,10 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from common import environment, latency_ms, load_runs, results_dir, write_results
+from common import environment, load_runs, onnx_latency, results_dir, write_results
 from timm.models.vision_transformer import Attention, Mlp
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -220,8 +219,8 @@ def hiap_run(budget: float, seed: int, epochs: int) -> tuple[float, torch.nn.Mod
 
     from rich.console import Console
 
+    import hiap.api as hp
     from hiap.config import TrainConfig
-    from hiap.export.compact import build_compact
     from hiap.train import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -229,31 +228,10 @@ def hiap_run(budget: float, seed: int, epochs: int) -> tuple[float, torch.nn.Mod
                           Console(quiet=True))  # fmt: skip
         summary = trainer.run()
         # The exported network (align 8, the export default): any value-width padding counts against HiAP.
-        compact = build_compact(trainer.vit.eval(), trainer.gated.hard_structure(), align=8)
+        hp.materialize(trainer.pruner, align=8)
+        compact = trainer.pruner.model.eval()
     kept = {k: summary[k] for k in ("kept_heads", "kept_ffn", "kept_neurons", "target_error")}
     return summary["val_acc"], compact, kept
-
-
-def time_models(
-    paths: dict[str, Path], rounds: int, iters: int, chw: tuple[int, ...] = (1, 28, 28)
-) -> dict[str, float]:
-    """Median over rounds of the mean batch-1 latency (ms) per ONNX model; every round times every model in turn."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    # With ~30 sessions taking turns, the spin-waiting threads of the session that just ran steal the cores from
-    # the next one (measured: medians 0.85-1.25 ms for six copies of one model with spinning, 0.78-0.88 without).
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
-    x = np.random.default_rng(0).standard_normal((1, *chw)).astype(np.float32)
-    for s in sessions.values():
-        latency_ms(s, x, 20)  # warm-up
-    samples: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            samples[k].append(latency_ms(s, x, iters))
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def plot(points: list[tuple[str, float, float, float]], dense_top1: float | None, path: Path, title: str,
@@ -376,7 +354,7 @@ def report(runs: list[dict[str, Any]], onnx_paths: dict[str, Path], args: argpar
         path = args.cache / f"{r['method']}-{r['budget']}-{r['seed']}.onnx"
         if path.is_file():
             onnx_paths[f"{r['method']} {r['budget']} {r['seed']}"] = path
-    latency = time_models(onnx_paths, args.rounds, args.iters)
+    latency = {k: v.p50 for k, v in onnx_latency(onnx_paths, args.rounds, args.iters).items()}
     for run in runs:
         ms = latency.get(f"{run['method']} {run['budget']} {run['seed']}")
         run["ort_ms"] = ms
@@ -403,9 +381,10 @@ def report(runs: list[dict[str, Any]], onnx_paths: dict[str, Path], args: argpar
                          f"{statistics.mean(r['params'] for r in rs) / 1e6:.3f} | {ms} | {speedup} |")  # fmt: skip
     dense_acc = evaluate(dense, data)
     table.append(f"\nDense start (no fine-tuning): {100 * dense_acc:.2f} %, {macs_of(dense) / 1e6:.2f} MMACs, "
-                 f"ORT {latency['dense start']:.3f} ms. Latency: median of {args.rounds} rounds x {args.iters} "
-                 "calls, all models alternating in one process after training (a run whose ONNX file is no longer "
-                 "in the cache shows -). Every run: `peers.jsonl`.")  # fmt: skip
+                 f"ORT {latency['dense start']:.3f} ms. Latency: p50 of every call of {args.rounds} rounds x "
+                 f"{args.iters} calls (hiap bench's runner and harness), all models alternating in one process "
+                 "after training (a run whose ONNX file is no longer in the cache shows -). "
+                 "Every run: `peers.jsonl`.")  # fmt: skip
     env = environment(f"{MODEL} from the shipped dense checkpoint, built-in data, {args.epochs} epochs per method, "
                       f"seeds {sorted({r['seed'] for r in runs})}, budgets {budgets}")  # fmt: skip
     env["onnxruntime"] = __import__("onnxruntime").__version__

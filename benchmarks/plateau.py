@@ -39,7 +39,7 @@ from typing import Any
 import cifar10
 import numpy as np
 import torch
-from common import environment, load_runs, results_dir
+from common import environment, load_runs, onnx_latency, results_dir
 from paired import paired, unpack
 from rich.console import Console
 
@@ -53,6 +53,7 @@ SETTING = "plateau"
 PLATEAU_GAIN_PP = 0.3  # the last fifth of the epochs may gain less than this on the carved split
 RESUME_FILES = ("checkpoint.safetensors", "metrics.jsonl", "config.yaml")
 BUDGETS = [0.67, 0.5, 0.33, 0.2, 0.1, 0.05]
+LATENCY_CALLS = 50  # consecutive calls of one network per latency round
 METHODS = ["hiap", "uniform", "l1-ffn", "torch-pruning", "dense"]
 # Variants run by name with --methods (cifar10.VARIANTS): compensated (the removed units' mean output folded into the
 # next bias) and HiAP's micro gates started in output-variance order.
@@ -238,7 +239,7 @@ def oneshot(args: argparse.Namespace, roots: dict[str, Path]) -> list[str]:
 def latency(args: argparse.Namespace) -> dict[str, Any]:
     """ORT batch-1 latency of every run's exported network and the dense start, alternating in one process (take it
     when nothing else runs); written beside the runs for the report's latency columns and plot."""
-    from peers import example_input, time_models
+    from peers import example_input
 
     from hiap.export.onnx_io import torch2onnx
 
@@ -251,9 +252,11 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
     missing = [r["onnx"] for r in runs if not (onnx_dir / r["onnx"]).is_file()]
     if missing:
         sys.exit(f"{len(missing)} runs' networks are not in '{onnx_dir}' (e.g. {missing[0]}): rerun them there.")
-    ms = time_models({"dense start": start} | {r["onnx"]: onnx_dir / r["onnx"] for r in runs}, args.rounds, 50, chw)
+    paths = {"dense start": start} | {r["onnx"]: onnx_dir / r["onnx"] for r in runs}
+    ms = {k: v.p50 for k, v in onnx_latency(paths, args.rounds, LATENCY_CALLS).items()}
     env = environment(f"ORT batch-1 latency of the plateau runs' networks ({args.split} split), {args.rounds} "
-                      "rounds alternating, median of per-round means")  # fmt: skip
+                      f"rounds x {LATENCY_CALLS} calls alternating, p50 of every call (hiap bench's runner and "
+                      "harness, 2 intra-op threads, spinning off)")  # fmt: skip
     env["onnxruntime"] = __import__("onnxruntime").__version__
     body = {"environment": env, "dense_ms": ms.pop("dense start"), "ms": ms}
     (results_dir() / f"{run_name(args.split)}-latency.json").write_text(json.dumps(body, indent=1) + "\n")

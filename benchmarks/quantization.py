@@ -19,24 +19,30 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from common import environment, latency_ms, results_dir
+from common import environment, onnx_latency, results_dir
 
+from hiap.base.errors import HiapError
+from hiap.base.precision import BF16, FP16, FP32, OPENVINO_HINTS
 from hiap.cost import BlockStructure, Structure, structure_macs
 from hiap.export.compact import build_compact
 from hiap.export.onnx_io import simplify_onnx, torch2onnx
 from hiap.export.quantize import Recipe, quantize_file
 from hiap.gated import describe_vit
 from hiap.models import create_model
+from hiap.runtime.base import Runner
 from hiap.runtime.data import Preprocessing, builtin_images, image_folder_files, load_image
+from hiap.runtime.harness import interleaved_latency, random_feeds
+from hiap.runtime.ort_runner import OrtRunner
+from hiap.runtime.ov_runner import OvRunner, import_openvino
 
 CALIBRATION, SELECTION = 512, 2000
 # Every recipe measured: (name, Recipe). The default ONNX Runtime recipe and the TensorRT one are among them.
@@ -209,68 +215,49 @@ def latency_models(tmp: Path, archs: tuple[str, ...] = ("deit_tiny_patch16_224",
     return files
 
 
-def openvino_runners(files: dict[tuple[str, str, str], Path], batch: int) -> dict[Any, Any]:
-    """OpenVINO infer requests of every file, reshaped to a static batch (OpenVINO's low-precision transformations
-    reject some Q/DQ graphs with a dynamic batch axis); a file it cannot compile is reported and left out. Every file
-    runs with inference precision f32 pinned (the CPU plugin's own default is bf16 on AMX/AVX512-BF16 CPUs); FP32
-    files also at bf16 and f16 (runtime 'openvino bf16' / 'openvino fp16'), where the compiled model confirms it."""
-    try:
-        import openvino as ov
-    except ImportError:
-        print("openvino not installed: ONNX Runtime only")
-        return {}
-    core, runners = ov.Core(), {}
+def runners_of(files: dict[tuple[str, str, str], Path], batch: int, stack: ExitStack) -> dict[str, Runner]:
+    """hiap bench's runners of every file, opened in `stack`, named 'arch|model|precision|runtime': ONNX Runtime,
+    and OpenVINO where it is installed, compiled for a static batch, every file computed in f32 (pinned) and FP32
+    files also at bf16 and fp16 ('openvino bf16' / 'openvino fp16') where the compiled model confirms it. A file
+    OpenVINO cannot compile is reported and left out."""
+    runners: dict[str, Runner] = {}
     for key, path in files.items():
-        model = core.read_model(str(path))
-        model.reshape([batch, 3, 224, 224])
-        hints = [("openvino", "f32")] + (
-            [("openvino bf16", "bf16"), ("openvino fp16", "f16")] if key[2] == "fp32" else []
+        runners["|".join((*key, "onnxruntime"))] = stack.enter_context(
+            OrtRunner(path, intra_op_threads=2, allow_spinning=False)
         )
-        for runtime, hint in hints:
-            cfg = {"INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
+    if import_openvino() is None:
+        print("openvino not installed: ONNX Runtime only")
+        return runners
+    for key, path in files.items():
+        hints = [("openvino", FP32)] + ([("openvino bf16", BF16), ("openvino fp16", FP16)] if key[2] == FP32 else [])
+        for runtime, precision in hints:
             try:
-                compiled = core.compile_model(model, "CPU", cfg)
-            except RuntimeError as exc:
-                print(f"openvino cannot compile {key} at batch {batch}: {str(exc).splitlines()[-1][:160]}")
+                runner = stack.enter_context(OvRunner(path, threads=2, precision=precision, static_batch=batch))
+            except HiapError as exc:
+                print(f"openvino cannot compile {key} at batch {batch}: {exc}")
                 continue
-            prop = compiled.get_property("INFERENCE_PRECISION_HINT")
-            got = prop.get_type_name() if hasattr(prop, "get_type_name") else str(prop)
-            if got != hint:
-                print(f"openvino computes {key} in {got}, not {hint}, here: left out")
+            if runner.inference_precision != OPENVINO_HINTS[precision]:
+                print(f"openvino computes {key} in {runner.inference_precision}, not {precision}, here: left out")
                 continue
-            runners[(key, runtime)] = compiled.create_infer_request()
+            runners["|".join((*key, runtime))] = runner
     return runners
 
 
 def latency_part(files: dict[tuple[str, str, str], Path], rounds: int, iters: int) -> list[dict[str, Any]]:
-    ort_runners = {(key, "onnxruntime"): session(path) for key, path in files.items()}
+    """Every file on every runtime at batch 1 and 8, all alternating in one process by hiap bench's harness
+    (`rounds` rounds of `iters` consecutive calls each; ms = p50 of every call)."""
     rows = []
     for batch in (1, 8):
-        runners = ort_runners | openvino_runners(files, batch)
-        x = np.random.default_rng(1).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-        times: dict[Any, list[float]] = {k: [] for k in runners}
-
-        def call(runtime: str, r: Any, x: np.ndarray = x) -> None:
-            if runtime == "onnxruntime":
-                r.run(None, {r.get_inputs()[0].name: x})
-            else:
-                r.infer({0: x})
-
-        for (_, runtime), r in runners.items():  # warm-up
-            for _ in range(2):
-                call(runtime, r)
-        for _ in range(rounds):
-            for (key, runtime), r in runners.items():
-                call(runtime, r)  # untimed: the previous runner's threads may still be spinning down
-                t0 = time.perf_counter()
-                for _ in range(iters):
-                    call(runtime, r)
-                times[(key, runtime)].append((time.perf_counter() - t0) / iters * 1e3)
-        for ((arch, kind, precision), runtime), t in times.items():
+        with ExitStack() as stack:
+            runners = runners_of(files, batch, stack)
+            feeds = {k: random_feeds(r, batch, seed=1) for k, r in runners.items()}
+            latency = interleaved_latency(runners, feeds, 2, rounds * iters, calls_per_turn=iters)
+        for name, lat in latency.items():
+            arch, kind, precision, runtime = name.split("|")
             rows.append({"arch": arch, "model": kind, "precision": precision, "runtime": runtime, "batch": batch,
-                         "ms": statistics.median(t), "rounds": t,
+                         "ms": lat.p50, "latency": lat.to_dict(),
                          "file_bytes": files[(arch, kind, precision)].stat().st_size})  # fmt: skip
-            print(arch, kind, precision, runtime, batch, round(rows[-1]["ms"], 2), flush=True)
+            print(arch, kind, precision, runtime, batch, round(lat.p50, 2), flush=True)
     return rows
 
 
@@ -436,15 +423,9 @@ BREAKDOWN_RECIPES = (
 
 
 def recipe_speed(files: dict[tuple[str, str, str], Path], rounds: int = 7, iters: int = 5) -> dict[str, float]:
-    """Batch-1 ms of every file on ONNX Runtime, all alternating round by round (median of the rounds)."""
-    sessions = {key[2]: session(path) for key, path in files.items()}
-    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, sess in sessions.items():
-            latency_ms(sess, x, 1)  # untimed: the previous session's threads may still be winding down
-            times[k].append(latency_ms(sess, x, iters))
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Batch-1 ms of every file on ONNX Runtime, all alternating round by round (hiap bench's harness: p50 of every
+    call)."""
+    return {k: v.p50 for k, v in onnx_latency({key[2]: p for key, p in files.items()}, rounds, iters).items()}
 
 
 def breakdown_main() -> None:
@@ -466,7 +447,8 @@ def breakdown_main() -> None:
             f"torch {env['torch']}, hiap {env['hiap']}, {env['date']}. Random weights; each file's kernel time per "
             "operator type from ONNX Runtime's profiler over the timed calls (profiling adds its own overhead: the "
             "shares are what to read), and the speed of every file without the profiler, all alternating in one "
-            "process (7 rounds x 5 calls, median). Made by `python benchmarks/quantization.py --part breakdown`.",
+            "process (7 rounds x 5 calls, p50 of every call). Made by `python benchmarks/quantization.py --part "
+            "breakdown`.",
             ""]  # fmt: skip
     lines = head + breakdown_table(rows)
     (results_dir() / f"{name}.md").write_text("\n".join(lines) + "\n")

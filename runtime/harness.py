@@ -48,10 +48,11 @@ def fastest_round_median(rounds: list[list[float]]) -> float:
     return float(min(np.median(r) for r in rounds if r))
 
 
-def latency_stats(samples_ms: list[float], batch: int, warmup: int) -> Latency:
+def latency_stats(samples_ms: list[float], batch: int, warmup: int, rounds: int = STEADY_ROUNDS) -> Latency:
+    """Percentiles over every sample; `steady` over the samples cut into `rounds` consecutive runs."""
     a = np.asarray(samples_ms, dtype=np.float64)
     p50, p90, p99 = (float(v) for v in np.percentile(a, [50, 90, 99]))
-    steady = fastest_round_median([list(c) for c in np.array_split(a, min(STEADY_ROUNDS, len(a)))])
+    steady = fastest_round_median([list(c) for c in np.array_split(a, min(rounds, len(a)))])
     return Latency(batch, len(a), warmup, p50, p90, p99, float(a.mean()), float(a.std()), float(a.min()),
                    float(a.max()), 1000.0 * batch / float(a.mean()), steady)  # fmt: skip
 
@@ -96,19 +97,29 @@ def time_calls(runner: Runner, feeds: dict[str, np.ndarray], warmup: int, iterat
 
 
 def interleaved_latency(runners: dict[str, Runner], feeds: dict[str, dict[str, np.ndarray]], warmup: int,
-                        iterations: int, min_seconds: float = 0.0) -> dict[str, Latency]:  # fmt: skip
-    """Alternate the runners call by call, so drift of a shared, noisy machine hits both alike."""
+                        iterations: int, min_seconds: float = 0.0,
+                        calls_per_turn: int = 1) -> dict[str, Latency]:  # fmt: skip
+    """Alternate the runners, `calls_per_turn` consecutive calls each in turn, so drift of a shared, noisy machine
+    hits all alike; every call is timed and kept. With turns of several calls (a benchmark timing many networks:
+    a runner's first call after another's is not what a device running one network sees) `steady` is the median of
+    the fastest turn."""
+    if calls_per_turn < 1:
+        raise HiapError(f"calls_per_turn must be >= 1, got {calls_per_turn}.")
     for name, runner in runners.items():
         for _ in range(warmup):
             runner.infer(feeds[name])
     samples: dict[str, list[float]] = {name: [] for name in runners}
+    turns = 0
     start = time.perf_counter()
     while min(len(s) for s in samples.values()) < iterations or time.perf_counter() - start < min_seconds:
         for name, runner in runners.items():
-            t0 = time.perf_counter()
-            runner.infer(feeds[name])
-            samples[name].append((time.perf_counter() - t0) * 1000.0)
-    return {n: latency_stats(s, next(iter(feeds[n].values())).shape[0], warmup) for n, s in samples.items()}
+            for _ in range(calls_per_turn):
+                t0 = time.perf_counter()
+                runner.infer(feeds[name])
+                samples[name].append((time.perf_counter() - t0) * 1000.0)
+        turns += 1
+    rounds = turns if calls_per_turn > 1 else STEADY_ROUNDS
+    return {n: latency_stats(s, next(iter(feeds[n].values())).shape[0], warmup, rounds) for n, s in samples.items()}
 
 
 def load_golden(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -47,6 +47,7 @@ class OrtRunner:
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
         graph_optimization_level: str = "all",
+        allow_spinning: bool = True,
     ) -> None:
         self.path = Path(path)
         check_model_file(self.path, (".onnx",))
@@ -54,6 +55,9 @@ class OrtRunner:
         self.intra_op_threads = intra_op_threads
         self.inter_op_threads = inter_op_threads
         self.graph_optimization_level = graph_optimization_level
+        # Spinning keeps the intra-op threads busy-waiting between calls (ORT's default, fastest for one network);
+        # off, when many sessions take turns and the one that just ran would steal the cores from the next.
+        self.allow_spinning = allow_spinning
         self.session: Any = None
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
@@ -76,6 +80,8 @@ class OrtRunner:
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.graph_optimization_level]
+        if not self.allow_spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # warnings about unused initializers etc. say nothing to a bench user
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
@@ -114,6 +120,7 @@ class OrtRunner:
             "intra_op_threads": self.intra_op_threads,
             "inter_op_threads": self.inter_op_threads,
             "graph_optimization_level": self.graph_optimization_level,
+            "allow_spinning": self.allow_spinning,
             "precision": self.metadata.get("precision", FP32),  # what hiap export recorded in the file
         }
 

@@ -35,9 +35,12 @@ class OvRunner:
     """One compiled model on OpenVINO's CPU plugin with pinned threads and the latency hint; `metadata` is the ONNX
     file's metadata_props (OpenVINO keeps them in the model's rt_info)."""
 
-    def __init__(self, path: Path, threads: int = 1, hint: str = "LATENCY", precision: str = FP32) -> None:
+    def __init__(self, path: Path, threads: int = 1, hint: str = "LATENCY", precision: str = FP32,
+                 static_batch: int | None = None) -> None:  # fmt: skip
         """`precision`: what an FP32 file computes in, fp32 (default), bf16 or fp16 (OpenVINO's inference precision
-        hint); the compiled model's own reading of it is `inference_precision`."""
+        hint); the compiled model's own reading of it is `inference_precision`. `static_batch`: compile a file with
+        a dynamic batch axis for that one batch size (OpenVINO's low-precision transformations reject some Q/DQ
+        graphs whose batch is dynamic)."""
         self.path = Path(path)
         check_model_file(self.path, (".onnx",))
         if precision not in OPENVINO_HINTS:
@@ -45,6 +48,7 @@ class OvRunner:
         self.threads = threads
         self.hint = hint
         self.precision = precision
+        self.static_batch = static_batch
         self.request: Any = None
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
@@ -60,6 +64,8 @@ class OvRunner:
         core = ov.Core()
         try:
             model = core.read_model(str(self.path))
+            if self.static_batch is not None:
+                model.reshape({p.get_any_name(): [self.static_batch, *p.get_partial_shape()[1:]] for p in model.inputs})
             # Always set: the CPU plugin's own default is bf16 where the CPU has AMX/AVX512-BF16 (f16 on ARM with
             # FP16 arithmetic), which would run an FP32 file at another precision than its label (max abs diff
             # 1.1e-2 on the built-in model); the Q/DQ parts of an INT8 file still run in int8.

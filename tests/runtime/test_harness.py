@@ -17,6 +17,7 @@ from hiap.runtime.harness import (
     accuracy,
     compare_logits,
     fidelity,
+    interleaved_latency,
     latency_stats,
     measure_latency,
     random_feeds,
@@ -33,6 +34,38 @@ def test_latency_stats_values() -> None:
     assert stats.steady == 3.0
     spell = [10.0] * 50 + [5.0, 6.0, 4.0, 5.0, 5.0] + [10.0] * 45  # a quiet moment inside a slow spell
     assert latency_stats(spell, batch=1, warmup=0).steady == 5.0 and latency_stats(spell, 1, 0).p50 == 10.0
+
+
+def test_latency_stats_steady_over_the_given_rounds() -> None:
+    samples = [4.0, 4.0, 9.0, 9.0, 1.0, 9.0]  # three rounds of two calls: medians 4, 9, 5
+    assert latency_stats(samples, 1, 0, rounds=3).steady == 4.0
+    assert latency_stats(samples, 1, 0).steady == 1.0  # cut into STEADY_ROUNDS runs: one call each
+
+
+class Recorder:
+    """A runner that records which runner was called, in order."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+        self.inputs = [TensorSpec("x", (1, 2), "float32")]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.log.append(self.name)
+        return {"y": feeds["x"]}
+
+
+def test_interleaved_latency_takes_turns_of_several_calls() -> None:
+    log: list[str] = []
+    runners = {n: Recorder(n, log) for n in "ab"}
+    feeds = {n: {"x": np.zeros((1, 2), np.float32)} for n in runners}
+    lat = interleaved_latency(runners, feeds, 1, 6, calls_per_turn=3)  # type: ignore[arg-type]
+    assert "".join(log) == "ab" + "aaabbb" * 2  # warm-up, then two turns each
+    assert lat["a"].runs == lat["b"].runs == 6 and lat["a"].warmup == 1
+    log.clear()
+    interleaved_latency(runners, feeds, 0, 2)  # type: ignore[arg-type]
+    assert "".join(log) == "abab"  # one call per turn: alternate call by call, as hiap bench does
+    with pytest.raises(HiapError, match="calls_per_turn must be >= 1"):
+        interleaved_latency(runners, feeds, 0, 2, calls_per_turn=0)  # type: ignore[arg-type]
 
 
 def test_compare_logits_measures_each_difference_and_top1_agreement() -> None:
@@ -78,6 +111,12 @@ def test_ort_runner_specs_metadata_fidelity_and_accuracy(tmp_path: Path) -> None
         assert got == Accuracy(images=5, top1=100.0) and got.to_dict() == {"images": 5, "top1": 100.0}
         lat = measure_latency(runner, random_feeds(runner, 1), warmup=1, iterations=5)
         assert lat.runs == 5 and lat.batch == 1 and 0 < lat.min <= lat.p50 <= lat.max
+        with pytest.raises(RuntimeError, match="does not have configuration"):  # ORT's default: spinning on
+            runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        assert runner.describe()["allow_spinning"] is True
+    with OrtRunner(model, allow_spinning=False) as quiet:  # benchmarks: many sessions taking turns
+        assert quiet.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert quiet.describe()["allow_spinning"] is False
         with pytest.raises(HiapError, match="has shape 2x1x28x28"):
             runner.infer({"input": np.zeros((2, *INPUT_SIZE), np.float32)})
         with pytest.raises(HiapError, match="is float64"):

@@ -174,3 +174,25 @@ def test_bench_precision_refusals_are_one_line(
     result = CliRunner().invoke(app, ["bench", str(model), *device, *args, *FAST])
     assert result.exit_code == 2 and message in result.output, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.openvino
+def test_openvino_runner_compiles_a_dynamic_batch_for_one_static_batch(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from hiap.runtime.ov_runner import OvRunner
+
+    weight = np.arange(8, dtype=np.float32).reshape(4, 2)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["logits"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(weight, "w")],
+    )  # fmt: skip
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    with OvRunner(tmp_path / "m.onnx") as dynamic:
+        assert dynamic.inputs[0].shape == (None, 4)
+    with OvRunner(tmp_path / "m.onnx", static_batch=3) as fixed:
+        assert fixed.inputs[0].shape == (3, 4) and fixed.outputs[0].shape == (3, 2)
+        x = np.ones((3, 4), np.float32)
+        assert np.allclose(fixed.infer({"input": x})["logits"], x @ weight)
