@@ -345,12 +345,15 @@ def main() -> None:
     dense_acc = 100 * evaluate(dense, data)
     dense_ms = None if args.no_latency else measure_latency(runs, onnx_dir, dense, args.rounds, args.iters)
     env = environment(f"CIFAR-10 {args.setting} setting ({spec['model']} {spec['model_kwargs']}), split {args.split}, "
-                      f"{spec['prune']['epochs']} epochs x 45,000 images per method, seeds {args.seeds}")  # fmt: skip
+                      f"{spec['prune']['epochs']} epochs x 45,000 images per method, "
+                      f"seeds {sorted({r['seed'] for r in runs} | set(args.seeds))}")  # fmt: skip
     env["onnxruntime"] = __import__("onnxruntime").__version__
     env["dense_start"] = dense_info | {"top1_this_split": dense_acc, "ort_ms": dense_ms}
     body = {"environment": env, "runs": runs}
     (out / f"{name}.json").write_text(json.dumps(body, indent=1) + "\n")
-    table = summarise(runs, args.methods, args.budgets)
+    # The report covers every run in the jsonl, not only this invocation's --budgets and --methods.
+    budgets = sorted({r["budget"] for r in runs if r["method"] != "dense"} | set(args.budgets), reverse=True)
+    table = summarise(runs, list(dict.fromkeys([*args.methods, *(r["method"] for r in runs)])), budgets)
     head = [f"# Pruning quality on CIFAR-10 ({args.setting} setting, {args.split} split)", "",
             f"{env['recipe']}; {env['machine']}, {env['cpu']['model']} ({' '.join(env['cpu']['flags'])}), "
             f"{env['threads']} threads, torch {env['torch']}, "
