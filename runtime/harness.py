@@ -109,7 +109,6 @@ def interleaved_latency(runners: dict[str, Runner], feeds: dict[str, dict[str, n
         for _ in range(warmup):
             runner.infer(feeds[name])
     samples: dict[str, list[float]] = {name: [] for name in runners}
-    turns = 0
     start = time.perf_counter()
     while min(len(s) for s in samples.values()) < iterations or time.perf_counter() - start < min_seconds:
         for name, runner in runners.items():
@@ -117,8 +116,8 @@ def interleaved_latency(runners: dict[str, Runner], feeds: dict[str, dict[str, n
                 t0 = time.perf_counter()
                 runner.infer(feeds[name])
                 samples[name].append((time.perf_counter() - t0) * 1000.0)
-        turns += 1
-    rounds = turns if calls_per_turn > 1 else STEADY_ROUNDS
+    # Every runner took the same number of turns; each turn's calls are consecutive samples.
+    rounds = len(next(iter(samples.values()))) // calls_per_turn if calls_per_turn > 1 else STEADY_ROUNDS
     return {n: latency_stats(s, next(iter(feeds[n].values())).shape[0], warmup, rounds) for n, s in samples.items()}
 
 
